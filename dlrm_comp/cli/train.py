@@ -1,0 +1,67 @@
+"""`launch/train.py`: parse the contract of DESIGN.md 3b, validate, train, print the final AUC.
+
+Exit status 2 for any configuration error, before any work starts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dlrm_comp.config import ConfigError, RunConfig, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch/train.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", default=[], metavar="PATH",
+                        help="YAML config; repeat to layer (later files override earlier ones)")
+    parser.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. --set train.iterations=200 compress.mode=codec")
+    parser.add_argument("--out", default=None, help="run directory (default: runs/<name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    return parser
+
+
+def world_from_env() -> tuple[int, int]:
+    """Rank and world size from torchrun's environment (one process when absent)."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError("RANK/WORLD_SIZE: torchrun environment variables must be integers") from None
+
+
+def make_extensions(cfg: RunConfig) -> list:
+    """Optional parts of the loop that the config switches on."""
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = [item for group in args.set for item in group]
+    try:
+        cfg = load_config(args.config, overrides)
+        rank, world_size = world_from_env()
+        if world_size != 1:
+            raise ConfigError(f"WORLD_SIZE={world_size}: this build trains on one process; "
+                              "run with torchrun --nproc_per_node=1 or plain python")
+        extensions = make_extensions(cfg)
+        from dlrm_comp.train.loop import Trainer
+        out = Path(args.out) if args.out else Path("runs") / cfg.name
+        trainer = Trainer(cfg, out, extensions=extensions, resume=args.resume, rank=rank, world_size=world_size)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    summary = trainer.run()
+    if rank == 0:
+        final = summary["final_eval"]
+        bayes = summary.get("bayes_auc")
+        extra = f" (bayes_auc {bayes:.4f})" if bayes is not None else ""
+        print(f"run directory: {out}")
+        print(f"final AUC {final['auc']:.4f}{extra}  logloss {final['logloss']:.4f}  accuracy {final['accuracy']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Typed run configuration: YAML layers, the reference's environment variables, `--set` overrides.
+
+Precedence (DESIGN.md 3b): config files (later over earlier) < environment variables < `--set`.
+Every error names the dotted key and the accepted values, and is raised before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the CLI turns it into exit status 2."""
+
+
+COMPRESS_MODES = ("off", "simulate", "sz", "codec", "fp16", "bf16", "fp8", "int8")
+DATA_SOURCES = ("synthetic", "criteo")
+INTERACTIONS = ("dot", "cat")
+OPTIMIZERS = ("sgd", "adagrad")
+DEVICES = ("auto", "cpu", "cuda")
+ADAPTIVE_POLICIES = ("static", "closed_loop")
+NONFINITE_POLICIES = ("error", "passthrough")
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    profile: str = "tiny"  # synthetic: kaggle, terabyte, tiny, custom
+    cardinalities: list[int] = field(default_factory=list)  # profile=custom
+    max_ind_range: int = 0  # cap every table's rows (0: no cap); hashing modulus for Criteo
+    num_dense: int = 13
+    zipf_exponent: float = 1.1
+    pooling_factor: int = 1
+    click_rate: float = 0.25
+    seed: int = 0
+    batch_size: int = 128
+    eval_batch_size: int = 4096
+    num_val_samples: int = 16384
+    num_test_samples: int = 16384
+    path: list[str] = field(default_factory=list)  # Criteo TSV files (source=criteo)
+    cache_dir: str = ""  # Criteo preprocessed cache (default: <first file>.cache)
+    frequency_threshold: int = 0
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    on_malformed: str = "error"  # error | skip
+
+    def validate(self) -> None:
+        _choice("data.source", self.source, DATA_SOURCES)
+        _choice("data.on_malformed", self.on_malformed, ("error", "skip"))
+        if self.source == "criteo" and not self.path:
+            raise ConfigError("data.path: source=criteo needs one or more Criteo TSV files")
+        if self.profile == "custom" and not self.cardinalities:
+            raise ConfigError("data.cardinalities: profile=custom needs a list of table sizes")
+        if any(c < 1 for c in self.cardinalities):
+            raise ConfigError("data.cardinalities: every table needs at least 1 row")
+        _positive("data.batch_size", self.batch_size)
+        _positive("data.eval_batch_size", self.eval_batch_size)
+        _positive("data.pooling_factor", self.pooling_factor)
+        _positive("data.num_val_samples", self.num_val_samples)
+        _non_negative("data.max_ind_range", self.max_ind_range)
+        if not 0.0 < self.click_rate < 1.0:
+            raise ConfigError(f"data.click_rate: {self.click_rate} is not in (0, 1)")
+        if self.zipf_exponent <= 0:
+            raise ConfigError(f"data.zipf_exponent: {self.zipf_exponent} must be > 0")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):
+            raise ConfigError("data.val_fraction/test_fraction: each in [0, 1), sum below 1")
+
+
+@dataclass
+class ModelConfig:
+    emb_dim: int = 16
+    bottom_mlp: str = "13-512-256-64-16"  # upstream style, input width first
+    top_mlp: str = "512-256-1"  # upstream style, input width derived from the interaction
+    interaction: str = "dot"
+    self_interaction: bool = False
+
+    def validate(self, num_dense: int) -> None:
+        _choice("model.interaction", self.interaction, INTERACTIONS)
+        _positive("model.emb_dim", self.emb_dim)
+        bottom = parse_mlp("model.bottom_mlp", self.bottom_mlp)
+        top = parse_mlp("model.top_mlp", self.top_mlp)
+        if bottom[0] != num_dense:
+            raise ConfigError(f"model.bottom_mlp: first width {bottom[0]} must equal data.num_dense={num_dense}")
+        if self.interaction == "dot" and bottom[-1] != self.emb_dim:
+            raise ConfigError(
+                f"model.bottom_mlp: last width {bottom[-1]} must equal model.emb_dim={self.emb_dim} "
+                "for the dot interaction")
+        if top[-1] != 1:
+            raise ConfigError(f"model.top_mlp: last width must be 1 (one click logit), got {top[-1]}")
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 1000  # 0: one pass over the training split (Criteo)
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    sparse_embedding_grads: bool = True
+    eval_every: int = 500  # 0: only at the end
+    eval_batches: int = 0  # 0: the whole validation split
+    print_every: int = 100
+    checkpoint_every: int = 500  # 0: only at the end
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    progress: bool = True
+    tensorboard: bool = True
+
+    def validate(self) -> None:
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train.device", self.device, DEVICES)
+        _non_negative("train.iterations", self.iterations)
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr: {self.lr} must be > 0")
+        for name in ("eval_every", "eval_batches", "checkpoint_every", "threads"):
+            _non_negative(f"train.{name}", getattr(self, name))
+        _positive("train.print_every", self.print_every)
+        _positive("train.keep_checkpoints", self.keep_checkpoints)
+
+
+@dataclass
+class DecayConfig:
+    func: str = "step"
+    constant: float = 2.0
+    early_stage: int = 65536
+
+
+@dataclass
+class LosslessConfig:
+    name: str = "default"  # the measured default of dlrm_comp.compress.lossless
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BackwardConfig:
+    mode: str = "off"  # the gradient all-to-all: exact unless set
+    error_bound: float = 0.01
+
+
+@dataclass
+class CompressConfig:
+    mode: str = "off"
+    base_error_bound: float = 0.03
+    tighten_tables: list[int] = field(default_factory=list)
+    tighten_value: float = 0.01
+    loosen_tables: list[int] = field(default_factory=list)
+    loosen_value: float = 0.05
+    table_preset: str = "none"
+    nonfinite: str = "error"
+    decay: DecayConfig = field(default_factory=DecayConfig)
+    lossless: LosslessConfig = field(default_factory=LosslessConfig)
+    backward: BackwardConfig = field(default_factory=BackwardConfig)
+
+    def validate(self) -> None:
+        _choice("compress.mode", self.mode, COMPRESS_MODES)
+        _choice("compress.nonfinite", self.nonfinite, NONFINITE_POLICIES)
+        _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES)
+        for name in ("base_error_bound", "tighten_value", "loosen_value"):
+            value = getattr(self, name)
+            if not 0 < value <= 0.5:
+                raise ConfigError(f"compress.{name}: {value} must be in (0, 0.5]")
+        if not 0 < self.backward.error_bound <= 0.5:
+            raise ConfigError(f"compress.backward.error_bound: {self.backward.error_bound} must be in (0, 0.5]")
+
+
+@dataclass
+class AdaptiveConfig:
+    policy: str = "static"
+    target_cr: float = 0.0
+    eb_min: float = 1e-4
+    eb_max: float = 0.2
+    interval: int = 100
+
+    def validate(self) -> None:
+        _choice("adaptive.policy", self.policy, ADAPTIVE_POLICIES)
+        if not 0 < self.eb_min <= self.eb_max:
+            raise ConfigError(f"adaptive.eb_min/eb_max: need 0 < eb_min <= eb_max, got {self.eb_min}, {self.eb_max}")
+        _positive("adaptive.interval", self.interval)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+
+    def validate(self) -> "RunConfig":
+        self.data.validate()
+        self.model.validate(self.data.num_dense)
+        self.train.validate()
+        self.compress.validate()
+        self.adaptive.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# The reference's environment variables and the keys they set (DESIGN.md 2).
+ENV_OVERRIDES: dict[str, str] = {
+    "BASE_ERROR_BOUND": "compress.base_error_bound",
+    "TIGHTEN_EB_TABLES": "compress.tighten_tables",
+    "TIGHTEN_EB_VALUE": "compress.tighten_value",
+    "LOOSEN_EB_TABLES": "compress.loosen_tables",
+    "LOOSEN_EB_VALUE": "compress.loosen_value",
+    "DECAY_FUNC": "compress.decay.func",
+    "EB_CONSTANT": "compress.decay.constant",
+    "EARLY_STAGE": "compress.decay.early_stage",
+}
+
+
+def parse_mlp(key: str, text: str) -> list[int]:
+    """`13-512-256-64-16` -> [13, 512, 256, 64, 16]."""
+    try:
+        widths = [int(part) for part in str(text).split("-")]
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not a dash-separated list of widths like '13-512-256-64-16'") from None
+    if len(widths) < 2 or any(w < 1 for w in widths):
+        raise ConfigError(f"{key}: {text!r} needs at least two positive widths")
+    return widths
+
+
+def load_config(paths: list[str | Path] = (), overrides: list[str] = (),
+                env: Mapping[str, str] | None = None) -> RunConfig:
+    """Layer YAML files, then environment variables, then `key=value` overrides; validate."""
+    raw: dict[str, Any] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: file {str(path)!r} does not exist")
+        try:
+            layer = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
+        if not isinstance(layer, dict):
+            raise ConfigError(f"--config {path}: top level must be a mapping of sections")
+        _deep_merge(raw, layer)
+    env = os.environ if env is None else env
+    for name, key in ENV_OVERRIDES.items():
+        if env.get(name, "").strip():
+            _set_dotted(raw, key, _parse_env_value(key, env[name]), source=f"environment {name}")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set: {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(raw, key.strip(), _parse_scalar(value), source="--set")
+    cfg = _build(RunConfig, raw, prefix="")
+    return cfg.validate()
+
+
+def dump_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _parse_env_value(key: str, text: str) -> Any:
+    if key.endswith("_tables"):  # reference lists: "2 3 9" or "2,3,9"
+        parts = text.replace(",", " ").split()
+        try:
+            return [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"{key}: {text!r} is not a list of table indices separated by spaces or commas") from None
+    return _parse_scalar(text)
+
+
+def _deep_merge(base: dict, layer: Mapping) -> None:
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node: dict = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; accepted keys under "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split()]
+        elif value is None:
+            value = []
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(item_tp, v, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _choice(key: str, value: Any, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(f"{key}: {value!r} is not one of: {', '.join(accepted)}")
+
+
+def _positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: {value} must be > 0")
+
+
+def _non_negative(key: str, value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}: {value} must be >= 0")

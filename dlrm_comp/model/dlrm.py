@@ -1,0 +1,118 @@
+"""Pure-torch DLRM (no torchrec): embedding bags, bottom/top MLPs, dot or cat interaction.
+
+Mirrors the upstream DLRM benchmark (facebookresearch/dlrm): MLPs given as dash strings, the top
+MLP's input width derived from the interaction, upstream initialisation. The model ends in a
+logit (the loss applies the sigmoid, which is numerically safer than upstream's sigmoid + BCE).
+
+The seam for compression: `lookup` returns each table's pooled output `[B, d]`; `forward` passes
+each one through `self.pooled_hooks[i]` (identity unless hooks are attached) before the
+interaction, so a compression hook sees exactly what would cross the embedding all-to-all.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def parse_widths(text: str) -> list[int]:
+    return [int(part) for part in text.split("-")]
+
+
+def build_mlp(widths: Sequence[int], final_activation: bool) -> nn.Sequential:
+    """Linear+ReLU layers with upstream's init: W ~ N(0, sqrt(2/(m+n))), b ~ N(0, sqrt(1/m))."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+        linear = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            linear.weight.normal_(0.0, math.sqrt(2.0 / (n_in + n_out)))
+            linear.bias.normal_(0.0, math.sqrt(1.0 / n_out))
+        layers.append(linear)
+        if i < len(widths) - 2 or final_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def interaction_width(kind: str, num_tables: int, emb_dim: int, bottom_out: int, self_interaction: bool) -> int:
+    """Width of the interaction output, i.e. the top MLP's input (upstream's `num_int`)."""
+    if kind == "cat":
+        return bottom_out + num_tables * emb_dim
+    n = num_tables + 1
+    pairs = n * (n + 1) // 2 if self_interaction else n * (n - 1) // 2
+    return emb_dim + pairs
+
+
+class DotInteraction(nn.Module):
+    """Pairwise dot products of the bottom-MLP output and the pooled embeddings (lower triangle)."""
+
+    def __init__(self, num_features: int, self_interaction: bool):
+        super().__init__()
+        offset = 0 if self_interaction else -1
+        rows, cols = torch.tril_indices(num_features, num_features, offset=offset)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    def forward(self, dense: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
+        z = torch.stack([dense, *pooled], dim=1)  # [B, T+1, d]
+        gram = torch.bmm(z, z.transpose(1, 2))
+        return torch.cat([dense, gram[:, self.rows, self.cols]], dim=1)
+
+
+class CatInteraction(nn.Module):
+    def forward(self, dense: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([dense, *pooled], dim=1)
+
+
+class DLRM(nn.Module):
+    def __init__(self, cardinalities: Sequence[int], emb_dim: int, bottom_mlp: str, top_mlp: str,
+                 interaction: str = "dot", self_interaction: bool = False, sparse: bool = False):
+        super().__init__()
+        bottom = parse_widths(bottom_mlp)
+        if interaction == "dot" and bottom[-1] != emb_dim:
+            raise ValueError(f"bottom_mlp must end in emb_dim={emb_dim} for the dot interaction, got {bottom_mlp}")
+        self.cardinalities = list(cardinalities)
+        self.emb_dim = emb_dim
+        self.embeddings = nn.ModuleList(
+            nn.EmbeddingBag(n, emb_dim, mode="sum", sparse=sparse) for n in self.cardinalities)
+        for table, n in zip(self.embeddings, self.cardinalities):
+            bound = math.sqrt(1.0 / n)
+            nn.init.uniform_(table.weight, -bound, bound)
+        self.bottom = build_mlp(bottom, final_activation=True)
+        top_in = interaction_width(interaction, len(self.cardinalities), emb_dim, bottom[-1], self_interaction)
+        self.top = build_mlp([top_in, *parse_widths(top_mlp)], final_activation=False)
+        self.interaction = DotInteraction(len(self.cardinalities) + 1, self_interaction) \
+            if interaction == "dot" else CatInteraction()
+        self.pooled_hooks = nn.ModuleList(nn.Identity() for _ in self.cardinalities)
+
+    @property
+    def num_tables(self) -> int:
+        return len(self.cardinalities)
+
+    def set_pooled_hooks(self, hooks: Sequence[nn.Module]) -> None:
+        """Attach one module per table, applied to its pooled output `[B, d]` (the compression seam)."""
+        if len(hooks) != self.num_tables:
+            raise ValueError(f"need one hook per table ({self.num_tables}), got {len(hooks)}")
+        self.pooled_hooks = nn.ModuleList(hooks)
+
+    def lookup(self, indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [table(idx, off) for table, idx, off in zip(self.embeddings, indices, offsets)]
+
+    def forward(self, dense: torch.Tensor, indices: Sequence[torch.Tensor],
+                offsets: Sequence[torch.Tensor]) -> torch.Tensor:
+        pooled = self.lookup(indices, offsets)
+        pooled = [hook(p) for hook, p in zip(self.pooled_hooks, pooled)]
+        return self.head(dense, pooled)
+
+    def head(self, dense: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
+        """Everything after the embedding exchange: bottom MLP, interaction, top MLP -> logits [B]."""
+        x = self.bottom(dense)
+        return self.top(self.interaction(x, pooled)).squeeze(1)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [t.weight for t in self.embeddings]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]

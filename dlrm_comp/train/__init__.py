@@ -1,0 +1,1 @@
+"""Training: builders, loop, metrics, logging, checkpoints."""

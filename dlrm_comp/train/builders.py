@@ -1,0 +1,46 @@
+"""Build the run's parts (data source, model, optimizer, device) from the typed config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dlrm_comp.config import DataConfig, RunConfig
+from dlrm_comp.model import DLRM
+
+
+def build_source(cfg: DataConfig):
+    """The run's `BatchSource`: the synthetic generator or a preprocessed Criteo cache."""
+    if cfg.source == "synthetic":
+        from dlrm_comp.data.synthetic import SyntheticCriteo, resolve_cardinalities
+        cards = resolve_cardinalities(cfg.profile, cfg.cardinalities or None, cfg.max_ind_range)
+        return SyntheticCriteo(cards, num_dense=cfg.num_dense, seed=cfg.seed, zipf_exponent=cfg.zipf_exponent,
+                               pooling_factor=cfg.pooling_factor, click_rate=cfg.click_rate,
+                               num_val_samples=cfg.num_val_samples, num_test_samples=cfg.num_test_samples)
+    from dlrm_comp.data.criteo import CriteoDataset, preprocess_criteo
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.path[0]).with_suffix(".cache")
+    preprocess_criteo(cfg.path, cache, max_ind_range=cfg.max_ind_range,
+                      frequency_threshold=cfg.frequency_threshold, on_malformed=cfg.on_malformed)
+    return CriteoDataset(cache, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+
+
+def build_model(cfg: RunConfig, cardinalities: list[int]) -> DLRM:
+    m = cfg.model
+    return DLRM(cardinalities, m.emb_dim, m.bottom_mlp, m.top_mlp, interaction=m.interaction,
+                self_interaction=m.self_interaction, sparse=cfg.train.sparse_embedding_grads)
+
+
+def build_optimizer(cfg: RunConfig, model: DLRM) -> torch.optim.Optimizer:
+    """SGD or Adagrad over all parameters; both accept the sparse embedding gradients."""
+    if cfg.train.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
+    return torch.optim.Adagrad(model.parameters(), lr=cfg.train.lr)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from dlrm_comp.config import ConfigError
+        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available (use cpu or auto)")
+    return torch.device(name)

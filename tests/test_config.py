@@ -1,0 +1,73 @@
+"""Config layering, env/--set precedence, and validation errors that name the field."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dlrm_comp.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _yaml(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_validate():
+    cfg = load_config([], [], env={})
+    assert cfg.compress.mode == "off" and cfg.model.interaction == "dot"
+
+
+def test_layers_env_and_set_precedence(tmp_path):
+    base = _yaml(tmp_path, "a.yaml", "compress:\n  base_error_bound: 0.02\n  decay:\n    func: log\n")
+    over = _yaml(tmp_path, "b.yaml", "compress:\n  decay:\n    constant: 3\n")
+    cfg = load_config([base, over], [], env={})
+    assert cfg.compress.base_error_bound == 0.02
+    assert cfg.compress.decay.func == "log" and cfg.compress.decay.constant == 3.0
+    env = {"DECAY_FUNC": "linear", "EB_CONSTANT": "2.5", "TIGHTEN_EB_TABLES": "2 3,9", "BASE_ERROR_BOUND": "0.04"}
+    cfg = load_config([base, over], [], env=env)
+    assert cfg.compress.decay.func == "linear" and cfg.compress.decay.constant == 2.5
+    assert cfg.compress.tighten_tables == [2, 3, 9] and cfg.compress.base_error_bound == 0.04
+    cfg = load_config([base, over], ["compress.decay.func=step", "compress.base_error_bound=0.01"], env=env)
+    assert cfg.compress.decay.func == "step" and cfg.compress.base_error_bound == 0.01
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("compress.mode=zip", "compress.mode"),
+    ("model.interaction=sum", "model.interaction"),
+    ("train.optimizer=adam", "train.optimizer"),
+    ("train.iterations=ten", "train.iterations"),
+    ("train.lr=-1", "train.lr"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("compress.base_error_bound=-0.1", "compress.base_error_bound"),
+    ("model.bottom_mlp=13-x-16", "model.bottom_mlp"),
+    ("model.bottom_mlp=12-64-16", "model.bottom_mlp"),
+    ("train.nonsense=1", "train.nonsense"),
+    ("data.source=parquet", "data.source"),
+])
+def test_validation_errors_name_the_field(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config([], [override], env={})
+    assert needle in str(err.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([tmp_path / "nope.yaml"], env={})
+
+
+def test_cli_exit_status_2_on_bad_value(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--config", str(ROOT / "configs/debug.yaml"),
+                           "--set", "compress.mode=bogus", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "compress.mode" in proc.stderr and "codec" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["debug.yaml", "kaggle.yaml", "terabyte.yaml"])
+def test_shipped_configs_validate(name):
+    load_config([ROOT / "configs" / name], env={})

@@ -155,6 +155,10 @@ class CompressConfig:
     loosen_value: float = 0.05
     table_preset: str = "none"
     nonfinite: str = "error"
+    # Destinations emulated per table: the rows split into the chunks a W-rank all-to-all sends,
+    # each compressed with its own range (1: the whole [B, d] output as one chunk).
+    chunks: int = 1
+    print_tables: bool = True
     decay: DecayConfig = field(default_factory=DecayConfig)
     lossless: LosslessConfig = field(default_factory=LosslessConfig)
     backward: BackwardConfig = field(default_factory=BackwardConfig)
@@ -169,6 +173,12 @@ class CompressConfig:
                 raise ConfigError(f"compress.{name}: {value} must be in (0, 0.5]")
         if not 0 < self.backward.error_bound <= 0.5:
             raise ConfigError(f"compress.backward.error_bound: {self.backward.error_bound} must be in (0, 0.5]")
+        _positive("compress.chunks", self.chunks)
+        from dlrm_comp.compress.decay import DecaySchedule
+        try:
+            DecaySchedule(self.decay.func, self.decay.constant, self.decay.early_stage)
+        except ValueError as exc:
+            raise ConfigError(f"compress.{exc}") from None
 
 
 @dataclass

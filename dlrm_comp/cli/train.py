@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from dlrm_comp.config import ConfigError, RunConfig, load_config
+from dlrm_comp.config import ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,11 +32,6 @@ def world_from_env() -> tuple[int, int]:
         raise ConfigError("RANK/WORLD_SIZE: torchrun environment variables must be integers") from None
 
 
-def make_extensions(cfg: RunConfig) -> list:
-    """Optional parts of the loop that the config switches on."""
-    return []
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [item for group in args.set for item in group]
@@ -46,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         if world_size != 1:
             raise ConfigError(f"WORLD_SIZE={world_size}: this build trains on one process; "
                               "run with torchrun --nproc_per_node=1 or plain python")
-        extensions = make_extensions(cfg)
         from dlrm_comp.train.loop import Trainer
         out = Path(args.out) if args.out else Path("runs") / cfg.name
-        trainer = Trainer(cfg, out, extensions=extensions, resume=args.resume, rank=rank, world_size=world_size)
+        trainer = Trainer(cfg, out, resume=args.resume, rank=rank, world_size=world_size)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -60,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         extra = f" (bayes_auc {bayes:.4f})" if bayes is not None else ""
         print(f"run directory: {out}")
         print(f"final AUC {final['auc']:.4f}{extra}  logloss {final['logloss']:.4f}  accuracy {final['accuracy']:.4f}")
+        comp = summary.get("compression")
+        if comp and comp.get("bytes_sent"):
+            note = " (estimated from code entropy)" if comp.get("estimated") else ""
+            err = comp.get("max_err_ratio")
+            err_text = f", max error/bound {err:.3f}" if err is not None else ""
+            print(f"compression {comp['mode']}: wire ratio {comp['cr']:.2f}x{note} "
+                  f"({comp['bytes_raw'] / 2**20:.1f} MiB -> {comp['bytes_sent'] / 2**20:.2f} MiB), "
+                  f"harmonic mean over tables {comp['harmonic_mean_cr']:.2f}x{err_text}")
     return 0
 
 

@@ -28,13 +28,12 @@ class InterruptedRun(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, out_dir: str | Path, extensions: Sequence[TrainingExtension] = (),
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, extensions: Sequence[TrainingExtension] | None = None,
                  resume: bool = False, rank: int = 0, world_size: int = 1):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
-        self.extensions = list(extensions)
         self.resume = resume
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -45,6 +44,10 @@ class Trainer:
         self.iterations = self._resolve_iterations()
         self.model = build_model(cfg, self.source.cardinalities).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
+        if extensions is None:
+            from dlrm_comp.train.compression import extensions_from_config
+            extensions = extensions_from_config(cfg, self.source.cardinalities)
+        self.extensions = list(extensions)
         for ext in self.extensions:
             ext.attach(self.model)
         self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep=cfg.train.keep_checkpoints)

@@ -1,0 +1,126 @@
+"""Shared types of all compression backends: what encode returns, what roundtrip reports, and
+the timing/error bookkeeping, so every path (simulator, benchmark, tuner, all-to-all) measures
+the same thing the same way."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from dlrm_comp.compress.payload import decode_payload
+
+
+@dataclass
+class Encoded:
+    """One encoded chunk. ``payload`` is the wire bytes (None for simulate, which keeps
+    ``tensor``, the decoded values, instead). ``nbytes`` is exact (header and CRC included)
+    unless ``estimated``."""
+
+    mode: str
+    nbytes: int
+    raw_nbytes: int
+    estimated: bool
+    eb_rel: float | None
+    eb_abs: float | None
+    ideal_nbytes: float | None
+    kind: str
+    payload: bytes | None = None
+    tensor: torch.Tensor | None = None
+
+    @property
+    def cr(self) -> float:
+        return self.raw_nbytes / self.nbytes if self.nbytes else float("inf")
+
+
+@dataclass
+class ChunkStats:
+    """Per-chunk statistics of a round trip (what the recorder aggregates)."""
+
+    mode: str
+    kind: str
+    raw_nbytes: int
+    nbytes: int
+    estimated: bool
+    ideal_nbytes: float | None
+    eb_rel: float | None
+    eb_abs: float | None
+    max_abs_err: float
+    err_ratio: float | None  # max_abs_err / eb_abs; None for fixed-rate modes
+    enc_s: float
+    dec_s: float
+
+    @property
+    def cr(self) -> float:
+        return self.raw_nbytes / self.nbytes if self.nbytes else float("inf")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    error_bounded: bool
+    fixed_rate: bool
+
+    def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded: ...
+
+    def decode(self, enc: Encoded | bytes, device: torch.device | str | None = None) -> torch.Tensor: ...
+
+    def roundtrip(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[torch.Tensor, ChunkStats]: ...
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+def max_abs_error(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """max |x - x_hat| over elements where x is finite (non-finite ones travel raw)."""
+    if x.numel() == 0:
+        return 0.0
+    d = (x_hat.to(torch.float64) - x.to(torch.float64)).abs()
+    d = torch.where(torch.isfinite(x), d, torch.zeros_like(d))
+    return float(d.max().item())
+
+
+class BaseBackend:
+    """Common decode and roundtrip; subclasses implement encode."""
+
+    name: str = ""
+    error_bounded: bool = True
+    fixed_rate: bool = False
+
+    def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:  # pragma: no cover
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Short label for logs (the mode, plus the lossless stage where there is one)."""
+        return self.name
+
+    def decode(self, enc: Encoded | bytes, device: torch.device | str | None = None) -> torch.Tensor:
+        """Decode a payload (any mode: the frame says which) or a simulate Encoded."""
+        if isinstance(enc, Encoded):
+            if enc.payload is None:
+                if enc.tensor is None:
+                    raise ValueError("Encoded carries neither payload nor tensor")
+                return enc.tensor if device is None else enc.tensor.to(device)
+            enc = enc.payload
+        return decode_payload(enc, device)
+
+    def roundtrip(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[torch.Tensor, ChunkStats]:
+        """Encode then decode as a receiver would; x_hat on x's device and dtype, plus stats."""
+        _sync(x)
+        t0 = time.perf_counter()
+        enc = self.encode(x, eb_rel)
+        _sync(x)
+        t1 = time.perf_counter()
+        x_hat = self.decode(enc, x.device)
+        _sync(x)
+        t2 = time.perf_counter()
+        err = max_abs_error(x, x_hat)
+        ratio = None
+        if self.error_bounded:
+            ratio = err / enc.eb_abs if enc.eb_abs else (0.0 if err == 0.0 else float("inf"))
+        stats = ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, enc.estimated, enc.ideal_nbytes,
+                           enc.eb_rel, enc.eb_abs, err, ratio, t1 - t0, t2 - t1)
+        return x_hat, stats

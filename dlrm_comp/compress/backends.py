@@ -1,0 +1,225 @@
+"""The compression backends behind one interface (see backend_base.Backend) and their registry.
+
+All byte-producing backends emit frame.py payloads, so a receiver decodes with
+``decode_payload(bytes)`` and no encoder state. Error-bounded modes (simulate, codec, sz) share
+one semantics: eb_abs = eb_rel * (max - min) of the chunk, verified after decoding.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from dlrm_comp.compress.backend_base import Backend, BaseBackend, ChunkStats, Encoded
+from dlrm_comp.compress.fixed import FIXED_MODES, encode_fixed
+from dlrm_comp.compress.frame import FrameHeader, encode_frame, frame_overhead
+from dlrm_comp.compress.lossless import LosslessCodec, default_lossless, entropy_bytes, get_lossless
+from dlrm_comp.compress.lossless.identity import IdentityCodec
+from dlrm_comp.compress.payload import decode_body
+from dlrm_comp.compress.quantize import (
+    NONFINITE_POLICIES,
+    ChunkKind,
+    QuantizedChunk,
+    check_input,
+    chunk_range,
+    codes_to_bytes,
+    count_nonfinite,
+    dequantize,
+    header_float,
+    quantize,
+    round_down,
+    tensor_to_bytes,
+)
+from dlrm_comp.compress.sz import sz_compress
+
+MODES = ("simulate", "sz", "codec", "fp16", "bf16", "fp8", "int8")
+
+
+def _raw_nbytes(x: torch.Tensor) -> int:
+    return x.numel() * x.element_size()
+
+
+def _check_policy(nonfinite: str) -> str:
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite: must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+    return nonfinite
+
+
+def _chunk_header(mode: str, q: QuantizedChunk, codec: LosslessCodec | None = None) -> FrameHeader:
+    """Frame header of a RAW / CONST / QUANT chunk (codec only matters for QUANT)."""
+    params: tuple[float, ...] = ()
+    if q.kind == ChunkKind.CONST:
+        params = (q.minimum,)
+    elif q.kind == ChunkKind.QUANT:
+        params = (q.minimum, q.step)
+    codec = codec or IdentityCodec()
+    return FrameHeader(mode, int(q.kind), q.dtype, q.shape, q.width, codec.codec_id, codec.header_params(),
+                       q.eb_rel, q.eb_abs, params)
+
+
+def _raw_body(q: QuantizedChunk) -> bytes:
+    return tensor_to_bytes(q.raw) if q.raw is not None else b""
+
+
+class SimulateBackend(BaseBackend):
+    """Quantize-dequantize on the tensor's device; bytes estimated from the codes' entropy."""
+
+    name, error_bounded, fixed_rate = "simulate", True, False
+
+    def __init__(self, nonfinite: str = "raise", lossless: str | LosslessCodec | None = None, **lossless_params: Any):
+        self.nonfinite = _check_policy(nonfinite)
+        self.lossless = _make_lossless(lossless, lossless_params)  # only for the header-size estimate
+
+    def describe(self) -> str:
+        return self.name
+
+    def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:
+        q = quantize(x.detach(), float(eb_rel), nonfinite=self.nonfinite)
+        h = _chunk_header(self.name, q, self.lossless if q.kind == ChunkKind.QUANT else None)
+        if q.kind == ChunkKind.QUANT:
+            ideal = entropy_bytes(q.codes) + frame_overhead(h, q.numel)
+            nbytes = math.ceil(ideal)
+        else:
+            nbytes = frame_overhead(h, _raw_nbytes(x) if q.is_raw else 0) + (_raw_nbytes(x) if q.is_raw else 0)
+            ideal = float(nbytes)
+        return Encoded(self.name, nbytes, _raw_nbytes(x), True, float(eb_rel), q.eb_abs, ideal, q.kind.name,
+                       tensor=dequantize(q))
+
+
+class CodecBackend(BaseBackend):
+    """Quantize, then a lossless stage on the codes; exact bytes. Falls back to identity when the
+    lossless stage does not shrink the codes (e.g. a blosc2 setting that stores the block)."""
+
+    name, error_bounded, fixed_rate = "codec", True, False
+
+    def __init__(self, nonfinite: str = "raise", lossless: str | LosslessCodec | None = None, **lossless_params: Any):
+        self.nonfinite = _check_policy(nonfinite)
+        self.lossless = _make_lossless(lossless, lossless_params)
+
+    def describe(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self.lossless.params.items() if k != "nthreads")
+        return f"{self.name}:{self.lossless.name}({args})"
+
+    def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:
+        q = quantize(x.detach(), float(eb_rel), nonfinite=self.nonfinite)
+        ideal: float | None = None
+        codec: LosslessCodec | None = None
+        if q.kind == ChunkKind.QUANT:
+            codes = codes_to_bytes(q)
+            codec, body = self.lossless, self.lossless.compress(codes, q.width)
+            if len(body) >= len(codes):
+                codec, body = IdentityCodec(), codes
+        else:
+            body = _raw_body(q)
+        h = _chunk_header(self.name, q, codec)
+        payload = encode_frame(h, body)
+        if q.kind == ChunkKind.QUANT:
+            ideal = entropy_bytes(q.codes) + frame_overhead(h, len(body))
+        else:
+            ideal = float(len(payload))
+        return Encoded(self.name, len(payload), _raw_nbytes(x), False, float(eb_rel), q.eb_abs, ideal, q.kind.name,
+                       payload=payload)
+
+
+class SzBackend(BaseBackend):
+    """Real SZ3 (pysz) in ABS mode with eb_abs = eb_rel * chunk range; verified after decoding
+    (raw on violation); constant chunks never reach SZ3."""
+
+    name, error_bounded, fixed_rate = "sz", True, False
+
+    def __init__(self, nonfinite: str = "raise"):
+        self.nonfinite = _check_policy(nonfinite)
+
+    def _sz_chunk(self, x: torch.Tensor, eb_rel: float) -> tuple[QuantizedChunk | None, FrameHeader | None, bytes]:
+        """(fallback chunk, None, b'') for RAW/CONST, or (None, SZ header, SZ body)."""
+        bad = count_nonfinite(x, self.nonfinite)
+        if bad or x.numel() == 0:
+            return QuantizedChunk(ChunkKind.RAW, tuple(x.shape), x.dtype, eb_rel, 0.0, raw=x.reshape(-1), nonfinite=bad), None, b""
+        x64 = x.reshape(-1).to(torch.float64)
+        mn, mx = chunk_range(x64)
+        if mx == mn:
+            return QuantizedChunk(ChunkKind.CONST, tuple(x.shape), x.dtype, eb_rel, 0.0, minimum=mn), None, b""
+        eb_abs = eb_rel * (mx - mn)
+        eb_v = round_down(eb_abs, header_float(x.dtype)) if math.isfinite(eb_abs) else 0.0
+        raw = QuantizedChunk(ChunkKind.RAW, tuple(x.shape), x.dtype, eb_rel, eb_v, raw=x.reshape(-1))
+        if eb_v <= 0.0:
+            return raw, None, b""
+        np_dtype = np.float64 if x.dtype == torch.float64 else np.float32
+        body = sz_compress(x.detach().cpu().numpy().astype(np_dtype, copy=False) if x.dtype != torch.bfloat16
+                           else x.detach().cpu().float().numpy(), eb_v)
+        h = FrameHeader(self.name, int(ChunkKind.SZ), x.dtype, tuple(x.shape), 0, 0, b"", eb_rel, eb_v, ())
+        y = decode_body(h, body).reshape(-1).to(torch.float64)  # exactly what the receiver computes
+        ok = bool(torch.isfinite(y).all().item()) and float((y - x64.cpu()).abs().max().item()) <= eb_v
+        return (None, h, body) if ok else (raw, None, b"")
+
+    def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:
+        check_input(x, eb_rel)
+        q, h, body = self._sz_chunk(x.detach(), float(eb_rel))
+        if q is not None:
+            h, body = _chunk_header(self.name, q), _raw_body(q)
+        payload = encode_frame(h, body)
+        kind = ChunkKind(h.kind).name
+        return Encoded(self.name, len(payload), _raw_nbytes(x), False, float(eb_rel), h.eb_abs, None, kind,
+                       payload=payload)
+
+
+class FixedRateBackend(BaseBackend):
+    """fp16 / bf16 / fp8 / int8 casts (see fixed.py); eb_rel is ignored."""
+
+    error_bounded, fixed_rate = False, True
+
+    def __init__(self, mode: str, nonfinite: str = "raise"):
+        if mode not in FIXED_MODES:
+            raise ValueError(f"fixed-rate mode must be one of {FIXED_MODES}, got {mode!r}")
+        self.name = mode
+        self.nonfinite = _check_policy(nonfinite)
+
+    def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:
+        check_input(x)
+        x = x.detach()
+        bad = count_nonfinite(x, self.nonfinite)
+        if bad:
+            q = QuantizedChunk(ChunkKind.RAW, tuple(x.shape), x.dtype, 0.0, 0.0, raw=x.reshape(-1), nonfinite=bad)
+            h, body = _chunk_header(self.name, q), _raw_body(q)
+            h = FrameHeader(h.mode, h.kind, h.dtype, h.shape)
+        else:
+            params, body = encode_fixed(self.name, x)
+            h = FrameHeader(self.name, int(ChunkKind.FIXED), x.dtype, tuple(x.shape), params=params)
+        payload = encode_frame(h, body)
+        return Encoded(self.name, len(payload), _raw_nbytes(x), False, None, None, None, ChunkKind(h.kind).name,
+                       payload=payload)
+
+
+def _make_lossless(lossless: str | LosslessCodec | None, params: dict[str, Any]) -> LosslessCodec:
+    params = dict(params)
+    params.update(params.pop("lossless_params", None) or {})
+    if isinstance(lossless, LosslessCodec):
+        if params:
+            raise ValueError("pass lossless parameters only with a codec name, not with a codec instance")
+        return lossless
+    if lossless is None:
+        if params:
+            raise ValueError("lossless parameters given without lossless=<name>")
+        return default_lossless()
+    return get_lossless(lossless, **params)
+
+
+def get_backend(mode: str, **options: Any) -> Backend:
+    """Backend for a compress.mode. Options: nonfinite ('raise' | 'passthrough') for all;
+    lossless=<name or LosslessCodec> plus that codec's parameters (as keywords or as a
+    ``lossless_params`` dict) for codec (and simulate, where only the header size depends on it)."""
+    if mode == "simulate":
+        return SimulateBackend(**options)
+    if mode == "codec":
+        return CodecBackend(**options)
+    if mode == "sz":
+        return SzBackend(**options)
+    if mode in FIXED_MODES:
+        return FixedRateBackend(mode, **options)
+    raise ValueError(f"compress.mode: unknown backend {mode!r}; valid: {', '.join(MODES)}")
+
+
+__all__ = ["MODES", "Backend", "ChunkStats", "Encoded", "get_backend", "SimulateBackend", "CodecBackend",
+           "SzBackend", "FixedRateBackend"]

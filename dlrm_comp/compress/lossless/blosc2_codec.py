@@ -1,0 +1,101 @@
+"""Blosc2 stage (CPU). typesize is always the code width: blosc2's default of 8 is wrong for
+uint8/uint16 codes (DESIGN.md section 4), and some settings silently store the block, which is
+why the codec backend falls back to identity whenever the output is not smaller."""
+from __future__ import annotations
+
+from typing import Any
+
+import blosc2
+
+from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
+
+CODECS = ("BLOSCLZ", "LZ4", "LZ4HC", "ZLIB", "ZSTD")
+FILTERS = ("NOFILTER", "SHUFFLE", "BITSHUFFLE", "BYTEDELTA")
+SPLITMODES = ("ALWAYS_SPLIT", "NEVER_SPLIT", "AUTO_SPLIT", "FORWARD_COMPAT_SPLIT")
+
+
+def _choice(field: str, value: str, valid: tuple[str, ...]) -> str:
+    v = str(value).upper()
+    if v not in valid:
+        raise ValueError(f"lossless.{field}: {value!r} is not one of {', '.join(valid)}")
+    return v
+
+
+@register
+class Blosc2Codec(LosslessCodec):
+    name = "blosc2"
+    codec_id = 2
+
+    def __init__(
+        self,
+        codec: str = "ZSTD",
+        clevel: int = 5,
+        filter: str = "NOFILTER",
+        blocksize: int = 0,
+        splitmode: str = "NEVER_SPLIT",
+        nthreads: int = 1,
+    ) -> None:
+        self.codec = _choice("codec", codec, CODECS)
+        self.filter = _choice("filter", filter, FILTERS)
+        self.splitmode = _choice("splitmode", splitmode, SPLITMODES)
+        if not 0 <= int(clevel) <= 9:
+            raise ValueError(f"lossless.clevel: must be 0..9, got {clevel!r}")
+        bs = int(blocksize)
+        if bs != 0 and (bs < 16 or bs & (bs - 1) or bs > 2**30):
+            raise ValueError(f"lossless.blocksize: 0 (automatic) or a power of two >= 16, got {blocksize!r}")
+        if int(nthreads) < 1:
+            raise ValueError(f"lossless.nthreads: must be >= 1, got {nthreads!r}")
+        self.clevel, self.blocksize, self.nthreads = int(clevel), bs, int(nthreads)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {
+            "codec": self.codec, "clevel": self.clevel, "filter": self.filter,
+            "blocksize": self.blocksize, "splitmode": self.splitmode, "nthreads": self.nthreads,
+        }
+
+    def _cparams(self, typesize: int) -> blosc2.CParams:
+        filters = [blosc2.Filter[self.filter]]
+        if self.filter == "BYTEDELTA":  # bytedelta works on shuffled byte streams
+            filters = [blosc2.Filter.SHUFFLE, blosc2.Filter.BYTEDELTA]
+        return blosc2.CParams(
+            codec=blosc2.Codec[self.codec], clevel=self.clevel, typesize=int(typesize),
+            filters=filters, filters_meta=[0] * len(filters), blocksize=self.blocksize,
+            splitmode=blosc2.SplitMode[self.splitmode], nthreads=self.nthreads,
+        )
+
+    def compress(self, buf: bytes, typesize: int) -> bytes:
+        return bytes(blosc2.compress2(buf, cparams=self._cparams(typesize)))
+
+    def decompress(self, buf: bytes, nbytes: int) -> bytes:
+        try:
+            n, cbytes, _ = blosc2.get_cbuffer_sizes(buf)
+        except Exception as e:  # noqa: BLE001 - blosc2 raises assorted types on bad headers
+            raise CorruptPayloadError(f"blosc2: bad chunk header ({e})") from None
+        if n != nbytes or cbytes != len(buf):
+            raise CorruptPayloadError(f"blosc2: chunk claims {n} bytes from {cbytes}, expected {nbytes} from {len(buf)}")
+        try:
+            out = blosc2.decompress2(buf, dparams=blosc2.DParams(nthreads=self.nthreads))
+        except Exception as e:  # noqa: BLE001
+            raise CorruptPayloadError(f"blosc2: {e}") from None
+        return check_size(self.name, bytes(out), nbytes)
+
+    def header_params(self) -> bytes:
+        log_bs = self.blocksize.bit_length() - 1 if self.blocksize else 0
+        return bytes([
+            CODECS.index(self.codec) << 4 | self.clevel,
+            FILTERS.index(self.filter) << 4 | SPLITMODES.index(self.splitmode),
+            log_bs,
+        ])
+
+    @classmethod
+    def from_header_params(cls, blob: bytes) -> "Blosc2Codec":
+        try:
+            if len(blob) != 3:
+                raise ValueError("length")
+            log_bs = blob[2]
+            return cls(codec=CODECS[blob[0] >> 4], clevel=blob[0] & 15, filter=FILTERS[blob[1] >> 4],
+                       splitmode=SPLITMODES[blob[1] & 15], blocksize=1 << log_bs if log_bs else 0)
+        except (ValueError, IndexError):
+            raise CorruptPayloadError("blosc2: bad header parameters") from None

@@ -1,0 +1,138 @@
+"""Per-table compression statistics: bytes in and out, ratio, error/bound, codec time.
+
+The reference kept only a list of ratios per table. We keep running sums per table and direction,
+both for the current print interval (the `table` records of metrics.jsonl) and for the whole run
+(the `compression` section of summary.json), so every figure printed is a measured one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class TableTotals:
+    """Sums over the chunks one table sent in one direction."""
+    chunks: int = 0
+    bytes_raw: int = 0
+    bytes_sent: float = 0.0
+    ideal_bytes: float = 0.0
+    max_err_ratio: float | None = None
+    enc_s: float = 0.0
+    dec_s: float = 0.0
+    estimated: bool = False
+    eb_rel: float | None = None
+    codec: str = ""
+
+    def add(self, stats: Any, eb_rel: float | None, codec: str) -> None:
+        self.chunks += 1
+        self.bytes_raw += int(stats.raw_nbytes)
+        self.bytes_sent += float(stats.nbytes)
+        self.ideal_bytes += float(stats.ideal_nbytes if stats.ideal_nbytes is not None else stats.nbytes)
+        if stats.err_ratio is not None:
+            self.max_err_ratio = max(self.max_err_ratio or 0.0, float(stats.err_ratio))
+        self.enc_s += float(stats.enc_s)
+        self.dec_s += float(stats.dec_s)
+        self.estimated = self.estimated or bool(stats.estimated)
+        self.eb_rel = eb_rel
+        self.codec = codec
+
+    def merge(self, other: "TableTotals") -> None:
+        self.chunks += other.chunks
+        self.bytes_raw += other.bytes_raw
+        self.bytes_sent += other.bytes_sent
+        self.ideal_bytes += other.ideal_bytes
+        if other.max_err_ratio is not None:
+            self.max_err_ratio = max(self.max_err_ratio or 0.0, other.max_err_ratio)
+        self.enc_s += other.enc_s
+        self.dec_s += other.dec_s
+        self.estimated = self.estimated or other.estimated
+        if other.chunks:
+            self.eb_rel, self.codec = other.eb_rel, other.codec
+
+    @property
+    def cr(self) -> float:
+        return self.bytes_raw / self.bytes_sent if self.bytes_sent else math.nan
+
+
+@dataclass
+class CompressionRecorder:
+    """Collects chunk statistics per (table, direction) for the interval and the run."""
+    num_tables: int
+    interval: dict[tuple[int, str], TableTotals] = field(default_factory=dict)
+    total: dict[tuple[int, str], TableTotals] = field(default_factory=dict)
+
+    def record(self, table: int, direction: str, stats: Any, eb_rel: float | None, codec: str) -> None:
+        self.interval.setdefault((table, direction), TableTotals()).add(stats, eb_rel, codec)
+
+    def flush(self, iteration: int, log: Callable[..., None]) -> list[dict[str, Any]]:
+        """Emit one `table` record per table and direction, fold the interval into the run totals."""
+        rows = []
+        for (table, direction), t in sorted(self.interval.items()):
+            row = {"table": table, "direction": direction, "eb_rel": t.eb_rel, "codec": t.codec,
+                   "bytes_raw": t.bytes_raw, "bytes_sent": round(t.bytes_sent, 1), "cr": t.cr,
+                   "max_err_ratio": t.max_err_ratio, "enc_s": t.enc_s, "dec_s": t.dec_s,
+                   "estimated": t.estimated}
+            log("table", iteration, **row)
+            rows.append(row)
+            self.total.setdefault((table, direction), TableTotals()).merge(t)
+        self.interval = {}
+        return rows
+
+    def direction_summary(self, direction: str, cardinalities: list[int], base_bounds: list[float] | None
+                          ) -> dict[str, Any] | None:
+        """The summary.json fields for one direction (DESIGN.md 3b), from the run totals."""
+        tables = {k[0]: v for k, v in self.total.items() if k[1] == direction}
+        if not tables:
+            return None
+        raw = sum(t.bytes_raw for t in tables.values())
+        sent = sum(t.bytes_sent for t in tables.values())
+        ideal = sum(t.ideal_bytes for t in tables.values())
+        ratios = [t.cr for t in tables.values() if t.bytes_sent > 0]
+        errs = [t.max_err_ratio for t in tables.values() if t.max_err_ratio is not None]
+        return {
+            "estimated": any(t.estimated for t in tables.values()),
+            "bytes_raw": raw,
+            "bytes_sent": sent,
+            "cr": raw / sent if sent else math.nan,
+            "ideal_cr": raw / ideal if ideal else math.nan,
+            "harmonic_mean_cr": len(ratios) / sum(1.0 / r for r in ratios) if ratios else math.nan,
+            "max_err_ratio": max(errs) if errs else None,
+            "enc_s": sum(t.enc_s for t in tables.values()),
+            "dec_s": sum(t.dec_s for t in tables.values()),
+            "per_table": [
+                {"table": i, "cardinality": cardinalities[i],
+                 "eb_rel_base": base_bounds[i] if base_bounds else None,
+                 "eb_rel_last": t.eb_rel, "codec": t.codec, "cr": t.cr, "max_err_ratio": t.max_err_ratio,
+                 "bytes_raw": t.bytes_raw, "bytes_sent": t.bytes_sent}
+                for i, t in sorted(tables.items())
+            ],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": [(k[0], k[1], asdict(v)) for k, v in self.total.items()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total = {(table, direction): TableTotals(**fields) for table, direction, fields in state.get("total", [])}
+        self.interval = {}
+
+
+def format_interval_table(rows: list[dict[str, Any]], iteration: int) -> str:
+    """A compact fixed-width table for the console at each print interval."""
+    if not rows:
+        return ""
+    head = f"[compression] iteration {iteration}\n  {'tbl':>3} {'dir':>3} {'eb_rel':>8} {'codec':<14} " \
+           f"{'raw KiB':>9} {'sent KiB':>9} {'cr':>7} {'err/eb':>6} {'enc ms':>7} {'dec ms':>7}"
+    lines = [head]
+    for r in rows:
+        err = "-" if r["max_err_ratio"] is None else f"{r['max_err_ratio']:.3f}"
+        eb = "-" if r["eb_rel"] is None else f"{r['eb_rel']:.2e}"
+        lines.append(f"  {r['table']:>3} {r['direction']:>3} {eb:>8} {r['codec'][:14]:<14} "
+                     f"{r['bytes_raw'] / 1024:>9.1f} {r['bytes_sent'] / 1024:>9.1f} {r['cr']:>7.2f} {err:>6} "
+                     f"{r['enc_s'] * 1e3:>7.1f} {r['dec_s'] * 1e3:>7.1f}")
+    raw = sum(r["bytes_raw"] for r in rows)
+    sent = sum(r["bytes_sent"] for r in rows)
+    lines.append(f"  all tables: {raw / 1024:.1f} KiB -> {sent / 1024:.1f} KiB, cr {raw / sent:.2f}"
+                 + (" (estimated)" if any(r["estimated"] for r in rows) else ""))
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.lossless import (
+    DEFAULT_LOSSLESS,
+    codec_from_header,
+    default_lossless,
+    entropy_bits_per_symbol,
+    entropy_bytes,
+    get_lossless,
+    lossless_names,
+)
+from dlrm_comp.compress.quantize import codes_to_bytes, quantize
+
+SETTINGS = [
+    ("identity", {}),
+    ("zlib", {"level": 1, "strategy": "huffman"}),
+    ("zlib", {"level": 9}),
+    ("blosc2", {"codec": "ZSTD", "clevel": 5, "filter": "NOFILTER"}),
+    ("blosc2", {"codec": "LZ4", "clevel": 9, "filter": "BITSHUFFLE", "blocksize": 1024}),
+    ("blosc2", {"codec": "ZLIB", "clevel": 1, "filter": "BYTEDELTA", "splitmode": "ALWAYS_SPLIT"}),
+]
+
+
+def _codes(n=1024, eb=1e-2, scale=1.0):
+    q = quantize(torch.randn(n, generator=torch.Generator().manual_seed(0)) * scale, eb)
+    return q, codes_to_bytes(q)
+
+
+@pytest.mark.parametrize("name,params", SETTINGS)
+@pytest.mark.parametrize("eb", [1e-2, 1e-4])
+def test_roundtrip_and_header_params(name, params, eb):
+    q, buf = _codes(eb=eb)
+    codec = get_lossless(name, **params)
+    comp = codec.compress(buf, q.width)
+    rebuilt = codec_from_header(codec.codec_id, codec.header_params())
+    assert rebuilt.name == codec.name
+    assert {k: v for k, v in rebuilt.params.items() if k != "nthreads"} == {
+        k: v for k, v in codec.params.items() if k != "nthreads"}
+    assert rebuilt.decompress(comp, len(buf)) == buf
+    with pytest.raises(CorruptPayloadError):
+        rebuilt.decompress(comp, len(buf) + 1)
+
+
+def test_registry_errors():
+    assert {"identity", "zlib", "blosc2"} <= set(lossless_names())
+    with pytest.raises(ValueError, match="valid: .*blosc2"):
+        get_lossless("brotli")
+    with pytest.raises(ValueError, match="lossless.filter"):
+        get_lossless("blosc2", filter="SHUFLE")
+    with pytest.raises(ValueError, match="blocksize"):
+        get_lossless("blosc2", blocksize=1000)
+    with pytest.raises(CorruptPayloadError):
+        codec_from_header(99, b"")
+
+
+def test_default_compresses_codes_well():
+    """The default must never be a setting that stores codes uncompressed; near entropy on 1 KiB."""
+    codec = default_lossless()
+    assert codec.name == DEFAULT_LOSSLESS["name"]
+    for n in (1024, 32768):
+        q, buf = _codes(n)
+        comp = codec.compress(buf, q.width)
+        assert len(comp) < 0.8 * len(buf)
+        assert len(comp) < 1.15 * entropy_bytes(q.codes) + 64
+
+
+def test_entropy():
+    assert entropy_bits_per_symbol(torch.zeros(100, dtype=torch.uint8)) == 0.0
+    assert entropy_bits_per_symbol(torch.arange(256)) == pytest.approx(8.0)
+    assert entropy_bytes(torch.tensor([0, 1] * 50)) == pytest.approx(100 / 8)
+    assert entropy_bits_per_symbol(torch.tensor([0, 2**31])) == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not os.environ.get("DLRM_COMP_SLOW"), reason="measurement script; set DLRM_COMP_SLOW=1")
+def test_select_default_runs():
+    from dlrm_comp.compress.lossless.select_default import measure
+
+    out = measure(quick=True)
+    assert not out["best"]["stores_uncompressed"]

@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny, fast run config; hypothesis profile for a 2-core CI machine."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+from dlrm_comp.config import load_config
+
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_OVERRIDES = [
+    "data.profile=tiny", "data.batch_size=32", "data.eval_batch_size=512", "data.num_val_samples=1024",
+    "data.num_test_samples=1024", "model.emb_dim=4", "model.bottom_mlp=13-8-4", "model.top_mlp=8-1",
+    "train.iterations=40", "train.print_every=10", "train.eval_every=20", "train.checkpoint_every=10",
+    "train.progress=false", "train.lr=0.1",
+]
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A config that trains in well under a second; extend with `tiny_cfg(extra overrides)`."""
+    def make(*extra: str, env: dict | None = None):
+        return load_config([], [*TINY_OVERRIDES, *extra], env=env or {})
+    return make

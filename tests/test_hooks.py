@@ -1,0 +1,125 @@
+"""Compression hooks in the loop: straight-through gradient, evaluation bypass, records, summary."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlrm_comp.compress.backends import get_backend
+from dlrm_comp.hooks import CompressionHook, destination_rows
+from dlrm_comp.recorder import CompressionRecorder
+from dlrm_comp.train.logging import read_jsonl
+from dlrm_comp.train.loop import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_destination_rows_last_takes_remainder():
+    assert destination_rows(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert destination_rows(8, 1) == [(0, 8)]
+    assert destination_rows(2, 4) == [(0, 2)]  # empty chunks are skipped
+    with pytest.raises(ValueError):
+        destination_rows(8, 0)
+
+
+def _hook(mode="codec", eb=0.05, destinations=2):
+    recorder = CompressionRecorder(1)
+    return CompressionHook(0, get_backend(mode), lambda t: eb, recorder, destinations), recorder
+
+
+def test_straight_through_gradient_and_bound():
+    hook, recorder = _hook()
+    x = torch.randn(16, 8, requires_grad=True)
+    w = torch.randn(16, 8)
+    y = hook(x)
+    assert not torch.equal(y, x)  # it did compress
+    for start, stop in destination_rows(16, 2):  # each chunk within its own bound
+        chunk = x.detach()[start:stop]
+        eb_abs = 0.05 * float(chunk.max() - chunk.min())
+        assert float((y.detach()[start:stop] - chunk).abs().max()) <= eb_abs
+    (y * w).sum().backward()
+    assert torch.equal(x.grad, w)  # d x_hat / d x = identity
+    assert len(recorder.interval) == 1 and recorder.interval[(0, "fwd")].chunks == 2
+
+
+def test_eval_and_disabled_bypass():
+    hook, recorder = _hook()
+    x = torch.randn(8, 4)
+    hook.eval()
+    assert hook(x) is x
+    hook.train()
+    hook.enabled = False
+    assert hook(x) is x
+    assert not recorder.interval
+
+
+@pytest.mark.parametrize("mode", ["simulate", "codec", "sz", "fp16", "bf16", "fp8", "int8"])
+def test_every_mode_trains_and_summarises(tiny_cfg, tmp_path, mode):
+    cfg = tiny_cfg(f"compress.mode={mode}", "compress.chunks=2", "train.iterations=20",
+                   "compress.print_tables=false")
+    summary = Trainer(cfg, tmp_path).run()
+    comp = summary["compression"]
+    assert comp["mode"] == mode
+    assert comp["bytes_raw"] == 20 * 32 * 4 * 4 * len(cfg_tables(tmp_path))  # iters x B x d x fp32 x tables
+    assert comp["bytes_sent"] > 0 and comp["cr"] > 1.0
+    assert comp["estimated"] == (mode == "simulate")
+    if mode in ("fp16", "bf16", "fp8", "int8"):
+        assert comp["max_err_ratio"] is None
+    else:
+        assert 0 <= comp["max_err_ratio"] <= 1.0
+    tables = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "table"]
+    assert {r["table"] for r in tables} == set(range(len(cfg_tables(tmp_path))))
+    for r in tables:
+        assert set(r) >= {"iteration", "table", "direction", "eb_rel", "codec", "bytes_raw", "bytes_sent", "cr",
+                          "max_err_ratio", "enc_s", "dec_s"}
+    on_disk = json.loads((tmp_path / "summary.json").read_text())["compression"]
+    assert len(on_disk["per_table"]) == len(cfg_tables(tmp_path))
+    for key in ("cr", "ideal_cr", "harmonic_mean_cr", "bytes_raw", "bytes_sent", "estimated", "max_err_ratio"):
+        assert key in on_disk
+
+
+def cfg_tables(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())["data"]["cardinalities"]
+
+
+def test_bounds_follow_table_lists_and_decay(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("compress.mode=simulate", "compress.tighten_tables=[0]", "compress.loosen_tables=[1]",
+                   "compress.decay.func=linear", "compress.decay.constant=2", "compress.decay.early_stage=20",
+                   "train.iterations=10", "compress.print_tables=false")
+    Trainer(cfg, tmp_path).run()
+    per_table = json.loads((tmp_path / "summary.json").read_text())["compression"]["per_table"]
+    assert per_table[0]["eb_rel_base"] == 0.01 and per_table[1]["eb_rel_base"] == 0.05
+    assert per_table[2]["eb_rel_base"] == 0.03
+    # the last step ran at t=9 of E=20: m = 2 * (1 - 0.45 * 0.5) = 1.55
+    assert per_table[0]["eb_rel_last"] == pytest.approx(0.0155)
+
+
+def test_compression_totals_survive_resume(tiny_cfg, tmp_path):
+    from dlrm_comp.train.loop import InterruptedRun
+    cfg = tiny_cfg("compress.mode=codec", "compress.print_tables=false")
+    straight = Trainer(cfg, tmp_path / "a").run()
+    with pytest.raises(InterruptedRun):
+        Trainer(cfg, tmp_path / "b").run(stop_after=25)
+    resumed = Trainer(cfg, tmp_path / "b", resume=True).run()
+    assert resumed["compression"]["bytes_raw"] == straight["compression"]["bytes_raw"]
+    assert resumed["compression"]["bytes_sent"] == straight["compression"]["bytes_sent"]
+
+
+def test_bad_table_index_is_a_config_error(tiny_cfg):
+    from dlrm_comp.config import ConfigError
+    with pytest.raises(ConfigError, match="tighten_tables"):
+        Trainer(tiny_cfg("compress.mode=codec", "compress.tighten_tables=[99]"), "unused-dir")
+
+
+def test_unknown_decay_fails_fast_with_choices(tmp_path):
+    env = {"DECAY_FUNC": "bogus", "PATH": "/usr/bin:/bin"}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--config", str(ROOT / "configs/debug.yaml"),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert time.time() - t0 < 30
+    for name in ("linear", "log", "step", "constant"):
+        assert name in proc.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,22 @@ import yaml
 
 class ConfigError(ValueError):
     """A bad configuration value; the CLI turns it into exit status 2."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so `mode: off` stays the string 'off' (YAML 1.1 says False)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 COMPRESS_MODES = ("off", "simulate", "sz", "codec", "fp16", "bf16", "fp8", "int8")
@@ -250,7 +267,7 @@ def load_config(paths: list[str | Path] = (), overrides: list[str] = (),
         if not path.is_file():
             raise ConfigError(f"--config: file {str(path)!r} does not exist")
         try:
-            layer = yaml.safe_load(path.read_text()) or {}
+            layer = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
         if not isinstance(layer, dict):
@@ -275,7 +292,7 @@ def dump_config(cfg: RunConfig, path: Path) -> None:
 
 def _parse_scalar(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return yaml_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
 

@@ -71,3 +71,16 @@ def test_cli_exit_status_2_on_bad_value(tmp_path):
 @pytest.mark.parametrize("name", ["debug.yaml", "kaggle.yaml", "terabyte.yaml"])
 def test_shipped_configs_validate(name):
     load_config([ROOT / "configs" / name], env={})
+
+
+def test_off_stays_a_string_in_files_and_set(tmp_path):
+    path = _yaml(tmp_path, "off.yaml", "compress:\n  mode: off\n")
+    assert load_config([path], env={}).compress.mode == "off"
+    assert load_config([], ["compress.mode=off"], env={}).compress.mode == "off"
+    assert load_config([], ["train.progress=false"], env={}).train.progress is False
+
+
+@pytest.mark.parametrize("variant", sorted((ROOT / "configs" / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
+def test_ablation_variants_layer_over_debug(variant):
+    cfg = load_config([ROOT / "configs" / "debug.yaml", variant], env={})
+    assert cfg.name == variant.stem

@@ -94,8 +94,10 @@ class CodecBackend(BaseBackend):
 
     name, error_bounded, fixed_rate = "codec", True, False
 
-    def __init__(self, nonfinite: str = "raise", lossless: str | LosslessCodec | None = None, **lossless_params: Any):
+    def __init__(self, nonfinite: str = "raise", lossless: str | LosslessCodec | None = None, ideal: bool = True,
+                 **lossless_params: Any):
         self.nonfinite = _check_policy(nonfinite)
+        self.ideal = bool(ideal)  # entropy of the codes for ideal_nbytes (about a third of small-chunk encode time)
         self.lossless = _make_lossless(lossless, lossless_params)
 
     def describe(self) -> str:
@@ -116,7 +118,7 @@ class CodecBackend(BaseBackend):
         h = _chunk_header(self.name, q, codec)
         payload = encode_frame(h, body)
         if q.kind == ChunkKind.QUANT:
-            ideal = entropy_bytes(q.codes) + frame_overhead(h, len(body))
+            ideal = entropy_bytes(q.codes) + frame_overhead(h, len(body)) if self.ideal else None
         else:
             ideal = float(len(payload))
         return Encoded(self.name, len(payload), _raw_nbytes(x), False, float(eb_rel), q.eb_abs, ideal, q.kind.name,

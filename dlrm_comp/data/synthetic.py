@@ -30,7 +30,7 @@ PROFILES: dict[str, list[int]] = {
 
 _STREAMS = {"train": 0, "val": 1, "test": 2}
 _CALIBRATION_STREAM = 3
-DEFAULT_SIGNAL_STRENGTH = 2.2
+DEFAULT_SIGNAL_STRENGTH = 1.7  # Bayes AUC ~0.84 on tiny and on kaggle capped at 10k rows
 
 
 def resolve_cardinalities(profile: str, custom: list[int] | None, max_ind_range: int) -> list[int]:

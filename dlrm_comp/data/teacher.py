@@ -21,10 +21,10 @@ from dlrm_comp.data.hashing import derive_key, hash_u64, to_normal, to_uniform_l
 class TeacherConfig:
     """Shape of the hidden signal; the shares are fractions of the variance of z."""
 
-    share_sparse: float = 0.55
-    share_pairs: float = 0.20
-    share_dense: float = 0.15
-    share_cross: float = 0.10
+    share_sparse: float = 0.65
+    share_pairs: float = 0.10  # products are slow for a plain MLP to learn: keep them a minority
+    share_dense: float = 0.20
+    share_cross: float = 0.05
     num_pairs: int = 6  # table pairs with a latent dot-product interaction
     latent_dim: int = 4  # <= 4 (16-bit lanes of one hash)
     num_cross: int = 4  # (dense feature, table) crosses

@@ -2,8 +2,9 @@
 
 Sampling uses the inverse CDF of a continuous power law on [0.5, C + 0.5) rounded to the nearest
 integer rank (the midpoint rule for P(k) ~ k^-s), so it needs O(1) memory even for 10M-row tables.
-Rank r is then mapped to id (a * r + b) mod C with gcd(a, C) = 1: a bijection that spreads the hot
-ids over the table instead of piling them up at 0 (as real hashed Criteo ids are spread).
+Rank r is then mapped to id (a * r + b) mod C with gcd(a, C) = 1 and a / C near the golden ratio's
+fraction (a Weyl sequence): a bijection that spreads consecutive hot ranks far apart over the table
+instead of piling them up at 0 (as real hashed Criteo ids are spread).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class ZipfTables:
         b = np.zeros_like(cards)
         for t, c in enumerate(cards.tolist()):
             if c > 1:
-                cand = int(rng.integers(1, c))
+                cand = max(1, int(c * (0.6180339887 + rng.uniform(-0.05, 0.05))) % c)
                 while math.gcd(cand, c) != 1:
                     cand = cand % (c - 1) + 1
                 a[t], b[t] = cand, int(rng.integers(0, c))

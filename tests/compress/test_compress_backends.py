@@ -134,3 +134,8 @@ def test_option_spellings_used_by_training():
     with pytest.raises(NonFiniteError):
         b.encode(torch.tensor([float("nan"), 1.0]), 1e-2)
     assert get_backend("sz").describe() == "sz"
+
+
+def test_codec_without_ideal():
+    enc = get_backend("codec", ideal=False).encode(torch.randn(8, 8), 1e-2)
+    assert enc.ideal_nbytes is None and enc.nbytes == len(enc.payload)

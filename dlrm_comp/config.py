@@ -158,8 +158,10 @@ class LosslessConfig:
 
 @dataclass
 class BackwardConfig:
-    mode: str = "off"  # the gradient all-to-all: exact unless set
+    """The gradient all-to-all: exact unless `mode` is set; bounds relative to each gradient chunk's range."""
+    mode: str = "off"
     error_bound: float = 0.01
+    decay: DecayConfig = field(default_factory=lambda: DecayConfig(func="none"))
 
 
 @dataclass
@@ -192,10 +194,11 @@ class CompressConfig:
             raise ConfigError(f"compress.backward.error_bound: {self.backward.error_bound} must be in (0, 0.5]")
         _positive("compress.chunks", self.chunks)
         from dlrm_comp.compress.decay import DecaySchedule
-        try:
-            DecaySchedule(self.decay.func, self.decay.constant, self.decay.early_stage)
-        except ValueError as exc:
-            raise ConfigError(f"compress.{exc}") from None
+        for prefix, decay in (("compress.", self.decay), ("compress.backward.", self.backward.decay)):
+            try:
+                DecaySchedule(decay.func, decay.constant, decay.early_stage)
+            except ValueError as exc:
+                raise ConfigError(f"{prefix}{exc}") from None
 
 
 @dataclass
@@ -214,6 +217,19 @@ class AdaptiveConfig:
 
 
 @dataclass
+class DistConfig:
+    backend: str = "auto"  # auto (gloo on CPU, nccl on CUDA) | gloo | nccl
+    sharding: str = "contiguous"  # contiguous (upstream) | balanced (by rows x dim)
+    timeout_s: float = 300.0
+
+    def validate(self) -> None:
+        _choice("dist.backend", self.backend, ("auto", "gloo", "nccl"))
+        _choice("dist.sharding", self.sharding, ("contiguous", "balanced"))
+        if not self.timeout_s > 0:
+            raise ConfigError(f"dist.timeout_s: {self.timeout_s} must be > 0")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
@@ -221,6 +237,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> "RunConfig":
         self.data.validate()
@@ -228,6 +245,7 @@ class RunConfig:
         self.train.validate()
         self.compress.validate()
         self.adaptive.validate()
+        self.dist.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,27 +27,37 @@ def destination_rows(batch: int, destinations: int) -> list[tuple[int, int]]:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: the hook's decoded values. Backward: the incoming gradient, unchanged."""
+    """Forward: the hook's decoded values. Backward: the incoming gradient, unchanged (or, when a
+    backward backend is set, round-tripped through it as the gradient all-to-all would carry it)."""
 
     @staticmethod
     def forward(ctx, pooled: torch.Tensor, hook: "CompressionHook") -> torch.Tensor:
+        ctx.hook = hook
         return hook.compress(pooled.detach())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None
+        hook = ctx.hook
+        if hook.backward_backend is None:
+            return grad, None
+        return hook.roundtrip_chunks(grad.contiguous(), hook.backward_backend, hook.backward_bound, "bwd"), None
 
 
 class CompressionHook(nn.Module):
     def __init__(self, table: int, backend, bound: Callable[[int], float | None],
-                 recorder: CompressionRecorder | None = None, destinations: int = 1, codec_name: str = ""):
+                 recorder: CompressionRecorder | None = None, destinations: int = 1, codec_name: str = "",
+                 backward_backend=None, backward_bound: Callable[[int], float | None] | None = None,
+                 backward_codec_name: str = ""):
         super().__init__()
         self.table = table
         self.backend = backend
         self.bound = bound
         self.recorder = recorder
         self.destinations = destinations
-        self.codec_name = codec_name or backend.name
+        self.codec_names = {"fwd": codec_name or backend.name,
+                            "bwd": backward_codec_name or getattr(backward_backend, "name", "")}
+        self.backward_backend = backward_backend
+        self.backward_bound = backward_bound
         self.enabled = True
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -56,14 +66,17 @@ class CompressionHook(nn.Module):
         return _StraightThrough.apply(pooled, self)
 
     def compress(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Round-trip every destination chunk; record what each one cost."""
-        eb_rel = self.bound(self.table) if self.backend.error_bounded else None
-        out = torch.empty_like(pooled)
-        for start, stop in destination_rows(pooled.shape[0], self.destinations):
-            x_hat, stats = self.backend.roundtrip(pooled[start:stop], eb_rel)
+        return self.roundtrip_chunks(pooled, self.backend, self.bound, "fwd")
+
+    def roundtrip_chunks(self, x: torch.Tensor, backend, bound, direction: str) -> torch.Tensor:
+        """Round-trip every destination chunk of `x`; record what each one cost."""
+        eb_rel = bound(self.table) if backend.error_bounded else None
+        out = torch.empty_like(x)
+        for start, stop in destination_rows(x.shape[0], self.destinations):
+            x_hat, stats = backend.roundtrip(x[start:stop], eb_rel)
             out[start:stop] = x_hat
             if self.recorder is not None:
-                self.recorder.record(self.table, "fwd", stats, eb_rel, self.codec_name)
+                self.recorder.record(self.table, direction, stats, eb_rel, self.codec_names[direction])
         return out
 
     def extra_repr(self) -> str:

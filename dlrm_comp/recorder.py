@@ -38,6 +38,10 @@ class TableTotals:
         self.eb_rel = eb_rel
         self.codec = codec
 
+    def add_decode(self, seconds: float) -> None:
+        """Receiver side of a real exchange: decoding time only (the sender counted the bytes)."""
+        self.dec_s += float(seconds)
+
     def merge(self, other: "TableTotals") -> None:
         self.chunks += other.chunks
         self.bytes_raw += other.bytes_raw
@@ -65,6 +69,14 @@ class CompressionRecorder:
 
     def record(self, table: int, direction: str, stats: Any, eb_rel: float | None, codec: str) -> None:
         self.interval.setdefault((table, direction), TableTotals()).add(stats, eb_rel, codec)
+
+    def record_decode(self, table: int, direction: str, seconds: float) -> None:
+        self.interval.setdefault((table, direction), TableTotals()).add_decode(seconds)
+
+    def merge_interval(self, other: dict[tuple[int, str], TableTotals]) -> None:
+        """Fold another rank's interval statistics into this one (rank 0 gathers them)."""
+        for key, totals in other.items():
+            self.interval.setdefault(key, TableTotals()).merge(totals)
 
     def flush(self, iteration: int, log: Callable[..., None]) -> list[dict[str, Any]]:
         """Emit one `table` record per table and direction, fold the interval into the run totals."""

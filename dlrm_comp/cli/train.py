@@ -5,7 +5,6 @@ Exit status 2 for any configuration error, before any work starts.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,31 +23,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def world_from_env() -> tuple[int, int]:
-    """Rank and world size from torchrun's environment (one process when absent)."""
-    try:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise ConfigError("RANK/WORLD_SIZE: torchrun environment variables must be integers") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [item for group in args.set for item in group]
     try:
         cfg = load_config(args.config, overrides)
-        rank, world_size = world_from_env()
-        if world_size != 1:
-            raise ConfigError(f"WORLD_SIZE={world_size}: this build trains on one process; "
-                              "run with torchrun --nproc_per_node=1 or plain python")
+        from dlrm_comp.distributed.env import abort_on_error, init_distributed, shutdown
+        from dlrm_comp.train.builders import resolve_device
         from dlrm_comp.train.loop import Trainer
+        env = init_distributed(cfg.dist.backend, resolve_device(cfg.train.device), cfg.dist.timeout_s)
         out = Path(args.out) if args.out else Path("runs") / cfg.name
-        trainer = Trainer(cfg, out, resume=args.resume, rank=rank, world_size=world_size)
+        trainer = Trainer(cfg, out, resume=args.resume, env=env)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    summary = trainer.run()
-    if rank == 0:
+    try:
+        summary = trainer.run()
+    except BaseException:
+        abort_on_error(env)  # mpiexec: take every rank down with this one's error
+        raise
+    shutdown(env)
+    if env.rank == 0:
         final = summary["final_eval"]
         bayes = summary.get("bayes_auc")
         extra = f" (bayes_auc {bayes:.4f})" if bayes is not None else ""

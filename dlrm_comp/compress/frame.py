@@ -88,13 +88,14 @@ def pack_header(h: FrameHeader, body_len: int) -> bytes:
     out += _varint(body_len)
     if has_eb:
         out += struct.pack("<f" + f, h.eb_rel, h.eb_abs if h.eb_abs is not None else 0.0)
-    out += struct.pack("<" + f * len(h.params), *h.params)
+    if h.params:
+        out += struct.pack("<" + f * len(h.params), *h.params)
     return bytes(out)
 
 
 def encode_frame(h: FrameHeader, body: bytes) -> bytes:
     data = pack_header(h, len(body)) + body
-    return data + struct.pack("<I", zlib.crc32(data))
+    return data + zlib.crc32(data).to_bytes(4, "little")
 
 
 def frame_overhead(h: FrameHeader, body_len: int) -> int:
@@ -127,43 +128,82 @@ class _Reader:
         raise CorruptPayloadError("payload has an over-long varint")
 
 
+def _varint_at(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    n = shift = 0
+    for _ in range(10):
+        if pos >= end:
+            raise CorruptPayloadError(f"payload truncated: need 1 bytes at offset {pos}, have 0")
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, pos
+        shift += 7
+    raise CorruptPayloadError("payload has an over-long varint")
+
+
+_FLOAT_SIZE = {"f": 4, "d": 8}
+_UNPACK = {}  # (fmt) -> struct.Struct
+
+
+def _unpack(fmt: str, buf: bytes, pos: int) -> tuple:
+    st = _UNPACK.get(fmt)
+    if st is None:
+        st = _UNPACK[fmt] = struct.Struct(fmt)
+    return st.unpack_from(buf, pos)
+
+
 def decode_frame(payload: bytes | bytearray | memoryview) -> tuple[FrameHeader, bytes]:
     """Validate a payload and split it into header fields and body."""
-    buf = bytes(payload)
-    if len(buf) < 12:
-        raise CorruptPayloadError(f"payload of {len(buf)} bytes is shorter than any valid frame")
+    buf = payload if type(payload) is bytes else bytes(payload)
+    n = len(buf)
+    if n < 12:
+        raise CorruptPayloadError(f"payload of {n} bytes is shorter than any valid frame")
     if buf[0] != MAGIC:
         raise CorruptPayloadError(f"bad magic 0x{buf[0]:02x} (expected 0x{MAGIC:02x}): not a dlrm_comp payload")
     if buf[1] != VERSION:
         raise CorruptPayloadError(f"unsupported format version {buf[1]} (this build reads {VERSION})")
-    (crc,) = struct.unpack("<I", buf[-4:])
-    if zlib.crc32(buf[:-4]) != crc:
+    end = n - 4
+    if zlib.crc32(memoryview(buf)[:end]) != int.from_bytes(buf[end:], "little"):
         raise CorruptPayloadError("CRC32 mismatch: payload corrupted, truncated or extended")
-    r = _Reader(buf, len(buf) - 4)
-    r.take(2)
-    b2, b3 = r.u8(), r.u8()
+    b2, b3, codec_id, plen = buf[2], buf[3], buf[4], buf[5]
     mode_id, has_eb, kind = b2 >> 4, bool(b2 >> 3 & 1), b2 & 7
     dtype_id, width_code, nfloats = b3 >> 6, b3 >> 4 & 3, b3 & 15
     if mode_id not in MODE_NAMES or nfloats > 3:
         raise CorruptPayloadError(f"unknown mode id {mode_id} or {nfloats} parameters")
-    codec_id = r.u8()
-    codec_params = r.take(r.u8())
-    ndim = r.u8()
+    pos = 6 + plen
+    if pos + 1 > end:
+        raise CorruptPayloadError(f"payload truncated: need {plen + 1} bytes at offset 6, have {end - 6}")
+    codec_params = buf[6:pos]
+    ndim = buf[pos]
+    pos += 1
     if ndim > MAX_NDIM:
         raise CorruptPayloadError(f"ndim {ndim} exceeds {MAX_NDIM}")
-    shape = tuple(r.varint() for _ in range(ndim))
+    dims = []
+    for _ in range(ndim):
+        d, pos = _varint_at(buf, pos, end)
+        dims.append(d)
+    shape = tuple(dims)
     if math.prod(shape) > MAX_NUMEL:
         raise CorruptPayloadError(f"shape {shape} exceeds {MAX_NUMEL} elements (decompression bomb guard)")
-    body_len = r.varint()
+    body_len, pos = _varint_at(buf, pos, end)
     dtype = DTYPES[dtype_id]
     f = "d" if dtype == torch.float64 else "f"
+    fs = _FLOAT_SIZE[f]
     eb_rel = eb_abs = None
+    need = (4 + fs if has_eb else 0) + fs * nfloats
+    if pos + need > end:
+        raise CorruptPayloadError(f"payload truncated: need {need} bytes at offset {pos}, have {end - pos}")
     if has_eb:
-        eb_rel, eb_abs = struct.unpack("<f" + f, r.take(struct.calcsize("<f" + f)))
-    params = struct.unpack("<" + f * nfloats, r.take(struct.calcsize("<" + f * nfloats)))
-    body = r.take(body_len)
-    if r.pos != r.end:
-        raise CorruptPayloadError(f"{r.end - r.pos} unexpected trailing bytes after the body")
+        eb_rel, eb_abs = _unpack("<f" + f, buf, pos)
+        pos += 4 + fs
+    params = _unpack("<" + f * nfloats, buf, pos)
+    pos += fs * nfloats
+    if pos + body_len > end:
+        raise CorruptPayloadError(f"payload truncated: need {body_len} bytes at offset {pos}, have {end - pos}")
+    if pos + body_len != end:
+        raise CorruptPayloadError(f"{end - pos - body_len} unexpected trailing bytes after the body")
+    body = buf[pos:end]
     header = FrameHeader(MODE_NAMES[mode_id], kind, dtype, shape, WIDTHS[width_code], codec_id,
-                         codec_params, eb_rel, eb_abs, tuple(params))
+                         codec_params, eb_rel, eb_abs, params)
     return header, body

@@ -11,8 +11,11 @@ from dlrm_comp.compress.lossless import codec_from_header
 from dlrm_comp.compress.quantize import (
     ChunkKind,
     QuantizedChunk,
+    _NP_CODE,
+    _NP_DTYPES,
     codes_from_bytes,
     dequantize,
+    dequantize_np,
     tensor_from_bytes,
 )
 from dlrm_comp.compress.sz import sz_decompress
@@ -35,6 +38,19 @@ def _check(h: FrameHeader, body: bytes) -> None:
         raise CorruptPayloadError(f"fixed-rate chunk in mode {h.mode!r}")
 
 
+_CODECS: dict[tuple[int, bytes], object] = {}  # receiver-side cache: codecs are stateless
+
+
+def _codec(codec_id: int, params: bytes):
+    key = (codec_id, params)
+    c = _CODECS.get(key)
+    if c is None:
+        c = codec_from_header(codec_id, params)
+        if len(_CODECS) < 256:
+            _CODECS[key] = c
+    return c
+
+
 def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None = None) -> torch.Tensor:
     """Reconstruct the tensor a validated header + body describe, on ``device`` (default CPU)."""
     _check(h, body)
@@ -45,7 +61,13 @@ def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None =
     if kind == ChunkKind.CONST:
         return torch.full(h.shape, h.params[0], dtype=h.dtype, device=dev)
     if kind == ChunkKind.QUANT:
-        codec = codec_from_header(h.codec_id, h.codec_params)
+        codec = _codec(h.codec_id, h.codec_params)
+        npd = _NP_DTYPES.get(h.dtype)
+        if npd is not None and h.width in _NP_CODE:  # fast path, bit-identical to dequantize()
+            n = h.numel
+            codes = np.frombuffer(codec.decompress(body, n * h.width), dtype=_NP_CODE[h.width].newbyteorder("<"))
+            y = torch.from_numpy(dequantize_np(codes, h.params[0], h.params[1], npd)).reshape(h.shape)
+            return y if dev.type == "cpu" else y.to(dev)
         codes = codes_from_bytes(codec.decompress(body, h.numel * h.width), h.width, h.numel, dev)
         q = QuantizedChunk(kind, h.shape, h.dtype, h.eb_rel or 0.0, h.eb_abs or 0.0, h.params[0], h.params[1],
                            h.width, codes, device=dev)

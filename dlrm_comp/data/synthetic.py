@@ -13,7 +13,7 @@ import torch
 
 from dlrm_comp.data.batch import Batch
 from dlrm_comp.data.features import DenseProfile, FeatureSampler, Items
-from dlrm_comp.data.source import SPLITS, check_batch_request, check_split
+from dlrm_comp.data.source import check_batch_request, check_split
 from dlrm_comp.data.teacher import Teacher, TeacherConfig
 from dlrm_comp.data.zipf import ZipfTables
 
@@ -152,5 +152,3 @@ class SyntheticCriteo:
         offsets = list(torch.from_numpy(np.ascontiguousarray(starts.T)).unbind(0))
         return indices, offsets
 
-
-assert set(_STREAMS) == set(SPLITS)

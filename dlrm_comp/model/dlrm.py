@@ -66,19 +66,28 @@ class CatInteraction(nn.Module):
 
 
 class DLRM(nn.Module):
+    """`owned_tables` (default: all) are the tables this process holds: a model-parallel rank
+    builds only its shard, and every table is initialised from its own seeded generator, so a
+    table's initial weights do not depend on where it is placed."""
+
     def __init__(self, cardinalities: Sequence[int], emb_dim: int, bottom_mlp: str, top_mlp: str,
-                 interaction: str = "dot", self_interaction: bool = False, sparse: bool = False):
+                 interaction: str = "dot", self_interaction: bool = False, sparse: bool = False,
+                 owned_tables: Sequence[int] | None = None, seed: int = 0):
         super().__init__()
         bottom = parse_widths(bottom_mlp)
         if interaction == "dot" and bottom[-1] != emb_dim:
             raise ValueError(f"bottom_mlp must end in emb_dim={emb_dim} for the dot interaction, got {bottom_mlp}")
         self.cardinalities = list(cardinalities)
         self.emb_dim = emb_dim
+        self.owned_tables = list(range(len(self.cardinalities)) if owned_tables is None else owned_tables)
         self.embeddings = nn.ModuleList(
-            nn.EmbeddingBag(n, emb_dim, mode="sum", sparse=sparse) for n in self.cardinalities)
-        for table, n in zip(self.embeddings, self.cardinalities):
-            bound = math.sqrt(1.0 / n)
-            nn.init.uniform_(table.weight, -bound, bound)
+            nn.EmbeddingBag(self.cardinalities[t], emb_dim, mode="sum", sparse=sparse) for t in self.owned_tables)
+        for t, table in zip(self.owned_tables, self.embeddings):
+            bound = math.sqrt(1.0 / self.cardinalities[t])
+            generator = torch.Generator().manual_seed(seed * 1000003 + t + 1)
+            with torch.no_grad():
+                table.weight.copy_(torch.rand(table.weight.shape, generator=generator) * (2 * bound) - bound)
+        torch.manual_seed(seed)
         self.bottom = build_mlp(bottom, final_activation=True)
         top_in = interaction_width(interaction, len(self.cardinalities), emb_dim, bottom[-1], self_interaction)
         self.top = build_mlp([top_in, *parse_widths(top_mlp)], final_activation=False)
@@ -97,7 +106,8 @@ class DLRM(nn.Module):
         self.pooled_hooks = nn.ModuleList(hooks)
 
     def lookup(self, indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [table(idx, off) for table, idx, off in zip(self.embeddings, indices, offsets)]
+        """Pooled outputs `[B, d]` of the owned tables (inputs are given for all tables)."""
+        return [table(indices[t], offsets[t]) for t, table in zip(self.owned_tables, self.embeddings)]
 
     def forward(self, dense: torch.Tensor, indices: Sequence[torch.Tensor],
                 offsets: Sequence[torch.Tensor]) -> torch.Tensor:

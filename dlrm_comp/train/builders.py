@@ -24,10 +24,11 @@ def build_source(cfg: DataConfig):
     return CriteoDataset(cache, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
 
 
-def build_model(cfg: RunConfig, cardinalities: list[int]) -> DLRM:
+def build_model(cfg: RunConfig, cardinalities: list[int], owned_tables: list[int] | None = None) -> DLRM:
     m = cfg.model
     return DLRM(cardinalities, m.emb_dim, m.bottom_mlp, m.top_mlp, interaction=m.interaction,
-                self_interaction=m.self_interaction, sparse=cfg.train.sparse_embedding_grads)
+                self_interaction=m.self_interaction, sparse=cfg.train.sparse_embedding_grads,
+                owned_tables=owned_tables, seed=cfg.train.seed)
 
 
 def build_optimizer(cfg: RunConfig, model: DLRM) -> torch.optim.Optimizer:

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-_NAME = re.compile(r"ckpt_(\d{9})\.pt$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -28,17 +27,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class CheckpointManager:
-    def __init__(self, directory: Path, keep: int = 2):
+    """`tag` tells the ranks of a distributed run apart (`.rank1`): each saves the tables it owns."""
+
+    def __init__(self, directory: Path, keep: int = 2, tag: str = ""):
         self.directory = directory
         self.keep = keep
+        self.tag = tag
+        self._name = re.compile(rf"^ckpt_(\d{{9}}){re.escape(tag)}\.pt$")
 
     def path_for(self, iteration: int) -> Path:
-        return self.directory / f"ckpt_{iteration:09d}.pt"
+        return self.directory / f"ckpt_{iteration:09d}{self.tag}.pt"
 
     def existing(self) -> list[Path]:
         if not self.directory.is_dir():
             return []
-        return sorted(p for p in self.directory.iterdir() if _NAME.search(p.name))
+        return sorted(p for p in self.directory.iterdir() if self._name.match(p.name))
+
+    def iterations(self) -> list[int]:
+        return [int(self._name.match(p.name).group(1)) for p in self.existing()]
 
     def latest(self) -> Path | None:
         found = self.existing()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dlrm_comp.config import ConfigError, RunConfig, dump_config
+from dlrm_comp.distributed.env import DistEnv
 from dlrm_comp.train.builders import build_model, build_optimizer, build_source, resolve_device
 from dlrm_comp.train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from dlrm_comp.train.extension import TrainingExtension
@@ -29,11 +30,12 @@ class InterruptedRun(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str | Path, extensions: Sequence[TrainingExtension] | None = None,
-                 resume: bool = False, rank: int = 0, world_size: int = 1):
+                 resume: bool = False, env: DistEnv | None = None):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
-        self.rank, self.world_size = rank, world_size
-        self.is_main = rank == 0
+        self.env = env or DistEnv()
+        self.rank, self.world_size = self.env.rank, self.env.world_size
+        self.is_main = self.rank == 0
         self.resume = resume
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -42,15 +44,23 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.source = build_source(cfg.data)
         self.iterations = self._resolve_iterations()
-        self.model = build_model(cfg, self.source.cardinalities).to(self.device)
-        self.optimizer = build_optimizer(cfg, self.model)
         if extensions is None:
             from dlrm_comp.train.compression import extensions_from_config
-            extensions = extensions_from_config(cfg, self.source.cardinalities)
+            extensions = extensions_from_config(cfg, self.source.cardinalities, self.world_size, self.rank)
         self.extensions = list(extensions)
+        self.parallel = None
+        if self.env.distributed:
+            from dlrm_comp.train.parallel import ModelParallel
+            compression = next((e for e in self.extensions if e.name == "compression"), None)
+            self.parallel = ModelParallel(cfg, self.env, self.source.cardinalities, self.device, compression)
+            self.model = self.parallel.model
+        else:
+            self.model = build_model(cfg, self.source.cardinalities).to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model)
         for ext in self.extensions:
             ext.attach(self.model)
-        self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
+        tag = f".rank{self.rank}" if self.env.distributed else ""
+        self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep=cfg.train.keep_checkpoints, tag=tag)
         self.start_iteration = 0
         self.wall_before = 0.0  # wall time of earlier (interrupted) segments of this run
         self.step_times: list[float] = []
@@ -74,16 +84,27 @@ class Trainer:
             "wall_s": wall_s,
             "step_times": list(self.step_times),
             "config": self.cfg.to_dict(),
+            "world_size": self.world_size,
             "extensions": {ext.name: ext.state_dict() for ext in self.extensions},
         }
 
     def _restore(self) -> None:
         path = self.checkpoints.latest()
+        if self.parallel is not None:  # resume from the newest iteration every rank has saved
+            import torch.distributed as dist
+            mine = self.checkpoints.iterations()
+            everyone = [None] * self.world_size
+            dist.all_gather_object(everyone, mine)
+            common = set.intersection(*(set(x) for x in everyone))
+            path = self.checkpoints.path_for(max(common)) if common else None
         if path is None:
             if self.is_main:
                 print(f"--resume: no checkpoint in {self.checkpoints.directory}; starting from scratch")
             return
         state = CheckpointManager.load(path)
+        if state.get("world_size", 1) != self.world_size:
+            raise ConfigError(f"--resume: the checkpoint was written by {state.get('world_size', 1)} process(es), "
+                              f"this run has {self.world_size}; resume at the same world size")
         self._check_compatible(state["config"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -114,8 +135,8 @@ class Trainer:
     def train_step(self, iteration: int) -> float:
         batch = self.source.batch("train", iteration, self.cfg.data.batch_size).to(self.device)
         self.model.train()
-        logits = self.model(batch.dense, batch.indices, batch.offsets)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        logits, labels = self._forward(batch, training=True)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at iteration {iteration}: "
                                      "lower train.lr or check the input data")
@@ -123,6 +144,11 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
+
+    def _forward(self, batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.parallel is not None:
+            return self.parallel.forward(batch, training)
+        return self.model(batch.dense, batch.indices, batch.offsets), batch.labels
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict[str, float]:
@@ -137,8 +163,11 @@ class Trainer:
         logits, labels = [], []
         for i in range(n):
             batch = self.source.batch(split, i, size).to(self.device)
-            logits.append(self.model(batch.dense, batch.indices, batch.offsets).float().cpu())
-            labels.append(batch.labels.cpu())
+            out, lab = self._forward(batch, training=False)
+            if self.parallel is not None:
+                out, lab = self.parallel.gather(out.float()), self.parallel.gather(lab.float())
+            logits.append(out.float().cpu())
+            labels.append(lab.cpu())
         return classification_metrics(torch.cat(logits).numpy(), torch.cat(labels).numpy())
 
     # ----------------------------------------------------------------------------- run
@@ -172,9 +201,12 @@ class Trainer:
                 done = t + 1
                 if done % cfg.print_every == 0 or done == self.iterations:
                     mean_step = float(np.mean(interval_times))
-                    logger.log("train", done, loss=float(np.mean(losses)), step_s=mean_step,
+                    mean_loss = float(np.mean(losses))
+                    if self.parallel is not None:
+                        mean_loss = self.parallel.mean(mean_loss)
+                    logger.log("train", done, loss=mean_loss, step_s=mean_step,
                                samples_per_s=self.cfg.data.batch_size / mean_step)
-                    bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
                     for ext in self.extensions:
                         ext.on_interval(done, logger.log, echo)
                     losses, interval_times = [], []
@@ -201,7 +233,7 @@ class Trainer:
             logger.close()
 
     def _save(self, iteration: int, t0: float) -> None:
-        if self.is_main:
+        if self.is_main or self.parallel is not None:  # every rank saves the tables it owns
             self.checkpoints.save(iteration, self.state_dict(iteration, self.wall_before + time.perf_counter() - t0))
 
     def _summary(self, final: dict[str, float], wall_s: float) -> dict[str, Any]:

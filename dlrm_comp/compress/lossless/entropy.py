@@ -2,6 +2,7 @@
 model would reach, used to report how close the real lossless stage gets (efficiency)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -21,3 +22,13 @@ def entropy_bits_per_symbol(codes: torch.Tensor) -> float:
 def entropy_bytes(codes: torch.Tensor) -> float:
     """Ideal compressed size in bytes: n * H / 8."""
     return codes.numel() * entropy_bits_per_symbol(codes) / 8.0
+
+
+def entropy_bytes_np(codes: np.ndarray) -> float:
+    """entropy_bytes for a numpy array of unsigned codes (CPU fast path)."""
+    n = codes.size
+    if n == 0:
+        return 0.0
+    counts = np.bincount(codes.reshape(-1))
+    p = counts[counts > 0] / n
+    return float(-(p * np.log2(p)).sum()) * n / 8.0

@@ -1,0 +1,1 @@
+"""Model-parallel embeddings: process groups, table placement, the compressed all-to-all."""

@@ -1,0 +1,77 @@
+"""One rank of a model-parallel run: its embedding shard, the data-parallel dense layers (DDP),
+and the compressed embedding all-to-all between them.
+
+Every rank reads the same global batch (batches are a pure function of their index), looks up
+its own tables for all B rows, exchanges, and runs the dense part on its slice
+`[r*B/W, (r+1)*B/W)`. The batch size must divide by the world size: that is checked at start-up,
+and a final partial batch of a bounded split is dropped, as upstream DLRM does.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dlrm_comp.config import ConfigError, RunConfig
+from dlrm_comp.data.batch import Batch
+from dlrm_comp.distributed.env import DistEnv
+from dlrm_comp.distributed.exchange import EmbeddingExchange
+from dlrm_comp.distributed.sharding import place_tables, tables_of
+from dlrm_comp.model import DLRM
+from dlrm_comp.train.builders import build_model
+
+
+class DenseHead(nn.Module):
+    """The layers after the exchange, as one module so DDP can wrap them (not the embeddings)."""
+
+    def __init__(self, model: DLRM):
+        super().__init__()
+        self.bottom, self.interaction, self.top = model.bottom, model.interaction, model.top
+
+    def forward(self, dense: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
+        return self.top(self.interaction(self.bottom(dense), pooled)).squeeze(1)
+
+
+def check_divisible(cfg: RunConfig, world_size: int) -> None:
+    for key, value in (("data.batch_size", cfg.data.batch_size), ("data.eval_batch_size", cfg.data.eval_batch_size)):
+        if value % world_size:
+            raise ConfigError(f"{key}: {value} is not divisible by the world size {world_size}; "
+                              f"use a multiple of {world_size}")
+
+
+class ModelParallel:
+    def __init__(self, cfg: RunConfig, env: DistEnv, cardinalities: list[int], device: torch.device,
+                 compression=None):
+        check_divisible(cfg, env.world_size)
+        self.env = env
+        self.owners = place_tables(cardinalities, cfg.model.emb_dim, env.world_size, cfg.dist.sharding)
+        self.model = build_model(cfg, cardinalities, owned_tables=tables_of(self.owners, env.rank)).to(device)
+        self.head = DistributedDataParallel(DenseHead(self.model))
+        group = dist.new_group(backend=env.backend)
+        c = compression
+        self.exchange = EmbeddingExchange(
+            self.owners, env.rank, env.world_size, cfg.model.emb_dim,
+            forward_backend=c.backend if c else None, forward_bound=c.bound if c else None,
+            backward_backend=c.backward_backend if c else None, backward_bound=c.backward_bound if c else None,
+            recorder=c.recorder if c else None,
+            codec_names=(c.codec_name, c.backward_codec_name) if c else ("", ""), group=group, accounting=c)
+
+    def forward(self, batch: Batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of this rank's slice of the global batch."""
+        pooled = self.model.lookup(batch.indices, batch.offsets)
+        received = self.exchange(pooled, compress=training)
+        start, stop = self.exchange.slice_rows(batch.batch_size)[self.env.rank]
+        local = batch.slice(start, stop)
+        return self.head(local.dense, received), local.labels
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate equal-sized per-rank tensors in rank order (for evaluation metrics)."""
+        parts = [torch.empty_like(tensor) for _ in range(self.env.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def mean(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item()) / self.env.world_size

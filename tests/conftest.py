@@ -11,7 +11,7 @@ from dlrm_comp.config import load_config
 
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # small models: a second thread only adds contention
 
 TINY_OVERRIDES = [
     "data.profile=tiny", "data.batch_size=32", "data.eval_batch_size=512", "data.num_val_samples=1024",

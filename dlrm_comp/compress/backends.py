@@ -7,15 +7,17 @@ one semantics: eb_abs = eb_rel * (max - min) of the chunk, verified after decodi
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from dlrm_comp.compress.backend_base import Backend, BaseBackend, ChunkStats, Encoded
+from dlrm_comp.compress.backend_base import Backend, BaseBackend, ChunkStats, Encoded, max_abs_error
 from dlrm_comp.compress.fixed import FIXED_MODES, encode_fixed
 from dlrm_comp.compress.frame import FrameHeader, encode_frame, frame_overhead
 from dlrm_comp.compress.lossless import LosslessCodec, default_lossless, entropy_bytes, get_lossless
+from dlrm_comp.compress.lossless.entropy import entropy_bytes_np
 from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.payload import decode_body
 from dlrm_comp.compress.quantize import (
@@ -29,6 +31,7 @@ from dlrm_comp.compress.quantize import (
     dequantize,
     header_float,
     quantize,
+    quantize_np,
     round_down,
     tensor_to_bytes,
 )
@@ -95,9 +98,10 @@ class CodecBackend(BaseBackend):
     name, error_bounded, fixed_rate = "codec", True, False
 
     def __init__(self, nonfinite: str = "raise", lossless: str | LosslessCodec | None = None, ideal: bool = True,
-                 **lossless_params: Any):
+                 verify_decode: bool = False, **lossless_params: Any):
         self.nonfinite = _check_policy(nonfinite)
-        self.ideal = bool(ideal)  # entropy of the codes for ideal_nbytes (about a third of small-chunk encode time)
+        self.ideal = bool(ideal)
+        self.verify_decode = bool(verify_decode)  # entropy of the codes for ideal_nbytes (about a third of small-chunk encode time)
         self.lossless = _make_lossless(lossless, lossless_params)
 
     def describe(self) -> str:
@@ -105,7 +109,43 @@ class CodecBackend(BaseBackend):
         return f"{self.name}:{self.lossless.name}({args})"
 
     def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:
-        q = quantize(x.detach(), float(eb_rel), nonfinite=self.nonfinite)
+        return self._encode(x, eb_rel)[0]
+
+    def _encode(self, x: torch.Tensor, eb_rel: float | None) -> tuple[Encoded, torch.Tensor | None, float, float]:
+        """(Encoded, verified x_hat or None, its max abs error, reconstruction seconds). x_hat is
+        what any receiver decodes from the payload, bit for bit (the CPU fast path verified it)."""
+        eb = float(eb_rel)
+        fq = quantize_np(x, eb, self.nonfinite) if x.device.type == "cpu" else None
+        if fq is None:
+            check_input(x, eb)
+            return self._encode_general(x, eb), None, 0.0, 0.0
+        if not (math.isfinite(eb) and 0.0 < eb <= 0.5):
+            check_input(x, eb)
+        raw_n = _raw_nbytes(x)
+        kind = fq.kind
+        if kind == ChunkKind.QUANT:
+            codes = fq.codes.tobytes()
+            codec, body = self.lossless, self.lossless.compress(codes, fq.width)
+            if len(body) >= len(codes):
+                codec, body = _IDENTITY, codes
+            h = FrameHeader(self.name, 2, fq.dtype, fq.shape, fq.width, codec.codec_id, codec.header_params(),
+                            eb, fq.eb_abs, (fq.minimum, fq.step))
+            payload = encode_frame(h, body)
+            ideal = entropy_bytes_np(fq.codes) + len(payload) - len(body) if self.ideal else None
+            return (Encoded(self.name, len(payload), raw_n, False, eb, fq.eb_abs, ideal, "QUANT", payload=payload),
+                    fq.y, fq.err, fq.deq_s)
+        if kind == ChunkKind.CONST:
+            h = FrameHeader(self.name, 1, fq.dtype, fq.shape, 0, 0, b"", eb, 0.0, (fq.minimum,))
+            payload = encode_frame(h, b"")
+            return (Encoded(self.name, len(payload), raw_n, False, eb, 0.0, float(len(payload)), "CONST",
+                            payload=payload), fq.y, 0.0, 0.0)
+        h = FrameHeader(self.name, 0, fq.dtype, fq.shape, 0, 0, b"", eb, fq.eb_abs, ())
+        payload = encode_frame(h, tensor_to_bytes(fq.raw))
+        return (Encoded(self.name, len(payload), raw_n, False, eb, fq.eb_abs, float(len(payload)), "RAW",
+                        payload=payload), None, 0.0, 0.0)
+
+    def _encode_general(self, x: torch.Tensor, eb: float) -> Encoded:
+        q = quantize(x.detach(), eb, nonfinite=self.nonfinite)
         ideal: float | None = None
         codec: LosslessCodec | None = None
         if q.kind == ChunkKind.QUANT:
@@ -121,8 +161,33 @@ class CodecBackend(BaseBackend):
             ideal = entropy_bytes(q.codes) + frame_overhead(h, len(body)) if self.ideal else None
         else:
             ideal = float(len(payload))
-        return Encoded(self.name, len(payload), _raw_nbytes(x), False, float(eb_rel), q.eb_abs, ideal, q.kind.name,
+        return Encoded(self.name, len(payload), _raw_nbytes(x), False, eb, q.eb_abs, ideal, q.kind.name,
                        payload=payload)
+
+    def roundtrip(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[torch.Tensor, ChunkStats]:
+        """As BaseBackend.roundtrip, without a second decode where the encoder already verified the
+        receiver's exact reconstruction (CPU float32/float64 chunks): x_hat is that reconstruction
+        (bit-identical to decode(payload); tests hold it to that) and dec_s the time of the
+        reconstruction step (the receiver's inflate is not repeated here). Set
+        ``verify_decode=True`` to decode the payload instead and compare."""
+        t0 = time.perf_counter()
+        enc, y, err, deq_s = self._encode(x, eb_rel)
+        t1 = time.perf_counter()
+        if y is None or self.verify_decode:
+            x_hat = self.decode(enc, x.device)
+            dec_s = time.perf_counter() - t1
+            err = max_abs_error(x, x_hat)
+            if y is not None and not torch.equal(x_hat, y):
+                raise AssertionError("codec: receiver decode differs from the verified reconstruction")
+        else:
+            x_hat, dec_s = y, deq_s
+        ratio = err / enc.eb_abs if enc.eb_abs else (0.0 if err == 0.0 else float("inf"))
+        stats = ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, False, enc.ideal_nbytes,
+                           enc.eb_rel, enc.eb_abs, err, ratio, t1 - t0, dec_s)
+        return x_hat, stats
+
+
+_IDENTITY = IdentityCodec()
 
 
 class SzBackend(BaseBackend):

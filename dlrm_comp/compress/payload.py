@@ -53,6 +53,14 @@ def _codec(codec_id: int, params: bytes):
 
 def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None = None) -> torch.Tensor:
     """Reconstruct the tensor a validated header + body describe, on ``device`` (default CPU)."""
+    if h.kind == 2 and len(h.params) == 2 and h.width in _NP_CODE:  # QUANT, fast path
+        npd = _NP_DTYPES.get(h.dtype)
+        if npd is not None:  # bit-identical to dequantize()
+            codec = _codec(h.codec_id, h.codec_params)
+            w = h.width
+            codes = np.frombuffer(codec.decompress(body, h.numel * w), dtype=_NP_CODE[w])
+            y = torch.from_numpy(dequantize_np(codes, h.params[0], h.params[1], npd)).reshape(h.shape)
+            return y if device is None or torch.device(device).type == "cpu" else y.to(device)
     _check(h, body)
     dev = torch.device(device or "cpu")
     kind = ChunkKind(h.kind)
@@ -62,12 +70,6 @@ def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None =
         return torch.full(h.shape, h.params[0], dtype=h.dtype, device=dev)
     if kind == ChunkKind.QUANT:
         codec = _codec(h.codec_id, h.codec_params)
-        npd = _NP_DTYPES.get(h.dtype)
-        if npd is not None and h.width in _NP_CODE:  # fast path, bit-identical to dequantize()
-            n = h.numel
-            codes = np.frombuffer(codec.decompress(body, n * h.width), dtype=_NP_CODE[h.width].newbyteorder("<"))
-            y = torch.from_numpy(dequantize_np(codes, h.params[0], h.params[1], npd)).reshape(h.shape)
-            return y if dev.type == "cpu" else y.to(dev)
         codes = codes_from_bytes(codec.decompress(body, h.numel * h.width), h.width, h.numel, dev)
         q = QuantizedChunk(kind, h.shape, h.dtype, h.eb_rel or 0.0, h.eb_abs or 0.0, h.params[0], h.params[1],
                            h.width, codes, device=dev)

@@ -83,8 +83,18 @@ def header_float(dtype: torch.dtype) -> np.dtype:
     return np.dtype("<f8") if dtype == torch.float64 else np.dtype("<f4")
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_NEG_INF = np.float32(-np.inf)
+
+
 def round_down(value: float, ftype: np.dtype) -> float:
     """Largest value of ``ftype`` that is <= value (value >= 0 and finite assumed)."""
+    if ftype.itemsize == 4:
+        if value >= _F32_MAX:
+            return _F32_MAX
+        v32 = np.float32(value)
+        v = float(v32)
+        return float(np.nextafter(v32, _F32_NEG_INF)) if v > value else v
     with np.errstate(over="ignore"):
         v = ftype.type(value)
         if float(v) > value:
@@ -208,6 +218,7 @@ _F32 = np.float32
 _EPS32 = float(np.finfo(np.float32).eps)
 _CAST32_TINY = float(np.finfo(np.float32).tiny) * _EPS32
 _LUT_MIN_NUMEL = {1: 0, 2: 4096}  # uint16 codes: tabulate only when the chunk is big enough
+_AR256 = np.arange(256, dtype=np.float64)
 
 
 class NpQuant:
@@ -243,14 +254,17 @@ def dequantize_np(codes: np.ndarray, minimum: float, step: float, out: np.dtype,
     if w in _LUT_MIN_NUMEL and n >= _LUT_MIN_NUMEL[w]:
         if max_code is None:
             max_code = 255 if w == 1 else int(codes.max()) if n else 0
-        lut = np.arange(max_code + 1, dtype=np.float64)
-        lut *= step
+        lut = _AR256 * step if max_code == 255 else np.arange(max_code + 1, dtype=np.float64) * step
         lut += minimum
+        if out != np.float64 and not -3.4e38 < lut[-1] < 3.4e38:  # entries past the data may overflow
+            with np.errstate(over="ignore"):
+                return lut.astype(out).take(codes)
         return lut.astype(out).take(codes)
     y = codes.astype(np.float64)
     y *= step
     y += minimum
-    return y.astype(out)
+    with np.errstate(over="ignore"):
+        return y.astype(out)
 
 
 def quantize_np(x: torch.Tensor, eb_rel: float, nonfinite: str = "raise") -> NpQuant | None:

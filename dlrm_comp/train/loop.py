@@ -6,6 +6,7 @@ iteration count, and a resumed run sees exactly the batches an uninterrupted one
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -219,6 +220,7 @@ class Trainer:
                     self._save(done, t0)
                 if stop_after is not None and done >= stop_after:
                     raise InterruptedRun(f"stopped after iteration {done}")
+                self._maybe_inject_failure(done)
             bar.close()
             final = self.evaluate()
             logger.log("eval", self.iterations, **final)
@@ -231,6 +233,13 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+
+    def _maybe_inject_failure(self, done: int) -> None:
+        """Fault injection for the multi-process tests: DLRM_COMP_FAIL_AT=N [DLRM_COMP_FAIL_RANK=r]
+        makes rank r (default 0) raise after iteration N, as a crashed worker would."""
+        fail_at = os.environ.get("DLRM_COMP_FAIL_AT")
+        if fail_at and done == int(fail_at) and self.rank == int(os.environ.get("DLRM_COMP_FAIL_RANK", "0")):
+            raise RuntimeError(f"injected failure on rank {self.rank} after iteration {done} (DLRM_COMP_FAIL_AT)")
 
     def _save(self, iteration: int, t0: float) -> None:
         if self.is_main or self.parallel is not None:  # every rank saves the tables it owns

@@ -139,3 +139,18 @@ def test_option_spellings_used_by_training():
 def test_codec_without_ideal():
     enc = get_backend("codec", ideal=False).encode(torch.randn(8, 8), 1e-2)
     assert enc.ideal_nbytes is None and enc.nbytes == len(enc.payload)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=chunks(dtypes=[torch.float32, torch.float64]), eb=EBS)
+def test_codec_roundtrip_without_second_decode_is_bit_identical(x, eb):
+    """roundtrip returns the encoder's verified reconstruction: it must equal what a receiver
+    decodes from the bytes, bit for bit, and verify_decode=True must agree on everything."""
+    fast, checked = get_backend("codec"), get_backend("codec", verify_decode=True)
+    y1, s1 = fast.roundtrip(x, eb)
+    y2, s2 = checked.roundtrip(x, eb)  # decodes the payload and asserts equality internally
+    assert torch.equal(y1, y2) and s1.nbytes == s2.nbytes and s1.kind == s2.kind
+    assert torch.equal(decode_payload(fast.encode(x, eb).payload), y1)
+    assert s1.max_abs_err <= s1.eb_abs and s2.max_abs_err <= s2.eb_abs
+    if s1.kind == "QUANT":
+        assert s1.max_abs_err == pytest.approx(s2.max_abs_err, rel=1e-6, abs=1e-30)

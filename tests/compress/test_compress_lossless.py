@@ -20,6 +20,7 @@ from dlrm_comp.compress.quantize import codes_to_bytes, quantize
 SETTINGS = [
     ("identity", {}),
     ("zlib", {"level": 1, "strategy": "huffman"}),
+    ("zlib", {"level": 1, "strategy": "auto"}),
     ("zlib", {"level": 9}),
     ("blosc2", {"codec": "ZSTD", "clevel": 5, "filter": "NOFILTER"}),
     ("blosc2", {"codec": "LZ4", "clevel": 9, "filter": "BITSHUFFLE", "blocksize": 1024}),
@@ -83,3 +84,17 @@ def test_select_default_runs():
 
     out = measure(quick=True)
     assert not out["best"]["stores_uncompressed"]
+
+
+def test_auto_uses_matches_on_repeated_rows_and_huffman_otherwise():
+    """Embedding outputs repeat whole rows (popular / small-cardinality categories): 'auto' must
+    exploit that, and must not lose to Huffman-only on match-free codes."""
+    auto, huff = get_lossless("zlib", level=1, strategy="auto"), get_lossless("zlib", level=1, strategy="huffman")
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randint(0, 52, (8, 32), generator=g, dtype=torch.uint8)
+    rep = rows[torch.randint(0, 8, (512,), generator=g)].numpy().tobytes()
+    assert len(auto.compress(rep, 1)) < 0.5 * len(huff.compress(rep, 1))
+    _, buf = _codes(32768)
+    assert len(auto.compress(buf, 1)) <= len(huff.compress(buf, 1))
+    for b in (rep, buf):
+        assert auto.decompress(auto.compress(b, 1), len(b)) == b

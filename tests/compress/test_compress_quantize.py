@@ -105,3 +105,17 @@ def test_cuda_matches_cpu():
     assert qg.codes.is_cuda
     assert torch.equal(dequantize(qg).cpu(), dequantize(qc))
     assert np.array_equal(codes_to_bytes(qc), codes_to_bytes(qg))
+
+
+@pytest.mark.parametrize("width,n", [(1, 1000), (2, 100), (2, 5000), (4, 50)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lut_dequantize_equals_formula(width, n, dtype):
+    """The CPU table lookup is the wire formula dtype(min + code*step) in float64, bit for bit."""
+    from dlrm_comp.compress.quantize import _NP_CODE, dequantize_np
+
+    g = torch.Generator().manual_seed(width * n)
+    codes = torch.randint(0, min(256 ** width, 2**31) - 1, (n,), generator=g, dtype=torch.int64)
+    for mn, step in ((-0.123456789, 0.00123456789), (1e6 + 0.1, 3.3e-3), (-3e38, 1e34)):
+        ref = (codes.to(torch.float64) * step + mn).to(dtype)
+        got = dequantize_np(codes.numpy().astype(_NP_CODE[width]), mn, step, np.dtype(str(dtype).split(".")[1]))
+        assert torch.equal(torch.from_numpy(got), ref)

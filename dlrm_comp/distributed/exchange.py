@@ -59,7 +59,7 @@ class EmbeddingExchange:
         self.codec_names = {"fwd": codec_names[0], "bwd": codec_names[1]}
         self.recorder = recorder
         self.group = group
-        self.accounting = accounting  # an object whose `bytes_meta` counts the size-exchange bytes
+        self.accounting = accounting  # counts the size-exchange bytes in `bytes_meta_interval`
 
     # ------------------------------------------------------------------ autograd entry point
     def __call__(self, pooled: Sequence[torch.Tensor], compress: bool) -> list[torch.Tensor]:
@@ -139,7 +139,7 @@ class EmbeddingExchange:
         sizes_out = torch.empty(sum(size_out_splits), dtype=torch.int64)
         dist.all_to_all_single(sizes_out, sizes_in, size_out_splits, size_in_splits, group=self.group)
         if self.accounting is not None:
-            self.accounting.bytes_meta += int(sizes_in.numel()) * 8
+            self.accounting.bytes_meta_interval += int(sizes_in.numel()) * 8
         # 2) bytes, variable size per destination
         blob = b"".join(p for row in payloads for p in row)
         data_in = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.empty(0, dtype=torch.uint8)

@@ -97,13 +97,13 @@ class CompressionExtension(TrainingExtension):
         if self.world_size > 1:  # every rank saw only its tables: gather the interval on rank 0
             import torch.distributed as dist
             gathered = [None] * self.world_size if self.rank == 0 else None
-            dist.gather_object(self.recorder.interval, gathered, dst=0)
+            dist.gather_object((self.recorder.interval, self.bytes_meta_interval), gathered, dst=0)
+            self.recorder.interval, self.bytes_meta_interval = {}, 0
             if self.rank != 0:
-                self.recorder.interval = {}
                 return
-            self.recorder.interval = {}
-            for part in gathered:
+            for part, meta in gathered:
                 self.recorder.merge_interval(part)
+                self.bytes_meta += meta
         rows = self.recorder.flush(iteration, log)
         if rows and self.cfg.print_tables:
             echo(format_interval_table(rows, iteration))
@@ -129,7 +129,8 @@ class CompressionExtension(TrainingExtension):
             section["backward"] = bwd
         return {"compression": section}
 
-    bytes_meta = 0  # size-exchange bytes, set by the distributed exchange
+    bytes_meta = 0  # size-exchange bytes of all ranks (rank 0 sums them at each interval)
+    bytes_meta_interval = 0  # this rank's, since the last interval (the exchange adds to it)
 
     def state_dict(self) -> dict[str, Any]:
         return {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta}

@@ -1,0 +1,130 @@
+"""Multi-process behaviour with 2-3 gloo processes on CPU, launched the way users launch them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_OVERRIDES
+from dlrm_comp.distributed.sharding import place_tables, tables_of
+from dlrm_comp.train.logging import read_jsonl
+from dlrm_comp.train.loop import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["train.progress=false", "compress.print_tables=false", "train.tensorboard=false"]
+
+
+def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def train_cli(out: Path, *overrides: str) -> list[str]:
+    return [str(ROOT / "launch/train.py"), "--set", *TINY_OVERRIDES, *QUIET, *overrides, "--out", str(out)]
+
+
+def final_state(run: Path, iterations: int, world: int, cards: list[int]) -> dict[str, torch.Tensor]:
+    """Parameters of a finished run, with sharded tables renamed to their global index."""
+    ckpt = run / "checkpoints"
+    if world == 1:
+        return torch.load(ckpt / f"ckpt_{iterations:09d}.pt", weights_only=False)["model"]
+    owners = place_tables(cards, 4, world, "contiguous")
+    state = {}
+    for rank in range(world):
+        part = torch.load(ckpt / f"ckpt_{iterations:09d}.rank{rank}.pt", weights_only=False)["model"]
+        for key, value in part.items():
+            if key.startswith("embeddings."):
+                local = int(key.split(".")[1])
+                key = f"embeddings.{tables_of(owners, rank)[local]}.weight"
+            state[key] = value
+    return state
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_off_matches_single_process(tiny_cfg, tmp_path, world):
+    sizes = ["data.batch_size=36", "data.eval_batch_size=510"]
+    single = Trainer(tiny_cfg(*sizes, *QUIET), tmp_path / "single")
+    single.run()
+    proc = torchrun(world, *train_cli(tmp_path / "multi", *sizes))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cards = single.source.cardinalities
+    a = final_state(tmp_path / "single", 40, 1, cards)
+    b = final_state(tmp_path / "multi", 40, world, cards)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    la = [r["loss"] for r in read_jsonl(tmp_path / "single" / "metrics.jsonl") if r["kind"] == "train"]
+    lb = [r["loss"] for r in read_jsonl(tmp_path / "multi" / "metrics.jsonl") if r["kind"] == "train"]
+    assert la == pytest.approx(lb, rel=1e-4)
+    summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert summary["world_size"] == world
+
+
+@pytest.mark.parametrize("world,sharding", [(2, "contiguous"), (3, "balanced")])
+def test_exchange_bound_bytes_and_gradients(world, sharding):
+    proc = torchrun(world, str(ROOT / "tests/dist_exchange_check.py"), sharding)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("exchange checks passed") == world
+
+
+def test_codec_run_counts_real_bytes(tmp_path):
+    proc = torchrun(2, *train_cli(tmp_path / "run", "compress.mode=codec", "compress.backward.mode=codec",
+                                  "compress.backward.error_bound=0.01"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    comp = json.loads((tmp_path / "run" / "summary.json").read_text())["compression"]
+    # 40 iterations x 32 rows x 4 dims x 4 bytes x 8 tables, forward and backward
+    assert comp["bytes_raw"] == 40 * 32 * 4 * 4 * 8
+    assert comp["estimated"] is False and comp["cr"] > 2
+    assert comp["bytes_meta"] == 40 * 8 * 2 * 8 * 2  # one int64 per table and destination, both directions
+    assert 0 < comp["max_err_ratio"] <= 1
+    back = comp["backward"]
+    assert back["bytes_raw"] == 40 * 32 * 4 * 4 * 8 and back["bytes_sent"] > 0
+    tables = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "table"]
+    assert {r["direction"] for r in tables} == {"fwd", "bwd"}
+
+
+def test_batch_not_divisible_is_a_startup_error(tmp_path):
+    proc = torchrun(3, *train_cli(tmp_path / "run", "data.batch_size=32"))
+    assert proc.returncode != 0
+    assert "data.batch_size" in proc.stderr and "divisible" in proc.stderr
+
+
+def test_failing_rank_stops_the_run_with_its_error(tmp_path):
+    proc = torchrun(2, *train_cli(tmp_path / "run", "train.iterations=200"),
+                    env={"DLRM_COMP_FAIL_AT": "5", "DLRM_COMP_FAIL_RANK": "1"}, timeout=120)
+    assert proc.returncode != 0
+    assert "injected failure on rank 1" in proc.stderr
+
+
+def test_distributed_resume_matches_uninterrupted(tmp_path, tiny_cfg):
+    args = ("compress.mode=codec",)
+    straight = torchrun(2, *train_cli(tmp_path / "a", *args))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = torchrun(2, *train_cli(tmp_path / "b", *args), env={"DLRM_COMP_FAIL_AT": "25"})
+    assert killed.returncode != 0
+    resumed = torchrun(2, *train_cli(tmp_path / "b", *args), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    cards = Trainer(tiny_cfg(), tmp_path / "unused").source.cardinalities
+    a, b = final_state(tmp_path / "a", 40, 2, cards), final_state(tmp_path / "b", 40, 2, cards)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    sa = json.loads((tmp_path / "a" / "summary.json").read_text())["compression"]
+    sb = json.loads((tmp_path / "b" / "summary.json").read_text())["compression"]
+    assert sa["bytes_sent"] == sb["bytes_sent"]
+
+
+def test_mpiexec_launch(tmp_path):
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        pytest.skip("mpiexec not installed (pip install -e '.[mpi]')")
+    cmd = [str(mpiexec), "-n", "2", sys.executable, *train_cli(tmp_path / "run", "compress.mode=codec")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["compression"]["bytes_sent"] > 0

@@ -107,6 +107,19 @@ class BaseBackend:
             enc = enc.payload
         return decode_payload(enc, device)
 
+    def encode_measured(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[Encoded, ChunkStats]:
+        """Encode for a real transfer, with the chunk's statistics (the error is the sender's own
+        measurement of what the receiver will decode; decode time is left to the receiver)."""
+        t0 = time.perf_counter()
+        enc = self.encode(x, eb_rel)
+        enc_s = time.perf_counter() - t0
+        err, ratio = 0.0, None
+        if self.error_bounded:
+            err = max_abs_error(x, self.decode(enc, x.device))
+            ratio = err / enc.eb_abs if enc.eb_abs else (0.0 if err == 0.0 else float("inf"))
+        return enc, ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, enc.estimated, enc.ideal_nbytes,
+                               enc.eb_rel, enc.eb_abs, err, ratio, enc_s, 0.0)
+
     def roundtrip(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[torch.Tensor, ChunkStats]:
         """Encode then decode as a receiver would; x_hat on x's device and dtype, plus stats."""
         _sync(x)

@@ -21,27 +21,12 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from dlrm_comp.compress.backend_base import ChunkStats, max_abs_error
 from dlrm_comp.compress.payload import decode_payload
 from dlrm_comp.distributed.sharding import tables_of
 from dlrm_comp.hooks import destination_rows
 from dlrm_comp.recorder import CompressionRecorder
 
 Bound = Callable[[int], float]
-
-
-def _encode(backend, chunk: torch.Tensor, eb_rel: float | None) -> tuple[bytes, ChunkStats]:
-    """Payload bytes plus the chunk's statistics (the error measured on the sender's own decode)."""
-    t0 = time.perf_counter()
-    enc = backend.encode(chunk, eb_rel)
-    enc_s = time.perf_counter() - t0
-    err, ratio = 0.0, None
-    if backend.error_bounded:
-        err = max_abs_error(chunk, decode_payload(enc.payload, chunk.device))
-        ratio = err / enc.eb_abs if enc.eb_abs else (0.0 if err == 0.0 else float("inf"))
-    stats = ChunkStats(backend.name, enc.kind, enc.raw_nbytes, enc.nbytes, enc.estimated, enc.ideal_nbytes,
-                       enc.eb_rel, enc.eb_abs, err, ratio, enc_s, 0.0)
-    return enc.payload, stats
 
 
 class EmbeddingExchange:
@@ -127,10 +112,10 @@ class EmbeddingExchange:
             row = []
             for t, x in items:
                 eb = self.bounds[direction](t) if backend.error_bounded else None
-                payload, stats = _encode(backend, x.detach(), eb)
+                enc, stats = backend.encode_measured(x.detach(), eb)
                 if self.recorder is not None:
                     self.recorder.record(t, direction, stats, eb, self.codec_names[direction])
-                row.append(payload)
+                row.append(enc.payload)
             payloads.append(row)
         # 1) sizes: one int64 per (table, destination)
         sizes_in = torch.tensor([len(p) for row in payloads for p in row], dtype=torch.int64)

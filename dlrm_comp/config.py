@@ -203,17 +203,39 @@ class CompressConfig:
 
 @dataclass
 class AdaptiveConfig:
+    """Per-table bound control (dlrm_comp.adaptive.controller): `static` keeps the table lists x
+    decay; `closed_loop` moves each table's bound towards `target_cr` (or `budget_bytes` per
+    interval) within `[eb_min, eb_max]`, guarded by a probe of the loss drift."""
     policy: str = "static"
     target_cr: float = 0.0
+    budget_bytes: float = 0.0
     eb_min: float = 1e-4
     eb_max: float = 0.2
-    interval: int = 100
+    interval: int = 100  # iterations between control steps
+    gain: float = 0.6
+    max_step: float = 0.35
+    smoothing: float = 0.5
+    drift_threshold: float = 0.002  # probe loss increase (compressed - uncompressed) that tightens
+    guard_step: float = 0.3
+    probe_batch: int = 1024  # rows of the probe batch (0: no probe, no guard)
 
     def validate(self) -> None:
         _choice("adaptive.policy", self.policy, ADAPTIVE_POLICIES)
-        if not 0 < self.eb_min <= self.eb_max:
-            raise ConfigError(f"adaptive.eb_min/eb_max: need 0 < eb_min <= eb_max, got {self.eb_min}, {self.eb_max}")
+        if not 0 < self.eb_min <= self.eb_max <= 0.5:
+            raise ConfigError(f"adaptive.eb_min/eb_max: need 0 < eb_min <= eb_max <= 0.5, got {self.eb_min}, {self.eb_max}")
         _positive("adaptive.interval", self.interval)
+        _non_negative("adaptive.probe_batch", self.probe_batch)
+        if self.policy == "closed_loop":
+            if self.target_cr <= 0 and self.budget_bytes <= 0:
+                raise ConfigError("adaptive.target_cr: closed_loop needs a target wire ratio > 1 "
+                                  "(or adaptive.budget_bytes per interval)")
+            if 0 < self.target_cr <= 1:
+                raise ConfigError(f"adaptive.target_cr: {self.target_cr} must be > 1")
+        for name in ("gain", "max_step", "guard_step"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"adaptive.{name}: must be > 0")
+        if not 0 < self.smoothing <= 1:
+            raise ConfigError(f"adaptive.smoothing: {self.smoothing} must be in (0, 1]")
 
 
 @dataclass

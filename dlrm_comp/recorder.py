@@ -66,9 +66,19 @@ class CompressionRecorder:
     num_tables: int
     interval: dict[tuple[int, str], TableTotals] = field(default_factory=dict)
     total: dict[tuple[int, str], TableTotals] = field(default_factory=dict)
+    window: dict[int, list[float]] = field(default_factory=dict)  # forward [raw, sent] since the last control step
 
     def record(self, table: int, direction: str, stats: Any, eb_rel: float | None, codec: str) -> None:
         self.interval.setdefault((table, direction), TableTotals()).add(stats, eb_rel, codec)
+        if direction == "fwd":
+            w = self.window.setdefault(table, [0.0, 0.0])
+            w[0] += stats.raw_nbytes
+            w[1] += stats.nbytes
+
+    def take_window(self) -> dict[int, list[float]]:
+        """The forward bytes per table since the last call (what a control step acts on)."""
+        window, self.window = self.window, {}
+        return window
 
     def record_decode(self, table: int, direction: str, seconds: float) -> None:
         self.interval.setdefault((table, direction), TableTotals()).add_decode(seconds)
@@ -123,11 +133,13 @@ class CompressionRecorder:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"total": [(k[0], k[1], asdict(v)) for k, v in self.total.items()]}
+        return {"total": [(k[0], k[1], asdict(v)) for k, v in self.total.items()],
+                "window": {int(k): list(v) for k, v in self.window.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total = {(table, direction): TableTotals(**fields) for table, direction, fields in state.get("total", [])}
         self.interval = {}
+        self.window = {int(k): list(v) for k, v in state.get("window", {}).items()}
 
 
 def format_interval_table(rows: list[dict[str, Any]], iteration: int) -> str:

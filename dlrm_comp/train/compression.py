@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+
+from dlrm_comp.adaptive.controller import ClosedLoopController, ControllerConfig, TableObservation
 
 from dlrm_comp.compress.backends import get_backend
 from dlrm_comp.compress.bounds import ErrorBoundPolicy, TableBoundSpec
 from dlrm_comp.compress.decay import DecaySchedule
-from dlrm_comp.config import CompressConfig, ConfigError
+from dlrm_comp.config import AdaptiveConfig, CompressConfig, ConfigError
 from dlrm_comp.hooks import CompressionHook
 from dlrm_comp.recorder import CompressionRecorder, format_interval_table
 from dlrm_comp.train.extension import TrainingExtension
@@ -48,8 +52,13 @@ def build_backend(cfg: CompressConfig, mode: str | None = None):
 class CompressionExtension(TrainingExtension):
     name = "compression"
 
-    def __init__(self, cfg: CompressConfig, cardinalities: list[int], world_size: int = 1, rank: int = 0):
+    def __init__(self, cfg: CompressConfig, cardinalities: list[int], world_size: int = 1, rank: int = 0,
+                 adaptive: AdaptiveConfig | None = None):
         self.cfg = cfg
+        self.adaptive_cfg = adaptive or AdaptiveConfig()
+        self.controller = build_controller(self.adaptive_cfg, len(cardinalities)) if cfg.mode != "off" else None
+        self.current: list[float] = []
+        self.trainer = None
         self.cardinalities = list(cardinalities)
         self.world_size, self.rank = world_size, rank
         self.policy = build_policy(cfg, self.cardinalities)
@@ -61,7 +70,16 @@ class CompressionExtension(TrainingExtension):
         self.hooks: list[CompressionHook] = []
 
     def bound(self, table: int) -> float:
-        return self.policy.eb(self.iteration, table)
+        if not self.current:
+            self._refresh_bounds()
+        return self.current[table]
+
+    def _refresh_bounds(self) -> None:
+        base = self.policy.all(self.iteration)
+        self.current = self.controller.effective(base) if self.controller is not None else base
+
+    def bind(self, trainer) -> None:
+        self.trainer = trainer
 
     def backward_bound(self, table: int) -> float:
         return min(self.backward_decay.multiplier(self.iteration) * self.cfg.backward.error_bound, 0.5)
@@ -92,6 +110,39 @@ class CompressionExtension(TrainingExtension):
 
     def before_step(self, iteration: int) -> None:
         self.iteration = iteration
+        if self.controller is not None and iteration > 0 and iteration % self.adaptive_cfg.interval == 0:
+            self._control_step(iteration)
+        self._refresh_bounds()
+
+    # ------------------------------------------------------------------ closed loop
+    def _window_observations(self) -> list[TableObservation]:
+        """This window's forward bytes per table, summed over ranks so every rank decides alike."""
+        window = self.recorder.take_window()
+        counts = torch.zeros(len(self.cardinalities), 2, dtype=torch.float64)
+        for table, (raw, sent) in window.items():
+            counts[table, 0], counts[table, 1] = raw, sent
+        if self.world_size > 1:
+            import torch.distributed as dist
+            dist.all_reduce(counts)
+        ebs = self.current or self.policy.all(self.iteration)
+        return [TableObservation(float(r), float(s), eb) for (r, s), eb in zip(counts.tolist(), ebs)]
+
+    def _control_step(self, iteration: int) -> None:
+        observations = self._window_observations()
+        drift, sensitivity = (None, None)
+        if self.world_size == 1 and self.adaptive_cfg.probe_batch and self.trainer is not None:
+            drift, sensitivity = probe_drift(self.trainer, self.backend, self.current or
+                                             self.policy.all(iteration), self.adaptive_cfg.probe_batch)
+        self.last_drift = drift
+        base = self.policy.all(iteration)
+        decisions = self.controller.update(observations, base, drift, sensitivity)
+        log = getattr(self.trainer, "log", None)
+        if log is not None:
+            if drift is not None:
+                log("probe", iteration, drift=drift)
+            for d in decisions:
+                log("adaptive", iteration, table=d.table, eb_rel=d.eb_rel, codec=self.codec_name,
+                    multiplier=d.multiplier, reason=d.reason)
 
     def on_interval(self, iteration: int, log: Callable[..., None], echo: Callable[[str], None]) -> None:
         if self.world_size > 1:  # every rank saw only its tables: gather the interval on rank 0
@@ -107,6 +158,16 @@ class CompressionExtension(TrainingExtension):
         rows = self.recorder.flush(iteration, log)
         if rows and self.cfg.print_tables:
             echo(format_interval_table(rows, iteration))
+
+    def adaptive_summary(self) -> dict[str, Any]:
+        final = self.current or self.policy.all(self.iteration)
+        section = {"policy": self.adaptive_cfg.policy, "changes": self.controller.changes if self.controller else 0,
+                   "eb_rel": final, "codec": [self.codec_name] * len(final)}
+        if self.controller is not None:
+            section.update({"target_cr": self.adaptive_cfg.target_cr, "multipliers": self.controller.multipliers,
+                            "eb_min": self.adaptive_cfg.eb_min, "eb_max": self.adaptive_cfg.eb_max,
+                            "guard": "probe" if self.world_size == 1 and self.adaptive_cfg.probe_batch else "off"})
+        return section
 
     def summary(self) -> dict[str, Any]:
         bounds = list(self.policy.bounds)
@@ -127,18 +188,52 @@ class CompressionExtension(TrainingExtension):
             if self.backward_backend is not None and self.backward_backend.fixed_rate:
                 bwd["max_err_ratio"] = None
             section["backward"] = bwd
-        return {"compression": section}
+        return {"compression": section, "adaptive": self.adaptive_summary()}
 
     bytes_meta = 0  # size-exchange bytes of all ranks (rank 0 sums them at each interval)
     bytes_meta_interval = 0  # this rank's, since the last interval (the exchange adds to it)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta}
+        state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta}
+        if self.controller is not None:
+            state["controller"] = self.controller.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "recorder" in state:
             self.recorder.load_state_dict(state["recorder"])
         self.bytes_meta = state.get("bytes_meta", 0)
+        if self.controller is not None and "controller" in state:
+            self.controller.load_state_dict(state["controller"])
+        self.current = []
+
+
+def build_controller(cfg: AdaptiveConfig, num_tables: int) -> ClosedLoopController | None:
+    if cfg.policy == "static":
+        return None
+    return ClosedLoopController(num_tables, ControllerConfig(
+        target_cr=cfg.target_cr, budget_bytes=cfg.budget_bytes, eb_min=cfg.eb_min, eb_max=cfg.eb_max,
+        gain=cfg.gain, max_step=cfg.max_step, smoothing=cfg.smoothing, drift_threshold=cfg.drift_threshold,
+        guard_step=cfg.guard_step))
+
+
+@torch.no_grad()
+def probe_drift(trainer, backend, bounds: list[float], rows: int) -> tuple[float, list[float]]:
+    """Loss with compressed embeddings minus the loss without, on a fixed training batch (the
+    probe forces compression past the evaluation bypass), and each table's share: the drift
+    when only that table is compressed."""
+    model = trainer.model
+    batch = trainer.source.batch("train", 0, rows).to(trainer.device)
+    pooled = model.lookup(batch.indices, batch.offsets)
+    clean = F.binary_cross_entropy_with_logits(model.head(batch.dense, pooled), batch.labels).item()
+    lossy = [backend.roundtrip(p, bounds[i] if backend.error_bounded else None)[0] for i, p in enumerate(pooled)]
+    full = F.binary_cross_entropy_with_logits(model.head(batch.dense, lossy), batch.labels).item()
+    sensitivity = []
+    for i in range(len(pooled)):
+        mixed = pooled[:i] + [lossy[i]] + pooled[i + 1:]
+        loss = F.binary_cross_entropy_with_logits(model.head(batch.dense, mixed), batch.labels).item()
+        sensitivity.append(loss - clean)
+    return full - clean, sensitivity
 
 
 def extensions_from_config(cfg, cardinalities: list[int], world_size: int = 1,
@@ -146,4 +241,4 @@ def extensions_from_config(cfg, cardinalities: list[int], world_size: int = 1,
     """The extensions a run's config switches on."""
     if cfg.compress.mode == "off" and cfg.compress.backward.mode == "off":
         return []
-    return [CompressionExtension(cfg.compress, cardinalities, world_size, rank)]
+    return [CompressionExtension(cfg.compress, cardinalities, world_size, rank, cfg.adaptive)]

@@ -17,6 +17,9 @@ class TrainingExtension:
     def attach(self, model: nn.Module) -> None:
         """Called once, after the model is built and moved to its device."""
 
+    def bind(self, trainer: Any) -> None:
+        """Called once before training with the Trainer (its source, model, device, logger)."""
+
     def before_step(self, iteration: int) -> None:
         """Called before training step `iteration` (0-based count of completed steps)."""
 

@@ -183,6 +183,9 @@ class Trainer:
         if self.is_main:
             dump_config(self.cfg, self.out_dir / "config.yaml")
         logger = MetricsLogger(self.out_dir, tensorboard=cfg.tensorboard, enabled=self.is_main)
+        self.log = logger.log
+        for ext in self.extensions:
+            ext.bind(self)
         echo = tqdm.write if cfg.progress else print
         t0 = time.perf_counter()
         losses: list[float] = []

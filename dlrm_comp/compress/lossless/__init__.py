@@ -28,7 +28,7 @@ message the chosen stage fails to shrink.
 """
 from __future__ import annotations
 
-from dlrm_comp.compress.lossless import blosc2_codec, identity, zlib_codec  # noqa: F401  (register)
+from dlrm_comp.compress.lossless import blosc2_codec, identity, model_coder, nvcomp_codec, zlib_codec  # noqa: F401  (register)
 from dlrm_comp.compress.lossless.base import (
     LosslessCodec,
     codec_from_header,
@@ -36,7 +36,20 @@ from dlrm_comp.compress.lossless.base import (
     lossless_names,
     register,
 )
-from dlrm_comp.compress.lossless.entropy import entropy_bits_per_symbol, entropy_bytes
+from dlrm_comp.compress.lossless.entropy import (
+    efficiency_report,
+    entropy_bits_per_symbol,
+    entropy_bytes,
+    entropy_bytes_np,
+)
+from dlrm_comp.compress.lossless.model_coder import (
+    HAVE_CONSTRICTION,
+    AnsModelCodec,
+    SymbolModel,
+    SymbolModelStore,
+    default_model_store,
+)
+from dlrm_comp.compress.lossless.nvcomp_codec import nvcomp_available
 
 DEFAULT_LOSSLESS: dict = {"name": "zlib", "level": 1, "strategy": "auto"}
 
@@ -47,6 +60,8 @@ def default_lossless() -> LosslessCodec:
 
 
 __all__ = [
+    "AnsModelCodec", "HAVE_CONSTRICTION", "SymbolModel", "SymbolModelStore", "default_model_store",
+    "efficiency_report", "entropy_bytes_np", "nvcomp_available",
     "DEFAULT_LOSSLESS", "LosslessCodec", "codec_from_header", "default_lossless", "entropy_bits_per_symbol",
     "entropy_bytes", "get_lossless", "lossless_names", "register",
 ]

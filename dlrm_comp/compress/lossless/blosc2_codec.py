@@ -1,6 +1,12 @@
 """Blosc2 stage (CPU). typesize is always the code width: blosc2's default of 8 is wrong for
 uint8/uint16 codes (DESIGN.md section 4), and some settings silently store the block, which is
-why the codec backend falls back to identity whenever the output is not smaller."""
+why the codec backend falls back to identity whenever the output is not smaller.
+
+Every blosc2 codec (CODECS), filter (FILTERS; BYTEDELTA runs after SHUFFLE, as blosc2 requires),
+compression level, block size (0 = automatic, else a power of two >= 16), split mode and thread
+count (``nthreads`` for compression, ``dthreads`` for decompression) is reachable. The header id (2)
+and the 3-byte header parameters are unchanged: thread counts do not change the format, so they are
+not serialized and old payloads decode as before."""
 from __future__ import annotations
 
 from typing import Any
@@ -35,24 +41,29 @@ class Blosc2Codec(LosslessCodec):
         blocksize: int = 0,
         splitmode: str = "NEVER_SPLIT",
         nthreads: int = 1,
+        dthreads: int | None = None,
     ) -> None:
         self.codec = _choice("codec", codec, CODECS)
         self.filter = _choice("filter", filter, FILTERS)
         self.splitmode = _choice("splitmode", splitmode, SPLITMODES)
-        if not 0 <= int(clevel) <= 9:
-            raise ValueError(f"lossless.clevel: must be 0..9, got {clevel!r}")
+        if isinstance(clevel, bool) or int(clevel) != clevel or not 0 <= int(clevel) <= 9:
+            raise ValueError(f"lossless.clevel: must be an integer 0..9, got {clevel!r}")
         bs = int(blocksize)
         if bs != 0 and (bs < 16 or bs & (bs - 1) or bs > 2**30):
             raise ValueError(f"lossless.blocksize: 0 (automatic) or a power of two >= 16, got {blocksize!r}")
-        if int(nthreads) < 1:
-            raise ValueError(f"lossless.nthreads: must be >= 1, got {nthreads!r}")
+        for key, val in (("nthreads", nthreads), ("dthreads", nthreads if dthreads is None else dthreads)):
+            if isinstance(val, bool) or int(val) != val or not 1 <= int(val) <= 256:
+                raise ValueError(f"lossless.{key}: must be an integer in 1..256, got {val!r}")
         self.clevel, self.blocksize, self.nthreads = int(clevel), bs, int(nthreads)
+        # decompression threads: not part of the format (not serialized), defaults to nthreads
+        self.dthreads = int(nthreads if dthreads is None else dthreads)
 
     @property
     def params(self) -> dict[str, Any]:
         return {
             "codec": self.codec, "clevel": self.clevel, "filter": self.filter,
             "blocksize": self.blocksize, "splitmode": self.splitmode, "nthreads": self.nthreads,
+            "dthreads": self.dthreads,
         }
 
     def _cparams(self, typesize: int) -> blosc2.CParams:
@@ -66,6 +77,8 @@ class Blosc2Codec(LosslessCodec):
         )
 
     def compress(self, buf: bytes, typesize: int) -> bytes:
+        if int(typesize) not in (1, 2, 4, 8):
+            raise ValueError(f"lossless.typesize: the code width in bytes, one of 1, 2, 4, 8; got {typesize!r}")
         return bytes(blosc2.compress2(buf, cparams=self._cparams(typesize)))
 
     def decompress(self, buf: bytes, nbytes: int) -> bytes:
@@ -76,7 +89,7 @@ class Blosc2Codec(LosslessCodec):
         if n != nbytes or cbytes != len(buf):
             raise CorruptPayloadError(f"blosc2: chunk claims {n} bytes from {cbytes}, expected {nbytes} from {len(buf)}")
         try:
-            out = blosc2.decompress2(buf, dparams=blosc2.DParams(nthreads=self.nthreads))
+            out = blosc2.decompress2(buf, dparams=blosc2.DParams(nthreads=self.dthreads))
         except Exception as e:  # noqa: BLE001
             raise CorruptPayloadError(f"blosc2: {e}") from None
         return check_size(self.name, bytes(out), nbytes)

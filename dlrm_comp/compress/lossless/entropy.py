@@ -32,3 +32,29 @@ def entropy_bytes_np(codes: np.ndarray) -> float:
     counts = np.bincount(codes.reshape(-1))
     p = counts[counts > 0] / n
     return float(-(p * np.log2(p)).sum()) * n / 8.0
+
+
+def efficiency_report(codes: np.ndarray | torch.Tensor, achieved_nbytes: int, overhead: int = 0,
+                      raw_nbytes: int | None = None) -> dict[str, float]:
+    """How close a lossless stage came to the order-0 ideal on ``codes``.
+
+    ``achieved_nbytes`` is what the stage produced; ``overhead`` (frame header etc.) is added to
+    both sides so the figures are wire figures. Returns bits/symbol, ideal and achieved bytes,
+    efficiency = ideal / achieved (1.0 = at the entropy bound; can exceed 1 for data with repeats,
+    which order-0 entropy does not see), and the ratios vs ``raw_nbytes`` (default fp32: 4 per code).
+    """
+    if isinstance(codes, torch.Tensor):
+        n = codes.numel()
+        h = entropy_bits_per_symbol(codes)
+    else:
+        arr = np.asarray(codes).reshape(-1)
+        n = arr.size
+        h = entropy_bytes_np(arr) * 8.0 / n if n else 0.0
+    raw = 4 * n if raw_nbytes is None else int(raw_nbytes)
+    ideal = n * h / 8.0 + overhead
+    achieved = float(achieved_nbytes + overhead)
+    return {
+        "bits_per_symbol": h, "ideal_nbytes": ideal, "achieved_nbytes": achieved,
+        "efficiency": ideal / achieved if achieved else float("nan"),
+        "ideal_cr": raw / ideal if ideal else float("inf"), "cr": raw / achieved if achieved else float("inf"),
+    }

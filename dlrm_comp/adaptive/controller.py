@@ -1,0 +1,148 @@
+"""Per-table error-bound control: the recorder's measured ratios drive each table's bound.
+
+The reference recorded ratios and never used them. Here a policy turns each interval's
+measurements into per-table bound multipliers:
+
+- `static`: the reference's behaviour, multipliers stay 1 (bounds = table lists x decay).
+- `closed_loop`: integral control in log space towards a target wire ratio (or a byte budget per
+  iteration), with each table's ratio-vs-bound slope learned from its own history, the measured
+  ratio smoothed (EMA) against oscillation, every move bounded per step, the effective bound
+  clipped to `[eb_min, eb_max]`, and an accuracy guard: when a probe batch's loss with
+  compressed embeddings exceeds the uncompressed loss by more than `drift_threshold`, every
+  table tightens, most where the probe says the error matters.
+
+Pure logic with no torch or training imports, so tests drive it with synthetic streams.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+
+@dataclass
+class TableObservation:
+    """One interval of one table: raw and sent bytes, and the effective bound it ran at."""
+    bytes_raw: float
+    bytes_sent: float
+    eb_rel: float
+
+    @property
+    def cr(self) -> float:
+        return self.bytes_raw / self.bytes_sent if self.bytes_sent > 0 else math.nan
+
+
+@dataclass
+class Decision:
+    table: int
+    eb_rel: float
+    multiplier: float
+    reason: str
+
+
+@dataclass
+class ControllerConfig:
+    target_cr: float = 0.0  # wire ratio goal (0: use budget_bytes)
+    budget_bytes: float = 0.0  # bytes per interval goal (alternative to target_cr)
+    eb_min: float = 1e-4
+    eb_max: float = 0.2
+    gain: float = 0.6  # fraction of the estimated log-error corrected per interval
+    max_step: float = 0.35  # largest |change| of log(multiplier) per interval
+    smoothing: float = 0.5  # EMA weight of the newest measured log-ratio
+    prior_slope: float = 0.3  # d log(cr) / d log(eb) before a table has history
+    drift_threshold: float = 0.002  # probe loss increase that triggers the guard
+    guard_step: float = 0.3  # log-tightening of the most sensitive table when the guard fires
+    history: int = 8
+
+    def validate(self) -> None:
+        if self.target_cr <= 0 and self.budget_bytes <= 0:
+            raise ValueError("adaptive.target_cr: closed_loop needs a target wire ratio (> 1) or adaptive.budget_bytes")
+        if self.target_cr and self.target_cr <= 1:
+            raise ValueError(f"adaptive.target_cr: {self.target_cr} must be > 1")
+        if not 0 < self.eb_min <= self.eb_max <= 0.5:
+            raise ValueError(f"adaptive.eb_min/eb_max: need 0 < eb_min <= eb_max <= 0.5, got {self.eb_min}, {self.eb_max}")
+
+
+@dataclass
+class ClosedLoopController:
+    num_tables: int
+    cfg: ControllerConfig
+    multipliers: list[float] = field(default_factory=list)
+    log_cr_ema: float | None = None
+    points: list[list[tuple[float, float]]] = field(default_factory=list)  # per table (log eb, log cr)
+    changes: int = 0
+
+    def __post_init__(self) -> None:
+        self.cfg.validate()
+        if not self.multipliers:
+            self.multipliers = [1.0] * self.num_tables
+        if not self.points:
+            self.points = [[] for _ in range(self.num_tables)]
+
+    # ------------------------------------------------------------------ bounds
+    def effective(self, base: Sequence[float]) -> list[float]:
+        """Effective bound per table: base (table lists x decay) x multiplier, clipped to limits."""
+        return [min(max(b * m, self.cfg.eb_min), self.cfg.eb_max) for b, m in zip(base, self.multipliers)]
+
+    def slope(self, table: int) -> float:
+        """d log(cr) / d log(eb) of one table from its recent history (prior when flat)."""
+        pts = self.points[table]
+        if len(pts) >= 3:
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            var = sum((x - mx) ** 2 for x in xs)
+            if var > 1e-4:
+                est = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+                return min(max(est, 0.05), 1.5)
+        return self.cfg.prior_slope
+
+    # ------------------------------------------------------------------ update
+    def update(self, observations: Sequence[TableObservation], base: Sequence[float],
+               drift: float | None = None, sensitivity: Sequence[float] | None = None) -> list[Decision]:
+        """One control step from an interval's per-table observations; returns the changes made."""
+        raw = sum(o.bytes_raw for o in observations)
+        sent = sum(o.bytes_sent for o in observations)
+        if raw <= 0 or sent <= 0:
+            return []
+        for i, o in enumerate(observations):
+            if o.bytes_sent > 0 and o.eb_rel > 0:
+                self.points[i] = (self.points[i] + [(math.log(o.eb_rel), math.log(o.cr))])[-self.cfg.history:]
+        target_log = math.log(self.cfg.target_cr) if self.cfg.target_cr > 0 else math.log(raw / self.cfg.budget_bytes)
+        measured = math.log(raw / sent)
+        a = self.cfg.smoothing
+        self.log_cr_ema = measured if self.log_cr_ema is None else a * measured + (1 - a) * self.log_cr_ema
+        error = target_log - self.log_cr_ema
+        weights = [o.bytes_sent / sent for o in observations]
+        slope = sum(w * self.slope(i) for i, w in enumerate(weights)) or self.cfg.prior_slope
+        step = max(-self.cfg.max_step, min(self.cfg.max_step, self.cfg.gain * error / slope))
+        reason = f"cr {math.exp(self.log_cr_ema):.2f} vs target {math.exp(target_log):.2f}"
+        guard = drift is not None and drift > self.cfg.drift_threshold
+        moves = [step] * self.num_tables
+        if guard:
+            sens = list(sensitivity) if sensitivity is not None else [1.0] * self.num_tables
+            top = max(max(sens), 1e-12)
+            moves = [min(step, 0.0) - self.cfg.guard_step * max(s, 0.0) / top for s in sens]
+            reason = f"guard: probe loss drift {drift:.5f} > {self.cfg.drift_threshold}"
+        decisions = []
+        before = self.effective(base)
+        for i, move in enumerate(moves):
+            m = self.multipliers[i] * math.exp(move)
+            lo, hi = self.cfg.eb_min / max(base[i], 1e-12), self.cfg.eb_max / max(base[i], 1e-12)
+            self.multipliers[i] = min(max(m, lo), hi)  # no windup past the limits
+        after = self.effective(base)
+        for i, (b, e) in enumerate(zip(before, after)):
+            if abs(math.log(e / b)) > 1e-9:
+                decisions.append(Decision(i, e, self.multipliers[i], reason))
+        self.changes += len(decisions)
+        return decisions
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"multipliers": list(self.multipliers), "log_cr_ema": self.log_cr_ema,
+                "points": [list(p) for p in self.points], "changes": self.changes, "cfg": asdict(self.cfg)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.multipliers = list(state["multipliers"])
+        self.log_cr_ema = state["log_cr_ema"]
+        self.points = [[tuple(x) for x in p] for p in state["points"]]
+        self.changes = state["changes"]

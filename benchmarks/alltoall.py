@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -53,7 +54,7 @@ def capture(iterations: int, batch: int, path: Path) -> dict:
     cfg = load_config([ROOT / "configs/debug.yaml"], [
         "compress.mode=off", f"train.iterations={iterations}", "train.eval_every=0", "train.progress=false",
         "train.tensorboard=false", "data.num_val_samples=4096", f"data.batch_size={batch}"])
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
         trainer = Trainer(cfg, out)
         trainer.run()
     model = trainer.model

@@ -11,6 +11,7 @@ included) and the encode and decode throughput in GB/s of fp32 input, on this ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -35,7 +36,7 @@ def trained_pooled_outputs(iterations: int, rows: int) -> list[torch.Tensor]:
     cfg = load_config([ROOT / "configs/debug.yaml"], [
         "compress.mode=off", f"train.iterations={iterations}", "train.eval_every=0", "train.progress=false",
         "train.tensorboard=false", "model.emb_dim=32", "model.bottom_mlp=13-64-32", "data.num_val_samples=4096"])
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
         trainer = Trainer(cfg, out)
         trainer.run()
     batch = trainer.source.batch("train", iterations + 1, rows)

@@ -243,6 +243,7 @@ class DistConfig:
     backend: str = "auto"  # auto (gloo on CPU, nccl on CUDA) | gloo | nccl
     sharding: str = "contiguous"  # contiguous (upstream) | balanced (by rows x dim)
     timeout_s: float = 300.0
+    overlap: bool = True  # run the embedding exchange while the bottom MLP computes, as upstream does
 
     def validate(self) -> None:
         _choice("dist.backend", self.backend, ("auto", "gloo", "nccl"))

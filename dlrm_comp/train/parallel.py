@@ -8,6 +8,8 @@ and a final partial batch of a bounded split is dropped, as upstream DLRM does.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -23,14 +25,18 @@ from dlrm_comp.train.builders import build_model
 
 
 class DenseHead(nn.Module):
-    """The layers after the exchange, as one module so DDP can wrap them (not the embeddings)."""
+    """The dense layers, as one module so DDP can wrap them (not the embeddings). `pooled` may be
+    a callable that yields the exchanged embeddings: it is called after the bottom MLP, so the
+    exchange (started earlier in a background thread) overlaps with it."""
 
     def __init__(self, model: DLRM):
         super().__init__()
         self.bottom, self.interaction, self.top = model.bottom, model.interaction, model.top
 
-    def forward(self, dense: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
-        return self.top(self.interaction(self.bottom(dense), pooled)).squeeze(1)
+    def forward(self, dense: torch.Tensor, pooled) -> torch.Tensor:
+        x = self.bottom(dense)
+        embeddings = pooled() if callable(pooled) else pooled
+        return self.top(self.interaction(x, embeddings)).squeeze(1)
 
 
 def check_divisible(cfg: RunConfig, world_size: int) -> None:
@@ -45,6 +51,8 @@ class ModelParallel:
                  compression=None):
         check_divisible(cfg, env.world_size)
         self.env = env
+        self.overlap = cfg.dist.overlap
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-exchange")
         self.owners = place_tables(cardinalities, cfg.model.emb_dim, env.world_size, cfg.dist.sharding)
         self.model = build_model(cfg, cardinalities, owned_tables=tables_of(self.owners, env.rank)).to(device)
         self.head = DistributedDataParallel(DenseHead(self.model))
@@ -59,11 +67,19 @@ class ModelParallel:
 
     def forward(self, batch: Batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of this rank's slice of the global batch."""
-        pooled = self.model.lookup(batch.indices, batch.offsets)
-        received = self.exchange(pooled, compress=training)
         start, stop = self.exchange.slice_rows(batch.batch_size)[self.env.rank]
         local = batch.slice(start, stop)
-        return self.head(local.dense, received), local.labels
+        if not self.overlap:
+            received = self.exchange(self.model.lookup(batch.indices, batch.offsets), compress=training)
+            return self.head(local.dense, received), local.labels
+        grad_enabled = torch.is_grad_enabled()
+
+        def lookup_and_exchange():
+            with torch.set_grad_enabled(grad_enabled):
+                return self.exchange(self.model.lookup(batch.indices, batch.offsets), compress=training)
+
+        future = self._pool.submit(lookup_and_exchange)
+        return self.head(local.dense, future.result), local.labels
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate equal-sized per-rank tensors in rank order (for evaluation metrics)."""

@@ -4,7 +4,7 @@
 Runs the three variants of a base config one after another and reports final AUC, its change
 against static, and forward bytes sent: the goal is fewer bytes at equal or better AUC.
 
-    python benchmarks/adaptive_vs_static.py [--config configs/debug.yaml] [--target-cr 17] [--set k=v ...]
+    python benchmarks/adaptive_vs_static.py [--config configs/debug.yaml] [--target-cr 18] [--set k=v ...]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def train(config: Path, overrides: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/debug.yaml")
-    parser.add_argument("--target-cr", type=float, default=17.0)
+    parser.add_argument("--target-cr", type=float, default=18.0)
     parser.add_argument("--eb-min", type=float, default=0.001)
     parser.add_argument("--eb-max", type=float, default=0.1)
     parser.add_argument("--set", nargs="+", default=[], dest="overrides")

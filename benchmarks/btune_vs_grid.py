@@ -9,7 +9,7 @@ score**(1-tradeoff), score = ctime + csize/bw + dtime for BALANCED), ``fraction`
 points the tuner tried / grid size. Also reports the lossless efficiency of the pick: entropy
 ideal size / achieved size of the codes (order-0; > 1 where the codes repeat whole rows).
 
-    python benchmarks/btune_vs_grid.py [--dumps DIR] [--tables 0 3 9] [--eb 3e-2] [--pad 4]
+    python benchmarks/btune_vs_grid.py [--dumps DIR] [--tables 0 3 9] [--eb 3e-2] [--pad 1] [--extras zlib]
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--dumps", help="dump directory (default: a short debug training now)")
     ap.add_argument("--tables", type=int, nargs="+", default=[0, 3, 9, 20])
     ap.add_argument("--eb", type=float, default=3e-2)
-    ap.add_argument("--pad", type=int, default=4, help="concatenate copies (message size x pad)")
+    ap.add_argument("--pad", type=int, default=1, help="concatenate copies (message size x pad; 1 = the real message)")
+    ap.add_argument("--extras", nargs="*", default=[], help="non-blosc2 candidates (zlib)")
     ap.add_argument("--bandwidth", type=float, default=12.5, help="GB/s")
     ap.add_argument("--tradeoff", type=float, default=0.5)
     ap.add_argument("--perf-mode", default="BALANCED")
@@ -53,7 +54,7 @@ def main() -> None:
     meta = read_meta(dumps)
     files = {(t, k): p for t, k, p in list_dumps(dumps)}
     last = max(k for _, k in files)
-    space = SearchSpace(extras=extra_candidates(["zlib"]))
+    space = SearchSpace(extras=extra_candidates(args.extras))
     grid = space.grid()
     cfg = BtuneConfig(tradeoff=args.tradeoff, perf_mode=args.perf_mode, bandwidth_gbs=args.bandwidth)
     cases = []
@@ -84,7 +85,7 @@ def main() -> None:
             "max_ratio_in_grid": best_ratio.label(),
             "efficiency_of_max_ratio": round(efficiency_report(codes, table_meas[best_ratio].csize)["efficiency"], 3),
         })
-    out = {"bandwidth_gbs": args.bandwidth, "tradeoff": args.tradeoff, "perf_mode": args.perf_mode, "eb": args.eb,
+    out = {"extras": args.extras, "bandwidth_gbs": args.bandwidth, "tradeoff": args.tradeoff, "perf_mode": args.perf_mode, "eb": args.eb,
            "pad": args.pad, "cases": cases,
            "max_gap": max(c["gap"] for c in cases), "max_fraction": max(c["fraction_of_grid"] for c in cases),
            "all_within_5pct_and_quarter": all(c["gap"] <= 0.05 and c["fraction_of_grid"] <= 0.25 for c in cases)}

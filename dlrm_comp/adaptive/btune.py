@@ -244,8 +244,9 @@ class BtuneConfig:
     nhards: int = 1                   # hard readapts before the repeat mode applies
     repeat_mode: str = "STOP"
     min_gain: float = 0.01            # a winner must improve the merit by more than this (never 0)
-    population: int = 3               # codec/filter settings whose clevel is climbed
+    population: int = 4               # codec/filter settings whose clevel is climbed
     clevel_start: int = 8
+    patience: int = 2                 # clevel steps without progress a hard climb tolerates
     max_trials: int = 2000            # hard cap on measurements (REPEAT_* never stop on their own)
     trace: bool = False
 
@@ -256,7 +257,7 @@ class BtuneConfig:
         if not (isinstance(self.bandwidth_gbs, (int, float)) and math.isfinite(self.bandwidth_gbs)
                 and self.bandwidth_gbs > 0):
             raise ValueError(f"btune.bandwidth_gbs: must be a positive number of GB/s, got {self.bandwidth_gbs!r}")
-        for key in ("nwaits", "nsofts", "nhards", "population", "max_trials"):
+        for key in ("nwaits", "nsofts", "nhards", "population", "max_trials", "patience"):
             v = getattr(self, key)
             lo = 1 if key in ("nhards", "population", "max_trials") else 0
             if isinstance(v, bool) or int(v) != v or v < lo:
@@ -444,25 +445,30 @@ class Btune:
                 if t != base.dthreads and self._budget_left():
                     self._try(replace(base, dthreads=t), "THREADS", "HARD")
 
-    def _climb(self, start: Candidate, readapt: str, max_steps: int) -> None:
-        """Move clevel one step at a time from ``start`` while the move wins (both directions)."""
+    def _climb(self, start: Candidate, readapt: str, max_steps: int, patience: int = 0) -> None:
+        """Move clevel one step at a time from ``start`` (both directions) while the moves pay off; a
+        hard climb tolerates ``patience`` steps without progress (merit is rarely monotone in clevel)."""
         levels = sorted(self.space.clevels)
         if start.extra or start.clevel not in levels:
             return
         i0 = levels.index(start.clevel)
         for direction in ((1, -1) if self.config.tradeoff >= 0.5 else (-1, 1)):
-            i, steps = i0, 0
+            i, steps, misses = i0, 0, 0
+            best_here = self.merit(self.summary(start)) if start in self._meas else 0.0
             while 0 <= i + direction < len(levels) and steps < max_steps and self._budget_left():
                 i += direction
                 steps += 1
                 cand = replace(start, clevel=levels[i])
                 if cand in self._meas and readapt == "HARD":
-                    break
-                won = self._try(cand, "CLEVEL", readapt)
-                if not won:
-                    # keep climbing a population member only while it beats its own previous level
-                    prev = replace(start, clevel=levels[i - direction])
-                    if prev not in self._meas or self.merit(self.summary(cand)) <= self.merit(self.summary(prev)):
+                    m = self.merit(self.summary(cand))
+                else:
+                    self._try(cand, "CLEVEL", readapt)
+                    m = self.merit(self.summary(cand))
+                if m > best_here:
+                    best_here, misses = m, 0
+                else:
+                    misses += 1
+                    if misses > patience:
                         break
 
     def _clevel_hard(self) -> None:
@@ -481,7 +487,7 @@ class Btune:
             # population members run at the incumbent's thread counts
             if self.best is not None and not self.best.extra:
                 s = replace(s, nthreads=self.best.nthreads, dthreads=self.best.dthreads)
-            self._climb(s, "HARD", max_steps=9)
+            self._climb(s, "HARD", max_steps=9, patience=self.config.patience)
 
     def _soft(self) -> None:
         self._remeasure("CLEVEL", "SOFT")

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Samples/s of the training step on the debug and kaggle-profile configs, printed as JSON.
 
-The baseline that later compression overheads are measured against: run it, then run it again
-with `--set compress.mode=codec` (or any other override) and compare the two figures.
+The baseline that compression overheads are measured against: each config runs with every
+`--modes` value (default: off, then codec) in the same process, side by side, and reports the
+step-time ratio to the first mode.
 
-    python benchmarks/train_throughput.py [--iterations 300] [--set key=value ...]
+    python benchmarks/train_throughput.py [--iterations 300] [--modes off codec] [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -64,9 +65,17 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["configs/debug.yaml", "configs/kaggle.yaml"])
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--modes", nargs="+", default=["off", "codec"],
+                        help="compress.mode values measured side by side on each config")
     parser.add_argument("--set", nargs="+", default=[], dest="overrides")
     args = parser.parse_args()
-    results = [measure(ROOT / c, args.overrides, args.iterations, args.warmup) for c in args.configs]
+    results = []
+    for c in args.configs:
+        rows = [measure(ROOT / c, [*args.overrides, f"compress.mode={m}"], args.iterations, args.warmup)
+                for m in args.modes]
+        for row in rows:
+            row["step_time_vs_first_mode"] = row["step_s_median"] / rows[0]["step_s_median"]
+        results.extend(rows)
     print(json.dumps({"benchmark": "train_throughput", "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "machine": platform.machine(), "results": results}, indent=2))
 

@@ -1,0 +1,76 @@
+"""Offline benchmark pipeline end to end on a tiny config, and its input checks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlrm_comp.bench.cli import main
+from dlrm_comp.bench.dumps import DumpFormatError, list_dumps, load_dump, read_meta
+from dlrm_comp.bench.pipeline import quantize_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.profile=tiny", "data.batch_size=64", "data.eval_batch_size=256", "data.num_val_samples=512",
+        "model.emb_dim=8", "model.bottom_mlp=13-16-8", "model.top_mlp=16-1", "compress.mode=off",
+        "compress.table_preset=none", "train.threads=1"]
+
+
+def test_bench_all_tiny(tmp_path):
+    out = tmp_path / "b"
+    rc = main(["--quiet", "all", "--config", str(ROOT / "configs/debug.yaml"), "--set", *TINY,
+               "--iterations", "21", "--every", "10", "--out", str(out), "--bounds", "1e-2", "5e-2",
+               "--factor", "4", "--bandwidths", "10", "100", "--no-floats"])
+    assert rc == 0
+    meta = json.loads((out / "dumps/meta.json").read_text())
+    assert {"batch", "dim", "tables", "cardinalities", "every"} <= set(meta)
+    assert meta["batch"] == 64 and meta["dim"] == 8 and meta["every"] == 10
+    files = list_dumps(out / "dumps")
+    assert len(files) == 8 * 3  # 8 tiny tables at iterations 0, 10, 20
+    assert files[0][2].stat().st_size == 64 * 8 * 4
+    rows = json.loads((out / "encode/results.json").read_text())
+    assert {r["size"] for r in rows} == {"real", "padded"}
+    encs = {r["encoder"] for r in rows}
+    assert {"identity", "zlib-auto", "btune", "blosc2-zstd5"} <= encs
+    real = [r for r in rows if r["size"] == "real"]
+    assert {r["message_bytes"] for r in real} == {64 * 8 * 4}
+    assert {r["message_bytes"] for r in rows if r["size"] == "padded"} == {4 * 64 * 8 * 4}
+    report = out / "report"
+    md = (report / "report.md").read_text()
+    for png in ("ratio_per_table.png", "ratio_vs_bound.png", "time_stacked_real.png"):
+        assert (report / png).stat().st_size > 1000 and f"({png})" in md
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["hybrid"] and all(h["hybrid_speedup"] >= h["best_single_speedup"] * 0.999 for h in summary["hybrid"])
+    assert (report / "per_table.csv").exists()
+
+
+def test_wrong_file_size(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    np.zeros((4, 3), "<f4").tofile(d / "EMB_0_iter_0.bin")
+    np.zeros(5, "<f4").tofile(d / "EMB_1_iter_0.bin")
+    with pytest.raises(DumpFormatError, match=r"EMB_1_iter_0.bin: 20 bytes, expected batch \* dim \* 4 = 4 \* 3 \* 4 = 48"):
+        quantize_dir(d, tmp_path / "q", [1e-2], batch=4, dim=3, progress=False)
+    assert load_dump(d / "EMB_0_iter_0.bin", 4, 3).shape == (4, 3)
+    with pytest.raises(DumpFormatError, match="--batch and --dim"):
+        read_meta(d)
+    # CLI: clear message, exit status 2
+    assert main(["--quiet", "quantize", "--dumps", str(d), "--out", str(tmp_path / "q"), "--batch", "4", "--dim", "3"]) == 2
+
+
+def test_quantize_any_directory_and_bad_args(tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for k in (0, 5):
+        rng.normal(0, 0.1, (16, 4)).astype("<f4").tofile(d / f"EMB_2_iter_{k}.bin")
+    entries = quantize_dir(d, tmp_path / "q", [1e-2, 3e-2], width="2", batch=16, dim=4, progress=False)
+    assert len(entries) == 4 and all(e["width"] == 2 for e in entries)
+    assert (tmp_path / "q" / entries[0]["file"]).stat().st_size == 16 * 4 * 2
+    with pytest.raises(ValueError, match="quantize.width"):
+        quantize_dir(d, tmp_path / "q", [1e-2], width="3", batch=16, dim=4, progress=False)
+    with pytest.raises(ValueError, match="quantize.bounds"):
+        quantize_dir(d, tmp_path / "q", [0.9], batch=16, dim=4, progress=False)
+    with pytest.raises(DumpFormatError, match="no EMB_"):
+        list_dumps(tmp_path / "q")

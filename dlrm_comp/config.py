@@ -218,6 +218,13 @@ class AdaptiveConfig:
     drift_threshold: float = 0.002  # probe loss increase (compressed - uncompressed) that tightens
     guard_step: float = 0.3
     probe_batch: int = 1024  # rows of the probe batch (0: no probe, no guard)
+    # lossless stage per table (codec mode): the Btune port every `tune_every` control steps
+    lossless_tuning: bool = False
+    tune_every: int = 10
+    bandwidth_gbps: float = 1.25  # the link the all-to-all crosses, for the tuner's score
+    perf_mode: str = "BALANCED"  # COMP | DECOMP | BALANCED
+    tradeoff: float = 0.5  # 0: speed only, 1: ratio only
+    hysteresis: float = 0.05  # switch only when the pick's merit beats the incumbent's by this much
 
     def validate(self) -> None:
         _choice("adaptive.policy", self.policy, ADAPTIVE_POLICIES)
@@ -236,6 +243,14 @@ class AdaptiveConfig:
                 raise ConfigError(f"adaptive.{name}: must be > 0")
         if not 0 < self.smoothing <= 1:
             raise ConfigError(f"adaptive.smoothing: {self.smoothing} must be in (0, 1]")
+        _positive("adaptive.tune_every", self.tune_every)
+        _choice("adaptive.perf_mode", self.perf_mode, ("COMP", "DECOMP", "BALANCED"))
+        if not 0 <= self.tradeoff <= 1:
+            raise ConfigError(f"adaptive.tradeoff: {self.tradeoff} must be in [0, 1]")
+        if not self.bandwidth_gbps > 0:
+            raise ConfigError(f"adaptive.bandwidth_gbps: {self.bandwidth_gbps} must be > 0")
+        if self.hysteresis < 0:
+            raise ConfigError(f"adaptive.hysteresis: {self.hysteresis} must be >= 0")
 
 
 @dataclass

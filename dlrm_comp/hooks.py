@@ -59,6 +59,7 @@ class CompressionHook(nn.Module):
         self.backward_backend = backward_backend
         self.backward_bound = backward_bound
         self.enabled = True
+        self.last_chunk: torch.Tensor | None = None  # the latest forward chunk (a sample for lossless tuning)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.enabled):
@@ -72,6 +73,8 @@ class CompressionHook(nn.Module):
         """Round-trip every destination chunk of `x`; record what each one cost."""
         eb_rel = bound(self.table) if backend.error_bounded else None
         out = torch.empty_like(x)
+        if direction == "fwd":
+            self.last_chunk = x[: destination_rows(x.shape[0], self.destinations)[0][1]]
         for start, stop in destination_rows(x.shape[0], self.destinations):
             x_hat, stats = backend.roundtrip(x[start:stop], eb_rel)
             out[start:stop] = x_hat

@@ -123,3 +123,31 @@ def test_closed_loop_resume_continues_identically(tiny_cfg, tmp_path):
     assert resumed["adaptive"]["changes"] == straight["adaptive"]["changes"]
     assert resumed["compression"]["bytes_sent"] == straight["compression"]["bytes_sent"]
     assert math.isclose(resumed["final_eval"]["auc"], straight["final_eval"]["auc"])
+
+
+def test_lossless_selector_switches_only_past_hysteresis():
+    import numpy as np
+
+    from dlrm_comp.adaptive.lossless_select import LosslessSelector
+    from dlrm_comp.compress.lossless import get_lossless
+    rng = np.random.default_rng(0)
+    codes = np.clip(rng.normal(25, 2, 16384), 0, 50).astype(np.uint8).tobytes()  # low-entropy codes
+    identity = get_lossless("identity")
+    eager = LosslessSelector(bandwidth_gbps=0.05, tradeoff=0.9, hysteresis=0.05)  # a slow link: ratio pays
+    choice = eager.choose(0, codes, 1, identity)
+    assert choice.switched and choice.codec.name != "identity" and choice.merit > choice.incumbent_merit
+    stubborn = LosslessSelector(bandwidth_gbps=0.05, tradeoff=0.9, hysteresis=1e6)
+    assert not stubborn.choose(0, codes, 1, identity).switched
+
+
+def test_training_with_lossless_tuning(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("compress.mode=codec", "adaptive.lossless_tuning=true", "adaptive.interval=5",
+                   "adaptive.tune_every=2", "compress.print_tables=false", "adaptive.hysteresis=0")
+    summary = Trainer(cfg, tmp_path).run()
+    section = summary["adaptive"]
+    assert section["lossless_tuning"] is True and len(section["codec"]) == len(summary["data"]["cardinalities"])
+    assert summary["compression"]["max_err_ratio"] <= 1.0
+    decisions = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "adaptive"]
+    assert len(decisions) == section["codec_changes"]
+    for r in decisions:
+        assert r["reason"].startswith("btune") and r["codec"].startswith("codec:")

@@ -45,6 +45,9 @@ class EmbeddingExchange:
         self.recorder = recorder
         self.group = group
         self.accounting = accounting  # counts the size-exchange bytes in `bytes_meta_interval`
+        self.table_backends: dict[int, object] = {}  # per-table forward backends (lossless tuning)
+        self.table_codec_names: dict[int, str] = {}
+        self.last_chunk: dict[int, torch.Tensor] = {}  # latest forward chunk per owned table
 
     # ------------------------------------------------------------------ autograd entry point
     def __call__(self, pooled: Sequence[torch.Tensor], compress: bool) -> list[torch.Tensor]:
@@ -111,10 +114,15 @@ class EmbeddingExchange:
         for items in send:
             row = []
             for t, x in items:
-                eb = self.bounds[direction](t) if backend.error_bounded else None
-                enc, stats = backend.encode_measured(x.detach(), eb)
+                chunk_backend = self.table_backends.get(t, backend) if direction == "fwd" else backend
+                eb = self.bounds[direction](t) if chunk_backend.error_bounded else None
+                if direction == "fwd":
+                    self.last_chunk[t] = x.detach()
+                enc, stats = chunk_backend.encode_measured(x.detach(), eb)
                 if self.recorder is not None:
-                    self.recorder.record(t, direction, stats, eb, self.codec_names[direction])
+                    name = self.table_codec_names.get(t, self.codec_names[direction]) if direction == "fwd" \
+                        else self.codec_names[direction]
+                    self.recorder.record(t, direction, stats, eb, name)
                 row.append(enc.payload)
             payloads.append(row)
         # 1) sizes: one int64 per (table, destination)

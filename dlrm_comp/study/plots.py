@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,6 +20,11 @@ def _styles(n: int):
     return [(cmap(i % cmap.N), markers[i % len(markers)]) for i in range(n)]
 
 
+def _color_map(runs: Sequence[RunData]) -> dict[str, tuple]:
+    """One colour and marker per run name, the same in every figure of a report."""
+    return {r.name: st for r, st in zip(runs, _styles(len(runs)))}
+
+
 def _line_style(run: RunData) -> str:
     return "--" if run.mode == "off" else "-"
 
@@ -31,7 +37,8 @@ def plot_metric_curves(runs: Sequence[RunData], path: Path, metric: str = "auc",
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    styles = _styles(len(curves))
+    cmap = _color_map(runs)
+    styles = [cmap[r.name] for r, _ in curves]
     for (run, curve), (color, marker) in zip(curves, styles):
         xs, ys = zip(*curve)
         ax.plot(xs, ys, _line_style(run), color=color, marker=marker, ms=4, lw=1.5, label=run.name)
@@ -68,11 +75,12 @@ def plot_metric_curves(runs: Sequence[RunData], path: Path, metric: str = "auc",
 
 def plot_cr_curves(runs: Sequence[RunData], path: Path, title: str | None = None) -> Path | None:
     """Running-average wire ratio (cumulative bytes raw / bytes sent over all tables) vs iteration."""
+    cmap = _color_map(runs)
     curves = [(r, r.cr_curve) for r in runs if r.cr_curve]
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(9, 5))
-    for (run, curve), (color, marker) in zip(curves, _styles(len(curves))):
+    for (run, curve), (color, marker) in zip(curves, [cmap[r.name] for r, _ in curves]):
         xs, ys = zip(*curve)
         ax.plot(xs, ys, "-", color=color, marker=marker, ms=4, lw=1.5, label=run.name)
         ax.annotate(f"{ys[-1]:.1f}x", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 0),
@@ -91,15 +99,17 @@ def plot_cr_curves(runs: Sequence[RunData], path: Path, title: str | None = None
 
 def plot_per_table_cr(runs: Sequence[RunData], path: Path, title: str | None = None) -> Path | None:
     """Grouped bars: each compressed run's wire ratio per table (log scale)."""
+    cmap = _color_map(runs)
     runs = [r for r in runs if r.per_table]
     if not runs:
         return None
     tables = sorted({int(t["table"]) for r in runs for t in r.per_table})
     n = len(runs)
     width = 0.85 / n
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(tables) * max(1, n / 3) + 2), 5))
+    fig, ax = plt.subplots(figsize=(min(16, max(8, 0.12 * len(tables) * n + 2)), 5))
     x = np.arange(len(tables))
-    for k, (run, (color, _)) in enumerate(zip(runs, _styles(n))):
+    for k, run in enumerate(runs):
+        color = cmap[run.name][0]
         by_table = {int(t["table"]): t.get("cr") for t in run.per_table}
         ys = [by_table.get(t) or np.nan for t in tables]
         ax.bar(x - 0.425 + (k + 0.5) * width, ys, width, color=color, label=run.name)
@@ -108,6 +118,10 @@ def plot_per_table_cr(runs: Sequence[RunData], path: Path, title: str | None = N
     ax.set_xlabel("table")
     ax.set_ylabel("compression ratio (x, log scale)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks([t for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= 1.5 * max(
+        (t2.get("cr") or 1) for r in runs for t2 in r.per_table)])
     ax.set_title(title or "per-table compression ratio")
     ax.grid(axis="y", alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=min(n, 4))

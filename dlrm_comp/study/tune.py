@@ -199,15 +199,23 @@ def short_baseline(spec: TuneSpec) -> dict:
 
 # ----------------------------------------------------------------------------- study
 def open_study(spec: TuneSpec, sampler_seed: int | None = None):
+    import warnings
+
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:  # optuna >= 4.9
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+        retry = {"heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    except ImportError:
+        from optuna.storages import RetryFailedTrialCallback
+        retry = {"failed_trial_callback": RetryFailedTrialCallback(max_retry=1)}
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     url = spec.storage_url
     if url.startswith("sqlite") or url.startswith("mysql") or url.startswith("postgresql"):
         storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-                             heartbeat_interval=10, grace_period=30,
-                             failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+                             heartbeat_interval=10, grace_period=30, **retry)
     else:
         storage = url
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=10, multivariate=True,
@@ -294,6 +302,15 @@ def run_workers(spec: TuneSpec, jobs: int, worker_cmd: Sequence[str], log: Calla
     """`jobs` processes share the study: this one plus `jobs - 1` subprocesses running `worker_cmd`."""
     short_baseline(spec)  # once, before the workers race for it
     procs = []
+    import signal
+
+    def _on_term(signum, frame):  # a killed search takes its workers down; the study keeps every trial
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, _on_term)
+    except ValueError:  # not the main thread
+        old = None
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     try:
         for w in range(1, jobs):
@@ -309,6 +326,9 @@ def run_workers(spec: TuneSpec, jobs: int, worker_cmd: Sequence[str], log: Calla
             if p.poll() is None:
                 p.terminate()
         raise
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 # ----------------------------------------------------------------------------- results

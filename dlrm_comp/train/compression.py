@@ -2,6 +2,7 @@
 `compress.*`, attaches one hook per table, logs `table` records and the `compression` summary."""
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import torch
@@ -9,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlrm_comp.adaptive.controller import ClosedLoopController, ControllerConfig, TableObservation
+from dlrm_comp.adaptive.lossless_select import LosslessSelector
+from dlrm_comp.compress.quantize import codes_to_bytes, quantize
 
 from dlrm_comp.compress.backends import get_backend
 from dlrm_comp.compress.bounds import ErrorBoundPolicy, TableBoundSpec
@@ -37,10 +40,21 @@ def build_policy(cfg: CompressConfig, cardinalities: list[int]) -> ErrorBoundPol
         raise ConfigError(f"compress.{exc}") from None
 
 
-def build_backend(cfg: CompressConfig, mode: str | None = None):
+def build_selector(cfg: AdaptiveConfig) -> LosslessSelector | None:
+    if not cfg.lossless_tuning:
+        return None
+    return LosslessSelector(bandwidth_gbps=cfg.bandwidth_gbps, perf_mode=cfg.perf_mode, tradeoff=cfg.tradeoff,
+                            hysteresis=cfg.hysteresis)
+
+
+def build_backend(cfg: CompressConfig, mode: str | None = None, lossless: str | None = None,
+                  lossless_params: dict | None = None):
     mode = mode or cfg.mode
     options: dict[str, Any] = {"nonfinite": cfg.nonfinite}
-    if mode == "codec" and cfg.lossless.name != "default":
+    if mode == "codec" and lossless is not None:
+        options["lossless"] = lossless
+        options["lossless_params"] = dict(lossless_params or {})
+    elif mode == "codec" and cfg.lossless.name != "default":
         options["lossless"] = cfg.lossless.name
         options["lossless_params"] = dict(cfg.lossless.params)
     try:
@@ -59,6 +73,10 @@ class CompressionExtension(TrainingExtension):
         self.controller = build_controller(self.adaptive_cfg, len(cardinalities)) if cfg.mode != "off" else None
         self.current: list[float] = []
         self.trainer = None
+        self.selector = build_selector(self.adaptive_cfg) if cfg.mode == "codec" else None
+        self.table_codecs: dict[int, dict] = {}  # table -> lossless {name, **params} once tuned
+        self._backend_cache: dict[str, Any] = {}
+        self.control_steps = 0
         self.cardinalities = list(cardinalities)
         self.world_size, self.rank = world_size, rank
         self.policy = build_policy(cfg, self.cardinalities)
@@ -80,6 +98,8 @@ class CompressionExtension(TrainingExtension):
 
     def bind(self, trainer) -> None:
         self.trainer = trainer
+        for table in self.table_codecs:  # codecs restored from a checkpoint
+            self._apply_table_codec(table)
 
     def backward_bound(self, table: int) -> float:
         return min(self.backward_decay.multiplier(self.iteration) * self.cfg.backward.error_bound, 0.5)
@@ -110,9 +130,72 @@ class CompressionExtension(TrainingExtension):
 
     def before_step(self, iteration: int) -> None:
         self.iteration = iteration
-        if self.controller is not None and iteration > 0 and iteration % self.adaptive_cfg.interval == 0:
-            self._control_step(iteration)
+        if iteration > 0 and iteration % self.adaptive_cfg.interval == 0:
+            if self.controller is not None:
+                self._control_step(iteration)
+            if self.selector is not None:
+                self.control_steps += 1
+                if self.control_steps % self.adaptive_cfg.tune_every == 0:
+                    self._tune_lossless(iteration)
         self._refresh_bounds()
+
+    # ------------------------------------------------------------------ lossless stage per table
+    def table_codec_name(self, table: int) -> str:
+        return self._describe(self._table_backend(table))
+
+    def _table_backend(self, table: int):
+        spec = self.table_codecs.get(table)
+        if spec is None:
+            return self.backend
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._backend_cache:
+            params = dict(spec)
+            self._backend_cache[key] = build_backend(self.cfg, "codec", lossless=params.pop("name"),
+                                                     lossless_params=params)
+        return self._backend_cache[key]
+
+    def _latest_chunks(self) -> dict[int, torch.Tensor]:
+        if self.world_size > 1:
+            exchange = self.trainer.parallel.exchange
+            return dict(exchange.last_chunk)
+        return {h.table: h.last_chunk for h in self.hooks if h.last_chunk is not None}
+
+    def _tune_lossless(self, iteration: int) -> None:
+        """Each owner tunes its tables' lossless stage on their latest codes; decisions are shared."""
+        decisions = []
+        for table, chunk in sorted(self._latest_chunks().items()):
+            q = quantize(chunk, self.bound(table), nonfinite="passthrough")
+            if q.kind.name != "QUANT":
+                continue
+            incumbent = self._table_backend(table).lossless
+            choice = self.selector.choose(table, codes_to_bytes(q), q.width, incumbent)
+            if choice.switched:
+                decisions.append((table, {"name": choice.codec.name, **choice.codec.params}, choice.reason))
+        if self.world_size > 1:
+            import torch.distributed as dist
+            everyone = [None] * self.world_size
+            dist.all_gather_object(everyone, decisions)
+            decisions = [d for part in everyone for d in part]
+        log = getattr(self.trainer, "log", None)
+        for table, spec, reason in decisions:
+            self.table_codecs[table] = spec
+            self._apply_table_codec(table)
+            if log is not None:
+                log("adaptive", iteration, table=table, eb_rel=self.bound(table),
+                    codec=self.table_codec_name(table), codec_id=self._table_backend(table).lossless.codec_id,
+                    reason=reason)
+        self.codec_changes += len(decisions)
+
+    codec_changes = 0
+
+    def _apply_table_codec(self, table: int) -> None:
+        backend, name = self._table_backend(table), self.table_codec_name(table)
+        if self.hooks:
+            self.hooks[table].backend = backend
+            self.hooks[table].codec_names["fwd"] = name
+        if self.world_size > 1 and self.trainer is not None:
+            self.trainer.parallel.exchange.table_backends[table] = backend
+            self.trainer.parallel.exchange.table_codec_names[table] = name
 
     # ------------------------------------------------------------------ closed loop
     def _window_observations(self) -> list[TableObservation]:
@@ -161,8 +244,12 @@ class CompressionExtension(TrainingExtension):
 
     def adaptive_summary(self) -> dict[str, Any]:
         final = self.current or self.policy.all(self.iteration)
-        section = {"policy": self.adaptive_cfg.policy, "changes": self.controller.changes if self.controller else 0,
-                   "eb_rel": final, "codec": [self.codec_name] * len(final)}
+        section = {"policy": self.adaptive_cfg.policy,
+                   "changes": (self.controller.changes if self.controller else 0) + self.codec_changes,
+                   "bound_changes": self.controller.changes if self.controller else 0,
+                   "codec_changes": self.codec_changes,
+                   "lossless_tuning": self.selector is not None,
+                   "eb_rel": final, "codec": [self.table_codec_name(i) for i in range(len(final))]}
         if self.controller is not None:
             section.update({"target_cr": self.adaptive_cfg.target_cr, "multipliers": self.controller.multipliers,
                             "eb_min": self.adaptive_cfg.eb_min, "eb_max": self.adaptive_cfg.eb_max,
@@ -194,7 +281,9 @@ class CompressionExtension(TrainingExtension):
     bytes_meta_interval = 0  # this rank's, since the last interval (the exchange adds to it)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta}
+        state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta,
+                 "table_codecs": dict(self.table_codecs), "control_steps": self.control_steps,
+                 "codec_changes": self.codec_changes}
         if self.controller is not None:
             state["controller"] = self.controller.state_dict()
         return state
@@ -206,6 +295,9 @@ class CompressionExtension(TrainingExtension):
         if self.controller is not None and "controller" in state:
             self.controller.load_state_dict(state["controller"])
         self.current = []
+        self.control_steps = state.get("control_steps", 0)
+        self.codec_changes = state.get("codec_changes", 0)
+        self.table_codecs = {int(k): v for k, v in state.get("table_codecs", {}).items()}
 
 
 def build_controller(cfg: AdaptiveConfig, num_tables: int) -> ClosedLoopController | None:

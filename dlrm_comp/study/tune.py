@@ -336,7 +336,8 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points not dominated (lower QoS loss, higher gain)."""
     front = []
     for i, (q, g) in enumerate(points):
-        if not any((q2 <= q and g2 >= g) and (q2 < q or g2 > g) for j, (q2, g2) in enumerate(points) if j != i):
+        if not any((q2 <= q and g2 >= g) and (q2 < q or g2 > g or j < i) for j, (q2, g2) in enumerate(points)
+                   if j != i):  # equal points: the first one stands for them
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
 

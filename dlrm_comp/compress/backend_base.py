@@ -83,6 +83,11 @@ def max_abs_error(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float(d.max().item())
 
 
+def error_ratio(err: float, eb_abs: float | None) -> float:
+    """max error / bound; a zero bound (constant chunk) is met only by an exact copy."""
+    return err / eb_abs if eb_abs else (0.0 if err == 0.0 else float("inf"))
+
+
 class BaseBackend:
     """Common decode and roundtrip; subclasses implement encode."""
 
@@ -116,7 +121,7 @@ class BaseBackend:
         err, ratio = 0.0, None
         if self.error_bounded:
             err = max_abs_error(x, self.decode(enc, x.device))
-            ratio = err / enc.eb_abs if enc.eb_abs else (0.0 if err == 0.0 else float("inf"))
+            ratio = error_ratio(err, enc.eb_abs)
         return enc, ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, enc.estimated, enc.ideal_nbytes,
                                enc.eb_rel, enc.eb_abs, err, ratio, enc_s, 0.0)
 
@@ -133,7 +138,7 @@ class BaseBackend:
         err = max_abs_error(x, x_hat)
         ratio = None
         if self.error_bounded:
-            ratio = err / enc.eb_abs if enc.eb_abs else (0.0 if err == 0.0 else float("inf"))
+            ratio = error_ratio(err, enc.eb_abs)
         stats = ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, enc.estimated, enc.ideal_nbytes,
                            enc.eb_rel, enc.eb_abs, err, ratio, t1 - t0, t2 - t1)
         return x_hat, stats

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlrm_comp.compress.backend_base import Backend, BaseBackend, ChunkStats, Encoded, max_abs_error
+from dlrm_comp.compress.backend_base import Backend, BaseBackend, ChunkStats, Encoded, error_ratio, max_abs_error
 from dlrm_comp.compress.fixed import FIXED_MODES, encode_fixed
 from dlrm_comp.compress.frame import FrameHeader, encode_frame, frame_overhead
 from dlrm_comp.compress.lossless import LosslessCodec, default_lossless, entropy_bytes, get_lossless
@@ -171,7 +171,7 @@ class CodecBackend(BaseBackend):
         enc_s = time.perf_counter() - t0
         if y is None:
             err = max_abs_error(x, self.decode(enc, x.device))
-        ratio = err / enc.eb_abs if enc.eb_abs else (0.0 if err == 0.0 else float("inf"))
+        ratio = error_ratio(err, enc.eb_abs)
         return enc, ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, False, enc.ideal_nbytes,
                                enc.eb_rel, enc.eb_abs, err, ratio, enc_s, 0.0)
 
@@ -192,7 +192,7 @@ class CodecBackend(BaseBackend):
                 raise AssertionError("codec: receiver decode differs from the verified reconstruction")
         else:
             x_hat, dec_s = y, deq_s
-        ratio = err / enc.eb_abs if enc.eb_abs else (0.0 if err == 0.0 else float("inf"))
+        ratio = error_ratio(err, enc.eb_abs)
         stats = ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, False, enc.ideal_nbytes,
                            enc.eb_rel, enc.eb_abs, err, ratio, t1 - t0, dec_s)
         return x_hat, stats

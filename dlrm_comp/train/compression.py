@@ -77,6 +77,9 @@ class CompressionExtension(TrainingExtension):
         self.table_codecs: dict[int, dict] = {}  # table -> lossless {name, **params} once tuned
         self._backend_cache: dict[str, Any] = {}
         self.control_steps = 0
+        self.codec_changes = 0
+        self.bytes_meta = 0  # size-exchange bytes of all ranks (rank 0 sums them at each interval)
+        self.bytes_meta_interval = 0  # this rank's, since the last interval (the exchange adds to it)
         self.cardinalities = list(cardinalities)
         self.world_size, self.rank = world_size, rank
         self.policy = build_policy(cfg, self.cardinalities)
@@ -186,8 +189,6 @@ class CompressionExtension(TrainingExtension):
                     reason=reason)
         self.codec_changes += len(decisions)
 
-    codec_changes = 0
-
     def _apply_table_codec(self, table: int) -> None:
         backend, name = self._table_backend(table), self.table_codec_name(table)
         if self.hooks:
@@ -276,9 +277,6 @@ class CompressionExtension(TrainingExtension):
                 bwd["max_err_ratio"] = None
             section["backward"] = bwd
         return {"compression": section, "adaptive": self.adaptive_summary()}
-
-    bytes_meta = 0  # size-exchange bytes of all ranks (rank 0 sums them at each interval)
-    bytes_meta_interval = 0  # this rank's, since the last interval (the exchange adds to it)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta,

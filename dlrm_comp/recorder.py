@@ -68,6 +68,65 @@ class CompressionRecorder:
     total: dict[tuple[int, str], TableTotals] = field(default_factory=dict)
     window: dict[int, list[float]] = field(default_factory=dict)  # forward [raw, sent] since the last control step
 
+    def __post_init__(self) -> None:
+        self._pending: dict[str, dict[str, Any]] = {}  # device accumulators of batched exchanges
+
+    def record_batch(self, direction: str, tables: list[int], table_index: Any, raw: list[int], sent: Any,
+                     ideal: Any, err_ratio: Any, enc_s: float, dec_s: float, eb_rel: list[float | None],
+                     codecs: list[str], estimated: bool) -> None:
+        """One batched exchange's chunks (``tables`` host ints, ``table_index`` the same on the
+        device; ``sent``/``ideal``/``err_ratio`` device tensors, or None): accumulated on the
+        device without a host sync, folded into the per-table totals when they are read. Times
+        are the batched call's, split over its chunks by raw bytes."""
+        import torch
+        p = self._pending.get(direction)
+        if p is None or p["sent"].device != sent.device:
+            self._settle()
+            dev = sent.device
+            p = self._pending[direction] = {
+                "sent": torch.zeros(self.num_tables, dtype=torch.float64, device=dev),
+                "ideal": torch.zeros(self.num_tables, dtype=torch.float64, device=dev),
+                "err": torch.full((self.num_tables,), -1.0, dtype=torch.float64, device=dev),
+                "raw": [0] * self.num_tables, "chunks": [0] * self.num_tables, "enc": [0.0] * self.num_tables,
+                "dec": [0.0] * self.num_tables, "eb": [None] * self.num_tables, "codec": [""] * self.num_tables,
+                "estimated": False}
+        p["sent"].index_add_(0, table_index, sent.to(torch.float64))
+        p["ideal"].index_add_(0, table_index, (ideal if ideal is not None else sent).to(torch.float64))
+        if err_ratio is not None:
+            p["err"].scatter_reduce_(0, table_index, err_ratio.to(torch.float64), reduce="amax")
+        total = sum(raw) or 1
+        for t, r in zip(tables, raw):
+            p["raw"][t] += r
+            p["chunks"][t] += 1
+            p["enc"][t] += enc_s * r / total
+            p["dec"][t] += dec_s * r / total
+            p["eb"][t], p["codec"][t] = eb_rel[t], codecs[t]
+        p["estimated"] = p["estimated"] or estimated
+
+    def _settle(self) -> None:
+        """Fold the device accumulators into the interval totals (the one read of them)."""
+        for direction, p in self._pending.items():
+            sent, ideal, err = p["sent"].tolist(), p["ideal"].tolist(), p["err"].tolist()
+            for t in range(self.num_tables):
+                if not p["chunks"][t]:
+                    continue
+                tot = self.interval.setdefault((t, direction), TableTotals())
+                tot.chunks += p["chunks"][t]
+                tot.bytes_raw += p["raw"][t]
+                tot.bytes_sent += sent[t]
+                tot.ideal_bytes += ideal[t]
+                if err[t] >= 0:
+                    tot.max_err_ratio = max(tot.max_err_ratio or 0.0, err[t])
+                tot.enc_s += p["enc"][t]
+                tot.dec_s += p["dec"][t]
+                tot.estimated = tot.estimated or p["estimated"]
+                tot.eb_rel, tot.codec = p["eb"][t], p["codec"][t]
+                if direction == "fwd":
+                    w = self.window.setdefault(t, [0.0, 0.0])
+                    w[0] += p["raw"][t]
+                    w[1] += sent[t]
+        self._pending = {}
+
     def record(self, table: int, direction: str, stats: Any, eb_rel: float | None, codec: str) -> None:
         self.interval.setdefault((table, direction), TableTotals()).add(stats, eb_rel, codec)
         if direction == "fwd":
@@ -77,6 +136,7 @@ class CompressionRecorder:
 
     def take_window(self) -> dict[int, list[float]]:
         """The forward bytes per table since the last call (what a control step acts on)."""
+        self._settle()
         window, self.window = self.window, {}
         return window
 
@@ -85,11 +145,13 @@ class CompressionRecorder:
 
     def merge_interval(self, other: dict[tuple[int, str], TableTotals]) -> None:
         """Fold another rank's interval statistics into this one (rank 0 gathers them)."""
+        self._settle()
         for key, totals in other.items():
             self.interval.setdefault(key, TableTotals()).merge(totals)
 
     def flush(self, iteration: int, log: Callable[..., None]) -> list[dict[str, Any]]:
         """Emit one `table` record per table and direction, fold the interval into the run totals."""
+        self._settle()
         rows = []
         for (table, direction), t in sorted(self.interval.items()):
             row = {"table": table, "direction": direction, "eb_rel": t.eb_rel, "codec": t.codec,
@@ -132,7 +194,14 @@ class CompressionRecorder:
             ],
         }
 
+    def take_interval(self) -> dict[tuple[int, str], TableTotals]:
+        """This interval's totals (settled), cleared here: what a rank sends to rank 0."""
+        self._settle()
+        interval, self.interval = self.interval, {}
+        return interval
+
     def state_dict(self) -> dict[str, Any]:
+        self._settle()
         return {"total": [(k[0], k[1], asdict(v)) for k, v in self.total.items()],
                 "window": {int(k): list(v) for k, v in self.window.items()}}
 

@@ -28,7 +28,7 @@ message the chosen stage fails to shrink.
 """
 from __future__ import annotations
 
-from dlrm_comp.compress.lossless import blosc2_codec, identity, model_coder, nvcomp_codec, zlib_codec  # noqa: F401  (register)
+from dlrm_comp.compress.lossless import blosc2_codec, identity, model_coder, nvcomp_codec, zlib_codec, zstd_codec  # noqa: F401  (register)
 from dlrm_comp.compress.lossless.base import (
     LosslessCodec,
     codec_from_header,

@@ -1,0 +1,212 @@
+"""The error-bounded quantizer over a batch of chunks: one call per step, tensors in and out.
+
+Every (table x destination) chunk of a step is a row of ``x [C, n]`` with its own bound
+``eb_rel[C]``. Everything per chunk (range, bound, step, code width, kind) is a tensor, so the
+call has no Python loop over chunks and no host sync; it runs on the tensors' device with the
+same arithmetic on CPU and CUDA (no device-dependent shortcut).
+
+The guarantee is the one of ``quantize.py`` (DESIGN.md section 2), proved per chunk:
+* codes are offsets from the chunk minimum rounded DOWN to float32 (the header float), so codes
+  are >= 0 and their width depends on the bound, not on the data's offset;
+* the bound ``eb_abs = eb_rel * (max - min)`` is rounded down to float32, the step leaves room
+  for the final cast to the input dtype (bin width ``2*(eb - cast_err)``, or ``eb`` when the
+  cast error is more than half the bound);
+* the receiver's reconstruction ``dtype(code*step + min)`` (in the work dtype: float32 for
+  float32/16 data, float64 for float64; the same IEEE operations on every device) is computed by
+  the sender and checked against the bound; a chunk that fails, has a NaN/Inf, a zero or non-representable bound, or needs codes
+  beyond 16 bits is stored RAW, chosen by mask. A constant chunk is CONST (its value exact).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dlrm_comp.compress.quantize import SUPPORTED_DTYPES, ChunkKind
+
+MAX_BITS = 16
+_F32_MAX = float(torch.finfo(torch.float32).max)
+_KIND_RAW, _KIND_CONST, _KIND_QUANT = int(ChunkKind.RAW), int(ChunkKind.CONST), int(ChunkKind.QUANT)
+
+
+@dataclass
+class BatchQuant:
+    """Per-chunk results of ``quantize_batch`` (all tensors on the input's device)."""
+
+    kind: torch.Tensor  # [C] uint8: ChunkKind RAW / CONST / QUANT
+    bits: torch.Tensor  # [C] int64: bits per code (0 unless QUANT)
+    minimum: torch.Tensor  # [C] float64, float32-representable: code origin, or the constant
+    step: torch.Tensor  # [C] float64, float32-representable: bin width (0 unless QUANT)
+    eb_abs: torch.Tensor  # [C] float64, float32-representable: the verified absolute bound
+    codes: torch.Tensor  # [C, n] int32 codes in [0, 2**bits) (meaningless unless QUANT)
+    err: torch.Tensor  # [C] float64: max |x - x_hat| of the reconstruction (0 unless QUANT)
+    nonfinite: torch.Tensor  # [] int64: chunks holding a NaN/Inf (those chunks are RAW)
+    x_hat: torch.Tensor  # [C, n] the QUANT reconstruction (meaningless for other kinds: see `received`)
+    ok: torch.Tensor  # [C] bool: QUANT
+    x: torch.Tensor  # the input
+
+    def received(self) -> torch.Tensor:
+        """What a receiver decodes, for every kind (CONST and RAW chunks arrive exactly)."""
+        return torch.where(self.ok[:, None], self.x_hat, self.x)
+
+
+def round_down_f32(v: torch.Tensor) -> torch.Tensor:
+    """Largest float32 value <= v (float64 in, float64 out); beyond the float32 range: +-max or -inf."""
+    v32 = v.to(torch.float32)
+    down = torch.nextafter(v32, torch.full_like(v32, -float("inf")))
+    return torch.where(v32.to(torch.float64) > v, down, v32).to(torch.float64)
+
+
+def _cast_error(dtype: torch.dtype, magnitude: torch.Tensor) -> torch.Tensor:
+    """Bound on |v - dtype(v)| for float64 v up to 2*magnitude (half an ulp, plus subnormals)."""
+    fi = torch.finfo(dtype)
+    return fi.eps * magnitude + fi.smallest_normal * fi.eps
+
+
+def bit_width(max_code: torch.Tensor) -> torch.Tensor:
+    """Bits needed for codes 0..max_code (>= 1), as int64, by comparisons (exact, no log)."""
+    powers = 2 ** torch.arange(MAX_BITS + 1, device=max_code.device, dtype=torch.int64)
+    return (max_code.unsqueeze(-1) >= powers).sum(-1).clamp_min(1)
+
+
+def check_dtype(x: torch.Tensor) -> None:
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype {x.dtype} not supported; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The elementwise arithmetic's dtype: float64 data in float64, anything narrower in float32
+    (the same on every device: IEEE operations, no fusion, so CPU and CUDA agree bit for bit)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _Numpy:
+    """Per-chunk parameter math on a CPU batch: the same formulas as on the device, evaluated by
+    numpy on ``[C]`` float64 arrays (a torch op on 26 values costs ~5 us of dispatch, numpy ~1)."""
+
+    where, maximum, isfinite, round = staticmethod(np.where), staticmethod(np.maximum), \
+        staticmethod(np.isfinite), staticmethod(np.round)
+
+    @staticmethod
+    def down(v):
+        with np.errstate(over="ignore"):
+            v32 = v.astype(np.float32)
+        return np.where(v32.astype(np.float64) > v, np.nextafter(v32, np.float32(-np.inf)), v32).astype(np.float64)
+
+    @staticmethod
+    def bits(max_code):
+        return np.maximum((max_code[:, None] >= _POW2).sum(1), 1)
+
+
+class _Torch:
+    where, maximum, isfinite, round = staticmethod(torch.where), staticmethod(torch.maximum), \
+        staticmethod(torch.isfinite), staticmethod(torch.round)
+    down = staticmethod(round_down_f32)
+
+    @staticmethod
+    def bits(max_code):
+        return bit_width(max_code.to(torch.int64))
+
+
+_POW2 = 2.0 ** np.arange(MAX_BITS + 1)
+
+
+def chunk_params(xp, mn, mx, eb_rel, n: int, dtype: torch.dtype) -> dict:
+    """Header parameters of every chunk from its float64 range and relative bound (``xp`` is
+    ``_Numpy`` or ``_Torch``: one formula for both). See ``quantize_batch`` for the margins."""
+    finite = xp.isfinite(mn) & xp.isfinite(mx)
+    mn0, mx0 = xp.where(finite, mn, 0.0), xp.where(finite, mx, 0.0)
+    mn_h = xp.down(mn0)
+    eb_abs = xp.down(eb_rel * (mx0 - mn0))
+    const = finite & (mx0 == mn0) & (mn_h == mn0) & (n > 0)
+    mag = xp.maximum(abs(mn0), abs(mx0))
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    fi, fw = torch.finfo(dtype), torch.finfo(wide)
+    cast_err = 2 * fw.eps * mag + fi.eps * mag + fi.smallest_normal * fi.eps
+    first = eb_abs - cast_err
+    half = xp.where(first > 0.5 * eb_abs, first, 0.5 * eb_abs)
+    span = mx0 - mn_h
+    rough = span / xp.maximum(2.0 * half, 1e-300)
+    slack = 2.0**-20 + (rough + 2.0) * (2.0**-22 if wide == torch.float32 else 2.0**-50)
+    step = xp.down(2.0 * half * xp.maximum(1.0 - slack, 0.5))
+    valid = finite & ~const & (eb_abs > 0) & (step > 0) & (eb_abs <= _F32_MAX) & (mn_h > -_F32_MAX) & (n > 0)
+    safe_step = xp.where(valid, step, 1.0)
+    max_code = xp.where(valid, xp.round(span / safe_step), 0.0)
+    valid = valid & (max_code < 2**MAX_BITS)
+    max_code = xp.where(valid, max_code, 0.0)
+    return {"finite": finite, "const": const, "valid": valid, "min": xp.where(valid | const, mn_h, 0.0),
+            "step": xp.where(valid, step, 0.0), "safe_step": safe_step, "max_code": max_code,
+            "eb_abs": xp.where(finite, xp.where(eb_abs > _F32_MAX, _F32_MAX, eb_abs), 0.0),
+            "bits": xp.where(valid, xp.bits(max_code), 0)}
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the code computation and of the error check: float64 data in float64, narrower
+    data in float32 (the same on every device)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray) -> BatchQuant:
+    """Quantize each row of ``x [C, n]`` under its bound ``eb_rel[C]`` (relative to its range).
+
+    Codes are ``rint((x - min) * (1/step))`` in the work dtype. Its rounding moves a value by at
+    most ``(max_code + 1) * 2**-22`` bins (three roundings of relative 2**-24 on a quotient below
+    max_code + 1), so the step is shrunk by that much more than the float64 margin. The
+    reconstruction ``dtype(code*step + min)`` runs in float64, where ``code*step`` is exact (16 x
+    24 bits), so it is one rounding then the cast, identical on every device and under any
+    fusion. The check ``fl(|x_hat - x|) < eb`` in the work dtype is exact (rounding is monotone
+    and eb is representable): it proves the bound chunk by chunk."""
+    check_dtype(x)
+    if x.dim() != 2:
+        raise ValueError(f"quantize_batch takes [chunks, values], got shape {tuple(x.shape)}")
+    dev, wd = x.device, work_dtype(x.dtype)
+    c, n = x.shape
+    xw = x.to(wd)
+    if n:
+        mn_w, mx_w = xw.amin(dim=1), xw.amax(dim=1)  # NaN propagates; Inf shows as an infinite end (aminmax(dim) is 10x slower on CPU)
+    else:
+        mn_w = mx_w = torch.zeros(c, dtype=wd, device=dev)
+    cpu = dev.type == "cpu"
+    if cpu:
+        eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            p = chunk_params(_Numpy, mn_w.numpy().astype(np.float64), mx_w.numpy().astype(np.float64),
+                             eb.astype(np.float64), n, x.dtype)
+        col = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in p.items()}
+    else:
+        eb = torch.as_tensor(eb_rel, dtype=torch.float64).to(dev)
+        col = chunk_params(_Torch, mn_w.to(torch.float64), mx_w.to(torch.float64), eb, n, x.dtype)
+    safe_step = col["safe_step"]
+    min_w = col["min"].to(wd)[:, None]
+    inv_w = (1.0 / safe_step).to(wd)[:, None]
+    codes = torch.round((xw - min_w) * inv_w)
+    codes = torch.minimum(codes.clamp_min_(0), col["max_code"].to(wd)[:, None])
+    y = (codes.to(torch.float64) * safe_step[:, None] + col["min"][:, None]).to(x.dtype)
+    err_w = (y.to(wd) - xw).abs().amax(dim=1) if n else torch.zeros(c, dtype=wd, device=dev)
+    ok = col["valid"] & (err_w < col["eb_abs"].to(wd))
+    kind = torch.where(ok, _KIND_QUANT, torch.where(col["const"], _KIND_CONST, _KIND_RAW)).to(torch.uint8)
+    return BatchQuant(
+        kind=kind,
+        bits=torch.where(ok, col["bits"].to(torch.int64), 0),
+        minimum=col["min"],
+        step=torch.where(ok, col["step"], 0.0),
+        eb_abs=col["eb_abs"],
+        codes=codes.to(torch.int32),
+        err=torch.where(ok, err_w.to(torch.float64), 0.0),
+        nonfinite=(~col["finite"]).sum(),
+        x_hat=y,
+        ok=ok,
+        x=x,
+    )
+
+
+def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, codes: torch.Tensor,
+                     raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The receiver's reconstruction of ``[C, n]`` chunks: ``dtype(code*step + min)`` in float64
+    for QUANT (the operations the sender verified), the constant for CONST, ``raw`` (the
+    values that travelled) for RAW."""
+    m = minimum.to(torch.float64)[:, None]
+    y = (codes.to(torch.float64) * step.to(torch.float64)[:, None] + m).to(dtype)
+    k = kind.to(torch.int64)[:, None]
+    return torch.where(k == _KIND_QUANT, y, torch.where(k == _KIND_CONST, m.to(dtype).expand_as(y), raw.to(dtype)))

@@ -1,0 +1,68 @@
+"""Zstandard on a destination's whole code stream (python-zstandard, frames without checksum,
+content size or dictionary id: the message's own header and per-chunk checksums cover those).
+
+Measured (benchmarks/codec_cpu.py, one core): on a debug step's codes (26 tables x 2
+destinations x 64x16 uint8 codes in one stream per destination) level 1 keeps the ratio of
+per-chunk DEFLATE at several times its speed; negative levels drop Huffman and lose the ratio.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import zstandard
+
+from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
+
+_LOCAL = threading.local()  # zstd contexts are not thread-safe: one per thread and level
+
+
+def _contexts(level: int) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    cache = getattr(_LOCAL, "ctx", None)
+    if cache is None:
+        cache = _LOCAL.ctx = {}
+    ctx = cache.get(level)
+    if ctx is None:
+        params = zstandard.ZstdCompressionParameters.from_level(level, write_checksum=False, write_content_size=False,
+                                                                write_dict_id=False)
+        ctx = cache[level] = (zstandard.ZstdCompressor(compression_params=params), zstandard.ZstdDecompressor())
+    return ctx
+
+
+@register
+class ZstdCodec(LosslessCodec):
+    name = "zstd"
+    codec_id = 6
+
+    def __init__(self, level: int = 1) -> None:
+        if not -7 <= int(level) <= 22 or int(level) == 0:
+            raise ValueError(f"lossless.level: zstd level must be in -7..-1 or 1..22, got {level!r}")
+        self.level = int(level)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"level": self.level}
+
+    def compress(self, buf: bytes, typesize: int) -> bytes:
+        return _contexts(self.level)[0].compress(buf)
+
+    def decompress(self, buf: bytes, nbytes: int) -> bytes:
+        try:
+            out = _contexts(self.level)[1].decompress(buf, max_output_size=nbytes)
+        except zstandard.ZstdError as e:
+            raise CorruptPayloadError(f"zstd: {e}") from None
+        return check_size(self.name, out, nbytes)
+
+    def header_params(self) -> bytes:
+        return (self.level & 0xFF).to_bytes(1, "little")
+
+    @classmethod
+    def from_header_params(cls, blob: bytes) -> "ZstdCodec":
+        if len(blob) != 1:
+            raise CorruptPayloadError("zstd: bad header parameters")
+        level = blob[0] - 256 if blob[0] > 127 else blob[0]
+        try:
+            return cls(level)
+        except ValueError as e:
+            raise CorruptPayloadError(f"zstd: {e}") from None

@@ -1,0 +1,301 @@
+"""The batched wire format: one self-describing message per destination.
+
+    preamble (16 B)      u8 magic 0xDB | u8 version | u8 dtype | u8 sections | u32 chunks
+                         | u32 bytes after the chunk table | u32 Adler-32 of the chunk table
+    chunk table (C x 32) u16 table | u8 kind | u8 bits | u32 rows | u16 cols | u8 section
+                         | u8 layout | f32 minimum | f32 step | f32 eb_abs | u32 body bytes | u32 0
+    sections             per section: u8 codec id | u8 param bytes | u16 0 | u32 raw bytes
+                         | u32 coded bytes | u32 Adler-32 of the raw bytes | params | coded bytes
+
+A section holds a run of consecutive chunks (one lossless coder, called once on all of them:
+a destination's whole stream per call, never a chunk per call). Its raw bytes are, for the
+``bytes`` layout, the primary plane (n bytes per chunk: the low byte of each code, the first n
+bytes of a RAW chunk, zeros for CONST), then the high byte planes of the chunks with codes wider
+than 8 bits, then the remaining bytes of the RAW chunks; for the ``bitpack`` layout, each QUANT
+chunk's codes at ``bits`` bits per code (LSB first), then the RAW chunks' bytes. Preamble, chunk
+table and section headers count in ``bytes_sent``. The sender assembles and the receiver parses
+on the host with numpy (vectorised over chunks); quantization and reconstruction stay on the
+tensors' device.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.lossless import LosslessCodec, codec_from_header
+from dlrm_comp.compress.lossless.identity import IdentityCodec
+from dlrm_comp.compress.quantize import ChunkKind
+
+MAGIC, VERSION = 0xDB, 2
+PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 16, 32, 16
+DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+LAYOUTS = ("bytes", "bitpack")
+KIND_RAW, KIND_CONST, KIND_QUANT, KIND_SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT,
+                                                              ChunkKind.SZ))
+HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("rows", "<u4"), ("cols", "<u2"),
+                         ("section", "u1"), ("layout", "u1"), ("minimum", "<f4"), ("step", "<f4"),
+                         ("eb_abs", "<f4"), ("nbytes", "<u4"), ("reserved", "<u4")])
+assert HEADER_DTYPE.itemsize == CHUNK_HEADER
+_PREAMBLE = struct.Struct("<BBBBIII")
+_SECTION = struct.Struct("<BBHIII")
+_IDENTITY = IdentityCodec()
+_ITEMSIZE = {d: torch.empty((), dtype=d).element_size() for d in DTYPES}
+_NP_RAW = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64, torch.bfloat16: np.uint16}
+
+
+@dataclass
+class HostChunks:
+    """A sender's chunks on the host, ready to assemble: header rows and body planes."""
+
+    header: np.ndarray  # structured HEADER_DTYPE, one row per chunk (nbytes filled by `body_sizes`)
+    low: np.ndarray  # [C, n] uint8 primary plane (low code bytes, or bitpacked codes [C, 2n])
+    high: np.ndarray | None  # [C, n] uint8 high code bytes (rows with bits > 8 used)
+    raw: np.ndarray | None  # [C, n*itemsize] uint8 input bytes (rows of RAW / SZ chunks used)
+    sz: list[bytes] | None = None  # SZ3 bodies, by chunk (sz mode)
+
+
+def bitpack(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """``[C, 2n]`` uint8: each chunk's codes at its own bit width, LSB first (pure torch, any
+    device; bytes past ``ceil(n*bits/8)`` are 0)."""
+    c, n = codes.shape
+    j = torch.arange(16, device=codes.device, dtype=torch.int64)
+    use = j < bits[:, None, None]
+    pos = torch.arange(n, device=codes.device, dtype=torch.int64)[None, :, None] * bits[:, None, None] + j
+    pos = torch.where(use, pos, 0)
+    val = torch.where(use, ((codes.to(torch.int64).unsqueeze(-1) >> j) & 1) << (pos & 7), 0)
+    out = torch.zeros(c, 2 * n, device=codes.device, dtype=torch.int64)
+    out.scatter_add_(1, (pos >> 3).reshape(c, -1), val.reshape(c, -1))
+    return out.to(torch.uint8)
+
+
+def bitunpack(packed: torch.Tensor, bits: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of ``bitpack``: ``[C, 2n]`` uint8 -> ``[C, n]`` int32 codes."""
+    c = packed.shape[0]
+    j = torch.arange(16, device=packed.device, dtype=torch.int64)
+    pos = torch.arange(n, device=packed.device, dtype=torch.int64)[None, :, None] * bits[:, None, None] + j
+    use = j < bits[:, None, None]
+    pos = torch.where(use, pos, 0)
+    byte = torch.gather(packed.to(torch.int64), 1, (pos >> 3).reshape(c, -1)).reshape(c, n, 16)
+    bit = torch.where(use, (byte >> (pos & 7)) & 1, 0)
+    return (bit << j).sum(-1).to(torch.int32)
+
+
+def body_sizes(h: np.ndarray, n: int, itemsize: int, sz: list[bytes] | None = None) -> np.ndarray:
+    """Bytes each chunk contributes to its section's raw stream (its `nbytes` header field)."""
+    kind, bits, layout = h["kind"].astype(np.int64), h["bits"].astype(np.int64), h["layout"].astype(np.int64)
+    quant = np.where(layout == 1, (n * bits + 7) // 8, np.where(bits > 8, 2 * n, n))
+    size = np.where(kind == KIND_QUANT, quant, np.where(kind == KIND_RAW, n * itemsize,
+                                                         np.where(layout == 1, 0, n)))
+    if sz is not None:
+        szs = np.array([len(b) for b in sz], dtype=np.int64)
+        size = np.where(kind == KIND_SZ, szs, size)
+    return size
+
+
+def _section_raw(hc: HostChunks, lo: int, hi: int, n: int) -> bytes:
+    """The raw stream of chunks lo..hi-1 (one section, one layout)."""
+    h = hc.header[lo:hi]
+    kind, bits = h["kind"], h["bits"]
+    parts = []
+    if h["layout"][0] == 1:
+        lengths = np.where(kind == KIND_QUANT, (n * bits.astype(np.int64) + 7) // 8, 0)
+        mask = np.arange(hc.low.shape[1])[None, :] < lengths[:, None]
+        parts.append(hc.low[lo:hi][mask])
+    else:
+        primary = hc.low[lo:hi, :n].copy()
+        raw_rows = np.flatnonzero(kind == KIND_RAW)
+        if raw_rows.size:
+            primary[raw_rows] = hc.raw[lo + raw_rows, :n]
+        primary[kind == KIND_CONST] = 0
+        if hc.sz is not None:
+            primary[kind == KIND_SZ] = 0
+        parts.append(primary.reshape(-1))
+        wide = np.flatnonzero((kind == KIND_QUANT) & (bits > 8))
+        if wide.size:
+            parts.append(hc.high[lo + wide].reshape(-1))
+    raw_rows = np.flatnonzero(kind == KIND_RAW)
+    if raw_rows.size:
+        start = 0 if h["layout"][0] == 1 else n
+        parts.append(hc.raw[lo + raw_rows, start:].reshape(-1))
+    if hc.sz is not None:
+        parts += [np.frombuffer(hc.sz[lo + c], dtype=np.uint8) for c in np.flatnonzero(kind == KIND_SZ)]
+    return b"".join(p.tobytes() for p in parts)
+
+
+def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], coders: list[list[LosslessCodec]]
+             ) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """Messages of consecutive chunk runs (``counts[m]`` chunks each; ``coders[m][s]`` codes
+    section s of message m). Returns the messages, and per chunk its wire bytes and the part of
+    them that is framing (preamble, table, section headers: shared out by raw size)."""
+    h = hc.header
+    sent = np.zeros(len(h))
+    framing = np.zeros(len(h))
+    messages, c0 = [], 0
+    for m, count in enumerate(counts):
+        secs = h["section"][c0:c0 + count].astype(np.int64)
+        bounds = np.flatnonzero(np.diff(secs)) + 1
+        starts = np.concatenate([[0], bounds, [count]])
+        parts = []
+        for s in range(len(starts) - 1):
+            lo, hi = c0 + int(starts[s]), c0 + int(starts[s + 1])
+            raw = _section_raw(hc, lo, hi, n)
+            coder = coders[m][s]
+            coded = coder.compress(raw, 1) if raw and coder.codec_id else raw
+            if len(coded) >= len(raw):
+                coder, coded = _IDENTITY, raw
+            params = coder.header_params()
+            head = _SECTION.pack(coder.codec_id, len(params), 0, len(raw), len(coded), zlib.adler32(raw)) + params
+            parts += [head, coded]
+            share = h["nbytes"][lo:hi].astype(np.float64)
+            share = share / share.sum() if share.sum() else np.full(hi - lo, 1.0 / (hi - lo))
+            sent[lo:hi] += (len(coded) + len(head)) * share
+            framing[lo:hi] += len(head) * share
+        table = h[c0:c0 + count].tobytes()
+        body = b"".join(parts)
+        pre = _PREAMBLE.pack(MAGIC, VERSION, DTYPES.index(dtype), len(starts) - 1, count, len(body),
+                             zlib.adler32(table))
+        messages.append(pre + table + body)
+        per = (PREAMBLE + CHUNK_HEADER * count) / max(count, 1)
+        sent[c0:c0 + count] += per
+        framing[c0:c0 + count] += per
+        c0 += count
+    return messages, sent, framing
+
+
+@dataclass
+class Parsed:
+    """One received message on the host: its chunk table and the decoded body planes."""
+
+    dtype: torch.dtype
+    header: np.ndarray
+    codes: np.ndarray  # [C, n] int32
+    raw: np.ndarray  # [C, n] of the dtype's numpy type (rows of RAW chunks used)
+    bitpacked: np.ndarray | None  # [C, 2n] uint8 packed codes of bitpack chunks (unpacked on the device)
+
+
+def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> Parsed:
+    """Validate one message and split it into codes and raw values: magic, version, lengths,
+    the chunk-table checksum, every coder's exact output size and every section's checksum."""
+    buf = memoryview(msg)
+    size = len(buf)
+    if size < PREAMBLE:
+        raise CorruptPayloadError(f"message of {size} bytes is shorter than its preamble")
+    magic, version, dtype_id, n_sections, n_chunks, after, table_sum = _PREAMBLE.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise CorruptPayloadError(f"bad magic 0x{magic:02x} (expected 0x{MAGIC:02x}): not a dlrm_comp message")
+    if version != VERSION:
+        raise CorruptPayloadError(f"unsupported message version {version} (this build reads {VERSION})")
+    if dtype_id >= len(DTYPES):
+        raise CorruptPayloadError(f"unknown dtype id {dtype_id}")
+    table_end = PREAMBLE + n_chunks * CHUNK_HEADER
+    if table_end + after != size:
+        raise CorruptPayloadError(f"message length {size} does not match its preamble ({table_end + after})")
+    if zlib.adler32(buf[PREAMBLE:table_end]) != table_sum:
+        raise CorruptPayloadError("chunk table checksum mismatch: message corrupted")
+    h = np.frombuffer(buf[PREAMBLE:table_end], dtype=HEADER_DTYPE)
+    dtype = DTYPES[dtype_id]
+    item = _ITEMSIZE[dtype]
+    kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
+    if n_chunks and (np.any(kind > KIND_SZ) or np.any(bits > 16) or np.any(layout > 1)
+                     or np.any(np.diff(sec) < 0) or sec[0] != 0 or sec[-1] != n_sections - 1
+                     or np.any(np.diff(sec) > 1) or np.any(h["rows"].astype(np.int64) * h["cols"] != n)):
+        raise CorruptPayloadError("chunk table has out-of-range fields")
+    expect = body_sizes(h, n, item)
+    fixed = kind != KIND_SZ
+    if np.any(h["nbytes"][fixed] != expect[fixed]):
+        raise CorruptPayloadError("chunk body sizes do not match their kinds and widths")
+    codes = np.zeros((n_chunks, n), dtype=np.int32)
+    raw = np.zeros((n_chunks, n * item), dtype=np.uint8)
+    packed = np.zeros((n_chunks, 2 * n), dtype=np.uint8) if layout.any() else None
+    sz_bodies: dict[int, bytes] = {}
+    pos, lo = table_end, 0
+    for s in range(n_sections):
+        if pos + SECTION_HEADER > size:
+            raise CorruptPayloadError("message truncated in a section header")
+        codec_id, plen, _, raw_n, coded_n, checksum = _SECTION.unpack_from(buf, pos)
+        pos += SECTION_HEADER
+        if pos + plen + coded_n > size:
+            raise CorruptPayloadError("message truncated in a section body")
+        params = bytes(buf[pos:pos + plen])
+        pos += plen
+        hi = lo + int(np.count_nonzero(sec == s))
+        if int(h["nbytes"][lo:hi].sum()) != raw_n:
+            raise CorruptPayloadError(f"section {s}: {raw_n} raw bytes, its chunks claim otherwise")
+        coded = buf[pos:pos + coded_n]
+        pos += coded_n
+        if codec_id:
+            key = (codec_id, params)
+            codec = codec_cache.get(key) if codec_cache is not None else None
+            if codec is None:
+                codec = codec_from_header(codec_id, params)
+                if codec_cache is not None:
+                    codec_cache[key] = codec
+            stream = codec.decompress(bytes(coded), raw_n)
+        else:
+            if coded_n != raw_n:
+                raise CorruptPayloadError(f"section {s}: stored {coded_n} bytes, header says {raw_n}")
+            stream = coded
+        if zlib.adler32(stream) != checksum:
+            raise CorruptPayloadError(f"section {s}: checksum mismatch, message corrupted")
+        _split_section(np.frombuffer(stream, dtype=np.uint8), h[lo:hi], lo, n, item, codes, raw, packed, sz_bodies)
+        lo = hi
+    if pos != size:
+        raise CorruptPayloadError(f"{size - pos} unexpected trailing bytes")
+    values = raw.view(_NP_RAW[dtype]).reshape(n_chunks, n)
+    if sz_bodies:
+        from dlrm_comp.compress.sz import sz_decompress
+        values = values.copy()
+        for c, blob in sz_bodies.items():
+            y = sz_decompress(blob, np.dtype(np.float32), (int(h["rows"][c]), int(h["cols"][c])))
+            values[c] = np.ascontiguousarray(y).reshape(-1).astype(values.dtype)
+    return Parsed(dtype, h, codes, values, packed)
+
+
+def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: int, item: int, codes: np.ndarray,
+                   raw: np.ndarray, packed: np.ndarray | None, sz_bodies: dict) -> None:
+    kind, bits = h["kind"], h["bits"].astype(np.int64)
+    k = len(h)
+    raw_rows = np.flatnonzero(kind == KIND_RAW)
+    if h["layout"][0] == 1:
+        lengths = np.where(kind == KIND_QUANT, (n * bits + 7) // 8, 0)
+        used = int(lengths.sum())
+        mask = np.arange(2 * n)[None, :] < lengths[:, None]
+        block = np.zeros((k, 2 * n), dtype=np.uint8)
+        block[mask] = stream[:used]
+        packed[lo:lo + k] = block
+        pos = used
+        rest_start = 0
+    else:
+        primary = stream[:k * n].reshape(k, n)
+        codes[lo:lo + k] = primary
+        pos = k * n
+        wide = np.flatnonzero((kind == KIND_QUANT) & (bits > 8))
+        if wide.size:
+            codes[lo + wide] |= stream[pos:pos + wide.size * n].reshape(-1, n).astype(np.int32) << 8
+            pos += wide.size * n
+        if raw_rows.size:
+            raw[lo + raw_rows, :n] = primary[raw_rows]
+        rest_start = n
+    if raw_rows.size:
+        width = n * item - rest_start
+        raw[lo + raw_rows, rest_start:] = stream[pos:pos + raw_rows.size * width].reshape(-1, width)
+        pos += raw_rows.size * width
+    for c in np.flatnonzero(kind == KIND_SZ):
+        nb = int(h["nbytes"][c])
+        sz_bodies[lo + int(c)] = stream[pos:pos + nb].tobytes()
+        pos += nb
+
+
+def section_ids(keys: list) -> list[int]:
+    """Section index of each chunk of a message whose chunks are grouped by coder key."""
+    out, last, s = [], object(), -1
+    for k in keys:
+        if k != last:
+            s, last = s + 1, k
+        out.append(s)
+    return out

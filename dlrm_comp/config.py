@@ -177,6 +177,9 @@ class CompressConfig:
     # Destinations emulated per table: the rows split into the chunks a W-rank all-to-all sends,
     # each compressed with its own range (1: the whole [B, d] output as one chunk).
     chunks: int = 1
+    # How codes are laid out before the lossless stage: `bytes` (a byte per code up to 8 bits,
+    # byte planes beyond: what LZ/entropy coders want) or `bitpack` (each chunk at its bit width).
+    layout: str = "bytes"
     print_tables: bool = True
     decay: DecayConfig = field(default_factory=DecayConfig)
     lossless: LosslessConfig = field(default_factory=LosslessConfig)
@@ -186,6 +189,7 @@ class CompressConfig:
         _choice("compress.mode", self.mode, COMPRESS_MODES)
         _choice("compress.nonfinite", self.nonfinite, NONFINITE_POLICIES)
         _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES)
+        _choice("compress.layout", self.layout, ("bytes", "bitpack"))
         for name in ("base_error_bound", "tighten_value", "loosen_value"):
             value = getattr(self, name)
             if not 0 < value <= 0.5:

@@ -127,11 +127,13 @@ def _section_raw(hc: HostChunks, lo: int, hi: int, n: int) -> bytes:
     return b"".join(p.tobytes() for p in parts)
 
 
-def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], coders: list[list[LosslessCodec]]
-             ) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], coders: list[list[LosslessCodec]],
+             weights: np.ndarray | None = None) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """Messages of consecutive chunk runs (``counts[m]`` chunks each; ``coders[m][s]`` codes
     section s of message m). Returns the messages, and per chunk its wire bytes and the part of
-    them that is framing (preamble, table, section headers: shared out by raw size)."""
+    them that is framing. A section is coded as one stream, so its bytes are attributed to its
+    chunks in proportion to ``weights`` (their order-0 entropy; body sizes when not given):
+    totals are exact, the split between tables of one stream is that estimate."""
     h = hc.header
     sent = np.zeros(len(h))
     framing = np.zeros(len(h))
@@ -151,7 +153,7 @@ def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], code
             params = coder.header_params()
             head = _SECTION.pack(coder.codec_id, len(params), 0, len(raw), len(coded), zlib.adler32(raw)) + params
             parts += [head, coded]
-            share = h["nbytes"][lo:hi].astype(np.float64)
+            share = (weights[lo:hi] if weights is not None else h["nbytes"][lo:hi]).astype(np.float64)
             share = share / share.sum() if share.sum() else np.full(hi - lo, 1.0 / (hi - lo))
             sent[lo:hi] += (len(coded) + len(head)) * share
             framing[lo:hi] += len(head) * share

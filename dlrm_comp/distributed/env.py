@@ -73,7 +73,8 @@ def init_distributed(requested_backend: str, device: torch.device, timeout_s: fl
         if world == 1:
             return DistEnv(rank, world, local, launcher, "")
         backend = resolve_backend(requested_backend, device)
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout)
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout,
+                                **_device_kwargs(device, local))
         return DistEnv(rank, world, local, launcher, backend)
     if launcher == "mpi":
         try:
@@ -88,9 +89,22 @@ def init_distributed(requested_backend: str, device: torch.device, timeout_s: fl
         backend = resolve_backend(requested_backend, device)
         address = comm.bcast((socket.gethostname(), _free_port()) if rank == 0 else None, root=0)
         dist.init_process_group(backend, init_method=f"tcp://{address[0]}:{address[1]}", rank=rank,
-                                world_size=world, timeout=timeout)
+                                world_size=world, timeout=timeout, **_device_kwargs(device, local))
         return DistEnv(rank, world, local, launcher, backend)
     return DistEnv()
+
+
+def local_device(device: torch.device, local_rank: int) -> torch.device:
+    """Each rank's own GPU (``cuda:LOCAL_RANK``); CPU stays CPU."""
+    return torch.device("cuda", local_rank) if device.type == "cuda" else device
+
+
+def _device_kwargs(device: torch.device, local_rank: int) -> dict:
+    """NCCL: bind the rank to its GPU before the first collective (set_device + device_id)."""
+    if device.type != "cuda":
+        return {}
+    torch.cuda.set_device(local_rank)
+    return {"device_id": local_device(device, local_rank)}
 
 
 def shutdown(env: DistEnv) -> None:

@@ -111,6 +111,8 @@ class Exchange:
         self.last_sample: dict[int, torch.Tensor] = {}  # a forward chunk per owned table (lossless tuning)
         self.host_syncs = 0  # host reads of the exchange itself (tests count them)
         self._codecs: dict = {}  # receiver-side coder cache, per exchange (not process-wide)
+        self._inflight = None  # (finish, compress, rows) of a started forward (Req/Wait)
+        self._pooled_grads = None
 
     # -------------------------------------------------------------------------- layout
     def slice_rows(self, batch: int) -> list[tuple[int, int]]:
@@ -157,6 +159,11 @@ class Exchange:
         return list(_ExchangeFn.apply(self, compress, *pooled))
 
     def forward(self, pooled: Sequence[torch.Tensor], compress: bool) -> list[torch.Tensor]:
+        return self.begin_forward(pooled, compress)()
+
+    def begin_forward(self, pooled: Sequence[torch.Tensor], compress: bool, async_op: bool = False):
+        """Encode and launch the forward exchange; returns ``finish()`` -> the received tables.
+        With ``async_op`` the data collective is in flight until ``finish`` waits on it."""
         batch = pooled[0].shape[0] if pooled else 0
         rows = self.slice_rows(batch)
         plan = self.plan.fwd if compress else None
@@ -169,12 +176,21 @@ class Exchange:
                 self.last_sample[t] = stacked[i, :first]
         recv_rows = rows if self.loopback else [rows[self.rank]] * len(rows)
         recv_tables = [self._order(ts, plan or self.plan.fwd) for ts in self.by_source]
-        decoded = self._run(groups, recv_tables, recv_rows, plan, "fwd")
-        out: dict[int, list[torch.Tensor]] = {}
-        for m, (tables, chunk) in enumerate(zip(recv_tables, decoded)):
-            for t, y in zip(tables, chunk.view(len(tables), -1, self.dim).unbind(0)):
-                out.setdefault(t, []).append(y)
-        return [parts[0] if len(parts) == 1 else torch.cat(parts) for _, parts in sorted(out.items())]
+        finish = self._run(groups, recv_tables, recv_rows, plan, "fwd", async_op)
+
+        def received() -> list[torch.Tensor]:
+            out: dict[int, list[torch.Tensor]] = {}
+            for tables, chunk in zip(recv_tables, finish()):
+                for t, y in zip(tables, chunk.view(len(tables), -1, self.dim).unbind(0)):
+                    out.setdefault(t, []).append(y)
+            return [parts[0] if len(parts) == 1 else torch.cat(parts) for _, parts in sorted(out.items())]
+        return received
+
+    def start(self, pooled: Sequence[torch.Tensor], compress: bool) -> "PendingExchange":
+        """Launch the forward exchange (async collective) and return at once: the upstream DLRM
+        Req/Wait split. ``wait()`` on the result gives the received tables, differentiable."""
+        token = _Request.apply(self, compress, *pooled)
+        return PendingExchange(self, token)
 
     def backward(self, grads: Sequence[torch.Tensor], compress: bool, rows: list[tuple[int, int]]) -> list[torch.Tensor]:
         plan = self.plan.bwd if compress and self.plan.bwd.enabled else None
@@ -189,7 +205,7 @@ class Exchange:
             groups = [Group(x, flat, [len(ts) for ts in order], stacked.shape[1])]
         mine = self._order(self.mine, plan or self.plan.bwd)
         recv_rows = rows
-        decoded = self._run(groups, [mine] * len(rows), recv_rows, plan, "bwd")
+        decoded = self._run(groups, [mine] * len(rows), recv_rows, plan, "bwd")()
         parts = [chunk.view(len(mine), -1, self.dim) for chunk in decoded]
         full = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         by_table = dict(zip(mine, full.unbind(0)))
@@ -197,8 +213,9 @@ class Exchange:
 
     # -------------------------------------------------------------------------- one direction
     def _run(self, groups: list[Group], recv_tables: list[list[int]], recv_rows: list[tuple[int, int]],
-             plan: DirectionPlan | None, direction: str) -> list[torch.Tensor]:
-        """Send every group's messages, return each received message's values ``[C_m, n_m]``."""
+             plan: DirectionPlan | None, direction: str, async_op: bool = False):
+        """Send every group's messages; returns ``finish()`` -> each received message's values
+        ``[C_m, n_m]`` (waiting on the collective first)."""
         mode = plan.mode if plan is not None else "off"
         dev = self.transport.device
         recv_n = [(b - a) * self.dim for a, b in recv_rows]
@@ -208,11 +225,12 @@ class Exchange:
             flat = torch.cat([g.x.reshape(-1) for g in groups]).to(torch.float32)
             in_splits = [c * g.x.shape[1] for g in groups for c in g.counts]
             out_splits = [len(ts) * n for ts, n in zip(recv_tables, recv_n)]
-            out = self.transport.exchange(flat, in_splits, out_splits).wait()
-            return [o.view(len(ts), n) for o, ts, n in zip(out.split(out_splits), recv_tables, recv_n)]
+            handle = self.transport.exchange(flat, in_splits, out_splits, async_op)
+            return lambda: [o.view(len(ts), n) for o, ts, n in
+                            zip(handle.wait().split(out_splits), recv_tables, recv_n)]
         if plan.fixed_rate:
-            return self._run_fixed(groups, recv_tables, recv_n, plan, direction)
-        return self._run_bytes(groups, recv_tables, recv_n, plan, direction)
+            return self._run_fixed(groups, recv_tables, recv_n, plan, direction, async_op)
+        return self._run_bytes(groups, recv_tables, recv_n, plan, direction, async_op)
 
     def _eb(self, plan: DirectionPlan, tables: list[int], device) -> torch.Tensor:
         return torch.tensor([plan.eb_rel[t] for t in tables], dtype=torch.float64, device=device)
@@ -248,7 +266,7 @@ class Exchange:
                      time.perf_counter() - t0, 0.0)
         return Group(q.received().to(torch.float32), g.tables, g.counts, g.rows)
 
-    def _run_fixed(self, groups, recv_tables, recv_n, plan, direction):
+    def _run_fixed(self, groups, recv_tables, recv_n, plan, direction, async_op=False):
         t0 = time.perf_counter()
         sends, in_splits = [], []
         for g in groups:
@@ -263,12 +281,16 @@ class Exchange:
                          None, None, time.perf_counter() - t0, 0.0)
         sizes = [fixed_nbytes(plan.mode, n, self.dim) for n in recv_n]
         out_splits = [len(ts) * s for ts, s in zip(recv_tables, sizes)]
-        out = self.transport.exchange(torch.cat(sends), in_splits, out_splits).wait()
-        t1 = time.perf_counter()
-        result = [decode_fixed_batch(plan.mode, o.view(len(ts), s), n, self.dim, torch.float32)
-                  for o, ts, s, n in zip(out.split(out_splits), recv_tables, sizes, recv_n)]
-        self._add_decode(direction, plan, recv_tables, time.perf_counter() - t1)
-        return result
+        handle = self.transport.exchange(torch.cat(sends), in_splits, out_splits, async_op)
+
+        def finish():
+            out = handle.wait()
+            t1 = time.perf_counter()
+            result = [decode_fixed_batch(plan.mode, o.view(len(ts), s), n, self.dim, torch.float32)
+                      for o, ts, s, n in zip(out.split(out_splits), recv_tables, sizes, recv_n)]
+            self._add_decode(direction, plan, recv_tables, time.perf_counter() - t1)
+            return result
+        return finish
 
     def _add_decode(self, direction, plan, recv_tables, seconds: float) -> None:
         if self.recorder is None:
@@ -331,7 +353,8 @@ class Exchange:
                                 torch.where(q.err > 0, math.inf, 0.0))
             ideal_body = torch.where(q.kind == KIND_QUANT, entropy_bytes_rows(q.codes, q.bits),
                                      torch.from_numpy(hc.header["nbytes"].astype(np.float64)).to(q.kind.device))
-        messages, sent, framing = assemble(hc, g.x.dtype, g.x.shape[1], g.counts, self._coders(plan, g))
+        weights = None if ideal_body is None else ideal_body.cpu().numpy()
+        messages, sent, framing = assemble(hc, g.x.dtype, g.x.shape[1], g.counts, self._coders(plan, g), weights)
         sent_t = torch.from_numpy(sent)
         ideal = None if ideal_body is None else ideal_body.cpu() + torch.from_numpy(framing)
         self._record(direction, plan, g.tables, [g.x.shape[1] * g.x.element_size()] * len(g.tables), sent_t,
@@ -367,7 +390,7 @@ class Exchange:
         return HostChunks(h, np.zeros((len(h), 2 * n), np.uint8), None, x.view(torch.uint8).reshape(len(h), -1).numpy(),
                           bodies), ratio
 
-    def _run_bytes(self, groups, recv_tables, recv_n, plan, direction):
+    def _run_bytes(self, groups, recv_tables, recv_n, plan, direction, async_op=False):
         messages = [m for g in groups for m in self._encode_group(g, plan, direction)]
         sizes = torch.tensor([len(m) for m in messages], dtype=torch.int64)
         recv_sizes = self.transport.exchange_sizes(sizes.to(self.transport.device))
@@ -376,20 +399,24 @@ class Exchange:
         self.host_syncs += 1
         blob = b"".join(messages)
         data = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
-        out = self.transport.exchange(data, sizes.tolist(), out_splits).wait()
-        t0 = time.perf_counter()
-        host = memoryview(out.cpu().numpy() if out.device.type != "cpu" else out.numpy()).cast("B")
-        dev = self.transport.device
-        result, pos = [], 0
-        for ts, size, n in zip(recv_tables, out_splits, recv_n):
-            rec = parse(host[pos:pos + size], n, self._codecs)
-            got = rec.header["table"].astype(np.int64).tolist()
-            if got != list(ts):
-                raise CorruptPayloadError(f"message carries tables {got}, expected {list(ts)}")
-            result.append(self._reconstruct(rec, n, dev).to(torch.float32))
-            pos += size
-        self._add_decode(direction, plan, recv_tables, time.perf_counter() - t0)
-        return result
+        handle = self.transport.exchange(data, sizes.tolist(), out_splits, async_op)
+
+        def finish():
+            out = handle.wait()
+            t0 = time.perf_counter()
+            host = memoryview(out.cpu().numpy() if out.device.type != "cpu" else out.numpy()).cast("B")
+            dev = self.transport.device
+            result, pos = [], 0
+            for ts, size, n in zip(recv_tables, out_splits, recv_n):
+                rec = parse(host[pos:pos + size], n, self._codecs)
+                got = rec.header["table"].astype(np.int64).tolist()
+                if got != list(ts):
+                    raise CorruptPayloadError(f"message carries tables {got}, expected {list(ts)}")
+                result.append(self._reconstruct(rec, n, dev).to(torch.float32))
+                pos += size
+            self._add_decode(direction, plan, recv_tables, time.perf_counter() - t0)
+            return result
+        return finish
 
     @staticmethod
     def _reconstruct(rec: Parsed, n: int, dev: torch.device) -> torch.Tensor:
@@ -408,7 +435,16 @@ class Exchange:
         return dequantize_batch(kind, minimum, step, codes, raw, rec.dtype)
 
 
+def _zero_grads(ex: Exchange, rows, grads):
+    n_rows = rows[-1][1] if ex.loopback else rows[ex.rank][1] - rows[ex.rank][0]
+    dev = ex.transport.device
+    return [g.contiguous() if g is not None else torch.zeros(n_rows, ex.dim, device=dev) for g in grads]
+
+
 class _ExchangeFn(torch.autograd.Function):
+    """Forward: the exchange of the pooled outputs. Backward: the gradient exchange back to
+    each table's owner (straight through the compression: d x_hat / d x = I)."""
+
     @staticmethod
     def forward(ctx, exchange: Exchange, compress: bool, *pooled: torch.Tensor):
         ctx.exchange, ctx.compress = exchange, compress
@@ -418,8 +454,46 @@ class _ExchangeFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
         ex = ctx.exchange
-        rows = ctx.rows
-        n_rows = rows[-1][1] if ex.loopback else rows[ex.rank][1] - rows[ex.rank][0]
-        dev = ex.transport.device
-        grads = [g.contiguous() if g is not None else torch.zeros(n_rows, ex.dim, device=dev) for g in grads]
-        return (None, None, *ex.backward(grads, ctx.compress, rows))
+        return (None, None, *ex.backward(_zero_grads(ex, ctx.rows, grads), ctx.compress, ctx.rows))
+
+
+class _Request(torch.autograd.Function):
+    """Req half of the Req/Wait pair: launches the forward exchange (async); its backward hands
+    the pooled outputs the gradients that the Wait half's backward exchanged."""
+
+    @staticmethod
+    def forward(ctx, exchange: Exchange, compress: bool, *pooled: torch.Tensor):
+        ctx.exchange = exchange
+        exchange._inflight = (exchange.begin_forward([p.detach() for p in pooled], compress, async_op=True),
+                              compress, exchange.slice_rows(pooled[0].shape[0]))
+        return pooled[0].new_zeros(0)
+
+    @staticmethod
+    def backward(ctx, _token_grad):
+        grads, ctx.exchange._pooled_grads = ctx.exchange._pooled_grads, None
+        return (None, None, *grads)
+
+
+class _Wait(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, exchange: Exchange, token: torch.Tensor):
+        finish, ctx.compress, ctx.rows = exchange._inflight
+        exchange._inflight = None
+        ctx.exchange = exchange
+        return tuple(finish())
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        ex = ctx.exchange
+        ex._pooled_grads = ex.backward(_zero_grads(ex, ctx.rows, grads), ctx.compress, ctx.rows)
+        return None, torch.zeros(0, device=ex.transport.device)
+
+
+class PendingExchange:
+    """A forward exchange in flight (torchrec's Awaitable): ``wait()`` -> the received tables."""
+
+    def __init__(self, exchange: Exchange, token: torch.Tensor):
+        self.exchange, self.token = exchange, token
+
+    def wait(self) -> list[torch.Tensor]:
+        return list(_Wait.apply(self.exchange, self.token))

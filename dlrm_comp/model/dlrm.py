@@ -4,9 +4,10 @@ Mirrors the upstream DLRM benchmark (facebookresearch/dlrm): MLPs given as dash 
 MLP's input width derived from the interaction, upstream initialisation. The model ends in a
 logit (the loss applies the sigmoid, which is numerically safer than upstream's sigmoid + BCE).
 
-The seam for compression: `lookup` returns each table's pooled output `[B, d]`; `forward` passes
-each one through `self.pooled_hooks[i]` (identity unless hooks are attached) before the
-interaction, so a compression hook sees exactly what would cross the embedding all-to-all.
+The seam for compression: `lookup` returns each table's pooled output `[B, d]` (what crosses the
+embedding all-to-all, `dlrm_comp.exchange`), `head` is everything after it; `tap` passes the
+pooled outputs through `self.pooled_hooks[i]` (identity unless attached, e.g. the benchmark's
+dump taps).
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ class DLRM(nn.Module):
         return len(self.cardinalities)
 
     def set_pooled_hooks(self, hooks: Sequence[nn.Module]) -> None:
-        """Attach one module per table, applied to its pooled output `[B, d]` (the compression seam)."""
+        """Attach one module per table, applied to its pooled output `[B, d]` before the exchange (taps)."""
         if len(hooks) != self.num_tables:
             raise ValueError(f"need one hook per table ({self.num_tables}), got {len(hooks)}")
         self.pooled_hooks = nn.ModuleList(hooks)
@@ -111,9 +112,11 @@ class DLRM(nn.Module):
 
     def forward(self, dense: torch.Tensor, indices: Sequence[torch.Tensor],
                 offsets: Sequence[torch.Tensor]) -> torch.Tensor:
-        pooled = self.lookup(indices, offsets)
-        pooled = [hook(p) for hook, p in zip(self.pooled_hooks, pooled)]
-        return self.head(dense, pooled)
+        return self.head(dense, self.tap(self.lookup(indices, offsets)))
+
+    def tap(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The pooled outputs through the attached per-table modules (identity unless attached)."""
+        return [hook(p) for hook, p in zip(self.pooled_hooks, pooled)]
 
     def head(self, dense: torch.Tensor, pooled: list[torch.Tensor]) -> torch.Tensor:
         """Everything after the embedding exchange: bottom MLP, interaction, top MLP -> logits [B]."""

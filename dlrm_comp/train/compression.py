@@ -1,8 +1,8 @@
-"""The training loop's compression extension: builds the per-table bound policy and backend from
-`compress.*`, attaches one hook per table, logs `table` records and the `compression` summary."""
+"""The training loop's compression extension: builds the per-table plan (bound policy x decay,
+lossless stage) from `compress.*`, feeds the controller and the lossless tuner, and logs the
+`table` records and the `compression` summary from the exchange's statistics."""
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 import torch
@@ -11,13 +11,15 @@ from torch import nn
 
 from dlrm_comp.adaptive.controller import ClosedLoopController, ControllerConfig, TableObservation
 from dlrm_comp.adaptive.lossless_select import LosslessSelector
-from dlrm_comp.compress.quantize import codes_to_bytes, quantize
-
-from dlrm_comp.compress.backends import get_backend
+from dlrm_comp.compress.batch_quant import quantize_batch
 from dlrm_comp.compress.bounds import ErrorBoundPolicy, TableBoundSpec
+from dlrm_comp.compress.lossless import LosslessCodec, get_lossless
+from dlrm_comp.compress.wire import KIND_QUANT
+from dlrm_comp.exchange.exchange import Exchange
+from dlrm_comp.exchange.plan import DEFAULT_CODER, CompressionPlan, DirectionPlan
+from dlrm_comp.exchange.transport import LoopbackTransport
 from dlrm_comp.compress.decay import DecaySchedule
 from dlrm_comp.config import AdaptiveConfig, CompressConfig, ConfigError
-from dlrm_comp.hooks import CompressionHook
 from dlrm_comp.recorder import CompressionRecorder, format_interval_table
 from dlrm_comp.train.extension import TrainingExtension
 
@@ -47,23 +49,29 @@ def build_selector(cfg: AdaptiveConfig) -> LosslessSelector | None:
                             hysteresis=cfg.hysteresis)
 
 
-def build_backend(cfg: CompressConfig, mode: str | None = None, lossless: str | None = None,
-                  lossless_params: dict | None = None):
-    mode = mode or cfg.mode
-    options: dict[str, Any] = {"nonfinite": cfg.nonfinite}
-    if mode == "codec" and lossless is not None:
-        options["lossless"] = lossless
-        options["lossless_params"] = dict(lossless_params or {})
-    elif mode == "codec" and cfg.lossless.name != "default":
-        options["lossless"] = cfg.lossless.name
-        options["lossless_params"] = dict(cfg.lossless.params)
+def build_coder(name: str, params: dict | None = None) -> LosslessCodec:
+    """A lossless stage for a destination's code stream; ``default`` is the measured default."""
     try:
-        return get_backend(mode, **options)
+        return get_lossless(DEFAULT_CODER if name == "default" else name, **dict(params or {}))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"compress.lossless: {exc}") from None
 
 
+def build_plan(cfg: CompressConfig, num_tables: int) -> CompressionPlan:
+    """The per-table plan both directions start from (bounds are set every step)."""
+    coder = build_coder(cfg.lossless.name, cfg.lossless.params)
+    bitpack = cfg.layout == "bitpack"
+    fwd = DirectionPlan(cfg.mode, num_tables, coders=[coder] * num_tables, bitpack=[bitpack] * num_tables,
+                        nonfinite="passthrough" if cfg.nonfinite == "passthrough" else "raise")
+    bwd = DirectionPlan(cfg.backward.mode, num_tables, coders=[coder] * num_tables,
+                        bitpack=[bitpack] * num_tables, nonfinite=fwd.nonfinite)
+    return CompressionPlan(fwd, bwd)
+
+
 class CompressionExtension(TrainingExtension):
+    """Owns the compression plan (bounds x decay, lossless stage per table), the recorder, the
+    controller and the lossless tuner; the exchange holds the plan by reference."""
+
     name = "compression"
 
     def __init__(self, cfg: CompressConfig, cardinalities: list[int], world_size: int = 1, rank: int = 0,
@@ -75,20 +83,18 @@ class CompressionExtension(TrainingExtension):
         self.trainer = None
         self.selector = build_selector(self.adaptive_cfg) if cfg.mode == "codec" else None
         self.table_codecs: dict[int, dict] = {}  # table -> lossless {name, **params} once tuned
-        self._backend_cache: dict[str, Any] = {}
         self.control_steps = 0
         self.codec_changes = 0
         self.bytes_meta = 0  # size-exchange bytes of all ranks (rank 0 sums them at each interval)
-        self.bytes_meta_interval = 0  # this rank's, since the last interval (the exchange adds to it)
+        self._meta_seen = 0
         self.cardinalities = list(cardinalities)
         self.world_size, self.rank = world_size, rank
         self.policy = build_policy(cfg, self.cardinalities)
-        self.backend = None if cfg.mode == "off" else build_backend(cfg)
-        self.backward_backend = None if cfg.backward.mode == "off" else build_backend(cfg, cfg.backward.mode)
-        self.backward_decay = build_decay(cfg.backward.decay, "compress.backward.")
+        self.plan = build_plan(cfg, len(self.cardinalities))
+        self.backward_decay = build_decay(cfg.backward.decay, "compress.")
         self.recorder = CompressionRecorder(len(self.cardinalities))
         self.iteration = 0
-        self.hooks: list[CompressionHook] = []
+        self.exchange: Exchange | None = None
 
     def bound(self, table: int) -> float:
         if not self.current:
@@ -98,6 +104,13 @@ class CompressionExtension(TrainingExtension):
     def _refresh_bounds(self) -> None:
         base = self.policy.all(self.iteration)
         self.current = self.controller.effective(base) if self.controller is not None else base
+        self.plan.fwd.eb_rel[:] = self.current
+        self.plan.bwd.eb_rel[:] = [self.backward_bound(t) for t in range(len(self.cardinalities))]
+
+    def build_exchange(self, transport, owners: list[int], dim: int) -> Exchange:
+        """The exchange of this run (loopback in one process, the process group in several)."""
+        self.exchange = Exchange(transport, owners, dim, self.plan, self.recorder)
+        return self.exchange
 
     def bind(self, trainer) -> None:
         self.trainer = trainer
@@ -107,29 +120,13 @@ class CompressionExtension(TrainingExtension):
     def backward_bound(self, table: int) -> float:
         return min(self.backward_decay.multiplier(self.iteration) * self.cfg.backward.error_bound, 0.5)
 
-    def attach(self, model: nn.Module) -> None:
-        """One process: hooks on the pooled outputs emulate the exchange. Several: the exchange
-        itself compresses (see dlrm_comp.distributed.exchange), so no hooks are attached."""
-        if self.world_size > 1 or self.backend is None:
-            return
-        self.hooks = [CompressionHook(i, self.backend, self.bound, self.recorder, self.cfg.chunks,
-                                      codec_name=self.codec_name, backward_backend=self.backward_backend,
-                                      backward_bound=self.backward_bound,
-                                      backward_codec_name=self.backward_codec_name)
-                      for i in range(len(self.cardinalities))]
-        model.set_pooled_hooks(self.hooks)
-
-    @staticmethod
-    def _describe(backend) -> str:
-        return "" if backend is None else getattr(backend, "describe", lambda: backend.name)()
-
     @property
     def codec_name(self) -> str:
-        return self._describe(self.backend)
+        return "" if self.cfg.mode == "off" else self.plan.fwd.codec_name(0)
 
     @property
     def backward_codec_name(self) -> str:
-        return self._describe(self.backward_backend)
+        return "" if self.cfg.backward.mode == "off" else self.plan.bwd.codec_name(0)
 
     def before_step(self, iteration: int) -> None:
         self.iteration = iteration
@@ -144,34 +141,21 @@ class CompressionExtension(TrainingExtension):
 
     # ------------------------------------------------------------------ lossless stage per table
     def table_codec_name(self, table: int) -> str:
-        return self._describe(self._table_backend(table))
-
-    def _table_backend(self, table: int):
-        spec = self.table_codecs.get(table)
-        if spec is None:
-            return self.backend
-        key = json.dumps(spec, sort_keys=True)
-        if key not in self._backend_cache:
-            params = dict(spec)
-            self._backend_cache[key] = build_backend(self.cfg, "codec", lossless=params.pop("name"),
-                                                     lossless_params=params)
-        return self._backend_cache[key]
-
-    def _latest_chunks(self) -> dict[int, torch.Tensor]:
-        if self.world_size > 1:
-            exchange = self.trainer.parallel.exchange
-            return dict(exchange.last_chunk)
-        return {h.table: h.last_chunk for h in self.hooks if h.last_chunk is not None}
+        return self.plan.fwd.codec_name(table)
 
     def _tune_lossless(self, iteration: int) -> None:
         """Each owner tunes its tables' lossless stage on their latest codes; decisions are shared."""
         decisions = []
-        for table, chunk in sorted(self._latest_chunks().items()):
-            q = quantize(chunk, self.bound(table), nonfinite="passthrough")
-            if q.kind.name != "QUANT":
+        samples = dict(self.exchange.last_sample) if self.exchange is not None else {}
+        for table, chunk in sorted(samples.items()):
+            x = chunk.reshape(1, -1)
+            q = quantize_batch(x, torch.tensor([self.bound(table)], dtype=torch.float64))
+            if int(q.kind[0]) != KIND_QUANT:
                 continue
-            incumbent = self._table_backend(table).lossless
-            choice = self.selector.choose(table, codes_to_bytes(q), q.width, incumbent)
+            wide = int(q.bits[0]) > 8
+            codes = q.codes[0].to(torch.int16 if wide else torch.uint8).cpu().numpy().tobytes()
+            incumbent = self.plan.fwd.coders[table]
+            choice = self.selector.choose(table, codes, 2 if wide else 1, incumbent)
             if choice.switched:
                 decisions.append((table, {"name": choice.codec.name, **choice.codec.params}, choice.reason))
         if self.world_size > 1:
@@ -185,26 +169,22 @@ class CompressionExtension(TrainingExtension):
             self._apply_table_codec(table)
             if log is not None:
                 log("adaptive", iteration, table=table, eb_rel=self.bound(table),
-                    codec=self.table_codec_name(table), codec_id=self._table_backend(table).lossless.codec_id,
+                    codec=self.table_codec_name(table), codec_id=self.plan.fwd.coders[table].codec_id,
                     reason=reason)
         self.codec_changes += len(decisions)
 
     def _apply_table_codec(self, table: int) -> None:
-        backend, name = self._table_backend(table), self.table_codec_name(table)
-        if self.hooks:
-            self.hooks[table].backend = backend
-            self.hooks[table].codec_names["fwd"] = name
-        if self.world_size > 1 and self.trainer is not None:
-            self.trainer.parallel.exchange.table_backends[table] = backend
-            self.trainer.parallel.exchange.table_codec_names[table] = name
+        params = dict(self.table_codecs[table])
+        self.plan.fwd.coders[table] = build_coder(params.pop("name"), params)
 
     # ------------------------------------------------------------------ closed loop
     def _window_observations(self) -> list[TableObservation]:
         """This window's forward bytes per table, summed over ranks so every rank decides alike."""
         window = self.recorder.take_window()
-        counts = torch.zeros(len(self.cardinalities), 2, dtype=torch.float64)
+        device = self.trainer.device if self.trainer is not None else "cpu"
+        counts = torch.zeros(len(self.cardinalities), 2, dtype=torch.float64, device=device)
         for table, (raw, sent) in window.items():
-            counts[table, 0], counts[table, 1] = raw, sent
+            counts[table, 0], counts[table, 1] = float(raw), float(sent)
         if self.world_size > 1:
             import torch.distributed as dist
             dist.all_reduce(counts)
@@ -215,8 +195,7 @@ class CompressionExtension(TrainingExtension):
         observations = self._window_observations()
         drift, sensitivity = (None, None)
         if self.world_size == 1 and self.adaptive_cfg.probe_batch and self.trainer is not None:
-            drift, sensitivity = probe_drift(self.trainer, self.backend, self.current or
-                                             self.policy.all(iteration), self.adaptive_cfg.probe_batch)
+            drift, sensitivity = probe_drift(self.trainer, self.plan, self.adaptive_cfg.probe_batch)
         self.last_drift = drift
         base = self.policy.all(iteration)
         decisions = self.controller.update(observations, base, drift, sensitivity)
@@ -229,16 +208,19 @@ class CompressionExtension(TrainingExtension):
                     multiplier=d.multiplier, reason=d.reason)
 
     def on_interval(self, iteration: int, log: Callable[..., None], echo: Callable[[str], None]) -> None:
+        meta = (self.exchange.bytes_meta if self.exchange is not None else 0) - self._meta_seen
+        self._meta_seen += meta
         if self.world_size > 1:  # every rank saw only its tables: gather the interval on rank 0
             import torch.distributed as dist
             gathered = [None] * self.world_size if self.rank == 0 else None
-            dist.gather_object((self.recorder.interval, self.bytes_meta_interval), gathered, dst=0)
-            self.recorder.interval, self.bytes_meta_interval = {}, 0
+            dist.gather_object((self.recorder.take_interval(), meta), gathered, dst=0)
             if self.rank != 0:
                 return
-            for part, meta in gathered:
+            for part, m in gathered:
                 self.recorder.merge_interval(part)
-                self.bytes_meta += meta
+                self.bytes_meta += m
+        else:
+            self.bytes_meta += meta
         rows = self.recorder.flush(iteration, log)
         if rows and self.cfg.print_tables:
             echo(format_interval_table(rows, iteration))
@@ -267,19 +249,19 @@ class CompressionExtension(TrainingExtension):
                                    "bytes_meta": self.bytes_meta}
         if fwd is not None:
             section.update(fwd)
-            if self.backend is not None and self.backend.fixed_rate:
+            if self.plan.fwd.fixed_rate:
                 section["max_err_ratio"] = None
         bwd = self.recorder.direction_summary("bwd", self.cardinalities, None)
         if bwd is not None:
             bwd.update({"mode": self.cfg.backward.mode, "codec": self.backward_codec_name,
                         "error_bound": self.cfg.backward.error_bound})
-            if self.backward_backend is not None and self.backward_backend.fixed_rate:
+            if self.plan.bwd.fixed_rate:
                 bwd["max_err_ratio"] = None
             section["backward"] = bwd
         return {"compression": section, "adaptive": self.adaptive_summary()}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta,
+        state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta, "iteration": self.iteration,
                  "table_codecs": dict(self.table_codecs), "control_steps": self.control_steps,
                  "codec_changes": self.codec_changes}
         if self.controller is not None:
@@ -293,6 +275,9 @@ class CompressionExtension(TrainingExtension):
         if self.controller is not None and "controller" in state:
             self.controller.load_state_dict(state["controller"])
         self.current = []
+        if "iteration" in state:  # the bounds of the last step run, as an uninterrupted run holds them
+            self.iteration = state["iteration"]
+            self._refresh_bounds()
         self.control_steps = state.get("control_steps", 0)
         self.codec_changes = state.get("codec_changes", 0)
         self.table_codecs = {int(k): v for k, v in state.get("table_codecs", {}).items()}
@@ -308,15 +293,17 @@ def build_controller(cfg: AdaptiveConfig, num_tables: int) -> ClosedLoopControll
 
 
 @torch.no_grad()
-def probe_drift(trainer, backend, bounds: list[float], rows: int) -> tuple[float, list[float]]:
+def probe_drift(trainer, plan: CompressionPlan, rows: int) -> tuple[float, list[float]]:
     """Loss with compressed embeddings minus the loss without, on a fixed training batch (the
-    probe forces compression past the evaluation bypass), and each table's share: the drift
-    when only that table is compressed."""
+    probe compresses through the same batched exchange as training, loopback, no statistics),
+    and each table's share: the drift when only that table is compressed."""
     model = trainer.model
     batch = trainer.source.batch("train", 0, rows).to(trainer.device)
     pooled = model.lookup(batch.indices, batch.offsets)
     clean = F.binary_cross_entropy_with_logits(model.head(batch.dense, pooled), batch.labels).item()
-    lossy = [backend.roundtrip(p, bounds[i] if backend.error_bounded else None)[0] for i, p in enumerate(pooled)]
+    probe = Exchange(LoopbackTransport(1, trainer.device), [0] * len(pooled), pooled[0].shape[1],
+                     CompressionPlan(plan.fwd, plan.bwd))
+    lossy = probe.forward(pooled, compress=True)
     full = F.binary_cross_entropy_with_logits(model.head(batch.dense, lossy), batch.labels).item()
     sensitivity = []
     for i in range(len(pooled)):

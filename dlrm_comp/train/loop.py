@@ -43,6 +43,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.device = resolve_device(cfg.train.device)
+        if self.env.distributed:
+            from dlrm_comp.distributed.env import local_device
+            self.device = local_device(self.device, self.env.local_rank)
         self.source = build_source(cfg.data)
         self.iterations = self._resolve_iterations()
         if extensions is None:
@@ -57,6 +60,12 @@ class Trainer:
             self.model = self.parallel.model
         else:
             self.model = build_model(cfg, self.source.cardinalities).to(self.device)
+        self.exchange = None  # one process: the same exchange as several, over W virtual destinations
+        compression = next((e for e in self.extensions if e.name == "compression"), None)
+        if self.parallel is None and compression is not None:
+            from dlrm_comp.exchange.transport import LoopbackTransport
+            self.exchange = compression.build_exchange(LoopbackTransport(cfg.compress.chunks, self.device),
+                                                       [0] * len(self.source.cardinalities), cfg.model.emb_dim)
         self.optimizer = build_optimizer(cfg, self.model)
         for ext in self.extensions:
             ext.attach(self.model)
@@ -149,6 +158,9 @@ class Trainer:
     def _forward(self, batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self.parallel is not None:
             return self.parallel.forward(batch, training)
+        if self.exchange is not None and training:  # evaluation batches are never compressed
+            pooled = self.exchange(self.model.tap(self.model.lookup(batch.indices, batch.offsets)), compress=True)
+            return self.model.head(batch.dense, pooled), batch.labels
         return self.model(batch.dense, batch.indices, batch.offsets), batch.labels
 
     @torch.no_grad()

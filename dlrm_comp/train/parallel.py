@@ -8,8 +8,6 @@ and a final partial batch of a bounded split is dropped, as upstream DLRM does.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -18,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dlrm_comp.config import ConfigError, RunConfig
 from dlrm_comp.data.batch import Batch
 from dlrm_comp.distributed.env import DistEnv
-from dlrm_comp.distributed.exchange import EmbeddingExchange
+from dlrm_comp.exchange import Exchange, ProcessGroupTransport
 from dlrm_comp.distributed.sharding import place_tables, tables_of
 from dlrm_comp.model import DLRM
 from dlrm_comp.train.builders import build_model
@@ -26,8 +24,8 @@ from dlrm_comp.train.builders import build_model
 
 class DenseHead(nn.Module):
     """The dense layers, as one module so DDP can wrap them (not the embeddings). `pooled` may be
-    a callable that yields the exchanged embeddings: it is called after the bottom MLP, so the
-    exchange (started earlier in a background thread) overlaps with it."""
+    a callable that yields the exchanged embeddings: it is called after the bottom MLP, so an
+    exchange already in flight (`Exchange.start`) overlaps with it."""
 
     def __init__(self, model: DLRM):
         super().__init__()
@@ -51,35 +49,28 @@ class ModelParallel:
                  compression=None):
         check_divisible(cfg, env.world_size)
         self.env = env
+        self.device = device
         self.overlap = cfg.dist.overlap
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-exchange")
         self.owners = place_tables(cardinalities, cfg.model.emb_dim, env.world_size, cfg.dist.sharding)
         self.model = build_model(cfg, cardinalities, owned_tables=tables_of(self.owners, env.rank)).to(device)
-        self.head = DistributedDataParallel(DenseHead(self.model))
-        group = dist.new_group(backend=env.backend)
-        c = compression
-        self.exchange = EmbeddingExchange(
-            self.owners, env.rank, env.world_size, cfg.model.emb_dim,
-            forward_backend=c.backend if c else None, forward_bound=c.bound if c else None,
-            backward_backend=c.backward_backend if c else None, backward_bound=c.backward_bound if c else None,
-            recorder=c.recorder if c else None,
-            codec_names=(c.codec_name, c.backward_codec_name) if c else ("", ""), group=group, accounting=c)
+        ids = [device.index] if device.type == "cuda" else None
+        self.head = DistributedDataParallel(DenseHead(self.model), device_ids=ids, broadcast_buffers=False)
+        group = dist.new_group(backend=env.backend)  # the exchange's collectives apart from DDP's
+        transport = ProcessGroupTransport(group, device)
+        if compression is not None:
+            self.exchange = compression.build_exchange(transport, self.owners, cfg.model.emb_dim)
+        else:
+            self.exchange = Exchange(transport, self.owners, cfg.model.emb_dim)
 
     def forward(self, batch: Batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of this rank's slice of the global batch."""
         start, stop = self.exchange.slice_rows(batch.batch_size)[self.env.rank]
         local = batch.slice(start, stop)
+        pooled = self.model.tap(self.model.lookup(batch.indices, batch.offsets))
         if not self.overlap:
-            received = self.exchange(self.model.lookup(batch.indices, batch.offsets), compress=training)
-            return self.head(local.dense, received), local.labels
-        grad_enabled = torch.is_grad_enabled()
-
-        def lookup_and_exchange():
-            with torch.set_grad_enabled(grad_enabled):
-                return self.exchange(self.model.lookup(batch.indices, batch.offsets), compress=training)
-
-        future = self._pool.submit(lookup_and_exchange)
-        return self.head(local.dense, future.result), local.labels
+            return self.head(local.dense, self.exchange(pooled, compress=training)), local.labels
+        pending = self.exchange.start(pooled, compress=training)  # async: in flight during the bottom MLP
+        return self.head(local.dense, pending.wait), local.labels
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate equal-sized per-rank tensors in rank order (for evaluation metrics)."""
@@ -88,6 +79,6 @@ class ModelParallel:
         return torch.cat(parts)
 
     def mean(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t.item()) / self.env.world_size

@@ -1,59 +1,17 @@
-"""Compression hooks in the loop: straight-through gradient, evaluation bypass, records, summary."""
+"""Compression in the training loop (one process: the loopback exchange): every mode trains and
+summarises, bounds follow the lists and decay, totals survive resume, bad input fails fast."""
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from dlrm_comp.compress.backends import get_backend
-from dlrm_comp.hooks import CompressionHook, destination_rows
-from dlrm_comp.recorder import CompressionRecorder
 from dlrm_comp.train.logging import read_jsonl
 from dlrm_comp.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_destination_rows_last_takes_remainder():
-    assert destination_rows(10, 3) == [(0, 3), (3, 6), (6, 10)]
-    assert destination_rows(8, 1) == [(0, 8)]
-    assert destination_rows(2, 4) == [(0, 2)]  # empty chunks are skipped
-    with pytest.raises(ValueError):
-        destination_rows(8, 0)
-
-
-def _hook(mode="codec", eb=0.05, destinations=2):
-    recorder = CompressionRecorder(1)
-    return CompressionHook(0, get_backend(mode), lambda t: eb, recorder, destinations), recorder
-
-
-def test_straight_through_gradient_and_bound():
-    hook, recorder = _hook()
-    x = torch.randn(16, 8, requires_grad=True)
-    w = torch.randn(16, 8)
-    y = hook(x)
-    assert not torch.equal(y, x)  # it did compress
-    for start, stop in destination_rows(16, 2):  # each chunk within its own bound
-        chunk = x.detach()[start:stop]
-        eb_abs = 0.05 * float(chunk.max() - chunk.min())
-        assert float((y.detach()[start:stop] - chunk).abs().max()) <= eb_abs
-    (y * w).sum().backward()
-    assert torch.equal(x.grad, w)  # d x_hat / d x = identity
-    assert len(recorder.interval) == 1 and recorder.interval[(0, "fwd")].chunks == 2
-
-
-def test_eval_and_disabled_bypass():
-    hook, recorder = _hook()
-    x = torch.randn(8, 4)
-    hook.eval()
-    assert hook(x) is x
-    hook.train()
-    hook.enabled = False
-    assert hook(x) is x
-    assert not recorder.interval
 
 
 @pytest.mark.parametrize("mode", ["simulate", "codec", "sz", "fp16", "bf16", "fp8", "int8"])
@@ -116,10 +74,9 @@ def test_bad_table_index_is_a_config_error(tiny_cfg):
 
 def test_unknown_decay_fails_fast_with_choices(tmp_path):
     env = {"DECAY_FUNC": "bogus", "PATH": "/usr/bin:/bin"}
-    t0 = time.time()
     proc = subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--config", str(ROOT / "configs/debug.yaml"),
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 2
-    assert time.time() - t0 < 30
+    assert "Traceback" not in proc.stderr
     for name in ("linear", "log", "step", "constant"):
         assert name in proc.stderr

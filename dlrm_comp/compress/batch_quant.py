@@ -100,9 +100,12 @@ class _Numpy:
 
 
 class _Torch:
-    where, maximum, isfinite, round = staticmethod(torch.where), staticmethod(torch.maximum), \
-        staticmethod(torch.isfinite), staticmethod(torch.round)
+    where, isfinite, round = staticmethod(torch.where), staticmethod(torch.isfinite), staticmethod(torch.round)
     down = staticmethod(round_down_f32)
+
+    @staticmethod
+    def maximum(a, b):
+        return torch.maximum(a, b) if isinstance(b, torch.Tensor) else a.clamp_min(b)
 
     @staticmethod
     def bits(max_code):

@@ -112,6 +112,8 @@ class Exchange:
         self.host_syncs = 0  # host reads of the exchange itself (tests count them)
         self._codecs: dict = {}  # receiver-side coder cache, per exchange (not process-wide)
         self._inflight = None  # (finish, compress, rows) of a started forward (Req/Wait)
+        self._indices: dict = {}  # device index tensors of table lists (built once)
+        self._nonfinite = None  # device count of NaN/Inf chunks not yet checked
         self._pooled_grads = None
 
     # -------------------------------------------------------------------------- layout
@@ -233,21 +235,38 @@ class Exchange:
         return self._run_bytes(groups, recv_tables, recv_n, plan, direction, async_op)
 
     def _eb(self, plan: DirectionPlan, tables: list[int], device) -> torch.Tensor:
-        return torch.tensor([plan.eb_rel[t] for t in tables], dtype=torch.float64, device=device)
+        return _to_device(torch.tensor([plan.eb_rel[t] for t in tables], dtype=torch.float64), device)
+
+    def _index(self, tables: list[int], device) -> torch.Tensor:
+        key = (tuple(tables), str(device))
+        index = self._indices.get(key)
+        if index is None:
+            index = self._indices[key] = torch.tensor(tables, dtype=torch.int64).to(device)
+        return index
 
     def _check_finite(self, nonfinite: torch.Tensor, plan: DirectionPlan, n_values: int) -> None:
-        if plan.nonfinite != "passthrough":
-            bad = int(nonfinite)  # CPU: free; CUDA: this direction's one extra read (policy 'raise')
-            self.host_syncs += nonfinite.device.type != "cpu"
-            if bad:
-                raise NonFiniteError(bad, n_values)
+        """Policy 'raise': on the CPU at once (free); on a device the count accumulates and
+        ``check_finite`` reads it at the next print interval (no per-step host read; a NaN
+        reaching the loss stops the step anyway)."""
+        if plan.nonfinite == "passthrough":
+            return
+        if nonfinite.device.type == "cpu":
+            if int(nonfinite):
+                raise NonFiniteError(int(nonfinite), n_values)
+            return
+        self._nonfinite = nonfinite if self._nonfinite is None else self._nonfinite + nonfinite
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteError if a device-side exchange saw NaN/Inf chunks since the last check."""
+        pending, self._nonfinite = self._nonfinite, None
+        if pending is not None and int(pending):
+            raise NonFiniteError(int(pending), -1)
 
     def _record(self, direction: str, plan: DirectionPlan, tables: list[int], raw: list[int], sent: torch.Tensor,
                 ideal, err_ratio, enc_s: float, dec_s: float) -> None:
         if self.recorder is None:
             return
-        index = torch.tensor(tables, dtype=torch.int64, device=sent.device)
-        self.recorder.record_batch(direction, tables, index, raw, sent, ideal, err_ratio, enc_s, dec_s,
+        self.recorder.record_batch(direction, tables, self._index(tables, sent.device), raw, sent, ideal, err_ratio, enc_s, dec_s,
                                    plan.eb_rel if plan.error_bounded else [None] * plan.num_tables,
                                    plan.codec_names(), plan.estimated)
 
@@ -439,6 +458,14 @@ def _zero_grads(ex: Exchange, rows, grads):
     n_rows = rows[-1][1] if ex.loopback else rows[ex.rank][1] - rows[ex.rank][0]
     dev = ex.transport.device
     return [g.contiguous() if g is not None else torch.zeros(n_rows, ex.dim, device=dev) for g in grads]
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A small host tensor onto the device without a blocking copy (pinned, non_blocking)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 class _ExchangeFn(torch.autograd.Function):

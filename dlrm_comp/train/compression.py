@@ -208,6 +208,8 @@ class CompressionExtension(TrainingExtension):
                     multiplier=d.multiplier, reason=d.reason)
 
     def on_interval(self, iteration: int, log: Callable[..., None], echo: Callable[[str], None]) -> None:
+        if self.exchange is not None:
+            self.exchange.check_finite()
         meta = (self.exchange.bytes_meta if self.exchange is not None else 0) - self._meta_seen
         self._meta_seen += meta
         if self.world_size > 1:  # every rank saw only its tables: gather the interval on rank 0

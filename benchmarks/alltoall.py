@@ -3,18 +3,19 @@
 
 1. Trains the debug config briefly in one process (uncompressed) and keeps, for one batch, every
    table's pooled output and the gradient of the loss with respect to it: real embeddings and
-   real gradients, not noise.
+   real gradients, not noise. `--batch` and `--dim` set the shape (dim 64, batch 2048: Terabyte).
 2. Spawns `--ranks` gloo processes that own the tables as training would and run the real
-   exchange (`dlrm_comp.distributed.exchange`) `--repeat` times per mode, side by side with `off`:
-   bytes on the wire (headers included), wall time per exchange, encode/decode time, wire ratio
-   `cr` against `ideal_cr` (the codes' order-0 entropy), and the backward ratio of the gradients.
+   exchange (`dlrm_comp.exchange`, one batched call per step) `--repeat` times per mode, side by
+   side with `off`: bytes on the wire (headers included), wall time per exchange, encode/decode
+   time, wire ratio `cr` against `ideal_cr` (the codes' order-0 entropy), and the backward ratio
+   of the real gradients through the backward exchange at `compress.backward.error_bound` 0.01.
 3. Models the end-to-end speedup at the reference's iteration breakdown (forward a2a 31.3%,
    backward a2a 31.3%, allreduce 22.9%, compute 14.5%): each compressed direction's share is
    scaled by `1/CR + B*(1/Tc + 1/Td)` with the measured ratio and throughputs and the stated link
    bandwidth B, with and without the backward direction compressed; also the ratio-only limit
    (infinitely fast codec) so the cost of this machine's codec speed is visible.
 
-    python benchmarks/alltoall.py [--ranks 2] [--batch 128] [--bandwidth-gbps 1.25 12.5]
+    python benchmarks/alltoall.py [--ranks 2] [--batch 128] [--dim 16] [--bandwidth-gbps 1.25 12.5]
 """
 from __future__ import annotations
 
@@ -37,23 +38,23 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dlrm_comp.compress.backends import get_backend  # noqa: E402
 from dlrm_comp.config import load_config  # noqa: E402
-from dlrm_comp.distributed.exchange import EmbeddingExchange  # noqa: E402
 from dlrm_comp.distributed.sharding import place_tables, tables_of  # noqa: E402
+from dlrm_comp.exchange import Exchange, ProcessGroupTransport  # noqa: E402
 from dlrm_comp.recorder import CompressionRecorder  # noqa: E402
-from dlrm_comp.train.compression import build_policy  # noqa: E402
+from dlrm_comp.train.compression import build_plan, build_policy  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
 BREAKDOWN = {"fwd_a2a": 0.313, "bwd_a2a": 0.313, "allreduce": 0.229, "compute": 0.145}
 MODES = ["off", "fp16", "bf16", "fp8", "int8", "sz", "codec"]
 
 
-def capture(iterations: int, batch: int, path: Path) -> dict:
+def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:
     """Pooled outputs and their gradients for one batch of a briefly trained debug model."""
     cfg = load_config([ROOT / "configs/debug.yaml"], [
         "compress.mode=off", f"train.iterations={iterations}", "train.eval_every=0", "train.progress=false",
-        "train.tensorboard=false", "data.num_val_samples=4096", f"data.batch_size={batch}"])
+        "train.tensorboard=false", "data.num_val_samples=4096", f"data.batch_size={batch}",
+        f"model.emb_dim={dim}", f"model.bottom_mlp=13-64-{dim}"])
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
         trainer = Trainer(cfg, out)
         trainer.run()
@@ -68,7 +69,7 @@ def capture(iterations: int, batch: int, path: Path) -> dict:
     return data
 
 
-def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -> None:
+def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -> None:  # noqa: C901
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -76,37 +77,35 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -
     cards, dim = data["cardinalities"], data["pooled"][0].shape[1]
     owners = place_tables(cards, dim, world, "contiguous")
     mine = tables_of(owners, rank)
-    cfg = load_config([], [f"{k}={v}" for k, v in (("compress.table_preset", "kaggle_ref"),)])
+    cfg = load_config([], ["compress.table_preset=kaggle_ref"])
     policy = build_policy(cfg.compress, cards)  # the default bounds after the early stage (m = 1)
     results = {}
+    a, b = [(q * len(data["grads"][0]) // world, (q + 1) * len(data["grads"][0]) // world) for q in range(world)][rank]
     for mode in MODES:
         recorder = CompressionRecorder(len(cards))
-        backend = None if mode == "off" else get_backend(mode)
-        bound = (lambda t: policy.eb(10**9, t)) if backend is not None and backend.error_bounded else None
-        ex = EmbeddingExchange(owners, rank, world, dim, forward_backend=backend, forward_bound=bound,
-                               recorder=recorder, group=None)
+        run_cfg = load_config([], [f"compress.mode={mode}", f"compress.backward.mode={mode}",
+                                   "compress.table_preset=kaggle_ref"])
+        plan = build_plan(run_cfg.compress, len(cards))
+        plan.fwd.eb_rel[:] = policy.all(10**9)
+        plan.bwd.eb_rel[:] = [0.01] * len(cards)
+        ex = Exchange(ProcessGroupTransport(None, "cpu"), owners, dim, plan, recorder)
         pooled = [data["pooled"][t] for t in mine]
+        compress = mode != "off"
         times = []
         for _ in range(repeat):
             dist.barrier()
             t0 = time.perf_counter()
-            ex.forward(pooled, compress=backend is not None)
+            ex.forward(pooled, compress=compress)
             times.append(time.perf_counter() - t0)
         recorder.flush(repeat, lambda *args, **kwargs: None)  # fold the interval into the totals
         fwd = recorder.direction_summary("fwd", cards, None) or {}
-        # backward: the gradient chunks each rank would send, compressed at the backward bound
         bwd = {}
-        if backend is not None:
-            rows = ex.slice_rows(data["grads"][0].shape[0])
-            a, b = rows[rank]
-            grads = [data["grads"][t][a:b] * (1.0 / world) for t in range(len(cards))]
-            raw = sent = 0
-            enc_s = dec_s = 0.0
-            for g in grads:
-                x_hat, stats = backend.roundtrip(g, 0.01 if backend.error_bounded else None)
-                raw, sent = raw + stats.raw_nbytes, sent + stats.nbytes
-                enc_s, dec_s = enc_s + stats.enc_s, dec_s + stats.dec_s
-            bwd = {"bytes_raw": raw, "bytes_sent": sent, "enc_s": enc_s, "dec_s": dec_s}
+        if compress:  # the real gradients of this rank's slice through the backward exchange, once
+            grads = [data["grads"][t][a:b] * world for t in range(len(cards))]  # the exchange scales by 1/W
+            ex.backward(grads, True, ex.slice_rows(len(data["grads"][0])))
+            recorder.flush(repeat + 1, lambda *args, **kwargs: None)
+            back = recorder.direction_summary("bwd", cards, None) or {}
+            bwd = {k: back.get(k) for k in ("bytes_raw", "bytes_sent", "enc_s", "dec_s")}
         results[mode] = {"exchange_s": times, "fwd": {k: fwd.get(k) for k in (
             "bytes_raw", "bytes_sent", "ideal_cr", "enc_s", "dec_s", "max_err_ratio")}, "bwd": bwd}
     gathered = [None] * world
@@ -173,6 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--dim", type=int, default=16, help="embedding dim (64 with --batch 2048: Terabyte shape)")
     parser.add_argument("--iterations", type=int, default=800, help="training steps before capturing")
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--bandwidth-gbps", type=float, nargs="+", default=[1.25, 12.5],
@@ -181,7 +181,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         path, out = Path(tmp) / "capture.pt", Path(tmp) / "result.pt"
-        capture(args.iterations, args.batch, path)
+        capture(args.iterations, args.batch, args.dim, path)
         import socket
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -189,7 +189,7 @@ def main() -> None:
         mp.spawn(worker, args=(args.ranks, str(path), port, args.repeat, str(out)), nprocs=args.ranks)
         per_rank = torch.load(out, weights_only=False)
     rows = combine(per_rank, args.repeat, args.bandwidth_gbps)
-    print(json.dumps({"benchmark": "alltoall", "ranks": args.ranks, "batch": args.batch,
+    print(json.dumps({"benchmark": "alltoall", "ranks": args.ranks, "batch": args.batch, "dim": args.dim,
                       "message": f"{args.batch // args.ranks} rows x dim per (table, destination)",
                       "bounds": "debug config defaults after the early stage (kaggle_ref lists)",
                       "backward_eb_rel": 0.01, "breakdown": BREAKDOWN, "machine": platform.machine(),

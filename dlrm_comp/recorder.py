@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 
 @dataclass
 class TableTotals:
@@ -71,13 +73,14 @@ class CompressionRecorder:
     def __post_init__(self) -> None:
         self._pending: dict[str, dict[str, Any]] = {}  # device accumulators of batched exchanges
 
-    def record_batch(self, direction: str, tables: list[int], table_index: Any, raw: list[int], sent: Any,
-                     ideal: Any, err_ratio: Any, enc_s: float, dec_s: float, eb_rel: list[float | None],
-                     codecs: list[str], estimated: bool) -> None:
-        """One batched exchange's chunks (``tables`` host ints, ``table_index`` the same on the
-        device; ``sent``/``ideal``/``err_ratio`` device tensors, or None): accumulated on the
-        device without a host sync, folded into the per-table totals when they are read. Times
-        are the batched call's, split over its chunks by raw bytes."""
+    def record_batch(self, direction: str, tables: np.ndarray, table_index: Any, raw: int, sent: Any,
+                     ideal: Any, err_ratio: Any, enc_s: float, dec_s: float,
+                     labels: Callable[[], tuple[list, list[str]]], estimated: bool) -> None:
+        """One batched exchange's chunks (``tables`` on the host, ``table_index`` the same on the
+        device, ``raw`` bytes per chunk; ``sent``/``ideal``/``err_ratio`` device tensors or None):
+        accumulated on the device without a host sync and folded into the per-table totals when
+        they are read. ``labels()`` gives the per-table bound and codec name at that point (the
+        plan's current ones). Times are the batched call's, split evenly over its chunks."""
         import torch
         p = self._pending.get(direction)
         if p is None or p["sent"].device != sent.device:
@@ -87,43 +90,48 @@ class CompressionRecorder:
                 "sent": torch.zeros(self.num_tables, dtype=torch.float64, device=dev),
                 "ideal": torch.zeros(self.num_tables, dtype=torch.float64, device=dev),
                 "err": torch.full((self.num_tables,), -1.0, dtype=torch.float64, device=dev),
-                "raw": [0] * self.num_tables, "chunks": [0] * self.num_tables, "enc": [0.0] * self.num_tables,
-                "dec": [0.0] * self.num_tables, "eb": [None] * self.num_tables, "codec": [""] * self.num_tables,
-                "estimated": False}
+                "chunks": np.zeros(self.num_tables, np.int64), "enc": np.zeros(self.num_tables),
+                "dec": np.zeros(self.num_tables), "estimated": False}
         p["sent"].index_add_(0, table_index, sent.to(torch.float64))
         p["ideal"].index_add_(0, table_index, (ideal if ideal is not None else sent).to(torch.float64))
         if err_ratio is not None:
             p["err"].scatter_reduce_(0, table_index, err_ratio.to(torch.float64), reduce="amax")
-        total = sum(raw) or 1
-        for t, r in zip(tables, raw):
-            p["raw"][t] += r
-            p["chunks"][t] += 1
-            p["enc"][t] += enc_s * r / total
-            p["dec"][t] += dec_s * r / total
-            p["eb"][t], p["codec"][t] = eb_rel[t], codecs[t]
+        np.add.at(p["chunks"], tables, 1)
+        if enc_s:
+            np.add.at(p["enc"], tables, enc_s / len(tables))
+        if dec_s:
+            np.add.at(p["dec"], tables, dec_s / len(tables))
+        p["raw"] = raw
+        p["labels"] = labels
         p["estimated"] = p["estimated"] or estimated
+
+    def add_decode_time(self, direction: str, tables: np.ndarray, seconds: float) -> None:
+        """Receiver side of a batched exchange: its decode time, split over the chunks it decoded."""
+        p = self._pending.get(direction)
+        if p is not None and len(tables):
+            np.add.at(p["dec"], tables, seconds / len(tables))
 
     def _settle(self) -> None:
         """Fold the device accumulators into the interval totals (the one read of them)."""
         for direction, p in self._pending.items():
             sent, ideal, err = p["sent"].tolist(), p["ideal"].tolist(), p["err"].tolist()
-            for t in range(self.num_tables):
-                if not p["chunks"][t]:
-                    continue
+            ebs, codecs = p["labels"]()
+            for t in np.flatnonzero(p["chunks"]).tolist():
                 tot = self.interval.setdefault((t, direction), TableTotals())
-                tot.chunks += p["chunks"][t]
-                tot.bytes_raw += p["raw"][t]
+                chunks = int(p["chunks"][t])
+                tot.chunks += chunks
+                tot.bytes_raw += chunks * p["raw"]
                 tot.bytes_sent += sent[t]
                 tot.ideal_bytes += ideal[t]
                 if err[t] >= 0:
                     tot.max_err_ratio = max(tot.max_err_ratio or 0.0, err[t])
-                tot.enc_s += p["enc"][t]
-                tot.dec_s += p["dec"][t]
+                tot.enc_s += float(p["enc"][t])
+                tot.dec_s += float(p["dec"][t])
                 tot.estimated = tot.estimated or p["estimated"]
-                tot.eb_rel, tot.codec = p["eb"][t], p["codec"][t]
+                tot.eb_rel, tot.codec = ebs[t], codecs[t]
                 if direction == "fwd":
                     w = self.window.setdefault(t, [0.0, 0.0])
-                    w[0] += p["raw"][t]
+                    w[0] += chunks * p["raw"]
                     w[1] += sent[t]
         self._pending = {}
 

@@ -18,11 +18,13 @@ The guarantee is the one of ``quantize.py`` (DESIGN.md section 2), proved per ch
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from dlrm_comp.compress import cpu_kernels
 from dlrm_comp.compress.quantize import SUPPORTED_DTYPES, ChunkKind
 
 MAX_BITS = 16
@@ -39,16 +41,43 @@ class BatchQuant:
     minimum: torch.Tensor  # [C] float64, float32-representable: code origin, or the constant
     step: torch.Tensor  # [C] float64, float32-representable: bin width (0 unless QUANT)
     eb_abs: torch.Tensor  # [C] float64, float32-representable: the verified absolute bound
-    codes: torch.Tensor  # [C, n] int32 codes in [0, 2**bits) (meaningless unless QUANT)
+    low: torch.Tensor  # [C, n] uint8: low byte of each code (meaningless unless QUANT)
+    high: torch.Tensor  # [C, n] uint8: high byte of each code
     err: torch.Tensor  # [C] float64: max |x - x_hat| of the reconstruction (0 unless QUANT)
     nonfinite: torch.Tensor  # [] int64: chunks holding a NaN/Inf (those chunks are RAW)
-    x_hat: torch.Tensor  # [C, n] the QUANT reconstruction (meaningless for other kinds: see `received`)
     ok: torch.Tensor  # [C] bool: QUANT
     x: torch.Tensor  # the input
+    hist: torch.Tensor | None = None  # [C, 512] counts of low bytes, then 256 + high bytes
+    x_hat: torch.Tensor | None = None  # [C, n] QUANT reconstruction when the path computed it
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """[C, n] int32 codes."""
+        return self.low.to(torch.int32) | (self.high.to(torch.int32) << 8)
 
     def received(self) -> torch.Tensor:
         """What a receiver decodes, for every kind (CONST and RAW chunks arrive exactly)."""
-        return torch.where(self.ok[:, None], self.x_hat, self.x)
+        if self.x_hat is not None:
+            return torch.where(self.ok[:, None], self.x_hat, self.x)
+        return dequantize_planes(self.kind, self.minimum, self.step, self.bits, self.low, self.high, self.x,
+                                 self.x.dtype)
+
+    def entropy_bytes(self) -> torch.Tensor:
+        """Order-0 entropy (bytes, n*H/8) of each chunk's codes, per byte plane: exact for codes
+        up to 8 bits, the sum of the two planes' entropies (an upper bound) beyond."""
+        c, n = self.low.shape
+        if n == 0:
+            return torch.zeros(c, dtype=torch.float64, device=self.low.device)
+        hist = self.hist
+        if hist is None:
+            wide = (self.bits > 8)[:, None]
+            high = torch.where(wide, 256 + self.high.to(torch.int64), 256)
+            ones = torch.ones(c, n, dtype=torch.float64, device=self.low.device)
+            hist = torch.zeros(c, 512, dtype=torch.float64, device=self.low.device)
+            hist.scatter_add_(1, self.low.to(torch.int64), ones).scatter_add_(1, high, ones)
+        hist = hist.to(torch.float64)
+        plogp = (hist * torch.log2(hist.clamp_min(1))).sum(1)
+        return (2 * n * math.log2(n) - plogp) / 8.0
 
 
 def round_down_f32(v: torch.Tensor) -> torch.Tensor:
@@ -165,12 +194,14 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray) -> BatchQ
         raise ValueError(f"quantize_batch takes [chunks, values], got shape {tuple(x.shape)}")
     dev, wd = x.device, work_dtype(x.dtype)
     c, n = x.shape
+    cpu = dev.type == "cpu"
+    if cpu and x.dtype == torch.float32 and n and cpu_kernels.available():
+        return _quantize_cpu(x, eb_rel)
     xw = x.to(wd)
     if n:
         mn_w, mx_w = xw.amin(dim=1), xw.amax(dim=1)  # NaN propagates; Inf shows as an infinite end (aminmax(dim) is 10x slower on CPU)
     else:
         mn_w = mx_w = torch.zeros(c, dtype=wd, device=dev)
-    cpu = dev.type == "cpu"
     if cpu:
         eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -189,19 +220,44 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray) -> BatchQ
     err_w = (y.to(wd) - xw).abs().amax(dim=1) if n else torch.zeros(c, dtype=wd, device=dev)
     ok = col["valid"] & (err_w < col["eb_abs"].to(wd))
     kind = torch.where(ok, _KIND_QUANT, torch.where(col["const"], _KIND_CONST, _KIND_RAW)).to(torch.uint8)
+    codes = codes.to(torch.int32)
     return BatchQuant(
         kind=kind,
         bits=torch.where(ok, col["bits"].to(torch.int64), 0),
         minimum=col["min"],
         step=torch.where(ok, col["step"], 0.0),
         eb_abs=col["eb_abs"],
-        codes=codes.to(torch.int32),
+        low=(codes & 255).to(torch.uint8),
+        high=(codes >> 8).to(torch.uint8),
         err=torch.where(ok, err_w.to(torch.float64), 0.0),
         nonfinite=(~col["finite"]).sum(),
-        x_hat=y,
         ok=ok,
         x=x,
+        x_hat=y,
     )
+
+
+def _quantize_cpu(x: torch.Tensor, eb_rel) -> BatchQuant:
+    """The same quantizer on a CPU float32 batch through the fused loops of ``cpu_kernels``."""
+    xn = x.detach().contiguous().numpy()
+    c, n = xn.shape
+    eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
+    mn, mx = cpu_kernels.row_range(xn)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = chunk_params(_Numpy, mn.astype(np.float64), mx.astype(np.float64), eb.astype(np.float64), n,
+                         torch.float32)
+    low = np.zeros((c, n), np.uint8)
+    high = np.zeros((c, n), np.uint8)
+    hist = np.zeros((c, 512), np.int64)
+    ok, err = cpu_kernels.quantize_rows(xn, p["valid"], p["min"], p["safe_step"], p["max_code"], p["eb_abs"],
+                                        low, high, hist)
+    const = p["const"]
+    kind = np.where(ok, _KIND_QUANT, np.where(const, _KIND_CONST, _KIND_RAW)).astype(np.uint8)
+    t = torch.from_numpy
+    return BatchQuant(kind=t(kind), bits=t(np.where(ok, p["bits"], 0).astype(np.int64)), minimum=t(p["min"]),
+                      step=t(np.where(ok, p["step"], 0.0)), eb_abs=t(p["eb_abs"]), low=t(low), high=t(high),
+                      err=t(np.where(ok, err, 0.0)), nonfinite=torch.tensor(int((~p["finite"]).sum())),
+                      ok=t(ok), x=x, hist=t(hist))
 
 
 def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, codes: torch.Tensor,
@@ -213,3 +269,16 @@ def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tens
     y = (codes.to(torch.float64) * step.to(torch.float64)[:, None] + m).to(dtype)
     k = kind.to(torch.int64)[:, None]
     return torch.where(k == _KIND_QUANT, y, torch.where(k == _KIND_CONST, m.to(dtype).expand_as(y), raw.to(dtype)))
+
+
+def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, bits: torch.Tensor,
+                      low: torch.Tensor, high: torch.Tensor, raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``dequantize_batch`` from the codes' byte planes (the fused loop for CPU float32)."""
+    if low.device.type == "cpu" and dtype == torch.float32 and cpu_kernels.available() and low.shape[1]:
+        out = np.empty(low.shape, np.float32)
+        cpu_kernels.dequantize_rows(low.numpy(), high.numpy(), (bits > 8).numpy(), kind.to(torch.int64).numpy(),
+                                    minimum.to(torch.float64).numpy(), step.to(torch.float64).numpy(),
+                                    raw.contiguous().numpy(), out)
+        return torch.from_numpy(out)
+    codes = low.to(torch.int32) | (high.to(torch.int32) << 8)
+    return dequantize_batch(kind, minimum, step, codes, raw, dtype)

@@ -175,7 +175,8 @@ class Parsed:
 
     dtype: torch.dtype
     header: np.ndarray
-    codes: np.ndarray  # [C, n] int32
+    low: np.ndarray  # [C, n] uint8 low code bytes
+    high: np.ndarray  # [C, n] uint8 high code bytes (zero for codes of up to 8 bits)
     raw: np.ndarray  # [C, n] of the dtype's numpy type (rows of RAW chunks used)
     bitpacked: np.ndarray | None  # [C, 2n] uint8 packed codes of bitpack chunks (unpacked on the device)
 
@@ -211,7 +212,8 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
     fixed = kind != KIND_SZ
     if np.any(h["nbytes"][fixed] != expect[fixed]):
         raise CorruptPayloadError("chunk body sizes do not match their kinds and widths")
-    codes = np.zeros((n_chunks, n), dtype=np.int32)
+    low = np.zeros((n_chunks, n), dtype=np.uint8)
+    high = np.zeros((n_chunks, n), dtype=np.uint8)
     raw = np.zeros((n_chunks, n * item), dtype=np.uint8)
     packed = np.zeros((n_chunks, 2 * n), dtype=np.uint8) if layout.any() else None
     sz_bodies: dict[int, bytes] = {}
@@ -244,7 +246,8 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
             stream = coded
         if zlib.adler32(stream) != checksum:
             raise CorruptPayloadError(f"section {s}: checksum mismatch, message corrupted")
-        _split_section(np.frombuffer(stream, dtype=np.uint8), h[lo:hi], lo, n, item, codes, raw, packed, sz_bodies)
+        _split_section(np.frombuffer(stream, dtype=np.uint8), h[lo:hi], lo, n, item, low, high, raw, packed,
+                       sz_bodies)
         lo = hi
     if pos != size:
         raise CorruptPayloadError(f"{size - pos} unexpected trailing bytes")
@@ -255,11 +258,11 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
         for c, blob in sz_bodies.items():
             y = sz_decompress(blob, np.dtype(np.float32), (int(h["rows"][c]), int(h["cols"][c])))
             values[c] = np.ascontiguousarray(y).reshape(-1).astype(values.dtype)
-    return Parsed(dtype, h, codes, values, packed)
+    return Parsed(dtype, h, low, high, values, packed)
 
 
-def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: int, item: int, codes: np.ndarray,
-                   raw: np.ndarray, packed: np.ndarray | None, sz_bodies: dict) -> None:
+def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: int, item: int, low: np.ndarray,
+                   high: np.ndarray, raw: np.ndarray, packed: np.ndarray | None, sz_bodies: dict) -> None:
     kind, bits = h["kind"], h["bits"].astype(np.int64)
     k = len(h)
     raw_rows = np.flatnonzero(kind == KIND_RAW)
@@ -274,11 +277,11 @@ def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: int, item: int
         rest_start = 0
     else:
         primary = stream[:k * n].reshape(k, n)
-        codes[lo:lo + k] = primary
+        low[lo:lo + k] = primary
         pos = k * n
         wide = np.flatnonzero((kind == KIND_QUANT) & (bits > 8))
         if wide.size:
-            codes[lo + wide] |= stream[pos:pos + wide.size * n].reshape(-1, n).astype(np.int32) << 8
+            high[lo + wide] = stream[pos:pos + wide.size * n].reshape(-1, n)
             pos += wide.size * n
         if raw_rows.size:
             raw[lo + raw_rows, :n] = primary[raw_rows]

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_batch, quantize_batch
+from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_planes, quantize_batch
 from dlrm_comp.compress.errors import CorruptPayloadError, NonFiniteError
 from dlrm_comp.compress.fixed_batch import decode_fixed_batch, encode_fixed_batch, fixed_nbytes
 from dlrm_comp.compress.lossless.identity import IdentityCodec
@@ -58,23 +58,6 @@ def destination_rows(batch: int, destinations: int) -> list[tuple[int, int]]:
     bounds = [(q * per, (q + 1) * per) for q in range(destinations)]
     bounds[-1] = (bounds[-1][0], batch)
     return [(a, b) for a, b in bounds if b > a]
-
-
-def entropy_bytes_rows(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    """Order-0 entropy (bytes, n*H/8) of each row of ``codes [C, n]``, per byte plane: exact for
-    codes of up to 8 bits, the sum of the two planes' entropies (an upper bound) for wider ones.
-    One histogram scatter on the device, no host read."""
-    c, n = codes.shape
-    if n == 0:
-        return torch.zeros(c, dtype=torch.float64, device=codes.device)
-    wide = (bits > 8)[:, None]
-    low = (codes & 255).to(torch.int64)
-    high = torch.where(wide, 256 + (codes >> 8).to(torch.int64), 256)
-    hist = torch.zeros(c, 512, dtype=torch.float64, device=codes.device)
-    ones = torch.ones(c, n, dtype=torch.float64, device=codes.device)
-    hist.scatter_add_(1, low, ones).scatter_add_(1, high, ones)
-    plogp = (hist * torch.log2(hist.clamp_min(1))).sum(1)
-    return (2 * n * math.log2(n) - plogp) / 8.0
 
 
 @dataclass
@@ -113,6 +96,8 @@ class Exchange:
         self._codecs: dict = {}  # receiver-side coder cache, per exchange (not process-wide)
         self._inflight = None  # (finish, compress, rows) of a started forward (Req/Wait)
         self._indices: dict = {}  # device index tensors of table lists (built once)
+        self._host_indices: dict = {}
+        self._orders: dict = {}  # memo of message layouts per table list and coders
         self._nonfinite = None  # device count of NaN/Inf chunks not yet checked
         self._pooled_grads = None
 
@@ -124,17 +109,46 @@ class Exchange:
         return rows
 
     def _order(self, tables: list[int], plan: DirectionPlan) -> list[int]:
-        """Tables of one message, grouped by coder (a section each), stable within a coder."""
+        """Tables of one message, grouped by coder (a section each), stable within a coder
+        (memoised on the coders' identity: the plan changes a coder by replacing it)."""
         if plan.mode != "codec":
             return list(tables)
-        keys = [self._coder_key(plan, t) for t in tables]
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}
-        return [t for _, t in sorted(zip(keys, tables), key=lambda kt: first[kt[0]])]
+        memo_key = (tuple(tables), tuple(id(plan.coders[t]) for t in tables))
+        order = self._orders.get(memo_key)
+        if order is None:
+            keys = [self._coder_key(plan, t) for t in tables]
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            order = [t for _, t in sorted(zip(keys, tables), key=lambda kt: first[kt[0]])]
+            self._memo(memo_key, order)
+        return order
+
+    def _memo(self, key, value) -> None:
+        if len(self._orders) > 256:
+            self._orders.clear()
+        self._orders[key] = value
 
     @staticmethod
     def _coder_key(plan: DirectionPlan, t: int):
         c = plan.coders[t]
         return c.codec_id, c.header_params()
+
+    def _sections(self, plan: DirectionPlan, g: Group) -> tuple[list[int], list[list]]:
+        """Section index of every chunk and the coder of every section, per message of a group."""
+        memo_key = ("sections", plan.mode, tuple(g.tables), tuple(g.counts),
+                    tuple(id(plan.coders[t]) for t in g.tables))
+        hit = self._orders.get(memo_key)
+        if hit is None:
+            ids, coders, c0 = [], [], 0
+            for count in g.counts:
+                tables = g.tables[c0:c0 + count]
+                keys = [self._coder_key(plan, t) for t in tables]
+                ids += section_ids(keys)
+                first = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
+                coders.append([plan.coders[tables[i]] if plan.mode == "codec" else _IDENTITY for i in first])
+                c0 += count
+            hit = (ids, coders)
+            self._memo(memo_key, hit)
+        return hit
 
     def _split_groups(self, stacked: torch.Tensor, rows: list[tuple[int, int]], tables: list[int],
                       plan: DirectionPlan) -> list[Group]:
@@ -262,13 +276,19 @@ class Exchange:
         if pending is not None and int(pending):
             raise NonFiniteError(int(pending), -1)
 
-    def _record(self, direction: str, plan: DirectionPlan, tables: list[int], raw: list[int], sent: torch.Tensor,
+    def _record(self, direction: str, plan: DirectionPlan, tables: list[int], raw: int, sent: torch.Tensor,
                 ideal, err_ratio, enc_s: float, dec_s: float) -> None:
         if self.recorder is None:
             return
-        self.recorder.record_batch(direction, tables, self._index(tables, sent.device), raw, sent, ideal, err_ratio, enc_s, dec_s,
-                                   plan.eb_rel if plan.error_bounded else [None] * plan.num_tables,
-                                   plan.codec_names(), plan.estimated)
+        self.recorder.record_batch(direction, self._host_index(tables), self._index(tables, sent.device), raw,
+                                   sent, ideal, err_ratio, enc_s, dec_s, lambda: _labels(plan), plan.estimated)
+
+    def _host_index(self, tables: list[int]) -> np.ndarray:
+        key = tuple(tables)
+        index = self._host_indices.get(key)
+        if index is None:
+            index = self._host_indices[key] = np.asarray(tables, dtype=np.int64)
+        return index
 
     def _simulate(self, g: Group, plan: DirectionPlan, direction: str) -> Group:
         t0 = time.perf_counter()
@@ -276,12 +296,12 @@ class Exchange:
         self._check_finite(q.nonfinite, plan, g.x.numel())
         n = g.x.shape[1]
         quant = q.kind == 2
-        ideal = entropy_bytes_rows(q.codes, q.bits) + CHUNK_HEADER
+        ideal = q.entropy_bytes() + CHUNK_HEADER
         raw_body = torch.full_like(ideal, float(n * g.x.element_size()))
         est = torch.where(quant, ideal, torch.where(q.kind == 0, raw_body, 0.0) + CHUNK_HEADER)
         est = est + (PREAMBLE + SECTION_HEADER) / max(len(g.tables), 1) * len(g.counts)
         ratio = torch.where(q.eb_abs > 0, q.err / q.eb_abs.clamp_min(1e-300), torch.where(q.err > 0, math.inf, 0.0))
-        self._record(direction, plan, g.tables, [n * g.x.element_size()] * len(g.tables), est, est, ratio,
+        self._record(direction, plan, g.tables, n * g.x.element_size(), est, est, ratio,
                      time.perf_counter() - t0, 0.0)
         return Group(q.received().to(torch.float32), g.tables, g.counts, g.rows)
 
@@ -295,7 +315,7 @@ class Exchange:
             sends.append(b.reshape(-1))
             in_splits += [c * b.shape[1] for c in g.counts]
             per = fixed_nbytes(plan.mode, g.x.shape[1], self.dim)
-            self._record(direction, plan, g.tables, [g.x.shape[1] * 4] * len(g.tables),
+            self._record(direction, plan, g.tables, g.x.shape[1] * 4,
                          torch.full((len(g.tables),), float(per), dtype=torch.float64, device=g.x.device),
                          None, None, time.perf_counter() - t0, 0.0)
         sizes = [fixed_nbytes(plan.mode, n, self.dim) for n in recv_n]
@@ -312,24 +332,10 @@ class Exchange:
         return finish
 
     def _add_decode(self, direction, plan, recv_tables, seconds: float) -> None:
-        if self.recorder is None:
-            return
-        tables = [t for ts in recv_tables for t in ts]
-        for t in tables:
-            self.recorder.record_decode(t, direction, seconds / max(len(tables), 1))
+        if self.recorder is not None:
+            self.recorder.add_decode_time(direction, self._host_index([t for ts in recv_tables for t in ts]), seconds)
 
     # -------------------------------------------------------------------------- byte messages
-    def _coders(self, plan: DirectionPlan, g: Group) -> list[list]:
-        """The coder of every section of every message of a group (chunks come grouped by coder)."""
-        out, c0 = [], 0
-        for count in g.counts:
-            tables = g.tables[c0:c0 + count]
-            keys = [self._coder_key(plan, t) for t in tables]
-            first = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
-            out.append([plan.coders[tables[i]] if plan.mode == "codec" else _IDENTITY for i in first])
-            c0 += count
-        return out
-
     def _host_chunks(self, g: Group, plan: DirectionPlan) -> tuple[HostChunks, BatchQuant | None, np.ndarray]:
         """Quantize on the device, then bring the chunk table and body planes to the host (the
         CPU stream coders need host bytes: one copy per direction, not per chunk)."""
@@ -343,16 +349,15 @@ class Exchange:
         bits = q.bits.cpu().numpy()
         h["table"], h["kind"], h["bits"], h["rows"], h["cols"] = g.tables, kind, bits, g.rows, self.dim
         h["minimum"], h["step"], h["eb_abs"] = q.minimum.cpu().numpy(), q.step.cpu().numpy(), q.eb_abs.cpu().numpy()
-        h["section"] = [s for c0, count in zip(np.cumsum([0] + g.counts[:-1]), g.counts)
-                        for s in section_ids([self._coder_key(plan, t) for t in g.tables[c0:c0 + count]])]
+        h["section"] = self._sections(plan, g)[0]
         bp = np.array([plan.bitpack[t] for t in g.tables], dtype=bool)
         h["layout"] = bp
-        low = (q.codes & 255).to(torch.uint8)
+        low = q.low
         if bp.any():
             packed = bitpack(q.codes, q.bits)
             low = torch.where(torch.from_numpy(bp).to(x.device)[:, None], packed,
                               torch.nn.functional.pad(low, (0, n)))
-        high = (q.codes >> 8).to(torch.uint8).cpu().numpy() if (bits > 8).any() else None
+        high = q.high.cpu().numpy() if (bits > 8).any() else None
         raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).cpu().numpy() if (kind == KIND_RAW).any() else None
         h["nbytes"] = body_sizes(h, n, x.element_size())
         return HostChunks(h, low.cpu().numpy(), high, raw), q, kind
@@ -370,13 +375,13 @@ class Exchange:
             hc, q, kind = self._host_chunks(g, plan)
             ratio = torch.where(q.eb_abs > 0, q.err / q.eb_abs.clamp_min(1e-300),
                                 torch.where(q.err > 0, math.inf, 0.0))
-            ideal_body = torch.where(q.kind == KIND_QUANT, entropy_bytes_rows(q.codes, q.bits),
+            ideal_body = torch.where(q.kind == KIND_QUANT, q.entropy_bytes(),
                                      torch.from_numpy(hc.header["nbytes"].astype(np.float64)).to(q.kind.device))
         weights = None if ideal_body is None else ideal_body.cpu().numpy()
-        messages, sent, framing = assemble(hc, g.x.dtype, g.x.shape[1], g.counts, self._coders(plan, g), weights)
+        messages, sent, framing = assemble(hc, g.x.dtype, g.x.shape[1], g.counts, self._sections(plan, g)[1], weights)
         sent_t = torch.from_numpy(sent)
         ideal = None if ideal_body is None else ideal_body.cpu() + torch.from_numpy(framing)
-        self._record(direction, plan, g.tables, [g.x.shape[1] * g.x.element_size()] * len(g.tables), sent_t,
+        self._record(direction, plan, g.tables, g.x.shape[1] * g.x.element_size(), sent_t,
                      ideal, ratio.cpu(), time.perf_counter() - t0, 0.0)
         return messages
 
@@ -440,18 +445,25 @@ class Exchange:
     @staticmethod
     def _reconstruct(rec: Parsed, n: int, dev: torch.device) -> torch.Tensor:
         h = rec.header
-        kind = torch.from_numpy(h["kind"].astype(np.int64))
-        kind = torch.where(kind == KIND_SZ, KIND_RAW, kind).to(dev)
-        codes = torch.from_numpy(rec.codes).to(dev)
-        if rec.bitpacked is not None:
-            bits = torch.from_numpy(h["bits"].astype(np.int64)).to(dev)
-            unpacked = bitunpack(torch.from_numpy(rec.bitpacked).to(dev), bits, n)
-            codes = torch.where(torch.from_numpy(h["layout"] == 1).to(dev)[:, None], unpacked, codes)
-        raw = torch.from_numpy(rec.raw.view(np.int16) if rec.dtype == torch.bfloat16 else rec.raw)
-        raw = (raw.view(torch.bfloat16) if rec.dtype == torch.bfloat16 else raw).to(dev)
-        minimum = torch.from_numpy(h["minimum"].astype(np.float64)).to(dev)
-        step = torch.from_numpy(h["step"].astype(np.float64)).to(dev)
-        return dequantize_batch(kind, minimum, step, codes, raw, rec.dtype)
+        t = torch.from_numpy
+        kind = np.where(h["kind"] == KIND_SZ, KIND_RAW, h["kind"]).astype(np.int64)
+        bits = h["bits"].astype(np.int64)
+        low, high = t(rec.low), t(rec.high)
+        if rec.bitpacked is not None:  # bit-packed chunks: unpack (torch, on the device) into the planes
+            codes = bitunpack(t(rec.bitpacked).to(dev), t(bits).to(dev), n)
+            use = t(h["layout"] == 1).to(dev)[:, None]
+            low = torch.where(use, (codes & 255).to(torch.uint8), low.to(dev))
+            high = torch.where(use, (codes >> 8).to(torch.uint8), high.to(dev))
+        raw = t(rec.raw.view(np.int16) if rec.dtype == torch.bfloat16 else rec.raw)
+        raw = raw.view(torch.bfloat16) if rec.dtype == torch.bfloat16 else raw
+        return dequantize_planes(t(kind).to(dev), t(h["minimum"].astype(np.float64)).to(dev),
+                                 t(h["step"].astype(np.float64)).to(dev), t(bits).to(dev), low.to(dev),
+                                 high.to(dev), raw.to(dev), rec.dtype)
+
+
+def _labels(plan: DirectionPlan) -> tuple[list, list[str]]:
+    """Per-table bound and codec name, as the plan holds them now (read when statistics are)."""
+    return (list(plan.eb_rel) if plan.error_bounded else [None] * plan.num_tables), plan.codec_names()
 
 
 def _zero_grads(ex: Exchange, rows, grads):

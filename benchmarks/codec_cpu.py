@@ -6,7 +6,15 @@ takes every table's pooled output for a batch, and measures side by side, at eac
 and at two message sizes (a 32 x 32 chunk = 4 KiB of fp32, and 256 KiB), the wire ratio (headers
 included) and the encode and decode throughput in GB/s of fp32 input, on this machine's cores.
 
+`steps` rows: a whole step of the batched exchange codec (every table x destination in one
+call; messages with their preambles and chunk tables), at the debug shape (26 tables x 2
+destinations x 64x16) and the Terabyte shape (dim 64, batch 2048: 26 x 2 x 1024x64), at the
+reference's Kaggle bounds, side by side with SZ3 (one call per chunk) and, with
+`--baseline-tree DIR` (a git worktree of an earlier commit), that tree's per-chunk codec on the
+very same chunks, run in a subprocess in the same invocation.
+
     python benchmarks/codec_cpu.py [--iterations 600] [--bounds 1e-2 3e-2 1e-3] [--repeat 3]
+        [--threads 1] [--baseline-tree ../old]
 """
 from __future__ import annotations
 
@@ -31,11 +39,12 @@ from dlrm_comp.train.loop import Trainer  # noqa: E402
 SIZES = {"32x32": (32, 32), "256KiB": (2048, 32)}
 
 
-def trained_pooled_outputs(iterations: int, rows: int) -> list[torch.Tensor]:
-    """Each table's pooled output [rows, 32] from a model trained `iterations` steps."""
+def trained_pooled_outputs(iterations: int, rows: int, dim: int = 32) -> list[torch.Tensor]:
+    """Each table's pooled output [rows, dim] from a model trained `iterations` steps."""
     cfg = load_config([ROOT / "configs/debug.yaml"], [
         "compress.mode=off", f"train.iterations={iterations}", "train.eval_every=0", "train.progress=false",
-        "train.tensorboard=false", "model.emb_dim=32", "model.bottom_mlp=13-64-32", "data.num_val_samples=4096"])
+        "train.tensorboard=false", f"model.emb_dim={dim}", f"model.bottom_mlp=13-64-{dim}",
+        "data.num_val_samples=4096"])
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
         trainer = Trainer(cfg, out)
         trainer.run()
@@ -62,12 +71,112 @@ def measure(backend, chunks: list[torch.Tensor], eb_rel: float, repeat: int) -> 
             "bytes_raw": raw, "bytes_sent": sent, "max_err_ratio": worst}
 
 
+STEP_SHAPES = {"debug_step": (128, 16), "terabyte_step": (2048, 64)}  # (batch, dim), 2 destinations
+
+BASELINE = r"""
+import json, sys, time, torch
+sys.path.insert(0, sys.argv[1])
+from dlrm_comp.compress.backends import get_backend
+data = torch.load(sys.argv[2], weights_only=False)
+backend = get_backend("codec", ideal=False)
+out = {}
+for name, (chunks, ebs) in data.items():
+    raw = sum(c.numel() * 4 for c in chunks)
+    enc = dec = float("inf")
+    for _ in range(int(sys.argv[3])):
+        t0 = time.perf_counter()
+        encoded = [backend.encode(c, e) for c, e in zip(chunks, ebs)]
+        t1 = time.perf_counter()
+        decoded = [backend.decode(x) for x in encoded]
+        t2 = time.perf_counter()
+        enc, dec = min(enc, t1 - t0), min(dec, t2 - t1)
+    sent = sum(x.nbytes for x in encoded)
+    out[name] = {"cr": raw / sent, "encode_GBps": raw / enc / 1e9, "decode_GBps": raw / dec / 1e9,
+                 "bytes_raw": raw, "bytes_sent": sent, "codec": backend.describe()}
+print(json.dumps(out))
+"""
+
+
+def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
+    """A whole exchange step through the batched codec, vs SZ3 and (optionally) an older tree's
+    per-chunk codec on the same chunks."""
+    import subprocess
+
+    from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, LoopbackTransport
+    from dlrm_comp.train.compression import build_plan, build_policy
+    rows, chunk_sets = [], {}
+    cfg = load_config([ROOT / "configs/debug.yaml"], ["compress.mode=codec"])
+    for name, (batch, dim) in STEP_SHAPES.items():
+        pooled = trained_pooled_outputs(iterations, batch, dim)
+        t = len(pooled)
+        policy = build_policy(cfg.compress, [10**6] * t)
+        ebs = policy.all(10**9)
+        plan = build_plan(cfg.compress, t)
+        plan.fwd.eb_rel[:] = ebs
+        ex = Exchange(LoopbackTransport(2), [0] * t, dim, plan)
+        half = [batch // 2, batch - batch // 2]
+        enc = dec = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            messages = ex.encode(pooled)
+            t1 = time.perf_counter()
+            decoded = ex.decode(messages, half)
+            t2 = time.perf_counter()
+            enc, dec = min(enc, t1 - t0), min(dec, t2 - t1)
+        raw = sum(p.numel() * 4 for p in pooled)
+        sent = sum(len(m) for m in messages)
+        worst = 0.0
+        for q, (a, b) in enumerate(((0, half[0]), (half[0], batch))):
+            for i, p in enumerate(pooled):
+                chunk = p[a:b].double()
+                eb_abs = ebs[i] * float(chunk.max() - chunk.min())
+                got = decoded[q][i].reshape(b - a, dim).double()
+                worst = max(worst, float((got - chunk).abs().max()) / eb_abs)
+        chunks = [p[a:b].contiguous() for a, b in ((0, half[0]), (half[0], batch)) for p in pooled]
+        chunk_ebs = ebs * 2
+        sz = get_backend("sz")
+        sz_enc = sz_dec = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            encoded = [sz.encode(c, e) for c, e in zip(chunks, chunk_ebs)]
+            t1 = time.perf_counter()
+            [sz.decode(e) for e in encoded]
+            t2 = time.perf_counter()
+            sz_enc, sz_dec = min(sz_enc, t1 - t0), min(sz_dec, t2 - t1)
+        sz_sent = sum(e.nbytes for e in encoded)
+        chunk_sets[name] = (chunks, chunk_ebs)
+        rows.append({"size": name, "shape": f"{t} tables x 2 destinations x {half[0]}x{dim}", "chunks": 2 * t,
+                     "eb_rel": "kaggle_ref (0.01 / 0.03 / 0.05)",
+                     "codec": {"cr": raw / sent, "encode_GBps": raw / enc / 1e9, "decode_GBps": raw / dec / 1e9,
+                               "bytes_raw": raw, "bytes_sent": sent, "max_err_ratio": worst,
+                               "describe": plan.fwd.codec_name(0)},
+                     "sz": {"cr": raw / sz_sent, "encode_GBps": raw / sz_enc / 1e9, "decode_GBps": raw / sz_dec / 1e9,
+                            "bytes_raw": raw, "bytes_sent": sz_sent}})
+    if baseline:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "chunks.pt"
+            torch.save(chunk_sets, path)
+            proc = subprocess.run([sys.executable, "-c", BASELINE, str(Path(baseline).resolve()), str(path),
+                                   str(repeat)], capture_output=True, text=True, check=True,
+                                  env={**__import__("os").environ, "PYTHONPATH": str(Path(baseline).resolve())})
+        old = json.loads(proc.stdout.strip().splitlines()[-1])
+        head = subprocess.run(["git", "-C", baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        for row in rows:
+            row["baseline"] = {**old[row["size"]], "tree": baseline, "commit": head}
+            row["codec_vs_baseline"] = {k: row["codec"][k] / row["baseline"][k]
+                                        for k in ("cr", "encode_GBps", "decode_GBps")}
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--bounds", type=float, nargs="+", default=[1e-2, 3e-2, 1e-3])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline-tree", default=None,
+                        help="a git worktree of an earlier commit: its per-chunk codec on the step rows' chunks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pooled = trained_pooled_outputs(args.iterations, SIZES["256KiB"][0])
@@ -83,9 +192,10 @@ def main() -> None:
             row["codec_vs_sz"] = {"cr": c["cr"] / s["cr"], "encode_speed": c["encode_GBps"] / s["encode_GBps"],
                                   "decode_speed": c["decode_GBps"] / s["decode_GBps"]}
             results.append(row)
+    steps = step_rows(args.iterations, max(args.repeat, 5), args.baseline_tree)
     print(json.dumps({"benchmark": "codec_cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "machine": platform.machine(), "codec": backends["codec"].describe(),
-                      "trained_iterations": args.iterations, "results": results}, indent=2))
+                      "trained_iterations": args.iterations, "results": results, "steps": steps}, indent=2))
 
 
 if __name__ == "__main__":

@@ -90,18 +90,19 @@ class CompressionRecorder:
                 "sent": torch.zeros(self.num_tables, dtype=torch.float64, device=dev),
                 "ideal": torch.zeros(self.num_tables, dtype=torch.float64, device=dev),
                 "err": torch.full((self.num_tables,), -1.0, dtype=torch.float64, device=dev),
-                "chunks": np.zeros(self.num_tables, np.int64), "enc": np.zeros(self.num_tables),
+                "chunks": np.zeros(self.num_tables, np.int64), "raw": np.zeros(self.num_tables, np.int64),
+                "enc": np.zeros(self.num_tables),
                 "dec": np.zeros(self.num_tables), "estimated": False}
         p["sent"].index_add_(0, table_index, sent.to(torch.float64))
         p["ideal"].index_add_(0, table_index, (ideal if ideal is not None else sent).to(torch.float64))
         if err_ratio is not None:
             p["err"].scatter_reduce_(0, table_index, err_ratio.to(torch.float64), reduce="amax")
         np.add.at(p["chunks"], tables, 1)
+        np.add.at(p["raw"], tables, raw)
         if enc_s:
             np.add.at(p["enc"], tables, enc_s / len(tables))
         if dec_s:
             np.add.at(p["dec"], tables, dec_s / len(tables))
-        p["raw"] = raw
         p["labels"] = labels
         p["estimated"] = p["estimated"] or estimated
 
@@ -120,7 +121,7 @@ class CompressionRecorder:
                 tot = self.interval.setdefault((t, direction), TableTotals())
                 chunks = int(p["chunks"][t])
                 tot.chunks += chunks
-                tot.bytes_raw += chunks * p["raw"]
+                tot.bytes_raw += int(p["raw"][t])
                 tot.bytes_sent += sent[t]
                 tot.ideal_bytes += ideal[t]
                 if err[t] >= 0:
@@ -131,7 +132,7 @@ class CompressionRecorder:
                 tot.eb_rel, tot.codec = ebs[t], codecs[t]
                 if direction == "fwd":
                     w = self.window.setdefault(t, [0.0, 0.0])
-                    w[0] += chunks * p["raw"]
+                    w[0] += int(p["raw"][t])
                     w[1] += sent[t]
         self._pending = {}
 

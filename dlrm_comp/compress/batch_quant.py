@@ -162,7 +162,8 @@ def chunk_params(xp, mn, mx, eb_rel, n: int, dtype: torch.dtype) -> dict:
     rough = span / xp.maximum(2.0 * half, 1e-300)
     slack = 2.0**-20 + (rough + 2.0) * (2.0**-22 if wide == torch.float32 else 2.0**-50)
     step = xp.down(2.0 * half * xp.maximum(1.0 - slack, 0.5))
-    valid = finite & ~const & (eb_abs > 0) & (step > 0) & (eb_abs <= _F32_MAX) & (mn_h > -_F32_MAX) & (n > 0)
+    valid = finite & ~const & (eb_abs > 0) & (step > 1.0 / _F32_MAX) & (eb_abs <= _F32_MAX) & (mn_h > -_F32_MAX) \
+        & (n > 0)  # a step below 1/max has no float32 reciprocal: such a chunk is RAW
     safe_step = xp.where(valid, step, 1.0)
     max_code = xp.where(valid, xp.round(span / safe_step), 0.0)
     valid = valid & (max_code < 2**MAX_BITS)

@@ -67,7 +67,7 @@ if numba is not None:
             for i in range(n):
                 v = x[r, i]
                 q = np.rint((v - m32) * inv)
-                if q < 0:
+                if not q >= 0:  # also NaN: never index out of range (the check then fails the row)
                     q = np.float32(0.0)
                 if q > top:
                     q = top

@@ -1,9 +1,9 @@
 """The batched wire format: one self-describing message per destination.
 
-    preamble (16 B)      u8 magic 0xDB | u8 version | u8 dtype | u8 sections | u32 chunks
-                         | u32 bytes after the chunk table | u32 Adler-32 of the chunk table
-    chunk table (C x 32) u16 table | u8 kind | u8 bits | u32 rows | u16 cols | u8 section
-                         | u8 layout | f32 minimum | f32 step | f32 eb_abs | u32 body bytes | u32 0
+    preamble (16 B)      u8 magic 0xDB | u8 version | u8 dtype | u8 sections | u16 chunks
+                         | u16 cols | u32 rows (every chunk is rows x cols) | u32 Adler-32 of the table
+    chunk table (C x 24) u16 table | u8 kind | u8 bits | u8 section | u8 layout | u16 0
+                         | f32 minimum | f32 step | f32 eb_abs | u32 body bytes
     sections             per section: u8 codec id | u8 param bytes | u16 0 | u32 raw bytes
                          | u32 coded bytes | u32 Adler-32 of the raw bytes | params | coded bytes
 
@@ -32,16 +32,16 @@ from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.quantize import ChunkKind
 
 MAGIC, VERSION = 0xDB, 2
-PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 16, 32, 16
+PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 16, 24, 16
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 LAYOUTS = ("bytes", "bitpack")
 KIND_RAW, KIND_CONST, KIND_QUANT, KIND_SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT,
                                                               ChunkKind.SZ))
-HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("rows", "<u4"), ("cols", "<u2"),
-                         ("section", "u1"), ("layout", "u1"), ("minimum", "<f4"), ("step", "<f4"),
-                         ("eb_abs", "<f4"), ("nbytes", "<u4"), ("reserved", "<u4")])
+HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("section", "u1"), ("layout", "u1"),
+                         ("reserved", "<u2"), ("minimum", "<f4"), ("step", "<f4"), ("eb_abs", "<f4"),
+                         ("nbytes", "<u4")])
 assert HEADER_DTYPE.itemsize == CHUNK_HEADER
-_PREAMBLE = struct.Struct("<BBBBIII")
+_PREAMBLE = struct.Struct("<BBBBHHII")
 _SECTION = struct.Struct("<BBHIII")
 _IDENTITY = IdentityCodec()
 _ITEMSIZE = {d: torch.empty((), dtype=d).element_size() for d in DTYPES}
@@ -53,6 +53,8 @@ class HostChunks:
     """A sender's chunks on the host, ready to assemble: header rows and body planes."""
 
     header: np.ndarray  # structured HEADER_DTYPE, one row per chunk (nbytes filled by `body_sizes`)
+    rows: int  # every chunk is rows x cols values
+    cols: int
     low: np.ndarray  # [C, n] uint8 primary plane (low code bytes, or bitpacked codes [C, 2n])
     high: np.ndarray | None  # [C, n] uint8 high code bytes (rows with bits > 8 used)
     raw: np.ndarray | None  # [C, n*itemsize] uint8 input bytes (rows of RAW / SZ chunks used)
@@ -97,8 +99,10 @@ def body_sizes(h: np.ndarray, n: int, itemsize: int, sz: list[bytes] | None = No
     return size
 
 
-def _section_raw(hc: HostChunks, lo: int, hi: int, n: int) -> bytes:
-    """The raw stream of chunks lo..hi-1 (one section, one layout)."""
+def _section_raw(hc: HostChunks, lo: int, hi: int, n: int) -> tuple[bytes, list[int]]:
+    """The raw stream of chunks lo..hi-1 (one section, one layout), and its block sizes (one
+    block per chunk's primary plane, then the rest): coders that can start a new entropy
+    table per block give every chunk its own, as per-chunk coding would, in one stream."""
     h = hc.header[lo:hi]
     kind, bits = h["kind"], h["bits"]
     parts = []
@@ -124,7 +128,13 @@ def _section_raw(hc: HostChunks, lo: int, hi: int, n: int) -> bytes:
         parts.append(hc.raw[lo + raw_rows, start:].reshape(-1))
     if hc.sz is not None:
         parts += [np.frombuffer(hc.sz[lo + c], dtype=np.uint8) for c in np.flatnonzero(kind == KIND_SZ)]
-    return b"".join(p.tobytes() for p in parts)
+    raw = b"".join(p.tobytes() for p in parts)
+    if h["layout"][0] == 1 or not n:
+        return raw, [len(raw)]
+    blocks = [n] * (hi - lo)
+    if len(raw) > n * (hi - lo):
+        blocks.append(len(raw) - n * (hi - lo))
+    return raw, blocks
 
 
 def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], coders: list[list[LosslessCodec]],
@@ -135,6 +145,8 @@ def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], code
     chunks in proportion to ``weights`` (their order-0 entropy; body sizes when not given):
     totals are exact, the split between tables of one stream is that estimate."""
     h = hc.header
+    if len(h) > 0xFFFF or hc.cols > 0xFFFF:
+        raise ValueError(f"a message holds at most 65535 chunks of at most 65535 columns, got {len(h)} x {hc.cols}")
     sent = np.zeros(len(h))
     framing = np.zeros(len(h))
     messages, c0 = [], 0
@@ -145,9 +157,9 @@ def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], code
         parts = []
         for s in range(len(starts) - 1):
             lo, hi = c0 + int(starts[s]), c0 + int(starts[s + 1])
-            raw = _section_raw(hc, lo, hi, n)
+            raw, blocks = _section_raw(hc, lo, hi, n)
             coder = coders[m][s]
-            coded = coder.compress(raw, 1) if raw and coder.codec_id else raw
+            coded = coder.compress_blocks(raw, blocks) if raw and coder.codec_id else raw
             if len(coded) >= len(raw):
                 coder, coded = _IDENTITY, raw
             params = coder.header_params()
@@ -159,7 +171,7 @@ def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], code
             framing[lo:hi] += len(head) * share
         table = h[c0:c0 + count].tobytes()
         body = b"".join(parts)
-        pre = _PREAMBLE.pack(MAGIC, VERSION, DTYPES.index(dtype), len(starts) - 1, count, len(body),
+        pre = _PREAMBLE.pack(MAGIC, VERSION, DTYPES.index(dtype), len(starts) - 1, count, hc.cols, hc.rows,
                              zlib.adler32(table))
         messages.append(pre + table + body)
         per = (PREAMBLE + CHUNK_HEADER * count) / max(count, 1)
@@ -188,7 +200,7 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
     size = len(buf)
     if size < PREAMBLE:
         raise CorruptPayloadError(f"message of {size} bytes is shorter than its preamble")
-    magic, version, dtype_id, n_sections, n_chunks, after, table_sum = _PREAMBLE.unpack_from(buf, 0)
+    magic, version, dtype_id, n_sections, n_chunks, cols, rows, table_sum = _PREAMBLE.unpack_from(buf, 0)
     if magic != MAGIC:
         raise CorruptPayloadError(f"bad magic 0x{magic:02x} (expected 0x{MAGIC:02x}): not a dlrm_comp message")
     if version != VERSION:
@@ -196,8 +208,10 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
     if dtype_id >= len(DTYPES):
         raise CorruptPayloadError(f"unknown dtype id {dtype_id}")
     table_end = PREAMBLE + n_chunks * CHUNK_HEADER
-    if table_end + after != size:
-        raise CorruptPayloadError(f"message length {size} does not match its preamble ({table_end + after})")
+    if table_end > size:
+        raise CorruptPayloadError(f"message of {size} bytes is shorter than its chunk table ({table_end})")
+    if rows * cols != n:
+        raise CorruptPayloadError(f"message chunks hold {rows} x {cols} values, expected {n}")
     if zlib.adler32(buf[PREAMBLE:table_end]) != table_sum:
         raise CorruptPayloadError("chunk table checksum mismatch: message corrupted")
     h = np.frombuffer(buf[PREAMBLE:table_end], dtype=HEADER_DTYPE)
@@ -206,7 +220,7 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
     kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
     if n_chunks and (np.any(kind > KIND_SZ) or np.any(bits > 16) or np.any(layout > 1)
                      or np.any(np.diff(sec) < 0) or sec[0] != 0 or sec[-1] != n_sections - 1
-                     or np.any(np.diff(sec) > 1) or np.any(h["rows"].astype(np.int64) * h["cols"] != n)):
+                     or np.any(np.diff(sec) > 1)):
         raise CorruptPayloadError("chunk table has out-of-range fields")
     expect = body_sizes(h, n, item)
     fixed = kind != KIND_SZ
@@ -256,7 +270,7 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
         from dlrm_comp.compress.sz import sz_decompress
         values = values.copy()
         for c, blob in sz_bodies.items():
-            y = sz_decompress(blob, np.dtype(np.float32), (int(h["rows"][c]), int(h["cols"][c])))
+            y = sz_decompress(blob, np.dtype(np.float32), (rows, cols))
             values[c] = np.ascontiguousarray(y).reshape(-1).astype(values.dtype)
     return Parsed(dtype, h, low, high, values, packed)
 

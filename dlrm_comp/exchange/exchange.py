@@ -202,6 +202,22 @@ class Exchange:
             return [parts[0] if len(parts) == 1 else torch.cat(parts) for _, parts in sorted(out.items())]
         return received
 
+    def encode(self, pooled: Sequence[torch.Tensor]) -> list[bytes]:
+        """The forward messages of one step (codec and sz modes), without a transport: what the
+        benchmarks time as the encoder. Statistics are recorded as in a real exchange."""
+        plan = self.plan.fwd
+        if plan.mode not in ("codec", "sz"):
+            raise ValueError(f"encode: only byte modes build messages, not {plan.mode!r}")
+        stacked = torch.stack([p.detach() for p in pooled])
+        groups = self._split_groups(stacked, self.slice_rows(stacked.shape[1]), self.mine, plan)
+        return [m for g in groups for m in self._encode_group(g, plan, "fwd")]
+
+    def decode(self, messages: Sequence[bytes], rows: Sequence[int]) -> list[torch.Tensor]:
+        """Each message's values ``[C, rows*dim]`` (the receiver's side of ``encode``)."""
+        dev = self.transport.device
+        return [self._reconstruct(parse(m, r * self.dim, self._codecs), r * self.dim, dev)
+                for m, r in zip(messages, rows)]
+
     def start(self, pooled: Sequence[torch.Tensor], compress: bool) -> "PendingExchange":
         """Launch the forward exchange (async collective) and return at once: the upstream DLRM
         Req/Wait split. ``wait()`` on the result gives the received tables, differentiable."""
@@ -347,7 +363,7 @@ class Exchange:
         h = np.zeros(len(g.tables), dtype=HEADER_DTYPE)
         kind = q.kind.cpu().numpy()
         bits = q.bits.cpu().numpy()
-        h["table"], h["kind"], h["bits"], h["rows"], h["cols"] = g.tables, kind, bits, g.rows, self.dim
+        h["table"], h["kind"], h["bits"] = g.tables, kind, bits
         h["minimum"], h["step"], h["eb_abs"] = q.minimum.cpu().numpy(), q.step.cpu().numpy(), q.eb_abs.cpu().numpy()
         h["section"] = self._sections(plan, g)[0]
         bp = np.array([plan.bitpack[t] for t in g.tables], dtype=bool)
@@ -360,7 +376,7 @@ class Exchange:
         high = q.high.cpu().numpy() if (bits > 8).any() else None
         raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).cpu().numpy() if (kind == KIND_RAW).any() else None
         h["nbytes"] = body_sizes(h, n, x.element_size())
-        return HostChunks(h, low.cpu().numpy(), high, raw), q, kind
+        return HostChunks(h, g.rows, self.dim, low.cpu().numpy(), high, raw), q, kind
 
     def _eb_host(self, plan: DirectionPlan, tables: list[int]) -> np.ndarray:
         return np.array([plan.eb_rel[t] for t in tables], dtype=np.float64)
@@ -399,7 +415,7 @@ class Exchange:
             mn = mx = torch.zeros(len(x), dtype=torch.float64)
         eb_abs = round_down_f32(torch.from_numpy(self._eb_host(plan, g.tables)) * (mx - mn)).clamp_max(3.0e38)
         h = np.zeros(len(g.tables), dtype=HEADER_DTYPE)
-        h["table"], h["rows"], h["cols"], h["layout"], h["eb_abs"] = g.tables, g.rows, self.dim, 1, eb_abs.numpy()
+        h["table"], h["layout"], h["eb_abs"] = g.tables, 1, eb_abs.numpy()
         arr = x.numpy()
         bodies, errs = [b""] * len(g.tables), np.zeros(len(g.tables))
         for c, eb in enumerate(eb_abs.tolist()):
@@ -411,8 +427,8 @@ class Exchange:
                     bodies[c], h["kind"][c], errs[c] = blob, KIND_SZ, err
         h["nbytes"] = body_sizes(h, n, 4, bodies)
         ratio = torch.from_numpy(np.where(eb_abs.numpy() > 0, errs / np.maximum(eb_abs.numpy(), 1e-300), 0.0))
-        return HostChunks(h, np.zeros((len(h), 2 * n), np.uint8), None, x.view(torch.uint8).reshape(len(h), -1).numpy(),
-                          bodies), ratio
+        return HostChunks(h, g.rows, self.dim, np.zeros((len(h), 2 * n), np.uint8), None,
+                          x.view(torch.uint8).reshape(len(h), -1).numpy(), bodies), ratio
 
     def _run_bytes(self, groups, recv_tables, recv_n, plan, direction, async_op=False):
         messages = [m for g in groups for m in self._encode_group(g, plan, direction)]

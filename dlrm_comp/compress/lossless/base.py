@@ -26,6 +26,12 @@ class LosslessCodec(ABC):
     @abstractmethod
     def compress(self, buf: bytes, typesize: int) -> bytes: ...
 
+    def compress_blocks(self, buf: bytes, blocks: list[int]) -> bytes:
+        """Compress a stream made of consecutive blocks (one per chunk): a coder that can start
+        a new entropy table per block does so; the default codes the stream as one. The result
+        decompresses with ``decompress`` alone."""
+        return self.compress(buf, 1)
+
     @abstractmethod
     def decompress(self, buf: bytes, nbytes: int) -> bytes:
         """Must raise CorruptPayloadError unless the output is exactly nbytes long."""

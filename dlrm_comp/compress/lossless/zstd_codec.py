@@ -47,6 +47,22 @@ class ZstdCodec(LosslessCodec):
     def compress(self, buf: bytes, typesize: int) -> bytes:
         return _contexts(self.level)[0].compress(buf)
 
+    def compress_blocks(self, buf: bytes, blocks: list[int]) -> bytes:
+        """One frame, a zstd block per chunk (FLUSH_BLOCK): each chunk gets its own Huffman table,
+        as per-chunk DEFLATE did, at a few microseconds per block. Measured on a debug step's
+        destination stream (26 chunks of 1,024 codes): 11.95x vs 11.10x as one block."""
+        if len(blocks) <= 1:
+            return self.compress(buf, 1)
+        co = _contexts(self.level)[0].compressobj()
+        view = memoryview(buf)
+        out, pos = [], 0
+        for size in blocks:
+            out.append(co.compress(view[pos:pos + size]))
+            out.append(co.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+            pos += size
+        out.append(co.flush())
+        return b"".join(out)
+
     def decompress(self, buf: bytes, nbytes: int) -> bytes:
         try:
             out = _contexts(self.level)[1].decompress(buf, max_output_size=nbytes)

@@ -98,8 +98,12 @@ def shutdown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
-def abort_on_error(env: DistEnv) -> None:
-    """Under mpiexec a rank that fails must take the job down, not leave the others waiting."""
+def abort_on_error(env: DistEnv, code: int = 1) -> None:
+    """Under mpiexec a rank that fails must take the job down, not leave the others waiting.
+    Print and flush the error before calling this: MPI_Abort kills the process at once."""
     if env.launcher == "mpi" and env.distributed:
+        import sys
+        sys.stdout.flush()
+        sys.stderr.flush()
         from mpi4py import MPI
-        MPI.COMM_WORLD.Abort(1)
+        MPI.COMM_WORLD.Abort(code)

@@ -13,6 +13,7 @@ from dlrm_comp.distributed.sharding import place_tables, tables_of
 from dlrm_comp.train.logging import read_jsonl
 from dlrm_comp.train.loop import Trainer
 
+pytestmark = pytest.mark.multiprocess
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["train.progress=false", "compress.print_tables=false", "train.tensorboard=false"]
 

@@ -352,10 +352,16 @@ class Trainer:
 
     def _maybe_inject_failure(self, done: int) -> None:
         """Fault injection for the multi-process tests: DLRM_COMP_FAIL_AT=N [DLRM_COMP_FAIL_RANK=r]
-        makes rank r (default 0) raise after iteration N, as a crashed worker would."""
+        makes rank r (default 0) raise after iteration N, as a crashed worker would;
+        DLRM_COMP_SIGNAL_AT=N[:INT] [DLRM_COMP_SIGNAL_RANK=r] sends rank r SIGTERM (SIGINT) after N."""
         fail_at = os.environ.get("DLRM_COMP_FAIL_AT")
         if fail_at and done == int(fail_at) and self.rank == int(os.environ.get("DLRM_COMP_FAIL_RANK", "0")):
             raise RuntimeError(f"injected failure on rank {self.rank} after iteration {done} (DLRM_COMP_FAIL_AT)")
+        signal_at = os.environ.get("DLRM_COMP_SIGNAL_AT")  # N[:INT|TERM]: a scheduler's signal after N
+        if signal_at and self.rank == int(os.environ.get("DLRM_COMP_SIGNAL_RANK", "0")):
+            at, _, name = signal_at.partition(":")
+            if done == int(at):
+                os.kill(os.getpid(), getattr(signal, f"SIG{name or 'TERM'}"))
 
     def _saves(self) -> bool:
         return self.is_main or self.parallel is not None  # every rank saves the tables it owns

@@ -194,7 +194,7 @@ class Trainer:
         for older in self.checkpoints.existing():  # newer than the chosen one: never to be kept or tried
             if int(older.name[5:14]) > chosen:
                 moved = CheckpointManager.quarantine(older)
-                print(f"warning: --resume: moved {older.name} (not usable on every rank) to {moved.name}",
+                print(f"warning: --resume: moved {older.name} (newer than the checkpoint resumed) aside to {moved.name}",
                       file=sys.stderr, flush=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

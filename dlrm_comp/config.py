@@ -6,6 +6,7 @@ Every error names the dotted key and the accepted values, and is raised before a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -71,8 +72,19 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.source", self.source, DATA_SOURCES)
         _choice("data.on_malformed", self.on_malformed, ("error", "skip"))
-        if self.source == "criteo" and not self.path:
-            raise ConfigError("data.path: source=criteo needs one or more Criteo TSV files")
+        if self.source == "criteo":
+            if not self.path:
+                raise ConfigError("data.path: source=criteo needs one or more Criteo TSV files")
+            from dlrm_comp.data.criteo_files import check_tsv_file
+            for item in self.path:
+                problem = check_tsv_file(item)
+                if problem:
+                    raise ConfigError(f"data.path: {problem}")
+        else:
+            from dlrm_comp.data.synthetic import PROFILES
+            _choice("data.profile", self.profile, (*PROFILES, "custom"))
+            if self.profile != "custom" and self.cardinalities:
+                raise ConfigError(f"data.cardinalities: only used with data.profile=custom, not {self.profile!r}")
         if self.profile == "custom" and not self.cardinalities:
             raise ConfigError("data.cardinalities: profile=custom needs a list of table sizes")
         if any(c < 1 for c in self.cardinalities):
@@ -81,6 +93,7 @@ class DataConfig:
         _positive("data.eval_batch_size", self.eval_batch_size)
         _positive("data.pooling_factor", self.pooling_factor)
         _positive("data.num_val_samples", self.num_val_samples)
+        _positive("data.num_test_samples", self.num_test_samples)
         _non_negative("data.max_ind_range", self.max_ind_range)
         if not 0.0 < self.click_rate < 1.0:
             raise ConfigError(f"data.click_rate: {self.click_rate} is not in (0, 1)")
@@ -116,7 +129,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1000  # 0: one pass over the training split (Criteo)
+    iterations: int = 1000  # 0: one pass over the training split (Criteo); may exceed one pass
+    epochs: int = 0  # > 0: iterations = epochs x full batches of the training split (Criteo; overrides iterations)
     optimizer: str = "sgd"
     lr: float = 0.1
     sparse_embedding_grads: bool = True
@@ -135,6 +149,7 @@ class TrainConfig:
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _choice("train.device", self.device, DEVICES)
         _non_negative("train.iterations", self.iterations)
+        _non_negative("train.epochs", self.epochs)
         if not self.lr > 0:
             raise ConfigError(f"train.lr: {self.lr} must be > 0")
         for name in ("eval_every", "eval_batches", "checkpoint_every", "threads"):
@@ -288,6 +303,13 @@ class RunConfig:
         self.compress.validate()
         self.adaptive.validate()
         self.dist.validate()
+        if self.data.source == "synthetic" and (self.train.epochs or not self.train.iterations):
+            key = "train.epochs" if self.train.epochs else "train.iterations"
+            raise ConfigError(f"{key}: the synthetic training split is an unbounded stream with no epochs; "
+                              "set train.iterations to a positive count")
+        if self.compress.chunks > self.data.batch_size:
+            raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "
+                              f"data.batch_size={self.data.batch_size} rows; use at most {self.data.batch_size}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -436,9 +458,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         try:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # nan passes every `x <= 0` check below: refuse it here, for every key
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

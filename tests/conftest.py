@@ -27,3 +27,13 @@ def tiny_cfg():
     def make(*extra: str, env: dict | None = None):
         return load_config([], [*TINY_OVERRIDES, *extra], env=env or {})
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests skip without a device; whole multi-process modules carry their marker."""
+    no_cuda = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+        if item.get_closest_marker("multiprocess"):
+            item.add_marker(pytest.mark.slow)

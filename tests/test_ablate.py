@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from plot_checks import assert_plot
+
 from dlrm_comp.config import load_config
 from dlrm_comp.study.ablate import ablate, discover_variants, ensure_baseline, run_variants, summarize
 from dlrm_comp.study.fake import make_fake_run
@@ -78,7 +80,7 @@ def test_ablate_summarize_writes_table_plots_report(fake_sweep):
     report = (out / "report.md").read_text()
     for name in ("auc", "cr", "per_table", "step"):
         png = out / "plots" / f"{name}.png"
-        assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert_plot(png)
         assert f"](plots/{name}.png)" in report
     assert "Missing (failed or not run): broken" in report
     assert len(rows) == 4

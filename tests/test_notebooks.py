@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from plot_checks import assert_plot
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -45,4 +47,4 @@ def test_notebook_analysis_runs_on_given_dirs(tmp_path, monkeypatch):
     out = _outputs(nb)
     assert "baseline for the deltas: off" in out
     assert out.count("image/png") >= 2
-    assert (tmp_path / "nb" / "analysis_figures" / "auc.png").exists()
+    assert_plot(tmp_path / "nb" / "analysis_figures" / "auc.png")

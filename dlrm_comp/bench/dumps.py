@@ -151,7 +151,7 @@ def run_dump(config: Sequence[str], overrides: Sequence[str], out_dir: Path, eve
     cards = build_source(cfg.data).cardinalities
     exts = extensions_from_config(cfg, cards)
     dump = DumpExtension(out_dir, every, cards, cfg.data.batch_size)
-    summary = Trainer(cfg, run_dir, extensions=exts + [dump]).run()
+    summary = Trainer(cfg, run_dir, extensions=exts + [dump], overwrite=True).run()  # scratch run: redone afresh
     if dump.dim is None:
         raise DumpFormatError("dump: training wrote no dump files (iterations < 1?)")
     return summary

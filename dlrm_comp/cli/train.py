@@ -1,14 +1,21 @@
 """`launch/train.py`: parse the contract of DESIGN.md 3b, validate, train, print the final AUC.
 
-Exit status 2 for any configuration error, before any work starts.
+Exit status 2 for any configuration error (a bad key or value, an unusable --out, data files that
+cannot be read, a checkpoint that belongs to another run), before any work starts. SIGTERM or
+SIGINT: the current step finishes, a checkpoint is saved and the exit status is 128 + the signal.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 from dlrm_comp.config import ConfigError, load_config
+
+# where a run directory can never live (pseudo file systems)
+_FORBIDDEN_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,29 +26,81 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="dotted overrides, e.g. --set train.iterations=200 compress.mode=codec")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<name>)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
+    parser.add_argument("--resume-allow", action="append", nargs="+", default=[], metavar="KEY",
+                        help="with --resume: accept a config key that differs from the checkpoint's")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --out that holds another run (its checkpoints and logs are removed)")
     return parser
+
+
+def check_out_dir(out: Path) -> None:
+    """--out must be (or become) a writable directory: refuse a file, a path under a file, /proc."""
+    resolved = out.resolve()
+    for root in _FORBIDDEN_ROOTS:
+        if resolved == root or root in resolved.parents:
+            raise ConfigError(f"--out {out}: {root} is not a place for a run directory; choose a path on disk")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a directory; choose another --out")
+    for parent in resolved.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is a file, so no directory can be made under it")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: not a writable directory ({exc.strerror})") from None
+
+
+def _fail(message: str, env, code: int) -> int:
+    """Print (and flush) first: under mpiexec, MPI_Abort would otherwise race the message away."""
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    if env is not None:
+        from dlrm_comp.distributed.env import abort_on_error
+        abort_on_error(env, code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [item for group in args.set for item in group]
+    allow = [key for group in args.resume_allow for key in group]
+    env = None
     try:
         cfg = load_config(args.config, overrides)
-        from dlrm_comp.distributed.env import abort_on_error, init_distributed, shutdown
+        if allow and not args.resume:
+            raise ConfigError("--resume-allow: only meaningful with --resume")
+        if args.resume and args.overwrite:
+            raise ConfigError("--overwrite and --resume: choose one (continue the run, or discard it)")
+        from dlrm_comp.train.identity import check_allow_keys
+        check_allow_keys(allow)
+        out = Path(args.out) if args.out else Path("runs") / cfg.name
+        check_out_dir(out)
+        from dlrm_comp.distributed.env import init_distributed, shutdown
         from dlrm_comp.train.builders import resolve_device
         from dlrm_comp.train.loop import Trainer
         env = init_distributed(cfg.dist.backend, resolve_device(cfg.train.device), cfg.dist.timeout_s)
-        out = Path(args.out) if args.out else Path("runs") / cfg.name
-        trainer = Trainer(cfg, out, resume=args.resume, env=env)
+        trainer = Trainer(cfg, out, resume=args.resume, env=env, overwrite=args.overwrite, resume_allow=allow)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"config error: {exc}", env, 2)
+    from dlrm_comp.train.signals import RunStopped
     try:
         summary = trainer.run()
+    except ConfigError as exc:  # run-directory and resume checks run first thing in run()
+        return _fail(f"config error: {exc}", env, 2)
+    except RunStopped as stop:
+        if env.rank == 0:
+            print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        shutdown(env)
+        return stop.exit_status
+    except KeyboardInterrupt:  # a second Ctrl-C, while the first one's checkpoint was being written
+        return _fail("interrupted", env, 130)
     except BaseException:
-        abort_on_error(env)  # mpiexec: take every rank down with this one's error
-        raise
+        return _fail(traceback.format_exc().rstrip(), env, 1)  # mpiexec: every rank goes down with this one
     shutdown(env)
     if env.rank == 0:
         final = summary["final_eval"]

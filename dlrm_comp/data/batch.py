@@ -51,3 +51,17 @@ class Batch:
         offs, total = self.offsets[table], self.indices[table].shape[0]
         ends = torch.cat([offs[1:], offs.new_tensor([total])])
         return ends - offs
+
+
+def concat_batches(parts: list[Batch]) -> Batch:
+    """Rows of `parts` one after another (offsets rebased): pads an evaluation batch with repeats."""
+    indices, offsets = [], []
+    for t in range(parts[0].num_tables):
+        base, ids, offs = 0, [], []
+        for part in parts:
+            ids.append(part.indices[t])
+            offs.append(part.offsets[t] + base)
+            base += int(part.indices[t].shape[0])
+        indices.append(torch.cat(ids))
+        offsets.append(torch.cat(offs))
+    return Batch(torch.cat([p.dense for p in parts]), indices, offsets, torch.cat([p.labels for p in parts]))

@@ -5,7 +5,7 @@ train = the first 1 - val_fraction - test_fraction of the rows, then val, then t
 DLRM on Kaggle cuts the file into 7 equal "days", trains on the first 6 and halves the 7th into
 test then val, about val_fraction = test_fraction = 1/14; the defaults here are 0.05 / 0.05.)
 Batch i of a split is rows [i*B, (i+1)*B) of that split; `num_batches` counts full batches only,
-so a final partial batch is dropped. Criteo is one-hot: one id per bag.
+so a final partial batch is not a training batch (evaluation reads it through `rows`). Criteo is one-hot: one id per bag.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from dlrm_comp.data.batch import Batch
 from dlrm_comp.data.criteo_cache import CriteoMeta, preprocess_criteo
 from dlrm_comp.data.criteo_parse import NUM_DENSE, CriteoFormatError
-from dlrm_comp.data.source import SPLITS, check_batch_request, check_split
+from dlrm_comp.data.source import SPLITS, check_batch_request, check_row_request, check_split
 
 __all__ = ["CriteoDataset", "CriteoFormatError", "CriteoMeta", "preprocess_criteo"]
 
@@ -54,11 +54,22 @@ class CriteoDataset:
     def batch(self, split: str, index: int, batch_size: int) -> Batch:
         start, stop = self.split_range(split)
         check_batch_request(split, index, batch_size, stop - start)
-        lo, hi = start + index * batch_size, start + (index + 1) * batch_size
+        return self._slice(start + index * batch_size, start + (index + 1) * batch_size)
+
+    def rows(self, split: str, start: int, stop: int) -> Batch:
+        first, last = self.split_range(split)
+        check_row_request(split, start, stop, last - first)
+        return self._slice(first + start, first + stop)
+
+    def num_rows(self, split: str) -> int:
+        start, stop = self.split_range(split)
+        return stop - start
+
+    def _slice(self, lo: int, hi: int) -> Batch:
         dense = torch.from_numpy(np.array(self.dense[lo:hi], dtype=np.float32))
         ids = torch.from_numpy(np.ascontiguousarray(self.sparse[lo:hi].T, dtype=np.int64))
         labels = torch.from_numpy(np.array(self.labels[lo:hi], dtype=np.float32))
-        offsets = [torch.arange(batch_size, dtype=torch.int64) for _ in self.cardinalities]
+        offsets = [torch.arange(hi - lo, dtype=torch.int64) for _ in self.cardinalities]
         return Batch(dense, list(ids.unbind(0)), offsets, labels)
 
     def num_batches(self, split: str, batch_size: int) -> int:

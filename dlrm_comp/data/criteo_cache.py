@@ -7,7 +7,8 @@ Categorical: hex -> int, then either
   * "vocab" (otherwise): per column, values seen >= max(1, frequency_threshold) times get ids 2..
     by descending frequency (capped at max_ind_range rows when > 0), rarer ones share id 0 and
     missing has id 1; two passes (count, then write).
-A cache whose meta.json has the same settings and source files (names, paths, sizes) is reused;
+A cache whose meta.json has the same settings and source files (name, path, size, mtime and a
+sha256 of each file's first and last MiB) is reused;
 anything else is rebuilt in a temporary folder and swapped in, under a file lock so concurrent
 ranks build it once.
 """
@@ -23,11 +24,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dlrm_comp.data.criteo_files import check_tsv_file, file_identity
 from dlrm_comp.data.criteo_parse import NUM_DENSE, NUM_SPARSE, CriteoFormatError, ParsedChunk, parse_lines
 from dlrm_comp.data.npy_writer import NpyAppender
 from dlrm_comp.data.vocab import ValueCounter, Vocabulary
 
 FORMAT_VERSION = 1
+IDENTITY_KEYS = ("name", "path", "size", "mtime_ns", "head_tail_sha256")
 MAX_SKIPPED_REPORTED = 10
 ON_MALFORMED = ("error", "skip")
 
@@ -72,12 +75,15 @@ def preprocess_criteo(tsv_paths: list[str | Path], cache_dir: str | Path, *, max
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"Criteo TSV file not found: {p}")
+        problem = check_tsv_file(p)
+        if problem:
+            raise CriteoFormatError(problem)
     mode = "hash" if max_ind_range > 0 and frequency_threshold == 0 else "vocab"
     if mode == "vocab" and 0 < max_ind_range < 3:
         raise ValueError(f"max_ind_range={max_ind_range} leaves no room for values next to the OOV and missing ids")
     settings = {"mode": mode, "max_ind_range": max_ind_range, "frequency_threshold": frequency_threshold,
                 "on_malformed": on_malformed}
-    sources = [{"name": p.name, "path": str(p.resolve()), "size": p.stat().st_size} for p in paths]
+    sources = [{"name": p.name, "path": str(p.resolve()), **file_identity(p)} for p in paths]
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache / ".lock"):
@@ -99,8 +105,9 @@ def _reusable(cache: Path, settings: dict, sources: list[dict]) -> CriteoMeta | 
         meta = CriteoMeta.load(cache / "meta.json")
     except (ValueError, TypeError):
         return None
-    identity = [{k: src.get(k) for k in ("name", "path", "size")} for src in meta.sources]
-    same = meta.format_version == FORMAT_VERSION and meta.settings == settings and identity == sources
+    identity = [{k: src.get(k) for k in IDENTITY_KEYS} for src in meta.sources]
+    wanted = [{k: src.get(k) for k in IDENTITY_KEYS} for src in sources]
+    same = meta.format_version == FORMAT_VERSION and meta.settings == settings and identity == wanted
     return meta if same else None
 
 

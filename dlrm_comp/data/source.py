@@ -27,6 +27,15 @@ def check_batch_request(split: str, index: int, batch_size: int, num_rows: int |
                          f"but the split has {num_rows} rows ({num_rows // batch_size} full batches)")
 
 
+def check_row_request(split: str, start: int, stop: int, num_rows: int | None) -> None:
+    """Shared checks for `rows`: a non-empty range inside the split."""
+    check_split(split)
+    if not 0 <= start < stop:
+        raise IndexError(f"{split} rows [{start}, {stop}) is not a non-empty range starting at >= 0")
+    if num_rows is not None and stop > num_rows:
+        raise IndexError(f"{split} rows [{start}, {stop}) go past the split's {num_rows} rows")
+
+
 @runtime_checkable
 class BatchSource(Protocol):
     """Where batches come from. Stateless by contract: no hidden iterator, so a resumed run or
@@ -41,6 +50,14 @@ class BatchSource(Protocol):
 
     def num_batches(self, split: str, batch_size: int) -> int | None:
         """Full batches in `split`; None for an unbounded stream (synthetic train)."""
+        ...
+
+    def num_rows(self, split: str) -> int | None:
+        """Rows in `split`; None for an unbounded stream. Evaluation reads every one of them."""
+        ...
+
+    def rows(self, split: str, start: int, stop: int) -> Batch:
+        """Rows [start, stop) of `split`: any range inside it, so a partial last batch can be read."""
         ...
 
     def describe(self) -> dict[str, Any]:

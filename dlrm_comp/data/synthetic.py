@@ -13,7 +13,7 @@ import torch
 
 from dlrm_comp.data.batch import Batch
 from dlrm_comp.data.features import DenseProfile, FeatureSampler, Items
-from dlrm_comp.data.source import check_batch_request, check_split
+from dlrm_comp.data.source import check_batch_request, check_row_request, check_split
 from dlrm_comp.data.teacher import Teacher, TeacherConfig
 from dlrm_comp.data.zipf import ZipfTables
 
@@ -88,7 +88,16 @@ class SyntheticCriteo:
     # ------------------------------------------------------------------ BatchSource
     def batch(self, split: str, index: int, batch_size: int) -> Batch:
         check_batch_request(split, index, batch_size, self.num_samples[check_split(split)])
-        rows = np.arange(index * batch_size, (index + 1) * batch_size, dtype=np.int64)
+        return self._batch_of(split, np.arange(index * batch_size, (index + 1) * batch_size, dtype=np.int64))
+
+    def rows(self, split: str, start: int, stop: int) -> Batch:
+        check_row_request(split, start, stop, self.num_samples[check_split(split)])
+        return self._batch_of(split, np.arange(start, stop, dtype=np.int64))
+
+    def num_rows(self, split: str) -> int | None:
+        return self.num_samples[check_split(split)]
+
+    def _batch_of(self, split: str, rows: np.ndarray) -> Batch:
         items, dense, probs = self._rows(split, rows)
         labels = self.sampler.label_uniforms(_STREAMS[split], rows) < probs
         indices, offsets = self._bags(items)

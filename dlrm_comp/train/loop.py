@@ -1,12 +1,17 @@
 """The training loop: read top to bottom, one step at a time.
 
 Batches are a pure function of (split, index), so the data position in a checkpoint is just the
-iteration count, and a resumed run sees exactly the batches an uninterrupted one would.
+iteration count, and a resumed run sees exactly the batches an uninterrupted one would (past one
+epoch of a bounded split too: `EpochSchedule` maps an iteration to its batch). A run directory
+belongs to one run: a fresh run refuses a directory holding another run's checkpoints, and
+`--resume` refuses a checkpoint whose run identity (config, world size) differs.
 """
 from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,12 +22,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dlrm_comp.config import ConfigError, RunConfig, dump_config
+from dlrm_comp.data.batch import concat_batches
+from dlrm_comp.data.epochs import EpochSchedule
 from dlrm_comp.distributed.env import DistEnv
 from dlrm_comp.train.builders import build_model, build_optimizer, build_source, resolve_device
-from dlrm_comp.train.checkpoint import CheckpointManager, rng_state, set_rng_state
+from dlrm_comp.train.checkpoint import CheckpointError, CheckpointManager, checkpoint_layouts, rng_state, set_rng_state
 from dlrm_comp.train.extension import TrainingExtension
+from dlrm_comp.train.identity import check_resume_identity
 from dlrm_comp.train.logging import MetricsLogger, write_json
 from dlrm_comp.train.metrics import classification_metrics
+from dlrm_comp.train.signals import RunStopped, StopFlag
+
+# files of a finished or running run that a fresh run must not silently mix with its own
+RUN_FILES = ("metrics.jsonl", "summary.json")
+STOP_POLL = 5  # multi-process: steps between the ranks' agreement on a stop signal
 
 
 class InterruptedRun(RuntimeError):
@@ -31,13 +44,17 @@ class InterruptedRun(RuntimeError):
 
 class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str | Path, extensions: Sequence[TrainingExtension] | None = None,
-                 resume: bool = False, env: DistEnv | None = None):
+                 resume: bool = False, env: DistEnv | None = None, overwrite: bool = False,
+                 resume_allow: Sequence[str] = (), handle_signals: bool = True):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.env = env or DistEnv()
         self.rank, self.world_size = self.env.rank, self.env.world_size
         self.is_main = self.rank == 0
         self.resume = resume
+        self.overwrite = overwrite
+        self.resume_allow = tuple(resume_allow)
+        self.handle_signals = handle_signals
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
@@ -48,6 +65,7 @@ class Trainer:
             self.device = local_device(self.device, self.env.local_rank)
         self.source = build_source(cfg.data)
         self.iterations = self._resolve_iterations()
+        self.schedule = EpochSchedule(self.source.num_batches("train", cfg.data.batch_size), cfg.train.seed)
         if extensions is None:
             from dlrm_comp.train.compression import extensions_from_config
             extensions = extensions_from_config(cfg, self.source.cardinalities, self.world_size, self.rank)
@@ -74,11 +92,19 @@ class Trainer:
         self.start_iteration = 0
         self.wall_before = 0.0  # wall time of earlier (interrupted) segments of this run
         self.step_times: list[float] = []
+        self.pending: dict[str, list[float]] = {"losses": [], "times": []}  # the open print interval
 
     def _resolve_iterations(self) -> int:
+        n = self.source.num_batches("train", self.cfg.data.batch_size)
+        if n == 0:
+            raise ConfigError(f"data.batch_size: the training split has {self.source.num_rows('train')} rows, "
+                              f"less than one batch of {self.cfg.data.batch_size}; lower it")
+        if self.cfg.train.epochs:
+            if n is None:
+                raise ConfigError("train.epochs: this data source is an unbounded stream; set train.iterations")
+            return self.cfg.train.epochs * n
         if self.cfg.train.iterations:
             return self.cfg.train.iterations
-        n = self.source.num_batches("train", self.cfg.data.batch_size)
         if not n:
             raise ConfigError("train.iterations: 0 means one pass over the training split, "
                               "but this data source is an unbounded stream; set a positive count")
@@ -95,27 +121,90 @@ class Trainer:
             "step_times": list(self.step_times),
             "config": self.cfg.to_dict(),
             "world_size": self.world_size,
+            "iterations": self.iterations,
+            "pending": {k: list(v) for k, v in self.pending.items()},
             "extensions": {ext.name: ext.state_dict() for ext in self.extensions},
         }
 
-    def _restore(self) -> None:
-        path = self.checkpoints.latest()
-        if self.parallel is not None:  # resume from the newest iteration every rank has saved
+    def _prepare_out_dir(self) -> None:
+        """A fresh run starts in a directory of its own (or one it may clear); --resume restores."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {self.out_dir}: cannot create the run directory ({exc.strerror})") from None
+        if self.resume:
+            self._restore()
+            return
+        found = [p for files in checkpoint_layouts(self.checkpoints.directory).values() for p in files]
+        finished = (self.out_dir / "summary.json").exists()
+        if (found or finished) and not self.overwrite:
+            what = f"the checkpoints of another run ({found[-1].name}, {len(found)} in all)" if found \
+                else "a finished run (summary.json)"
+            raise ConfigError(f"--out {self.out_dir}: holds {what}; continue that run with --resume, "
+                              "choose a new --out, or pass --overwrite to discard it")
+        self._barrier()  # every rank has looked before rank 0 clears
+        if self.is_main:
+            self._clear_run_files()
+        self._barrier()
+
+    def _clear_run_files(self) -> None:
+        import shutil
+        for files in checkpoint_layouts(self.checkpoints.directory).values():
+            for path in files:
+                CheckpointManager.remove(path)
+        for name in RUN_FILES:
+            (self.out_dir / name).unlink(missing_ok=True)
+        if self.overwrite:
+            shutil.rmtree(self.out_dir / "tensorboard", ignore_errors=True)
+
+    def _barrier(self) -> None:
+        if self.parallel is not None:
             import torch.distributed as dist
-            mine = self.checkpoints.iterations()
+            dist.barrier()
+
+    def _restore(self) -> None:
+        """Resume from the newest checkpoint that is intact on every rank; refuse another run's."""
+        layouts = checkpoint_layouts(self.checkpoints.directory)
+        if not self.checkpoints.existing() and layouts:
+            other = sorted(layouts)
+            raise ConfigError(f"--resume: the checkpoints in {self.checkpoints.directory} were written by "
+                              f"{' and '.join(map(str, other))} process(es), this run has {self.world_size}; "
+                              f"resume with {other[-1]} process(es) (re-sharding a checkpoint is not supported) "
+                              "or start a new run in a new --out")
+        intact, bad = {}, []
+        for path in reversed(self.checkpoints.existing()):
+            problem = CheckpointManager.verify(path)
+            if problem is None:
+                intact[int(path.name[5:14])] = path
+            else:
+                bad.append((path, problem))
+        iterations = set(intact)
+        if self.parallel is not None:
+            import torch.distributed as dist
             everyone = [None] * self.world_size
-            dist.all_gather_object(everyone, mine)
-            common = set.intersection(*(set(x) for x in everyone))
-            path = self.checkpoints.path_for(max(common)) if common else None
-        if path is None:
+            dist.all_gather_object(everyone, sorted(iterations))
+            iterations = set.intersection(*(set(x) for x in everyone))
+        chosen = max(iterations) if iterations else None
+        for path, problem in bad:
+            print(f"warning: --resume: skipping checkpoint {path}: {problem}", file=sys.stderr, flush=True)
+        if chosen is None:
+            if bad:
+                raise CheckpointError(f"--resume: no intact checkpoint in {self.checkpoints.directory} "
+                                      f"(bad: {', '.join(p.name for p, _ in bad)}); start a new run with "
+                                      "--overwrite or a new --out")
             if self.is_main:
                 print(f"--resume: no checkpoint in {self.checkpoints.directory}; starting from scratch")
+                for name in RUN_FILES:  # the records of a run killed before its first checkpoint
+                    (self.out_dir / name).unlink(missing_ok=True)
             return
+        path = intact[chosen]
         state = CheckpointManager.load(path)
-        if state.get("world_size", 1) != self.world_size:
-            raise ConfigError(f"--resume: the checkpoint was written by {state.get('world_size', 1)} process(es), "
-                              f"this run has {self.world_size}; resume at the same world size")
-        self._check_compatible(state["config"])
+        check_resume_identity(state, self.cfg, self.world_size, self.iterations, self.resume_allow)
+        for older in self.checkpoints.existing():  # newer than the chosen one: never to be kept or tried
+            if int(older.name[5:14]) > chosen:
+                moved = CheckpointManager.quarantine(older)
+                print(f"warning: --resume: moved {older.name} (newer than the checkpoint resumed) aside to {moved.name}",
+                      file=sys.stderr, flush=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -124,26 +213,17 @@ class Trainer:
         self.start_iteration = state["iteration"]
         self.wall_before = state["wall_s"]
         self.step_times = list(state["step_times"])
+        self.pending = {k: list(v) for k, v in state.get("pending", {"losses": [], "times": []}).items()}
         if self.is_main:
-            MetricsLogger.truncate_after(self.out_dir, self.start_iteration)
+            done = self.start_iteration == self.iterations  # its final eval is written again below
+            MetricsLogger.truncate_after(self.out_dir, self.start_iteration,
+                                         drop_eval_at=self.iterations if done else None)
+            (self.out_dir / "summary.json").unlink(missing_ok=True)
             print(f"resumed from {path} at iteration {self.start_iteration}")
-
-    def _check_compatible(self, saved: dict) -> None:
-        """A checkpoint only continues the run it came from: same data, model and optimizer."""
-        now = self.cfg.to_dict()
-        for section in ("data", "model"):
-            if saved[section] != now[section]:
-                diff = sorted(k for k in now[section] if saved[section].get(k) != now[section][k])
-                raise ConfigError(f"--resume: the checkpoint was written with different {section}.* settings "
-                                  f"({', '.join(f'{section}.{k}' for k in diff)}); use a new --out directory")
-        for key in ("optimizer", "lr", "sparse_embedding_grads", "seed"):
-            if saved["train"][key] != now["train"][key]:
-                raise ConfigError(f"--resume: train.{key} differs from the checkpoint "
-                                  f"({saved['train'][key]!r} vs {now['train'][key]!r})")
 
     # ----------------------------------------------------------------------------- steps
     def train_step(self, iteration: int) -> float:
-        batch = self.source.batch("train", iteration, self.cfg.data.batch_size).to(self.device)
+        batch = self.source.batch("train", self.schedule.index(iteration), self.cfg.data.batch_size).to(self.device)
         self.model.train()
         logits, labels = self._forward(batch, training=True)
         loss = F.binary_cross_entropy_with_logits(logits, labels)
@@ -165,33 +245,47 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict[str, float]:
-        """Metrics on the held-out split; the compression hooks bypass evaluation batches."""
+        """Metrics on every row of the held-out split (up to `train.eval_batches` batches), a partial
+        last batch included; the compression hooks bypass evaluation batches."""
         self.model.eval()
         size = self.cfg.data.eval_batch_size
-        n = self.source.num_batches(split, size) or 0
+        total = self.source.num_rows(split)
+        if total is None:
+            raise ConfigError(f"evaluation needs a bounded {split} split")
         if self.cfg.train.eval_batches:
-            n = min(n, self.cfg.train.eval_batches)
-        if n == 0:
-            raise ConfigError(f"data.eval_batch_size: the {split} split has no full batch of {size}; lower it")
+            total = min(total, self.cfg.train.eval_batches * size)
         logits, labels = [], []
-        for i in range(n):
-            batch = self.source.batch(split, i, size).to(self.device)
-            out, lab = self._forward(batch, training=False)
-            if self.parallel is not None:
-                out, lab = self.parallel.gather(out.float()), self.parallel.gather(lab.float())
+        for start in range(0, total, size):
+            batch = self.source.rows(split, start, min(start + size, total))
+            rows = batch.batch_size
+            if self.parallel is not None and rows < self.world_size:  # every rank needs >= 1 row
+                batch = concat_batches([batch] + [batch.slice(rows - 1, rows)] * (self.world_size - rows))
+            out, lab = self._forward(batch.to(self.device), training=False)
+            if self.parallel is not None:  # the ranks' slices may differ by a few rows
+                out, lab = self._gather_rows(out.float())[:rows], self._gather_rows(lab.float())[:rows]
             logits.append(out.float().cpu())
             labels.append(lab.cpu())
         return classification_metrics(torch.cat(logits).numpy(), torch.cat(labels).numpy())
 
+    def _gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate per-rank tensors of possibly different lengths in rank order."""
+        import torch.distributed as dist
+        count = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
+        counts = [torch.zeros_like(count) for _ in range(self.world_size)]
+        dist.all_gather(counts, count)
+        sizes = [int(c) for c in counts]
+        padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
     # ----------------------------------------------------------------------------- run
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train to `train.iterations`; `stop_after` (tests only) raises mid-run like a kill would."""
+        """Train to `train.iterations`; `stop_after` (tests only) raises mid-run like a kill would.
+        SIGTERM/SIGINT: the step in progress finishes, a checkpoint is saved, RunStopped is raised."""
         cfg = self.cfg.train
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume:
-            self._restore()
-        elif self.is_main and (self.out_dir / "metrics.jsonl").exists():
-            (self.out_dir / "metrics.jsonl").unlink()
+        self._prepare_out_dir()
         if self.is_main:
             dump_config(self.cfg, self.out_dir / "config.yaml")
         logger = MetricsLogger(self.out_dir, tensorboard=cfg.tensorboard, enabled=self.is_main)
@@ -200,42 +294,47 @@ class Trainer:
             ext.bind(self)
         echo = tqdm.write if cfg.progress else print
         t0 = time.perf_counter()
-        losses: list[float] = []
-        interval_times: list[float] = []
         bar = tqdm(total=self.iterations, initial=self.start_iteration, disable=not (cfg.progress and self.is_main),
                    desc="train", unit="it", dynamic_ncols=True, mininterval=1.0)
+        stop = StopFlag(self.handle_signals)
         try:
-            for t in range(self.start_iteration, self.iterations):
-                for ext in self.extensions:
-                    ext.before_step(t)
-                s0 = time.perf_counter()
-                losses.append(self.train_step(t))
-                dt = time.perf_counter() - s0
-                self.step_times.append(dt)
-                interval_times.append(dt)
-                bar.update(1)
-                done = t + 1
-                if done % cfg.print_every == 0 or done == self.iterations:
-                    mean_step = float(np.mean(interval_times))
-                    mean_loss = float(np.mean(losses))
-                    if self.parallel is not None:
-                        mean_loss = self.parallel.mean(mean_loss)
-                    logger.log("train", done, loss=mean_loss, step_s=mean_step,
-                               samples_per_s=self.cfg.data.batch_size / mean_step)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+            with stop:
+                for t in range(self.start_iteration, self.iterations):
                     for ext in self.extensions:
-                        ext.on_interval(done, logger.log, echo)
-                    losses, interval_times = [], []
-                if cfg.eval_every and done % cfg.eval_every == 0 and done != self.iterations:
-                    metrics = self.evaluate()
-                    logger.log("eval", done, **metrics)
-                    echo(f"[eval] iteration {done}: auc {metrics['auc']:.4f} logloss {metrics['logloss']:.4f} "
-                         f"accuracy {metrics['accuracy']:.4f}")
-                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != self.iterations:
-                    self._save(done, t0)
-                if stop_after is not None and done >= stop_after:
-                    raise InterruptedRun(f"stopped after iteration {done}")
-                self._maybe_inject_failure(done)
+                        ext.before_step(t)
+                    s0 = time.perf_counter()
+                    self.pending["losses"].append(self.train_step(t))
+                    dt = time.perf_counter() - s0
+                    self.step_times.append(dt)
+                    self.pending["times"].append(dt)
+                    bar.update(1)
+                    done = t + 1
+                    if done % cfg.print_every == 0 or done == self.iterations:
+                        mean_step = float(np.mean(self.pending["times"]))
+                        mean_loss = float(np.mean(self.pending["losses"]))
+                        if self.parallel is not None:
+                            mean_loss = self.parallel.mean(mean_loss)
+                        logger.log("train", done, loss=mean_loss, step_s=mean_step,
+                                   samples_per_s=self.cfg.data.batch_size / mean_step)
+                        bar.set_postfix(loss=f"{mean_loss:.4f}")
+                        for ext in self.extensions:
+                            ext.on_interval(done, logger.log, echo)
+                        self.pending = {"losses": [], "times": []}
+                    if cfg.eval_every and done % cfg.eval_every == 0 and done != self.iterations:
+                        metrics = self.evaluate()
+                        logger.log("eval", done, **metrics)
+                        echo(f"[eval] iteration {done}: auc {metrics['auc']:.4f} logloss {metrics['logloss']:.4f} "
+                             f"accuracy {metrics['accuracy']:.4f}")
+                    saved = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != self.iterations
+                    if saved:
+                        self._save(done, t0)
+                    if self._stop_requested(stop, done) and done != self.iterations:
+                        path = None if saved else self._save(done, t0)
+                        path = path or (self.checkpoints.path_for(done) if self._saves() else None)
+                        raise RunStopped(stop.signum or signal.SIGTERM, done, str(path) if path else None)
+                    if stop_after is not None and done >= stop_after:
+                        raise InterruptedRun(f"stopped after iteration {done}")
+                    self._maybe_inject_failure(done)
             bar.close()
             final = self.evaluate()
             logger.log("eval", self.iterations, **final)
@@ -249,16 +348,40 @@ class Trainer:
             bar.close()
             logger.close()
 
+    def _stop_requested(self, stop: StopFlag, done: int) -> bool:
+        """Whether any rank got a stop signal. Multi-process runs agree every STOP_POLL steps (one
+        tiny all-reduce), so every rank stops, and saves, after the same step."""
+        if self.parallel is None:
+            return stop.signum is not None
+        if done % STOP_POLL:
+            return False
+        import torch.distributed as dist
+        flag = torch.tensor([stop.signum or 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if stop.signum is None and int(flag):
+            stop.signum = int(flag)
+        return bool(int(flag))
+
     def _maybe_inject_failure(self, done: int) -> None:
         """Fault injection for the multi-process tests: DLRM_COMP_FAIL_AT=N [DLRM_COMP_FAIL_RANK=r]
-        makes rank r (default 0) raise after iteration N, as a crashed worker would."""
+        makes rank r (default 0) raise after iteration N, as a crashed worker would;
+        DLRM_COMP_SIGNAL_AT=N[:INT] [DLRM_COMP_SIGNAL_RANK=r] sends rank r SIGTERM (SIGINT) after N."""
         fail_at = os.environ.get("DLRM_COMP_FAIL_AT")
         if fail_at and done == int(fail_at) and self.rank == int(os.environ.get("DLRM_COMP_FAIL_RANK", "0")):
             raise RuntimeError(f"injected failure on rank {self.rank} after iteration {done} (DLRM_COMP_FAIL_AT)")
+        signal_at = os.environ.get("DLRM_COMP_SIGNAL_AT")  # N[:INT|TERM]: a scheduler's signal after N
+        if signal_at and self.rank == int(os.environ.get("DLRM_COMP_SIGNAL_RANK", "0")):
+            at, _, name = signal_at.partition(":")
+            if done == int(at):
+                os.kill(os.getpid(), getattr(signal, f"SIG{name or 'TERM'}"))
 
-    def _save(self, iteration: int, t0: float) -> None:
-        if self.is_main or self.parallel is not None:  # every rank saves the tables it owns
-            self.checkpoints.save(iteration, self.state_dict(iteration, self.wall_before + time.perf_counter() - t0))
+    def _saves(self) -> bool:
+        return self.is_main or self.parallel is not None  # every rank saves the tables it owns
+
+    def _save(self, iteration: int, t0: float) -> Path | None:
+        if not self._saves():
+            return None
+        return self.checkpoints.save(iteration, self.state_dict(iteration, self.wall_before + time.perf_counter() - t0))
 
     def _summary(self, final: dict[str, float], wall_s: float) -> dict[str, Any]:
         step_s_mean = float(np.mean(self.step_times)) if self.step_times else math.nan

@@ -1,0 +1,258 @@
+"""A run directory belongs to one run; checkpoints are verified; a kill anywhere resumes exactly."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from dlrm_comp.config import ConfigError
+from dlrm_comp.train import checkpoint as checkpoint_mod
+from dlrm_comp.train.checkpoint import CheckpointError, CheckpointManager, sidecar_of
+from dlrm_comp.train.logging import MetricsLogger, read_jsonl
+from dlrm_comp.train.loop import InterruptedRun, Trainer
+
+QUIET = ("train.tensorboard=false",)
+TIMING = {"step_s", "samples_per_s", "enc_s", "dec_s", "wall_s"}
+
+
+def _params(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _same_params(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _records(run):
+    """metrics.jsonl without the timing fields (they differ between any two runs)."""
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_jsonl(run / "metrics.jsonl")]
+
+
+@pytest.fixture
+def straight(tiny_cfg, tmp_path):
+    trainer = Trainer(tiny_cfg(*QUIET), tmp_path / "straight")
+    trainer.run()
+    return trainer
+
+
+def _killed(cfg, out, at):
+    with pytest.raises(InterruptedRun):
+        Trainer(cfg, out).run(stop_after=at)
+
+
+# ----------------------------------------------------------------------------- one run per directory
+def test_fresh_run_refuses_another_runs_checkpoints(tiny_cfg, tmp_path):
+    _killed(tiny_cfg(*QUIET), tmp_path, 25)
+    with pytest.raises(ConfigError, match="--resume.*new --out.*--overwrite"):
+        Trainer(tiny_cfg(*QUIET, "compress.mode=fp8"), tmp_path).run()
+
+
+def test_fresh_run_refuses_a_finished_run(tiny_cfg, tmp_path, straight):
+    with pytest.raises(ConfigError, match="--resume"):
+        Trainer(tiny_cfg(*QUIET), straight.out_dir).run()
+
+
+def test_overwrite_clears_the_old_run(tiny_cfg, tmp_path, straight):
+    (straight.out_dir / "checkpoints" / "ckpt_000000999.rank1.pt").write_bytes(b"other layout")
+    again = Trainer(tiny_cfg(*QUIET), straight.out_dir, overwrite=True)
+    again.run()
+    names = sorted(p.name for p in (straight.out_dir / "checkpoints").iterdir())
+    assert names == ["ckpt_000000030.pt", "ckpt_000000030.pt.sha256", "ckpt_000000040.pt", "ckpt_000000040.pt.sha256"]
+    assert [r["iteration"] for r in read_jsonl(straight.out_dir / "metrics.jsonl") if r["kind"] == "train"] \
+        == [10, 20, 30, 40]
+
+
+def test_resume_refuses_a_different_mode_unless_allowed(tiny_cfg, tmp_path):
+    _killed(tiny_cfg(*QUIET, "compress.mode=codec"), tmp_path, 25)
+    with pytest.raises(ConfigError, match=r"compress\.mode: 'codec' in the checkpoint, 'fp8' now.*--resume-allow compress\.mode"):
+        Trainer(tiny_cfg(*QUIET, "compress.mode=fp8"), tmp_path, resume=True).run()
+    summary = Trainer(tiny_cfg(*QUIET, "compress.mode=fp8"), tmp_path, resume=True,
+                      resume_allow=["compress.mode"]).run()
+    assert summary["iterations"] == 40
+
+
+def test_resume_rejects_an_unknown_allow_key(tiny_cfg, tmp_path):
+    _killed(tiny_cfg(*QUIET), tmp_path, 25)
+    with pytest.raises(ConfigError, match="not a config key"):
+        Trainer(tiny_cfg(*QUIET), tmp_path, resume=True, resume_allow=["compress.nope"]).run()
+
+
+def test_resume_with_fewer_iterations_than_the_checkpoint_is_refused(tiny_cfg, tmp_path):
+    _killed(tiny_cfg(*QUIET), tmp_path, 35)  # checkpoint at 30
+    with pytest.raises(ConfigError, match=r"train\.iterations: the checkpoint is at iteration 30"):
+        Trainer(tiny_cfg(*QUIET, "train.iterations=15"), tmp_path, resume=True).run()
+    with pytest.raises(ConfigError, match=r"train\.iterations"):  # shorter than planned: a difference
+        Trainer(tiny_cfg(*QUIET, "train.iterations=35"), tmp_path, resume=True).run()
+
+
+def test_resume_may_grow_iterations_and_change_cadence(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(*QUIET)
+    _killed(cfg, tmp_path / "a", 25)
+    longer = ["train.iterations=60", "train.eval_every=30", "train.print_every=20", "train.keep_checkpoints=3",
+              "train.progress=false", "train.checkpoint_every=20"]
+    summary = Trainer(tiny_cfg(*QUIET, *longer), tmp_path / "a", resume=True).run()
+    assert summary["iterations"] == 60
+
+
+def test_resume_detects_another_world_size_by_listing(tiny_cfg, tmp_path):
+    _killed(tiny_cfg(*QUIET), tmp_path, 25)
+    ckpt = tmp_path / "checkpoints"
+    for p in list(ckpt.iterdir()):  # what a 2-process run leaves: per-rank names
+        p.rename(ckpt / p.name.replace(".pt", ".rank1.pt"))
+    (ckpt / "ckpt_000000020.rank0.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"written by 2 process\(es\), this run has 1"):
+        Trainer(tiny_cfg(*QUIET), tmp_path, resume=True).run()
+
+
+# ----------------------------------------------------------------------------- verifiable checkpoints
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "no_sidecar"])
+def test_damaged_newest_checkpoint_falls_back_to_the_older_one(tiny_cfg, tmp_path, straight, damage, capsys):
+    cfg = tiny_cfg(*QUIET)
+    _killed(cfg, tmp_path / "k", 35)  # checkpoints 20 and 30
+    newest = tmp_path / "k" / "checkpoints" / "ckpt_000000030.pt"
+    data = bytearray(newest.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x40
+        newest.write_bytes(bytes(data))
+    elif damage == "truncate":
+        newest.write_bytes(bytes(data[: len(data) // 3]))
+    elif damage == "empty":
+        newest.write_bytes(b"")
+    else:
+        sidecar_of(newest).unlink()
+    resumed = Trainer(cfg, tmp_path / "k", resume=True)
+    resumed.run()
+    err = capsys.readouterr().err
+    assert "ckpt_000000030.pt" in err and "skipping" in err
+    assert resumed.start_iteration == 20
+    _same_params(_params(straight), _params(resumed))
+    assert _records(tmp_path / "k") == _records(straight.out_dir)
+
+
+def test_no_intact_checkpoint_is_a_clear_error(tiny_cfg, tmp_path):
+    _killed(tiny_cfg(*QUIET), tmp_path, 25)
+    for p in (tmp_path / "checkpoints").glob("*.pt"):
+        p.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no intact checkpoint.*ckpt_000000020.pt"):
+        Trainer(tiny_cfg(*QUIET), tmp_path, resume=True).run()
+
+
+def test_load_names_the_file_instead_of_a_bare_eoferror(tmp_path):
+    path = tmp_path / "ckpt_000000001.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="ckpt_000000001.pt"):
+        CheckpointManager.load(path)
+    with pytest.raises(CheckpointError, match="unreadable.*EOFError"):
+        CheckpointManager.load(path, verify=False)
+
+
+# ----------------------------------------------------------------------------- kills at any point
+def test_torn_metrics_line_is_dropped_on_resume(tiny_cfg, tmp_path, straight):
+    cfg = tiny_cfg(*QUIET)
+    _killed(cfg, tmp_path / "k", 25)
+    with open(tmp_path / "k" / "metrics.jsonl", "a") as fh:
+        fh.write('{"kind": "train", "iteration": 30, "lo')  # a kill during a write
+    resumed = Trainer(cfg, tmp_path / "k", resume=True)
+    resumed.run()
+    _same_params(_params(straight), _params(resumed))
+    assert _records(tmp_path / "k") == _records(straight.out_dir)
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: nothing after the raise point runs (not even `except Exception`)."""
+
+
+def _kill_on_call(monkeypatch, target, name, n, before=None):
+    """Make the n-th call of target.name die (after `before(args)` ran, to emulate a torn write)."""
+    real = getattr(target, name)
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            if before is not None:
+                before(*args, **kwargs)
+            raise _Killed(f"{name} call {n}")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(target, name, wrapper)
+
+
+def _torn_line(self, kind, iteration, **fields):
+    self._file.write(f'{{"kind": "{kind}", "iteration": {iteration}, "lo')
+    self._file.flush()
+
+
+@pytest.mark.parametrize("where,resumes_at", [("ckpt_tmp_written", 10), ("ckpt_sidecar_in_place", 10),
+                                              ("metrics_mid_line", 30), ("metrics_early", 0), ("final_save", 30),
+                                              ("after_final_save", 40)])
+def test_kill_anywhere_then_resume_matches_uninterrupted(tiny_cfg, tmp_path, straight, monkeypatch, where,
+                                                         resumes_at):
+    cfg = tiny_cfg(*QUIET)
+    out = tmp_path / "k"
+    with monkeypatch.context() as m:
+        if where == "ckpt_tmp_written":  # 2 os.replace per save: the sidecar, then the checkpoint
+            _kill_on_call(m, checkpoint_mod.os, "replace", 3)  # second save (iteration 20), before any rename
+        elif where == "ckpt_sidecar_in_place":
+            _kill_on_call(m, checkpoint_mod.os, "replace", 4)  # sidecar of 20 renamed, checkpoint not
+        elif where == "metrics_mid_line":
+            _kill_on_call(m, MetricsLogger, "log", 5, before=_torn_line)  # train@40, after checkpoint 30
+        elif where == "metrics_early":
+            _kill_on_call(m, MetricsLogger, "log", 1, before=_torn_line)
+        elif where == "final_save":
+            _kill_on_call(m, checkpoint_mod.os, "replace", 8)  # the checkpoint rename of iteration 40
+        else:
+            _kill_on_call(m, Trainer, "_summary", 1)
+        with pytest.raises(_Killed):
+            Trainer(cfg, out).run()
+    resumed = Trainer(cfg, out, resume=True)
+    resumed.run()
+    assert resumed.start_iteration == resumes_at
+    _same_params(_params(straight), _params(resumed))
+    assert _records(out) == _records(straight.out_dir)
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".corrupt")]
+
+
+def test_checkpoints_carry_the_run_identity(tiny_cfg, tmp_path, straight):
+    state = CheckpointManager.load(straight.out_dir / "checkpoints" / "ckpt_000000040.pt")
+    assert state["config"] == straight.cfg.to_dict()
+    assert state["world_size"] == 1 and state["iteration"] == 40 and state["iterations"] == 40
+    side = sidecar_of(straight.out_dir / "checkpoints" / "ckpt_000000040.pt").read_text().split()
+    assert side[1] == "ckpt_000000040.pt" and len(side[0]) == 64
+    assert not any(name.endswith(".tmp") for name in os.listdir(straight.out_dir / "checkpoints"))
+
+
+@pytest.mark.slow
+def test_real_sigkill_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
+    """A real kill -9 of the CLI at an arbitrary moment (mid-step, mid-write), then --resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from conftest import TINY_OVERRIDES
+    root = Path(__file__).resolve().parents[1]
+    sets = [*TINY_OVERRIDES, *QUIET, "train.iterations=300", "train.eval_every=50"]
+    cmd = [sys.executable, str(root / "launch/train.py"), "--set", *sets, "--out", str(tmp_path / "k")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ckpt = tmp_path / "k" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.name >= "ckpt_000000060.pt" for p in ckpt.glob("ckpt_*.pt")) if ckpt.is_dir() else False:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.003)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    straight = Trainer(load := tiny_cfg(*QUIET, "train.iterations=300", "train.eval_every=50"), tmp_path / "a")
+    straight.run()
+    resumed = Trainer(load, tmp_path / "k", resume=True)
+    resumed.run()
+    assert resumed.start_iteration >= 60
+    _same_params(_params(straight), _params(resumed))
+    assert _records(tmp_path / "k") == _records(tmp_path / "a")

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python launch/train.py --config configs/debug.yaml --out $(DEMO_OUT)
+	$(BIN)/python launch/train.py --config configs/debug.yaml --out $(DEMO_OUT) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

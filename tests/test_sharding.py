@@ -50,8 +50,7 @@ def test_backend_must_fit_device():
 
 def test_batch_must_divide_by_world_size(tiny_cfg):
     cfg = tiny_cfg("data.batch_size=30", "data.eval_batch_size=512")
-    check_divisible(cfg, 2)  # 30 and 512 both divide by 2
-    with pytest.raises(ConfigError, match="data.eval_batch_size"):
-        check_divisible(cfg, 3)
+    check_divisible(cfg, 2)
+    check_divisible(cfg, 3)  # evaluation slices may be unequal: only the training batch must divide
     with pytest.raises(ConfigError, match="data.batch_size"):
         check_divisible(tiny_cfg("data.batch_size=32"), 3)

@@ -65,7 +65,7 @@ class ZstdCodec(LosslessCodec):
 
     def decompress(self, buf: bytes, nbytes: int) -> bytes:
         try:
-            out = _contexts(self.level)[1].decompress(buf, max_output_size=nbytes)
+            out = _contexts(self.level)[1].decompress(buf, max_output_size=max(nbytes, 1))  # 0 means "unknown"
         except zstandard.ZstdError as e:
             raise CorruptPayloadError(f"zstd: {e}") from None
         return check_size(self.name, out, nbytes)

@@ -243,7 +243,7 @@ def _quantize_cpu(x: torch.Tensor, eb_rel) -> BatchQuant:
     xn = x.detach().contiguous().numpy()
     c, n = xn.shape
     eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
-    mn, mx = cpu_kernels.row_range(xn)
+    mn, mx = xn.min(axis=1), xn.max(axis=1)  # numpy's SIMD reductions; NaN propagates as in torch
     with np.errstate(invalid="ignore", over="ignore"):
         p = chunk_params(_Numpy, mn.astype(np.float64), mx.astype(np.float64), eb.astype(np.float64), n,
                          torch.float32)

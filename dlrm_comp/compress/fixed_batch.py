@@ -24,35 +24,29 @@ def fixed_nbytes(mode: str, n: int, dim: int) -> int:
     return {"fp16": 2 * n, "bf16": 2 * n, "fp8": n + 4, "int8": n + 8 * (n // dim if dim else 0)}[mode]
 
 
-def _f32_bytes(v: torch.Tensor) -> torch.Tensor:
-    return v.to(torch.float32).contiguous().view(torch.uint8)
-
-
 def encode_fixed_batch(mode: str, x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``[C, n]`` finite values -> ``[C, fixed_nbytes]`` uint8."""
+    """``[C, n]`` finite values -> ``[C, fixed_nbytes]`` uint8 (arithmetic in float32: these
+    formats carry no bound, and a float64 pass would cost more than the cast itself)."""
     c, n = x.shape
-    x64 = x.to(torch.float64)
+    xf = x.to(torch.float32)
     if mode == "fp16":
-        return x64.clamp(-_FP16_MAX, _FP16_MAX).to(torch.float16).view(torch.uint8).reshape(c, 2 * n)
+        return xf.clamp(-_FP16_MAX, _FP16_MAX).to(torch.float16).view(torch.uint8).reshape(c, 2 * n)
     if mode == "bf16":
-        return x64.clamp(-_BF16_MAX, _BF16_MAX).to(torch.bfloat16).view(torch.uint8).reshape(c, 2 * n)
+        return xf.clamp(-_BF16_MAX, _BF16_MAX).to(torch.bfloat16).view(torch.uint8).reshape(c, 2 * n)
     if mode == "fp8":
-        amax = x64.abs().amax(dim=1) if n else torch.zeros(c, dtype=torch.float64, device=x.device)
-        scale = torch.where(amax > 0, (_FP8_MAX / amax.clamp_min(1e-300)).clamp_max(_F32_MAX), 1.0)
-        scale = scale.to(torch.float32).to(torch.float64)
-        y = (x64 * scale[:, None]).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
-        return torch.cat([y, _f32_bytes(scale).reshape(c, 4)], dim=1)
+        amax = xf.abs().amax(dim=1).to(torch.float64) if n else torch.zeros(c, dtype=torch.float64, device=x.device)
+        scale = torch.where(amax > 0, (_FP8_MAX / amax.clamp_min(1e-300)).clamp_max(_F32_MAX), 1.0).to(torch.float32)
+        y = (xf * scale[:, None]).clamp_(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
+        return torch.cat([y, scale.view(torch.uint8).reshape(c, 4)], dim=1)
     if mode == "int8":
         rows = n // dim
-        m = x64.reshape(c, rows, dim)
+        m = xf.reshape(c, rows, dim)
         mn, mx = m.amin(dim=2), m.amax(dim=2)
-        scale = ((mx - mn) / 255.0).to(torch.float32)
-        bias = mn.to(torch.float32)
-        s64 = scale.to(torch.float64)[:, :, None]
-        codes = torch.where(s64 > 0, torch.round((m - bias.to(torch.float64)[:, :, None]) / s64.clamp_min(1e-300)),
-                            torch.zeros_like(m)).clamp(0, 255).to(torch.uint8)
-        return torch.cat([codes.reshape(c, n), _f32_bytes(scale).reshape(c, 4 * rows),
-                          _f32_bytes(bias).reshape(c, 4 * rows)], dim=1)
+        scale = (mx - mn) / 255.0
+        inv = torch.where(scale > 0, 1.0 / scale.clamp_min(1e-38), 0.0)
+        codes = torch.round((m - mn[:, :, None]) * inv[:, :, None]).clamp_(0, 255).to(torch.uint8)
+        return torch.cat([codes.reshape(c, n), scale.contiguous().view(torch.uint8).reshape(c, 4 * rows),
+                          mn.contiguous().view(torch.uint8).reshape(c, 4 * rows)], dim=1)
     raise ValueError(f"fixed-rate mode must be one of {FIXED_MODES}, got {mode!r}")
 
 
@@ -67,11 +61,11 @@ def decode_fixed_batch(mode: str, b: torch.Tensor, n: int, dim: int, dtype: torc
     if mode == "bf16":
         return b.view(torch.bfloat16).reshape(c, n).to(dtype)
     if mode == "fp8":
-        y = b[:, :n].contiguous().view(torch.float8_e4m3fn).to(torch.float64)
-        scale = b[:, n:].contiguous().view(torch.float32).to(torch.float64)
+        y = b[:, :n].contiguous().view(torch.float8_e4m3fn).to(torch.float32)
+        scale = b[:, n:].contiguous().view(torch.float32)
         return (y / scale).to(dtype)
     rows = n // dim
-    codes = b[:, :n].to(torch.float64).reshape(c, rows, dim)
-    scale = b[:, n:n + 4 * rows].contiguous().view(torch.float32).to(torch.float64)
-    bias = b[:, n + 4 * rows:].contiguous().view(torch.float32).to(torch.float64)
+    codes = b[:, :n].to(torch.float32).reshape(c, rows, dim)
+    scale = b[:, n:n + 4 * rows].contiguous().view(torch.float32)
+    bias = b[:, n + 4 * rows:].contiguous().view(torch.float32)
     return (codes * scale[:, :, None] + bias[:, :, None]).reshape(c, n).to(dtype)

@@ -150,20 +150,21 @@ class Exchange:
             self._memo(memo_key, hit)
         return hit
 
-    def _split_groups(self, stacked: torch.Tensor, rows: list[tuple[int, int]], tables: list[int],
+    def _split_groups(self, tensors: Sequence[torch.Tensor], rows: list[tuple[int, int]], tables: list[int],
                       plan: DirectionPlan) -> list[Group]:
-        """Chunks of ``stacked [T_src, B, d]`` (rows of ``tables``) to every destination."""
+        """Chunks of the ``[B, d]`` tensors of ``tables`` to every destination, as ``[C, n]``
+        groups in (destination, table) order: one stacking copy per group, no other."""
         order = self._order(tables, plan)
-        pos = [tables.index(t) for t in order]
+        by_table = dict(zip(tables, tensors))
+        src = [by_table[t].detach() for t in order]
         groups, q = [], 0
         while q < len(rows):
             r = rows[q][1] - rows[q][0]
             g = q
             while g < len(rows) and rows[g][1] - rows[g][0] == r:
                 g += 1
-            part = stacked[pos, rows[q][0]:rows[g - 1][1]] if pos != list(range(len(tables))) \
-                else stacked[:, rows[q][0]:rows[g - 1][1]]
-            x = part.reshape(len(order), g - q, r * self.dim).transpose(0, 1).reshape(-1, r * self.dim)
+            a, b = rows[q][0], rows[g - 1][1]
+            x = torch.stack([p[a:b].reshape(g - q, r * self.dim) for p in src], dim=1).reshape(-1, r * self.dim)
             groups.append(Group(x, order * (g - q), [len(order)] * (g - q), r))
             q = g
         return groups
@@ -185,13 +186,11 @@ class Exchange:
         plan = self.plan.fwd if compress and self.plan.fwd.enabled else None
         if plan is None and self.loopback:  # one process, nothing compressed: the loopback is the identity
             return lambda: [p.detach() for p in pooled]
-        stacked = torch.stack([p.detach() for p in pooled]) if pooled else torch.zeros(
-            0, batch, self.dim, device=self.transport.device)
-        groups = self._split_groups(stacked, rows, self.mine, plan or self.plan.fwd)
+        groups = self._split_groups(pooled, rows, self.mine, plan or self.plan.fwd)
         if compress and self.mine:
             first = rows[0][1] - rows[0][0]
             for i, t in enumerate(self.mine):
-                self.last_sample[t] = stacked[i, :first]
+                self.last_sample[t] = pooled[i].detach()[:first]
         recv_rows = rows if self.loopback else [rows[self.rank]] * len(rows)
         recv_tables = [self._order(ts, plan or self.plan.fwd) for ts in self.by_source]
         finish = self._run(groups, recv_tables, recv_rows, plan, "fwd", async_op)
@@ -210,8 +209,7 @@ class Exchange:
         plan = self.plan.fwd
         if plan.mode not in ("codec", "sz"):
             raise ValueError(f"encode: only byte modes build messages, not {plan.mode!r}")
-        stacked = torch.stack([p.detach() for p in pooled])
-        groups = self._split_groups(stacked, self.slice_rows(stacked.shape[1]), self.mine, plan)
+        groups = self._split_groups(pooled, self.slice_rows(pooled[0].shape[0]), self.mine, plan)
         return [m for g in groups for m in self._encode_group(g, plan, "fwd")]
 
     def decode(self, messages: Sequence[bytes], rows: Sequence[int]) -> list[torch.Tensor]:
@@ -231,14 +229,14 @@ class Exchange:
         if plan is None and self.loopback:  # one process, exact gradients: the loopback is the identity
             return list(grads)
         scale = 1.0 / self.transport.world_size
-        stacked = torch.stack([g for g in grads]) * scale
         if self.loopback:
-            groups = self._split_groups(stacked, rows, list(range(len(self.owners))), plan or self.plan.bwd)
+            scaled = [g * scale for g in grads] if scale != 1.0 else list(grads)
+            groups = self._split_groups(scaled, rows, list(range(len(self.owners))), plan or self.plan.bwd)
         else:
             order = [self._order(ts, plan or self.plan.bwd) for ts in self.by_source]
             flat = [t for ts in order for t in ts]
-            x = stacked[flat].reshape(len(flat), -1)
-            groups = [Group(x, flat, [len(ts) for ts in order], stacked.shape[1])]
+            x = torch.stack([grads[t] for t in flat]).reshape(len(flat), -1) * scale
+            groups = [Group(x, flat, [len(ts) for ts in order], grads[0].shape[0])]
         mine = self._order(self.mine, plan or self.plan.bwd)
         recv_rows = rows
         decoded = self._run(groups, [mine] * len(rows), recv_rows, plan, "bwd")()
@@ -330,7 +328,7 @@ class Exchange:
         sends, in_splits = [], []
         for g in groups:
             if plan.nonfinite != "passthrough":
-                self._check_finite((~torch.isfinite(g.x)).sum(), plan, g.x.numel())
+                self._check_finite(g.x.numel() - torch.isfinite(g.x).sum(), plan, g.x.numel())
             b = encode_fixed_batch(plan.mode, g.x, self.dim)
             sends.append(b.reshape(-1))
             in_splits += [c * b.shape[1] for c in g.counts]

@@ -42,6 +42,7 @@ from dlrm_comp.config import load_config  # noqa: E402
 from dlrm_comp.distributed.sharding import place_tables, tables_of  # noqa: E402
 from dlrm_comp.exchange import Exchange, ProcessGroupTransport  # noqa: E402
 from dlrm_comp.recorder import CompressionRecorder  # noqa: E402
+from dlrm_comp.runtime import keep_large_allocations  # noqa: E402
 from dlrm_comp.train.compression import build_plan, build_policy  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
@@ -72,6 +73,7 @@ def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:
 def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -> None:  # noqa: C901
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    keep_large_allocations()  # as training does (train.keep_allocations)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     data = torch.load(path, weights_only=False)
     cards, dim = data["cardinalities"], data["pooled"][0].shape[1]

@@ -74,7 +74,8 @@ def measure(backend, chunks: list[torch.Tensor], eb_rel: float, repeat: int) -> 
 STEP_SHAPES = {"debug_step": (128, 16), "terabyte_step": (2048, 64)}  # (batch, dim), 2 destinations
 
 BASELINE = r"""
-import json, sys, time, torch
+import ctypes, json, sys, time, torch
+ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 30); ctypes.CDLL("libc.so.6").mallopt(-1, 1 << 30)  # as the new side
 sys.path.insert(0, sys.argv[1])
 from dlrm_comp.compress.backends import get_backend
 data = torch.load(sys.argv[2], weights_only=False)
@@ -179,6 +180,8 @@ def main() -> None:
                         help="a git worktree of an earlier commit: its per-chunk codec on the step rows' chunks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from dlrm_comp.runtime import keep_large_allocations
+    keep_large_allocations()  # as training does (train.keep_allocations); the baseline subprocess too
     pooled = trained_pooled_outputs(args.iterations, SIZES["256KiB"][0])
     backends = {"codec": get_backend("codec", ideal=False), "sz": get_backend("sz")}
     results = []

@@ -142,6 +142,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0: torch's default)
+    keep_allocations: bool = True  # keep freed MB-sized blocks for reuse (dlrm_comp.runtime); a process setting
     progress: bool = True
     tensorboard: bool = True
 

@@ -16,7 +16,7 @@ from dlrm_comp.bench.pipeline import quantize_dir
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.profile=tiny", "data.batch_size=64", "data.eval_batch_size=256", "data.num_val_samples=512",
         "model.emb_dim=8", "model.bottom_mlp=13-16-8", "model.top_mlp=16-1", "compress.mode=off",
-        "compress.table_preset=none", "train.threads=1"]
+        "compress.table_preset=none", "train.threads=1", "train.device=cpu"]
 
 
 def test_bench_all_tiny(tmp_path):

@@ -72,7 +72,7 @@ def test_resume_rejects_a_different_model(tiny_cfg, tmp_path):
 def test_cli_trains_and_prints_auc(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "launch/train.py"), "--config", str(ROOT / "configs/debug.yaml"),
-         "--set", "train.iterations=30", "train.eval_every=0", "train.progress=false",
+         "--set", "train.iterations=30", "train.eval_every=0", "train.progress=false", "train.device=cpu",
          "--set", "data.num_val_samples=4096", "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -49,6 +49,7 @@ class BatchQuant:
     x: torch.Tensor  # the input
     hist: torch.Tensor | None = None  # [C, 512] counts of low bytes, then 256 + high bytes
     x_hat: torch.Tensor | None = None  # [C, n] QUANT reconstruction when the path computed it
+    entropy: torch.Tensor | None = None  # [C] entropy_bytes() when the path computed it
 
     @property
     def codes(self) -> torch.Tensor:
@@ -66,6 +67,8 @@ class BatchQuant:
         """Order-0 entropy (bytes, n*H/8) of each chunk's codes, per byte plane: exact for codes
         up to 8 bits, the sum of the two planes' entropies (an upper bound) beyond."""
         c, n = self.low.shape
+        if self.entropy is not None:
+            return self.entropy
         if n == 0:
             return torch.zeros(c, dtype=torch.float64, device=self.low.device)
         hist = self.hist
@@ -250,15 +253,16 @@ def _quantize_cpu(x: torch.Tensor, eb_rel) -> BatchQuant:
     low = np.zeros((c, n), np.uint8)
     high = np.zeros((c, n), np.uint8)
     hist = np.zeros((c, 512), np.int64)
+    entropy = np.zeros(c, np.float64)
     ok, err = cpu_kernels.quantize_rows(xn, p["valid"], p["min"], p["safe_step"], p["max_code"], p["eb_abs"],
-                                        low, high, hist)
+                                        low, high, hist, entropy)
     const = p["const"]
     kind = np.where(ok, _KIND_QUANT, np.where(const, _KIND_CONST, _KIND_RAW)).astype(np.uint8)
     t = torch.from_numpy
     return BatchQuant(kind=t(kind), bits=t(np.where(ok, p["bits"], 0).astype(np.int64)), minimum=t(p["min"]),
                       step=t(np.where(ok, p["step"], 0.0)), eb_abs=t(p["eb_abs"]), low=t(low), high=t(high),
                       err=t(np.where(ok, err, 0.0)), nonfinite=torch.tensor(int((~p["finite"]).sum())),
-                      ok=t(ok), x=x, hist=t(hist))
+                      ok=t(ok), x=x, hist=t(hist), entropy=t(entropy))
 
 
 def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, codes: torch.Tensor,

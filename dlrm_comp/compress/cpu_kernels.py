@@ -23,8 +23,9 @@ def available() -> bool:
 
 if numba is not None:
     @numba.njit(cache=True, nogil=True)
-    def quantize_rows(x, valid, minimum, step, max_code, eb_abs, low, high, hist):  # pragma: no cover
-        """Codes (low/high byte planes), the check, and byte-plane histograms, per valid row.
+    def quantize_rows(x, valid, minimum, step, max_code, eb_abs, low, high, hist, entropy):  # pragma: no cover
+        """Codes (low/high byte planes), the check, byte-plane histograms and their order-0
+        entropy in bytes (as ``BatchQuant.entropy_bytes`` computes it), per valid row.
         Returns per row: True if the bound held (err < eb in float32), and the max error.
 
         Three passes, each one LLVM vectorises: codes with their reconstruction error into a
@@ -67,6 +68,11 @@ if numba is not None:
                     hrow[256 + hr[i]] += 1
             else:
                 hrow[256] += n
+            plogp = 0.0
+            for b in range(512):
+                if hrow[b] > 1:
+                    plogp += hrow[b] * np.log2(np.float64(hrow[b]))
+            entropy[r] = (2 * n * np.log2(np.float64(n)) - plogp) / 8.0
         return ok, err_out
 
     @numba.njit(cache=True, nogil=True)

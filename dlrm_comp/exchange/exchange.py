@@ -110,10 +110,10 @@ class Exchange:
 
     def _order(self, tables: list[int], plan: DirectionPlan) -> list[int]:
         """Tables of one message, grouped by coder (a section each), stable within a coder
-        (memoised on the coders' identity: the plan changes a coder by replacing it)."""
+        (memoised on the plan's version: the plan bumps it whenever a coder changes)."""
         if plan.mode != "codec":
             return list(tables)
-        memo_key = (tuple(tables), tuple(id(plan.coders[t]) for t in tables))
+        memo_key = (id(plan), plan.version, tuple(tables))
         order = self._orders.get(memo_key)
         if order is None:
             keys = [self._coder_key(plan, t) for t in tables]
@@ -134,8 +134,7 @@ class Exchange:
 
     def _sections(self, plan: DirectionPlan, g: Group) -> tuple[list[int], list[list]]:
         """Section index of every chunk and the coder of every section, per message of a group."""
-        memo_key = ("sections", plan.mode, tuple(g.tables), tuple(g.counts),
-                    tuple(id(plan.coders[t]) for t in g.tables))
+        memo_key = ("sections", id(plan), plan.version, tuple(g.tables), tuple(g.counts))
         hit = self._orders.get(memo_key)
         if hit is None:
             ids, coders, c0 = [], [], 0
@@ -276,15 +275,15 @@ class Exchange:
             index = self._indices[key] = torch.tensor(tables, dtype=torch.int64).to(device)
         return index
 
-    def _check_finite(self, nonfinite: torch.Tensor, plan: DirectionPlan, n_values: int) -> None:
+    def _check_finite(self, nonfinite: torch.Tensor, plan: DirectionPlan, x: torch.Tensor) -> None:
         """Policy 'raise': on the CPU at once (free); on a device the count accumulates and
         ``check_finite`` reads it at the next print interval (no per-step host read; a NaN
         reaching the loss stops the step anyway)."""
         if plan.nonfinite == "passthrough":
             return
         if nonfinite.device.type == "cpu":
-            if int(nonfinite):
-                raise NonFiniteError(int(nonfinite), n_values)
+            if int(nonfinite):  # the exact count only on the way to the error
+                raise NonFiniteError(int((~torch.isfinite(x)).sum()), x.numel())
             return
         self._nonfinite = nonfinite if self._nonfinite is None else self._nonfinite + nonfinite
 
@@ -311,7 +310,7 @@ class Exchange:
     def _simulate(self, g: Group, plan: DirectionPlan, direction: str) -> Group:
         t0 = time.perf_counter()
         q = quantize_batch(g.x, self._eb(plan, g.tables, g.x.device))
-        self._check_finite(q.nonfinite, plan, g.x.numel())
+        self._check_finite(q.nonfinite, plan, g.x)
         n = g.x.shape[1]
         quant = q.kind == 2
         ideal = q.entropy_bytes() + CHUNK_HEADER
@@ -327,8 +326,10 @@ class Exchange:
         t0 = time.perf_counter()
         sends, in_splits = [], []
         for g in groups:
-            if plan.nonfinite != "passthrough":
-                self._check_finite(g.x.numel() - torch.isfinite(g.x).sum(), plan, g.x.numel())
+            if plan.nonfinite != "passthrough":  # max|x| is finite iff every value is (NaN propagates)
+                bad = (~torch.isfinite(g.x.abs().amax())).to(torch.int64) if g.x.numel() else torch.zeros((),
+                                                                                                          dtype=torch.int64)
+                self._check_finite(bad, plan, g.x)
             b = encode_fixed_batch(plan.mode, g.x, self.dim)
             sends.append(b.reshape(-1))
             in_splits += [c * b.shape[1] for c in g.counts]
@@ -361,7 +362,7 @@ class Exchange:
         n = x.shape[1]
         q = quantize_batch(x, self._eb_host(plan, g.tables) if x.device.type == "cpu"
                            else self._eb(plan, g.tables, x.device))
-        self._check_finite(q.nonfinite, plan, x.numel())
+        self._check_finite(q.nonfinite, plan, x)
         h = np.zeros(len(g.tables), dtype=HEADER_DTYPE)
         kind = q.kind.cpu().numpy()
         bits = q.bits.cpu().numpy()
@@ -410,7 +411,7 @@ class Exchange:
         from dlrm_comp.compress.sz import sz_compress, sz_decompress
         x = g.x.detach().to(torch.float32).cpu()
         n = x.shape[1]
-        self._check_finite((~torch.isfinite(x)).sum(), plan, x.numel())
+        self._check_finite((~torch.isfinite(x)).sum(), plan, x)
         if n:
             mn, mx = x.to(torch.float64).amin(1), x.to(torch.float64).amax(1)
         else:

@@ -22,6 +22,7 @@ class DirectionPlan:
     coders: list[LosslessCodec] = field(default_factory=list)  # lossless stage per table (codec mode)
     bitpack: list[bool] = field(default_factory=list)  # codes bit-packed before the coder, per table
     nonfinite: str = "raise"
+    version: int = 0  # bumped by set_coder: the exchange memoises message layouts on it
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -30,6 +31,11 @@ class DirectionPlan:
         self.eb_rel = list(self.eb_rel) or [0.01] * n
         self.coders = list(self.coders) or [get_lossless(DEFAULT_CODER) for _ in range(n)]
         self.bitpack = list(self.bitpack) or [False] * n
+
+    def set_coder(self, table: int, coder: LosslessCodec) -> None:
+        """Change one table's lossless stage (the way the lossless tuner does it)."""
+        self.coders[table] = coder
+        self.version += 1
 
     @property
     def enabled(self) -> bool:

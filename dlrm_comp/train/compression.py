@@ -175,7 +175,7 @@ class CompressionExtension(TrainingExtension):
 
     def _apply_table_codec(self, table: int) -> None:
         params = dict(self.table_codecs[table])
-        self.plan.fwd.coders[table] = build_coder(params.pop("name"), params)
+        self.plan.fwd.set_coder(table, build_coder(params.pop("name"), params))
 
     # ------------------------------------------------------------------ closed loop
     def _window_observations(self) -> list[TableObservation]:

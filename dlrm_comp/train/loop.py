@@ -57,6 +57,9 @@ class Trainer:
         self.handle_signals = handle_signals
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if cfg.train.keep_allocations:
+            from dlrm_comp.runtime import keep_large_allocations
+            keep_large_allocations()
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.device = resolve_device(cfg.train.device)

@@ -142,3 +142,24 @@ def test_cuda_matches_cpu():
     eb = torch.full((16,), 0.02, dtype=torch.float64)
     a, b = quantize_batch(x, eb), quantize_batch(x.cuda(), eb.cuda())
     assert torch.equal(a.codes, b.codes.cpu()) and torch.equal(a.received(), b.received().cpu())
+
+
+def test_fused_cpu_path_matches_the_torch_path(monkeypatch):
+    """The numba loops and the device-agnostic torch ops: the same codes, kinds, parameters,
+    reconstruction and entropy, bit for bit (the torch path forced on the same CPU batch)."""
+    from dlrm_comp.compress import cpu_kernels
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(12, 300, generator=g) * torch.logspace(-4, 4, 12)[:, None]
+    x[3] = 2.0
+    x[5, 7] = float("nan")
+    x[7] *= 1e-39
+    eb = torch.tensor([1e-2, 1e-3, 1e-5, 0.05, 0.5, 0.01, 0.02, 0.01, 1e-4, 0.03, 0.2, 0.01], dtype=torch.float64)
+    fused = quantize_batch(x, eb)
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    eager = quantize_batch(x, eb)
+    for name in ("kind", "bits", "minimum", "step", "eb_abs", "ok"):
+        assert torch.equal(getattr(fused, name), getattr(eager, name)), name
+    ok = eager.ok
+    assert torch.equal(fused.codes[ok], eager.codes[ok]) and torch.equal(fused.err, eager.err)
+    assert torch.allclose(fused.received(), eager.received(), rtol=0, atol=0, equal_nan=True)  # bit for bit
+    assert torch.allclose(fused.entropy_bytes()[ok], eager.entropy_bytes()[ok], rtol=1e-12, atol=1e-9)

@@ -47,7 +47,7 @@ from dlrm_comp.train.compression import build_plan, build_policy  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
 BREAKDOWN = {"fwd_a2a": 0.313, "bwd_a2a": 0.313, "allreduce": 0.229, "compute": 0.145}
-MODES = ["off", "fp16", "bf16", "fp8", "int8", "sz", "codec"]
+MODES = ["off", "fp16", "bf16", "fp8", "int8", "sz", "codec", "codec:slots"]  # :slots = dist.size_exchange=slots
 
 
 def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:
@@ -83,14 +83,15 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -
     policy = build_policy(cfg.compress, cards)  # the default bounds after the early stage (m = 1)
     results = {}
     a, b = [(q * len(data["grads"][0]) // world, (q + 1) * len(data["grads"][0]) // world) for q in range(world)][rank]
-    for mode in MODES:
+    for label in MODES:
+        mode, _, size_exchange = label.partition(":")
         recorder = CompressionRecorder(len(cards))
         run_cfg = load_config([], [f"compress.mode={mode}", f"compress.backward.mode={mode}",
                                    "compress.table_preset=kaggle_ref"])
         plan = build_plan(run_cfg.compress, len(cards))
         plan.fwd.eb_rel[:] = policy.all(10**9)
         plan.bwd.eb_rel[:] = [0.01] * len(cards)
-        ex = Exchange(ProcessGroupTransport(None, "cpu"), owners, dim, plan, recorder)
+        ex = Exchange(ProcessGroupTransport(None, "cpu"), owners, dim, plan, recorder, size_exchange or "exact")
         pooled = [data["pooled"][t] for t in mine]
         compress = mode != "off"
         times = []
@@ -108,8 +109,9 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -
             recorder.flush(repeat + 1, lambda *args, **kwargs: None)
             back = recorder.direction_summary("bwd", cards, None) or {}
             bwd = {k: back.get(k) for k in ("bytes_raw", "bytes_sent", "enc_s", "dec_s")}
-        results[mode] = {"exchange_s": times, "fwd": {k: fwd.get(k) for k in (
-            "bytes_raw", "bytes_sent", "ideal_cr", "enc_s", "dec_s", "max_err_ratio")}, "bwd": bwd}
+        results[label] = {"exchange_s": times, "fwd": {k: fwd.get(k) for k in (
+            "bytes_raw", "bytes_sent", "ideal_cr", "enc_s", "dec_s", "max_err_ratio")}, "bwd": bwd,
+            "bytes_pad": ex.bytes_pad / repeat}
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if rank == 0:
@@ -139,7 +141,9 @@ def combine(per_rank: list[dict], repeat: int, bandwidths: list[float]) -> list[
         b_tc = b_raw / sum(p["bwd"]["enc_s"] for p in parts) / 1e9
         b_dec = sum(p["bwd"]["dec_s"] for p in parts)
         b_td = b_raw / b_dec / 1e9 if b_dec else float("inf")
-        row = {"mode": mode, "exchange_s_median": wall, "vs_off_time": wall / off_time,
+        row = {"mode": mode, "size_exchange": "slots" if mode.endswith(":slots") else "exact",
+               "bytes_pad": sum(p.get("bytes_pad", 0) for p in parts),
+               "exchange_s_median": wall, "vs_off_time": wall / off_time,
                "fwd": {"bytes_raw": raw, "bytes_sent": sent, "cr": cr,
                        "ideal_cr": raw / sum(raw / len(parts) / i for i in ideal_list) if ideal_list else None,
                        "encode_GBps": tc, "decode_GBps": td,

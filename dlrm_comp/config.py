@@ -279,10 +279,14 @@ class DistConfig:
     sharding: str = "contiguous"  # contiguous (upstream) | balanced (by rows x dim)
     timeout_s: float = 300.0
     overlap: bool = True  # run the embedding exchange while the bottom MLP computes, as upstream does
+    # how variable-size messages learn their sizes: `exact` (W int64 in one small all-to-all first)
+    # or `slots` (per-peer slots sized from earlier steps, overflow point-to-point: one collective)
+    size_exchange: str = "exact"
 
     def validate(self) -> None:
         _choice("dist.backend", self.backend, ("auto", "gloo", "nccl"))
         _choice("dist.sharding", self.sharding, ("contiguous", "balanced"))
+        _choice("dist.size_exchange", self.size_exchange, ("exact", "slots"))
         if not self.timeout_s > 0:
             raise ConfigError(f"dist.timeout_s: {self.timeout_s} must be > 0")
 

@@ -156,3 +156,32 @@ def test_mpiexec_config_error_is_exit_2_with_its_message(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "is a file, not a directory" in proc.stderr
+
+
+@pytest.mark.multiprocess
+def test_slot_size_exchange_trains_exactly_like_the_size_all_to_all(tmp_path):
+    """dist.size_exchange=slots moves the same messages with one collective instead of two (the
+    first step's messages all overflow point-to-point): the parameters are bit-identical."""
+    runs = {}
+    for how in ("exact", "slots"):
+        proc = torchrun(2, *train_cli(tmp_path / how, "compress.mode=codec", "compress.backward.mode=codec",
+                                      f"dist.size_exchange={how}", "train.iterations=20"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[how] = json.loads((tmp_path / how / "summary.json").read_text())
+    cards = runs["exact"]["data"]["cardinalities"]
+    a, b = (final_state(tmp_path / how, 20, 2, cards) for how in ("exact", "slots"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    exact, slots = runs["exact"]["compression"], runs["slots"]["compression"]
+    assert slots["bytes_sent"] == exact["bytes_sent"] and slots["bytes_meta"] == 0 < exact["bytes_meta"]
+    assert slots["bytes_pad"] > 0 and exact["bytes_pad"] == 0
+
+
+def test_slot_sizer_is_the_same_on_both_sides():
+    from dlrm_comp.exchange.exchange import SlotSizer
+    sender, receiver = SlotSizer(2), SlotSizer(2)
+    assert sender.send_caps() == [0, 0]
+    for sizes in ([100, 3000], [90, 3500], [130, 2000]):
+        sender.update(sizes, [0, 0])
+        receiver.update([0, 0], sizes)
+        assert sender.send_caps() == receiver.recv_caps()
+    assert sender.send_caps() == [192, 3968]  # 1.125 x the largest of the history, up to 64 bytes

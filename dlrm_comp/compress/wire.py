@@ -1,7 +1,8 @@
 """The batched wire format: one self-describing message per destination.
 
-    preamble (16 B)      u8 magic 0xDB | u8 version | u8 dtype | u8 sections | u16 chunks
-                         | u16 cols | u32 rows (every chunk is rows x cols) | u32 Adler-32 of the table
+    preamble (20 B)      u8 magic 0xDB | u8 version | u8 dtype | u8 sections | u16 chunks
+                         | u16 cols | u32 rows (every chunk is rows x cols) | u32 message bytes
+                         | u32 Adler-32 of the table
     chunk table (C x 24) u16 table | u8 kind | u8 bits | u8 section | u8 layout | u16 0
                          | f32 minimum | f32 step | f32 eb_abs | u32 body bytes
     sections             per section: u8 codec id | u8 param bytes | u16 0 | u32 raw bytes
@@ -32,7 +33,7 @@ from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.quantize import ChunkKind
 
 MAGIC, VERSION = 0xDB, 2
-PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 16, 24, 16
+PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 24, 16
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 LAYOUTS = ("bytes", "bitpack")
 KIND_RAW, KIND_CONST, KIND_QUANT, KIND_SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT,
@@ -41,7 +42,7 @@ HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("sec
                          ("reserved", "<u2"), ("minimum", "<f4"), ("step", "<f4"), ("eb_abs", "<f4"),
                          ("nbytes", "<u4")])
 assert HEADER_DTYPE.itemsize == CHUNK_HEADER
-_PREAMBLE = struct.Struct("<BBBBHHII")
+_PREAMBLE = struct.Struct("<BBBBHHIII")
 _SECTION = struct.Struct("<BBHIII")
 _IDENTITY = IdentityCodec()
 _ITEMSIZE = {d: torch.empty((), dtype=d).element_size() for d in DTYPES}
@@ -172,7 +173,7 @@ def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], code
         table = h[c0:c0 + count].tobytes()
         body = b"".join(parts)
         pre = _PREAMBLE.pack(MAGIC, VERSION, DTYPES.index(dtype), len(starts) - 1, count, hc.cols, hc.rows,
-                             zlib.adler32(table))
+                             PREAMBLE + len(table) + len(body), zlib.adler32(table))
         messages.append(pre + table + body)
         per = (PREAMBLE + CHUNK_HEADER * count) / max(count, 1)
         sent[c0:c0 + count] += per
@@ -200,13 +201,15 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
     size = len(buf)
     if size < PREAMBLE:
         raise CorruptPayloadError(f"message of {size} bytes is shorter than its preamble")
-    magic, version, dtype_id, n_sections, n_chunks, cols, rows, table_sum = _PREAMBLE.unpack_from(buf, 0)
+    magic, version, dtype_id, n_sections, n_chunks, cols, rows, total, table_sum = _PREAMBLE.unpack_from(buf, 0)
     if magic != MAGIC:
         raise CorruptPayloadError(f"bad magic 0x{magic:02x} (expected 0x{MAGIC:02x}): not a dlrm_comp message")
     if version != VERSION:
         raise CorruptPayloadError(f"unsupported message version {version} (this build reads {VERSION})")
     if dtype_id >= len(DTYPES):
         raise CorruptPayloadError(f"unknown dtype id {dtype_id}")
+    if total != size:
+        raise CorruptPayloadError(f"message of {size} bytes, its preamble says {total}")
     table_end = PREAMBLE + n_chunks * CHUNK_HEADER
     if table_end > size:
         raise CorruptPayloadError(f"message of {size} bytes is shorter than its chunk table ({table_end})")
@@ -318,3 +321,14 @@ def section_ids(keys: list) -> list[int]:
             s, last = s + 1, k
         out.append(s)
     return out
+
+
+def message_length(head: bytes | memoryview | np.ndarray) -> int:
+    """A message's total length from its first PREAMBLE bytes (to receive the rest of it)."""
+    buf = memoryview(head if not isinstance(head, np.ndarray) else head.tobytes())
+    if len(buf) < PREAMBLE:
+        raise CorruptPayloadError(f"{len(buf)} bytes hold no preamble")
+    magic, version = buf[0], buf[1]
+    if magic != MAGIC or version != VERSION:
+        raise CorruptPayloadError("not a dlrm_comp message of this version")
+    return _PREAMBLE.unpack_from(buf, 0)[7]

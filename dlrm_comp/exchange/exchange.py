@@ -36,6 +36,7 @@ from dlrm_comp.compress.wire import (
     KIND_SZ,
     PREAMBLE,
     SECTION_HEADER,
+    message_length,
     HostChunks,
     Parsed,
     assemble,
@@ -75,7 +76,7 @@ class Exchange:
     accumulators (never mutating the training extension)."""
 
     def __init__(self, transport, owners: Sequence[int], dim: int, plan: CompressionPlan | None = None,
-                 recorder=None):
+                 recorder=None, size_exchange: str = "exact"):
         self.transport = transport
         self.owners = list(owners)
         self.dim = dim
@@ -90,7 +91,12 @@ class Exchange:
         else:
             self.mine = [t for t, o in enumerate(self.owners) if o == transport.rank]
             self.by_source = [[t for t, o in enumerate(self.owners) if o == p] for p in range(w)]
+        if size_exchange not in ("exact", "slots"):
+            raise ValueError(f"dist.size_exchange: must be exact or slots, got {size_exchange!r}")
+        self.size_exchange = size_exchange
+        self._sizers: dict[str, SlotSizer] = {}
         self.bytes_meta = 0  # size-exchange bytes this process sent
+        self.bytes_pad = 0  # slot padding this process sent (size_exchange=slots)
         self.last_sample: dict[int, torch.Tensor] = {}  # a forward chunk per owned table (lossless tuning)
         self.host_syncs = 0  # host reads of the exchange itself (tests count them)
         self._codecs: dict = {}  # receiver-side coder cache, per exchange (not process-wide)
@@ -435,6 +441,8 @@ class Exchange:
 
     def _run_bytes(self, groups, recv_tables, recv_n, plan, direction, async_op=False):
         messages = [m for g in groups for m in self._encode_group(g, plan, direction)]
+        if self.size_exchange == "slots" and not self.loopback:
+            return self._run_slots(messages, recv_tables, recv_n, plan, direction, async_op)
         sizes = torch.tensor([len(m) for m in messages], dtype=torch.int64)
         recv_sizes = self.transport.exchange_sizes(sizes.to(self.transport.device))
         self.bytes_meta += 0 if self.loopback else 8 * len(messages)
@@ -445,21 +453,88 @@ class Exchange:
         handle = self.transport.exchange(data, sizes.tolist(), out_splits, async_op)
 
         def finish():
-            out = handle.wait()
-            t0 = time.perf_counter()
-            host = memoryview(out.cpu().numpy() if out.device.type != "cpu" else out.numpy()).cast("B")
-            dev = self.transport.device
-            result, pos = [], 0
-            for ts, size, n in zip(recv_tables, out_splits, recv_n):
-                rec = parse(host[pos:pos + size], n, self._codecs)
-                got = rec.header["table"].astype(np.int64).tolist()
-                if got != list(ts):
-                    raise CorruptPayloadError(f"message carries tables {got}, expected {list(ts)}")
-                result.append(self._reconstruct(rec, n, dev).to(torch.float32))
+            host = _host_bytes(handle.wait())
+            pos, received = 0, []
+            for size in out_splits:
+                received.append(host[pos:pos + size])
                 pos += size
-            self._add_decode(direction, plan, recv_tables, time.perf_counter() - t0)
-            return result
+            return self._decode_received(received, recv_tables, recv_n, plan, direction)
         return finish
+
+    def _run_slots(self, messages, recv_tables, recv_n, plan, direction, async_op=False):
+        """Fixed slots instead of the size all-to-all: each pair's slot is a capacity both sides
+        compute from the sizes they already saw (``SlotSizer``); a message is zero-padded to its
+        slot, its real length travels in its preamble, and what exceeds the slot follows
+        point-to-point. One collective instead of two; the padding is reported as ``bytes_pad``."""
+        sizer = self._sizers.setdefault(direction, SlotSizer(len(messages)))
+        me = self.transport.rank
+        caps_out, caps_in = sizer.send_caps(), sizer.recv_caps()
+        caps_out[me] = caps_in[me] = 0  # this rank's own message stays local, whole
+        slots, overflow = [], {}
+        for q, (m, cap) in enumerate(zip(messages, caps_out)):
+            if q == me:
+                slots.append(b"")
+            elif len(m) <= cap:
+                slots.append(m + bytes(cap - len(m)))
+                self.bytes_pad += cap - len(m)
+            else:  # the rest follows point-to-point; a cut preamble first, so the receiver learns the length
+                slots.append(m[:cap])
+                overflow[q] = [m[cap:PREAMBLE], m[PREAMBLE:]] if cap < PREAMBLE else [m[cap:]]
+        blob = b"".join(slots)
+        data = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
+        handle = self.transport.exchange(data, caps_out, caps_in, async_op)
+
+        def finish():
+            host = _host_bytes(handle.wait())  # the one host read: the preambles in the slots
+            self.host_syncs += 1
+            sends = [self.transport.send(torch.frombuffer(bytearray(part), dtype=torch.uint8), q)
+                     for q, parts in overflow.items() for part in parts if part]
+            received, pos = [], 0
+            lengths = []
+            for p, cap in enumerate(caps_in):
+                slot = host[pos:pos + cap]
+                pos += cap
+                if p == me:
+                    received.append(messages[me])
+                    lengths.append(len(messages[me]))
+                    continue
+                total = message_length(slot[:PREAMBLE]) if cap >= PREAMBLE else None
+                if total is None or total > cap:
+                    if total is None:  # the preamble itself overflowed: its first cap bytes are here
+                        head = bytes(slot) + self._recv_bytes(PREAMBLE - cap, p)
+                        total = message_length(head)
+                        msg = head + self._recv_bytes(total - PREAMBLE, p)
+                    else:
+                        msg = bytes(slot) + self._recv_bytes(total - cap, p)
+                else:
+                    msg = slot[:total]
+                received.append(msg)
+                lengths.append(total)
+            for work in sends:
+                work.wait()
+            sizer.update([len(m) for m in messages], lengths)
+            return self._decode_received(received, recv_tables, recv_n, plan, direction)
+        return finish
+
+    def _recv_bytes(self, nbytes: int, peer: int) -> bytes:
+        if nbytes <= 0:
+            return b""
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=self.transport.device)
+        self.transport.recv(buf, peer)
+        return bytes(buf.cpu().numpy())
+
+    def _decode_received(self, received, recv_tables, recv_n, plan, direction) -> list[torch.Tensor]:
+        t0 = time.perf_counter()
+        dev = self.transport.device
+        result = []
+        for msg, ts, n in zip(received, recv_tables, recv_n):
+            rec = parse(msg, n, self._codecs)
+            got = rec.header["table"].astype(np.int64).tolist()
+            if got != list(ts):
+                raise CorruptPayloadError(f"message carries tables {got}, expected {list(ts)}")
+            result.append(self._reconstruct(rec, n, dev).to(torch.float32))
+        self._add_decode(direction, plan, recv_tables, time.perf_counter() - t0)
+        return result
 
     @staticmethod
     def _reconstruct(rec: Parsed, n: int, dev: torch.device) -> torch.Tensor:
@@ -478,6 +553,44 @@ class Exchange:
         return dequantize_planes(t(kind).to(dev), t(h["minimum"].astype(np.float64)).to(dev),
                                  t(h["step"].astype(np.float64)).to(dev), t(bits).to(dev), low.to(dev),
                                  high.to(dev), raw.to(dev), rec.dtype)
+
+
+def _host_bytes(out: torch.Tensor) -> memoryview:
+    return memoryview(out.cpu().numpy() if out.device.type != "cpu" else out.numpy()).cast("B")
+
+
+class SlotSizer:
+    """Per-peer slot capacities for one direction, computed alike by both sides of every pair
+    from the message sizes they have already seen (the sender its own, the receiver from the
+    preambles), so no size travels ahead of the data: ``MARGIN`` x the largest of the last
+    ``HISTORY`` sizes, rounded up to ``ALIGN`` bytes. It starts at 0: the first step's messages
+    all follow point-to-point."""
+
+    HISTORY, MARGIN, ALIGN = 8, 1.125, 64
+
+    def __init__(self, peers: int):
+        self.sent = [[] for _ in range(peers)]
+        self.received = [[] for _ in range(peers)]
+
+    def _cap(self, history: list[int]) -> int:
+        if not history:
+            return 0
+        need = int(max(history[-self.HISTORY:]) * self.MARGIN)
+        return -(-need // self.ALIGN) * self.ALIGN
+
+    def send_caps(self) -> list[int]:
+        return [self._cap(h) for h in self.sent]
+
+    def recv_caps(self) -> list[int]:
+        return [self._cap(h) for h in self.received]
+
+    def update(self, sent: list[int], received: list[int]) -> None:
+        for h, n in zip(self.sent, sent):
+            h.append(n)
+            del h[:-self.HISTORY]
+        for h, n in zip(self.received, received):
+            h.append(n)
+            del h[:-self.HISTORY]
 
 
 def _labels(plan: DirectionPlan) -> tuple[list, list[str]]:

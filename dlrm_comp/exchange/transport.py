@@ -43,6 +43,16 @@ class ProcessGroupTransport:
         dist.all_to_all_single(out, sizes.to(self.device), group=self.group)
         return out
 
+    def send(self, tensor: torch.Tensor, peer: int):
+        """Point-to-point, async (the slot overflow of ``size_exchange=slots``); returns a work."""
+        return dist.isend(tensor.to(self.device), dst=self._global(peer), group=self.group)
+
+    def recv(self, tensor: torch.Tensor, peer: int) -> None:
+        dist.recv(tensor, src=self._global(peer), group=self.group)
+
+    def _global(self, peer: int) -> int:
+        return peer if self.group is None else dist.get_global_rank(self.group, peer)
+
     def exchange(self, send: torch.Tensor, in_splits: list[int], out_splits: list[int], async_op: bool = False):
         out = torch.empty(sum(out_splits), dtype=send.dtype, device=self.device)
         work = dist.all_to_all_single(out, send.to(self.device), out_splits, in_splits, group=self.group,

@@ -86,7 +86,8 @@ class CompressionExtension(TrainingExtension):
         self.control_steps = 0
         self.codec_changes = 0
         self.bytes_meta = 0  # size-exchange bytes of all ranks (rank 0 sums them at each interval)
-        self._meta_seen = 0
+        self.bytes_pad = 0  # slot padding of all ranks (dist.size_exchange=slots)
+        self._meta_seen = self._pad_seen = 0
         self.cardinalities = list(cardinalities)
         self.world_size, self.rank = world_size, rank
         self.policy = build_policy(cfg, self.cardinalities)
@@ -107,9 +108,9 @@ class CompressionExtension(TrainingExtension):
         self.plan.fwd.eb_rel[:] = self.current
         self.plan.bwd.eb_rel[:] = [self.backward_bound(t) for t in range(len(self.cardinalities))]
 
-    def build_exchange(self, transport, owners: list[int], dim: int) -> Exchange:
+    def build_exchange(self, transport, owners: list[int], dim: int, size_exchange: str = "exact") -> Exchange:
         """The exchange of this run (loopback in one process, the process group in several)."""
-        self.exchange = Exchange(transport, owners, dim, self.plan, self.recorder)
+        self.exchange = Exchange(transport, owners, dim, self.plan, self.recorder, size_exchange)
         return self.exchange
 
     def bind(self, trainer) -> None:
@@ -212,17 +213,21 @@ class CompressionExtension(TrainingExtension):
             self.exchange.check_finite()
         meta = (self.exchange.bytes_meta if self.exchange is not None else 0) - self._meta_seen
         self._meta_seen += meta
+        pad = (self.exchange.bytes_pad if self.exchange is not None else 0) - self._pad_seen
+        self._pad_seen += pad
         if self.world_size > 1:  # every rank saw only its tables: gather the interval on rank 0
             import torch.distributed as dist
             gathered = [None] * self.world_size if self.rank == 0 else None
-            dist.gather_object((self.recorder.take_interval(), meta), gathered, dst=0)
+            dist.gather_object((self.recorder.take_interval(), meta, pad), gathered, dst=0)
             if self.rank != 0:
                 return
-            for part, m in gathered:
+            for part, m, p in gathered:
                 self.recorder.merge_interval(part)
                 self.bytes_meta += m
+                self.bytes_pad += p
         else:
             self.bytes_meta += meta
+            self.bytes_pad += pad
         rows = self.recorder.flush(iteration, log)
         if rows and self.cfg.print_tables:
             echo(format_interval_table(rows, iteration))
@@ -248,7 +253,7 @@ class CompressionExtension(TrainingExtension):
                                    "destinations": self.world_size if self.world_size > 1 else self.cfg.chunks,
                                    "decay": {"func": self.cfg.decay.func, "constant": self.cfg.decay.constant,
                                              "early_stage": self.cfg.decay.early_stage},
-                                   "bytes_meta": self.bytes_meta}
+                                   "bytes_meta": self.bytes_meta, "bytes_pad": self.bytes_pad}
         if fwd is not None:
             section.update(fwd)
             if self.plan.fwd.fixed_rate:
@@ -263,7 +268,8 @@ class CompressionExtension(TrainingExtension):
         return {"compression": section, "adaptive": self.adaptive_summary()}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta, "iteration": self.iteration,
+        state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta, "bytes_pad": self.bytes_pad,
+                 "iteration": self.iteration,
                  "table_codecs": dict(self.table_codecs), "control_steps": self.control_steps,
                  "codec_changes": self.codec_changes}
         if self.controller is not None:
@@ -274,6 +280,7 @@ class CompressionExtension(TrainingExtension):
         if "recorder" in state:
             self.recorder.load_state_dict(state["recorder"])
         self.bytes_meta = state.get("bytes_meta", 0)
+        self.bytes_pad = state.get("bytes_pad", 0)
         if self.controller is not None and "controller" in state:
             self.controller.load_state_dict(state["controller"])
         self.current = []

@@ -58,9 +58,10 @@ class ModelParallel:
         group = dist.new_group(backend=env.backend)  # the exchange's collectives apart from DDP's
         transport = ProcessGroupTransport(group, device)
         if compression is not None:
-            self.exchange = compression.build_exchange(transport, self.owners, cfg.model.emb_dim)
+            self.exchange = compression.build_exchange(transport, self.owners, cfg.model.emb_dim,
+                                                       cfg.dist.size_exchange)
         else:
-            self.exchange = Exchange(transport, self.owners, cfg.model.emb_dim)
+            self.exchange = Exchange(transport, self.owners, cfg.model.emb_dim, size_exchange=cfg.dist.size_exchange)
 
     def forward(self, batch: Batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of this rank's slice of the global batch."""

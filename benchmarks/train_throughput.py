@@ -2,8 +2,9 @@
 """Samples/s of the training step on the debug and kaggle-profile configs, printed as JSON.
 
 The baseline that compression overheads are measured against: each config runs with every
-`--modes` value (default: off, then codec) in the same process, side by side, and reports the
-step-time ratio to the first mode.
+`--modes` value (default: off, then codec) in the same process, side by side, in interleaved
+blocks of `--block` steps (so a noisy moment of the machine costs every mode alike), and reports
+the median step time and its ratio to the first mode.
 
     python benchmarks/train_throughput.py [--iterations 300] [--modes off codec] [--set key=value ...]
 """
@@ -27,37 +28,46 @@ from dlrm_comp.config import load_config  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
 
-def measure(config: Path, overrides: list[str], iterations: int, warmup: int) -> dict:
-    cfg = load_config([config], [*overrides, "train.progress=false", "train.tensorboard=false"])
-    with tempfile.TemporaryDirectory() as out:
+class Run:
+    """One config x mode: a built trainer that steps on demand (so modes can interleave)."""
+
+    def __init__(self, config: Path, overrides: list[str], warmup: int):
+        self.cfg = load_config([config], [*overrides, "train.progress=false", "train.tensorboard=false"])
+        self.config, self.overrides = config, overrides
+        self._tmp = tempfile.TemporaryDirectory()
         t_build = time.perf_counter()
-        trainer = Trainer(cfg, out)
-        build_s = time.perf_counter() - t_build
-        for ext in trainer.extensions:
-            ext.before_step(0)
-        for t in range(warmup):
-            trainer.train_step(t)
-        times = []
-        for t in range(warmup, warmup + iterations):
-            for ext in trainer.extensions:
-                ext.before_step(t)
+        self.trainer = Trainer(self.cfg, self._tmp.name)
+        self.build_s = time.perf_counter() - t_build
+        self.t = 0
+        self.times: list[float] = []
+        self.step(warmup, record=False)
+
+    def step(self, n: int, record: bool = True) -> None:
+        for _ in range(n):
+            for ext in self.trainer.extensions:
+                ext.before_step(self.t)
             s0 = time.perf_counter()
-            trainer.train_step(t)
-            times.append(time.perf_counter() - s0)
-    median = statistics.median(times)
-    return {
-        "config": str(config.relative_to(ROOT)),
-        "overrides": overrides,
-        "batch_size": cfg.data.batch_size,
-        "tables": len(trainer.source.cardinalities),
-        "embedding_rows": int(sum(trainer.source.cardinalities)),
-        "compress_mode": cfg.compress.mode,
-        "iterations": iterations,
-        "build_s": round(build_s, 3),
-        "step_s_median": median,
-        "step_s_mean": statistics.fmean(times),
-        "samples_per_s": cfg.data.batch_size / median,
-    }
+            self.trainer.train_step(self.t)
+            if record:
+                self.times.append(time.perf_counter() - s0)
+            self.t += 1
+
+    def result(self) -> dict:
+        median = statistics.median(self.times)
+        self._tmp.cleanup()
+        return {
+            "config": str(self.config.relative_to(ROOT)),
+            "overrides": self.overrides,
+            "batch_size": self.cfg.data.batch_size,
+            "tables": len(self.trainer.source.cardinalities),
+            "embedding_rows": int(sum(self.trainer.source.cardinalities)),
+            "compress_mode": self.cfg.compress.mode,
+            "iterations": len(self.times),
+            "build_s": round(self.build_s, 3),
+            "step_s_median": median,
+            "step_s_mean": statistics.fmean(self.times),
+            "samples_per_s": self.cfg.data.batch_size / median,
+        }
 
 
 def main() -> None:
@@ -65,14 +75,19 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["configs/debug.yaml", "configs/kaggle.yaml"])
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--block", type=int, default=20, help="steps per mode before switching to the next")
     parser.add_argument("--modes", nargs="+", default=["off", "codec"],
                         help="compress.mode values measured side by side on each config")
     parser.add_argument("--set", nargs="+", default=[], dest="overrides")
     args = parser.parse_args()
     results = []
     for c in args.configs:
-        rows = [measure(ROOT / c, [*args.overrides, f"compress.mode={m}"], args.iterations, args.warmup)
-                for m in args.modes]
+        runs = [Run(ROOT / c, [*args.overrides, f"compress.mode={m}"], args.warmup) for m in args.modes]
+        # interleaved blocks: a noisy moment of the machine costs every mode alike
+        for _ in range(max(1, args.iterations // args.block)):
+            for run in runs:
+                run.step(args.block)
+        rows = [run.result() for run in runs]
         for row in rows:
             row["step_time_vs_first_mode"] = row["step_s_median"] / rows[0]["step_s_median"]
         results.extend(rows)

@@ -9,7 +9,8 @@ included) and the encode and decode throughput in GB/s of fp32 input, on this ma
 `steps` rows: a whole step of the batched exchange codec (every table x destination in one
 call; messages with their preambles and chunk tables), at the debug shape (26 tables x 2
 destinations x 64x16) and the Terabyte shape (dim 64, batch 2048: 26 x 2 x 1024x64), at the
-reference's Kaggle bounds, side by side with SZ3 (one call per chunk) and, with
+reference's Kaggle bounds, side by side with SZ3 (one call per chunk), `coders` rows (the debug
+step under each stream coder: the measurement behind the default) and, with
 `--baseline-tree DIR` (a git worktree of an earlier commit), that tree's per-chunk codec on the
 very same chunks, run in a subprocess in the same invocation.
 
@@ -170,6 +171,44 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
     return rows
 
 
+CODERS = [("zstd", {"level": 1}), ("zstd", {"level": 3}), ("zlib", {"level": 1}), ("zlib", {"level": 6}),
+          ("blosc2", {}), ("identity", {})]
+
+
+def coder_rows(iterations: int, repeat: int) -> list[dict]:
+    """The debug step's destination streams under each registered stream coder, side by side:
+    the measurement behind the default (`compress.lossless.name`)."""
+    from dlrm_comp.compress.lossless import get_lossless
+    from dlrm_comp.exchange import Exchange, LoopbackTransport
+    from dlrm_comp.train.compression import build_plan, build_policy
+    batch, dim = STEP_SHAPES["debug_step"]
+    pooled = trained_pooled_outputs(iterations, batch, dim)
+    cfg = load_config([ROOT / "configs/debug.yaml"], ["compress.mode=codec"])
+    t = len(pooled)
+    ebs = build_policy(cfg.compress, [10**6] * t).all(10**9)
+    raw = sum(p.numel() * 4 for p in pooled)
+    rows = []
+    for name, params in CODERS:
+        plan = build_plan(cfg.compress, t)
+        plan.fwd.eb_rel[:] = ebs
+        coder = get_lossless(name, **params)
+        for i in range(t):
+            plan.fwd.set_coder(i, coder)
+        ex = Exchange(LoopbackTransport(2), [0] * t, dim, plan)
+        enc = dec = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            messages = ex.encode(pooled)
+            t1 = time.perf_counter()
+            ex.decode(messages, [batch // 2, batch - batch // 2])
+            t2 = time.perf_counter()
+            enc, dec = min(enc, t1 - t0), min(dec, t2 - t1)
+        sent = sum(len(m) for m in messages)
+        rows.append({"coder": name, "params": params, "cr": raw / sent, "encode_GBps": raw / enc / 1e9,
+                     "decode_GBps": raw / dec / 1e9, "bytes_sent": sent})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=600)
@@ -196,9 +235,11 @@ def main() -> None:
                                   "decode_speed": c["decode_GBps"] / s["decode_GBps"]}
             results.append(row)
     steps = step_rows(args.iterations, max(args.repeat, 5), args.baseline_tree)
+    coders = coder_rows(args.iterations, max(args.repeat, 5))
     print(json.dumps({"benchmark": "codec_cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "machine": platform.machine(), "codec": backends["codec"].describe(),
-                      "trained_iterations": args.iterations, "results": results, "steps": steps}, indent=2))
+                      "trained_iterations": args.iterations, "results": results, "steps": steps,
+                      "coders": coders}, indent=2))
 
 
 if __name__ == "__main__":

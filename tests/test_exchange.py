@@ -205,3 +205,11 @@ def test_cuda_exchange_matches_cpu():
     plan = CompressionPlan(DirectionPlan("codec", 5, eb_rel=[0.02] * 5), DirectionPlan("off", 5))
     gpu = Exchange(LoopbackTransport(2, "cuda"), [0] * 5, 4, plan).forward([p.cuda() for p in pooled], compress=True)
     assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))
+
+
+def test_keep_large_allocations_applies_on_glibc():
+    import sys
+
+    from dlrm_comp.runtime import keep_large_allocations
+    applied = keep_large_allocations()
+    assert applied == sys.platform.startswith("linux")  # glibc's mallopt: the CI and dev machines

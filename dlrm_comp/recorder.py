@@ -117,8 +117,11 @@ class CompressionRecorder:
         for direction, p in self._pending.items():
             sent, ideal, err = p["sent"].tolist(), p["ideal"].tolist(), p["err"].tolist()
             ebs, codecs = p["labels"]()
-            for t in np.flatnonzero(p["chunks"]).tolist():
+            for t in np.flatnonzero((p["chunks"] > 0) | (p["dec"] > 0)).tolist():
                 tot = self.interval.setdefault((t, direction), TableTotals())
+                if not p["chunks"][t]:  # decoded here, sent by another rank: the decode time only
+                    tot.dec_s += float(p["dec"][t])
+                    continue
                 chunks = int(p["chunks"][t])
                 tot.chunks += chunks
                 tot.bytes_raw += int(p["raw"][t])

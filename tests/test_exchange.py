@@ -213,3 +213,47 @@ def test_keep_large_allocations_applies_on_glibc():
     from dlrm_comp.runtime import keep_large_allocations
     applied = keep_large_allocations()
     assert applied == sys.platform.startswith("linux")  # glibc's mallopt: the CI and dev machines
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["codec", "simulate", "sz"])
+def test_other_dtypes_keep_their_dtype_and_bound(mode, dtype):
+    """The receiver gets the sender's dtype, exactly what the sender verified (a float64 chunk
+    of range 1e-9 would break its bound 50x if it were narrowed to float32 on the way)."""
+    g = torch.Generator().manual_seed(7)
+    base = 1.0 if dtype == torch.float64 else 0.0
+    scale = 1e-9 if dtype == torch.float64 else 0.05
+    pooled = [(base + torch.randn(16, 4, generator=g, dtype=torch.float64) * scale).to(dtype) for _ in range(3)]
+    pooled[1] = torch.full((16, 4), 1.5, dtype=dtype)  # a constant chunk
+    out = _exchange(mode, t=3, w=2, eb=0.01).forward(pooled, compress=True)
+    for p, o in zip(pooled, out):
+        assert o.dtype == dtype
+        for a, b in destination_rows(16, 2):
+            chunk = p[a:b].double()
+            assert float((o[a:b].double() - chunk).abs().max()) <= 0.01 * float(chunk.max() - chunk.min())
+
+
+def test_tables_with_different_layouts_under_one_coder():
+    pooled = _pooled(t=4)
+    out = _exchange("codec", t=4, w=2, bitpack=[True, False, True, False]).forward(pooled, compress=True)
+    for p, o in zip(pooled, out):
+        for a, b in destination_rows(24, 2):
+            chunk = p[a:b].double()
+            assert float((o[a:b].double() - chunk).abs().max()) <= 0.02 * float(chunk.max() - chunk.min())
+
+
+def test_decode_time_of_tables_owned_elsewhere_is_kept():
+    import numpy as np
+    rec = CompressionRecorder(2)
+    rec.record_batch("fwd", np.array([0]), torch.tensor([0]), 64, torch.tensor([10.0]), None, None, 0.001, 0.0,
+                     lambda: ([0.01, 0.01], ["a", "b"]), False)
+    rec.add_decode_time("fwd", np.array([0, 1]), 0.002)
+    interval = rec.take_interval()
+    assert sum(t.dec_s for t in interval.values()) == pytest.approx(0.002)
+
+
+def test_int8_rows_wider_than_the_float32_range_stay_finite():
+    from dlrm_comp.compress.fixed_batch import decode_fixed_batch, encode_fixed_batch
+    x = torch.tensor([[-3e38, 3e38, 1.0, 2.0]])
+    y = decode_fixed_batch("int8", encode_fixed_batch("int8", x, 4), 4, 4, torch.float32)
+    assert torch.isfinite(y).all() and float(y[0, 1]) > 2.9e38

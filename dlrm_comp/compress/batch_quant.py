@@ -153,7 +153,7 @@ def chunk_params(xp, mn, mx, eb_rel, n: int, dtype: torch.dtype) -> dict:
     finite = xp.isfinite(mn) & xp.isfinite(mx)
     mn0, mx0 = xp.where(finite, mn, 0.0), xp.where(finite, mx, 0.0)
     mn_h = xp.down(mn0)
-    eb_abs = xp.down(eb_rel * (mx0 - mn0))
+    eb_abs = xp.down(eb_rel * (mx0 - mn0) * (1.0 - 2.0**-50))  # the margin covers the float64 roundings
     const = finite & (mx0 == mn0) & (mn_h == mn0) & (n > 0)
     mag = xp.maximum(abs(mn0), abs(mx0))
     wide = torch.float64 if dtype == torch.float64 else torch.float32

@@ -42,9 +42,10 @@ def encode_fixed_batch(mode: str, x: torch.Tensor, dim: int) -> torch.Tensor:
         rows = n // dim
         m = xf.reshape(c, rows, dim)
         mn, mx = m.amin(dim=2), m.amax(dim=2)
-        scale = (mx - mn) / 255.0
-        inv = torch.where(scale > 0, 1.0 / scale.clamp_min(1e-38), 0.0)
-        codes = torch.round((m - mn[:, :, None]) * inv[:, :, None]).clamp_(0, 255).to(torch.uint8)
+        scale = mx / 255.0 - mn / 255.0  # no overflow for ranges beyond the float32 maximum
+        safe = torch.where(scale > 0, scale, 1.0)[:, :, None]
+        t = m / safe - mn[:, :, None] / safe  # never (m - mn): it overflows where the range does
+        codes = torch.round(t).clamp_(0, 255).to(torch.uint8)
         return torch.cat([codes.reshape(c, n), scale.contiguous().view(torch.uint8).reshape(c, 4 * rows),
                           mn.contiguous().view(torch.uint8).reshape(c, 4 * rows)], dim=1)
     raise ValueError(f"fixed-rate mode must be one of {FIXED_MODES}, got {mode!r}")
@@ -68,4 +69,5 @@ def decode_fixed_batch(mode: str, b: torch.Tensor, n: int, dim: int, dtype: torc
     codes = b[:, :n].contiguous().to(torch.float32).reshape(c, rows, dim)  # contiguous first: 10x faster
     scale = b[:, n:n + 4 * rows].contiguous().view(torch.float32)
     bias = b[:, n + 4 * rows:].contiguous().view(torch.float32)
-    return (codes * scale[:, :, None] + bias[:, :, None]).reshape(c, n).to(dtype)
+    # halved, then doubled (exact): code*scale alone can exceed the float32 maximum by up to 2x
+    return ((codes * (scale * 0.5)[:, :, None] + (bias * 0.5)[:, :, None]) * 2.0).reshape(c, n).to(dtype)

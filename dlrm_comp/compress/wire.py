@@ -154,7 +154,7 @@ def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], code
     for m, count in enumerate(counts):
         secs = h["section"][c0:c0 + count].astype(np.int64)
         bounds = np.flatnonzero(np.diff(secs)) + 1
-        starts = np.concatenate([[0], bounds, [count]])
+        starts = np.concatenate([[0], bounds, [count]]) if count else np.zeros(1, np.int64)
         parts = []
         for s in range(len(starts) - 1):
             lo, hi = c0 + int(starts[s]), c0 + int(starts[s + 1])
@@ -194,9 +194,11 @@ class Parsed:
     bitpacked: np.ndarray | None  # [C, 2n] uint8 packed codes of bitpack chunks (unpacked on the device)
 
 
-def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> Parsed:
+def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None,
+          expect_chunks: int | None = None) -> Parsed:
     """Validate one message and split it into codes and raw values: magic, version, lengths,
-    the chunk-table checksum, every coder's exact output size and every section's checksum."""
+    the chunk-table checksum, every coder's exact output size and every section's checksum.
+    ``expect_chunks`` (the receiver knows it) is checked before anything is allocated."""
     buf = memoryview(msg)
     size = len(buf)
     if size < PREAMBLE:
@@ -215,6 +217,10 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
         raise CorruptPayloadError(f"message of {size} bytes is shorter than its chunk table ({table_end})")
     if rows * cols != n:
         raise CorruptPayloadError(f"message chunks hold {rows} x {cols} values, expected {n}")
+    if expect_chunks is not None and n_chunks != expect_chunks:
+        raise CorruptPayloadError(f"message holds {n_chunks} chunks, expected {expect_chunks}")
+    if n_chunks == 0 and n_sections != 0:
+        raise CorruptPayloadError("a message without chunks has no sections")
     if zlib.adler32(buf[PREAMBLE:table_end]) != table_sum:
         raise CorruptPayloadError("chunk table checksum mismatch: message corrupted")
     h = np.frombuffer(buf[PREAMBLE:table_end], dtype=HEADER_DTYPE)
@@ -223,8 +229,11 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
     kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
     if n_chunks and (np.any(kind > KIND_SZ) or np.any(bits > 16) or np.any(layout > 1)
                      or np.any(np.diff(sec) < 0) or sec[0] != 0 or sec[-1] != n_sections - 1
-                     or np.any(np.diff(sec) > 1)):
+                     or np.any(np.diff(sec) > 1)
+                     or np.any((np.diff(layout.astype(np.int64)) != 0) & (np.diff(sec) == 0))):
         raise CorruptPayloadError("chunk table has out-of-range fields")
+    if np.any((kind == KIND_SZ) & ((layout != 1) | (h["nbytes"] > n * _ITEMSIZE[DTYPES[dtype_id]]))):
+        raise CorruptPayloadError("SZ chunk with a bad layout or a body larger than its raw size")
     expect = body_sizes(h, n, item)
     fixed = kind != KIND_SZ
     if np.any(h["nbytes"][fixed] != expect[fixed]):
@@ -270,12 +279,24 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None) -> P
         raise CorruptPayloadError(f"{size - pos} unexpected trailing bytes")
     values = raw.view(_NP_RAW[dtype]).reshape(n_chunks, n)
     if sz_bodies:
-        from dlrm_comp.compress.sz import sz_decompress
-        values = values.copy()
-        for c, blob in sz_bodies.items():
-            y = sz_decompress(blob, np.dtype(np.float32), (rows, cols))
-            values[c] = np.ascontiguousarray(y).reshape(-1).astype(values.dtype)
+        values = _sz_values(values, sz_bodies, dtype, rows, cols)
     return Parsed(dtype, h, low, high, values, packed)
+
+
+def _sz_values(values: np.ndarray, bodies: dict, dtype: torch.dtype, rows: int, cols: int) -> np.ndarray:
+    """Decode the SZ3 chunks into ``values`` (SZ3 works in float64 for float64 data, else float32;
+    the receiver casts to the dtype exactly as the sender did before verifying)."""
+    from dlrm_comp.compress.sz import sz_decompress
+    values = values.copy()
+    work = np.dtype(np.float64) if dtype == torch.float64 else np.dtype(np.float32)
+    for c, blob in bodies.items():
+        try:
+            y = sz_decompress(blob, work, (rows, cols))
+        except (ValueError, RuntimeError) as e:
+            raise CorruptPayloadError(f"SZ3 chunk {c}: {e}") from None
+        y = torch.from_numpy(np.ascontiguousarray(y).reshape(-1)).to(dtype)
+        values[c] = (y.view(torch.int16) if dtype == torch.bfloat16 else y).numpy()
+    return values
 
 
 def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: int, item: int, low: np.ndarray,

@@ -135,8 +135,9 @@ class Exchange:
 
     @staticmethod
     def _coder_key(plan: DirectionPlan, t: int):
+        """What a section shares: the coder and the code layout."""
         c = plan.coders[t]
-        return c.codec_id, c.header_params()
+        return c.codec_id, c.header_params(), bool(plan.bitpack[t])
 
     def _sections(self, plan: DirectionPlan, g: Group) -> tuple[list[int], list[list]]:
         """Section index of every chunk and the coder of every section, per message of a group."""
@@ -261,7 +262,7 @@ class Exchange:
         if mode in ("off", "simulate"):
             if mode == "simulate":
                 groups = [self._simulate(g, plan, direction) for g in groups]
-            flat = torch.cat([g.x.reshape(-1) for g in groups]).to(torch.float32)
+            flat = torch.cat([g.x.reshape(-1) for g in groups])  # the exchanged dtype, as given
             in_splits = [c * g.x.shape[1] for g in groups for c in g.counts]
             out_splits = [len(ts) * n for ts, n in zip(recv_tables, recv_n)]
             handle = self.transport.exchange(flat, in_splits, out_splits, async_op)
@@ -326,10 +327,11 @@ class Exchange:
         ratio = torch.where(q.eb_abs > 0, q.err / q.eb_abs.clamp_min(1e-300), torch.where(q.err > 0, math.inf, 0.0))
         self._record(direction, plan, g.tables, n * g.x.element_size(), est, est, ratio,
                      time.perf_counter() - t0, 0.0)
-        return Group(q.received().to(torch.float32), g.tables, g.counts, g.rows)
+        return Group(q.received(), g.tables, g.counts, g.rows)
 
     def _run_fixed(self, groups, recv_tables, recv_n, plan, direction, async_op=False):
         t0 = time.perf_counter()
+        dtype = groups[0].x.dtype if groups else torch.float32  # every rank exchanges its model's dtype
         sends, in_splits = [], []
         for g in groups:
             if plan.nonfinite != "passthrough":  # max|x| is finite iff every value is (NaN propagates)
@@ -340,7 +342,7 @@ class Exchange:
             sends.append(b.reshape(-1))
             in_splits += [c * b.shape[1] for c in g.counts]
             per = fixed_nbytes(plan.mode, g.x.shape[1], self.dim)
-            self._record(direction, plan, g.tables, g.x.shape[1] * 4,
+            self._record(direction, plan, g.tables, g.x.shape[1] * g.x.element_size(),
                          torch.full((len(g.tables),), float(per), dtype=torch.float64, device=g.x.device),
                          None, None, time.perf_counter() - t0, 0.0)
         sizes = [fixed_nbytes(plan.mode, n, self.dim) for n in recv_n]
@@ -350,7 +352,7 @@ class Exchange:
         def finish():
             out = handle.wait()
             t1 = time.perf_counter()
-            result = [decode_fixed_batch(plan.mode, o.view(len(ts), s), n, self.dim, torch.float32)
+            result = [decode_fixed_batch(plan.mode, o.view(len(ts), s), n, self.dim, dtype)
                       for o, ts, s, n in zip(out.split(out_splits), recv_tables, sizes, recv_n)]
             self._add_decode(direction, plan, recv_tables, time.perf_counter() - t1)
             return result
@@ -412,32 +414,38 @@ class Exchange:
 
     def _sz_chunks(self, g: Group, plan: DirectionPlan) -> tuple[HostChunks, torch.Tensor]:
         """SZ3 stays a CPU byte path, one pysz call per chunk (its stated cost), verified like
-        the quantizer: a chunk whose decode breaks the bound, or that has no usable bound, is RAW."""
+        the quantizer: SZ3 runs in float64 for float64 data, else float32, and the receiver's
+        value (SZ3's output cast to the data's dtype) is checked against the bound; a chunk that
+        fails, or has no usable bound, travels RAW in its own dtype."""
         from dlrm_comp.compress.batch_quant import round_down_f32
         from dlrm_comp.compress.sz import sz_compress, sz_decompress
-        x = g.x.detach().to(torch.float32).cpu()
-        n = x.shape[1]
+        x = g.x.detach().cpu()
+        n, item = x.shape[1], x.element_size()
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
         self._check_finite((~torch.isfinite(x)).sum(), plan, x)
+        x64 = x.to(torch.float64)
         if n:
-            mn, mx = x.to(torch.float64).amin(1), x.to(torch.float64).amax(1)
+            mn, mx = x64.amin(1), x64.amax(1)
         else:
             mn = mx = torch.zeros(len(x), dtype=torch.float64)
         eb_abs = round_down_f32(torch.from_numpy(self._eb_host(plan, g.tables)) * (mx - mn)).clamp_max(3.0e38)
         h = np.zeros(len(g.tables), dtype=HEADER_DTYPE)
         h["table"], h["layout"], h["eb_abs"] = g.tables, 1, eb_abs.numpy()
-        arr = x.numpy()
+        arr = x.to(work).numpy()
+        ref = x64.numpy()
         bodies, errs = [b""] * len(g.tables), np.zeros(len(g.tables))
         for c, eb in enumerate(eb_abs.tolist()):
-            if eb > 0 and np.isfinite(arr[c]).all():
+            if eb > 0 and np.isfinite(ref[c]).all():
                 blob = sz_compress(arr[c].reshape(g.rows, self.dim), eb)
-                y = sz_decompress(blob, np.dtype(np.float32), (g.rows, self.dim)).reshape(-1)
-                err = float(np.abs(y.astype(np.float64) - arr[c]).max()) if y.size else 0.0
-                if err <= eb and len(blob) < n * 4:
+                y = sz_decompress(blob, arr.dtype, (g.rows, self.dim)).reshape(-1)
+                got = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype).to(torch.float64).numpy()
+                err = float(np.abs(got - ref[c]).max()) if y.size else 0.0
+                if err <= eb and len(blob) < n * item:
                     bodies[c], h["kind"][c], errs[c] = blob, KIND_SZ, err
-        h["nbytes"] = body_sizes(h, n, 4, bodies)
+        h["nbytes"] = body_sizes(h, n, item, bodies)
         ratio = torch.from_numpy(np.where(eb_abs.numpy() > 0, errs / np.maximum(eb_abs.numpy(), 1e-300), 0.0))
-        return HostChunks(h, g.rows, self.dim, np.zeros((len(h), 2 * n), np.uint8), None,
-                          x.view(torch.uint8).reshape(len(h), -1).numpy(), bodies), ratio
+        raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).numpy()
+        return HostChunks(h, g.rows, self.dim, np.zeros((len(h), 2 * n), np.uint8), None, raw, bodies), ratio
 
     def _run_bytes(self, groups, recv_tables, recv_n, plan, direction, async_op=False):
         messages = [m for g in groups for m in self._encode_group(g, plan, direction)]
@@ -470,16 +478,15 @@ class Exchange:
         me = self.transport.rank
         caps_out, caps_in = sizer.send_caps(), sizer.recv_caps()
         caps_out[me] = caps_in[me] = 0  # this rank's own message stays local, whole
-        slots, overflow = [], {}
+        slots = []
         for q, (m, cap) in enumerate(zip(messages, caps_out)):
             if q == me:
                 slots.append(b"")
             elif len(m) <= cap:
                 slots.append(m + bytes(cap - len(m)))
                 self.bytes_pad += cap - len(m)
-            else:  # the rest follows point-to-point; a cut preamble first, so the receiver learns the length
+            else:  # the rest follows point-to-point (a cut preamble first, so the receiver learns the length)
                 slots.append(m[:cap])
-                overflow[q] = [m[cap:PREAMBLE], m[PREAMBLE:]] if cap < PREAMBLE else [m[cap:]]
         blob = b"".join(slots)
         data = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
         handle = self.transport.exchange(data, caps_out, caps_in, async_op)
@@ -487,52 +494,48 @@ class Exchange:
         def finish():
             host = _host_bytes(handle.wait())  # the one host read: the preambles in the slots
             self.host_syncs += 1
-            sends = [self.transport.send(torch.frombuffer(bytearray(part), dtype=torch.uint8), q)
-                     for q, parts in overflow.items() for part in parts if part]
-            received, pos = [], 0
-            lengths = []
-            for p, cap in enumerate(caps_in):
-                slot = host[pos:pos + cap]
-                pos += cap
+            starts = np.concatenate([[0], np.cumsum(caps_in)])
+            got = [bytes(host[starts[p]:starts[p + 1]]) for p in range(len(caps_in))]
+            peers = [q for q in range(len(messages)) if q != me]
+            # round 1: a slot smaller than a preamble sends the rest of the preamble first
+            short_out = [q for q in peers if caps_out[q] < PREAMBLE]
+            short_in = [p for p in peers if caps_in[p] < PREAMBLE]
+            heads = {p: torch.empty(PREAMBLE - caps_in[p], dtype=torch.uint8, device=self.transport.device)
+                     for p in short_in}
+            self.transport.p2p([(_as_tensor(messages[q][caps_out[q]:PREAMBLE]), q) for q in short_out],
+                               [(heads[p], p) for p in short_in])
+            for p in short_in:
+                got[p] += bytes(heads[p].cpu().numpy())
+            # round 2: whatever exceeds max(slot, preamble), both sides now know how much
+            lengths = [len(messages[me]) if p == me else message_length(got[p][:PREAMBLE]) for p in range(len(got))]
+            sent_from = [max(c, PREAMBLE) for c in caps_out]
+            recv_from = [max(c, PREAMBLE) for c in caps_in]
+            rest_in = {p: torch.empty(lengths[p] - recv_from[p], dtype=torch.uint8, device=self.transport.device)
+                       for p in peers if lengths[p] > recv_from[p]}
+            self.transport.p2p([(_as_tensor(messages[q][sent_from[q]:]), q) for q in peers
+                                if len(messages[q]) > sent_from[q]], list((t, p) for p, t in rest_in.items()))
+            received = []
+            for p in range(len(got)):
                 if p == me:
                     received.append(messages[me])
-                    lengths.append(len(messages[me]))
-                    continue
-                total = message_length(slot[:PREAMBLE]) if cap >= PREAMBLE else None
-                if total is None or total > cap:
-                    if total is None:  # the preamble itself overflowed: its first cap bytes are here
-                        head = bytes(slot) + self._recv_bytes(PREAMBLE - cap, p)
-                        total = message_length(head)
-                        msg = head + self._recv_bytes(total - PREAMBLE, p)
-                    else:
-                        msg = bytes(slot) + self._recv_bytes(total - cap, p)
+                elif p in rest_in:
+                    received.append(got[p] + bytes(rest_in[p].cpu().numpy()))
                 else:
-                    msg = slot[:total]
-                received.append(msg)
-                lengths.append(total)
-            for work in sends:
-                work.wait()
+                    received.append(got[p][:lengths[p]])
             sizer.update([len(m) for m in messages], lengths)
             return self._decode_received(received, recv_tables, recv_n, plan, direction)
         return finish
-
-    def _recv_bytes(self, nbytes: int, peer: int) -> bytes:
-        if nbytes <= 0:
-            return b""
-        buf = torch.empty(nbytes, dtype=torch.uint8, device=self.transport.device)
-        self.transport.recv(buf, peer)
-        return bytes(buf.cpu().numpy())
 
     def _decode_received(self, received, recv_tables, recv_n, plan, direction) -> list[torch.Tensor]:
         t0 = time.perf_counter()
         dev = self.transport.device
         result = []
         for msg, ts, n in zip(received, recv_tables, recv_n):
-            rec = parse(msg, n, self._codecs)
+            rec = parse(msg, n, self._codecs, expect_chunks=len(ts))
             got = rec.header["table"].astype(np.int64).tolist()
             if got != list(ts):
                 raise CorruptPayloadError(f"message carries tables {got}, expected {list(ts)}")
-            result.append(self._reconstruct(rec, n, dev).to(torch.float32))
+            result.append(self._reconstruct(rec, n, dev))  # in the sender's dtype, as it verified
         self._add_decode(direction, plan, recv_tables, time.perf_counter() - t0)
         return result
 
@@ -553,6 +556,10 @@ class Exchange:
         return dequantize_planes(t(kind).to(dev), t(h["minimum"].astype(np.float64)).to(dev),
                                  t(h["step"].astype(np.float64)).to(dev), t(bits).to(dev), low.to(dev),
                                  high.to(dev), raw.to(dev), rec.dtype)
+
+
+def _as_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
 
 
 def _host_bytes(out: torch.Tensor) -> memoryview:
@@ -635,6 +642,8 @@ class _Request(torch.autograd.Function):
     @staticmethod
     def forward(ctx, exchange: Exchange, compress: bool, *pooled: torch.Tensor):
         ctx.exchange = exchange
+        if exchange._inflight is not None:
+            raise RuntimeError("Exchange.start: the previous exchange was never waited on")
         exchange._inflight = (exchange.begin_forward([p.detach() for p in pooled], compress, async_op=True),
                               compress, exchange.slice_rows(pooled[0].shape[0]))
         return pooled[0].new_zeros(0)

@@ -43,12 +43,14 @@ class ProcessGroupTransport:
         dist.all_to_all_single(out, sizes.to(self.device), group=self.group)
         return out
 
-    def send(self, tensor: torch.Tensor, peer: int):
-        """Point-to-point, async (the slot overflow of ``size_exchange=slots``); returns a work."""
-        return dist.isend(tensor.to(self.device), dst=self._global(peer), group=self.group)
-
-    def recv(self, tensor: torch.Tensor, peer: int) -> None:
-        dist.recv(tensor, src=self._global(peer), group=self.group)
+    def p2p(self, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> None:
+        """Point-to-point transfers issued together (``batch_isend_irecv``: safe on NCCL, where
+        ungrouped sends and receives between two ranks can wait on each other), then waited on."""
+        ops = [dist.P2POp(dist.isend, t.to(self.device), self._global(q), self.group) for t, q in sends]
+        ops += [dist.P2POp(dist.irecv, t, self._global(p), self.group) for t, p in recvs]
+        if ops:
+            for work in dist.batch_isend_irecv(ops):
+                work.wait()
 
     def _global(self, peer: int) -> int:
         return peer if self.group is None else dist.get_global_rank(self.group, peer)

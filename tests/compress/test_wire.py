@@ -96,3 +96,11 @@ def test_wrong_magic_and_version_are_named():
         parse(b"\x00" + msg[1:], 32)
     with pytest.raises(CorruptPayloadError, match="version"):
         parse(msg[:1] + b"\x09" + msg[2:], 32)
+
+
+def test_parse_checks_the_chunk_count_before_allocating():
+    from dlrm_comp.compress.wire import parse
+    _, (msg,) = _message(torch.randn(3, 8, 4))
+    assert parse(msg, 32, expect_chunks=3).header.shape == (3,)
+    with pytest.raises(CorruptPayloadError, match="expected 2"):
+        parse(msg, 32, expect_chunks=2)

@@ -241,7 +241,7 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None,
     low = np.zeros((n_chunks, n), dtype=np.uint8)
     high = np.zeros((n_chunks, n), dtype=np.uint8)
     raw = np.zeros((n_chunks, n * item), dtype=np.uint8)
-    packed = np.zeros((n_chunks, 2 * n), dtype=np.uint8) if layout.any() else None
+    packed = np.zeros((n_chunks, 2 * n), dtype=np.uint8) if np.any((layout == 1) & (kind == KIND_QUANT)) else None
     sz_bodies: dict[int, bytes] = {}
     pos, lo = table_end, 0
     for s in range(n_sections):
@@ -308,9 +308,10 @@ def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: int, item: int
         lengths = np.where(kind == KIND_QUANT, (n * bits + 7) // 8, 0)
         used = int(lengths.sum())
         mask = np.arange(2 * n)[None, :] < lengths[:, None]
-        block = np.zeros((k, 2 * n), dtype=np.uint8)
-        block[mask] = stream[:used]
-        packed[lo:lo + k] = block
+        if used:  # bit-packed codes (SZ and RAW chunks of this layout carry none)
+            block = np.zeros((k, 2 * n), dtype=np.uint8)
+            block[mask] = stream[:used]
+            packed[lo:lo + k] = block
         pos = used
         rest_start = 0
     else:

@@ -104,7 +104,7 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
     per-chunk codec on the same chunks."""
     import subprocess
 
-    from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, LoopbackTransport
+    from dlrm_comp.exchange import Exchange, LoopbackTransport
     from dlrm_comp.train.compression import build_plan, build_policy
     rows, chunk_sets = [], {}
     cfg = load_config([ROOT / "configs/debug.yaml"], ["compress.mode=codec"])

@@ -27,23 +27,6 @@ class TableTotals:
     eb_rel: float | None = None
     codec: str = ""
 
-    def add(self, stats: Any, eb_rel: float | None, codec: str) -> None:
-        self.chunks += 1
-        self.bytes_raw += int(stats.raw_nbytes)
-        self.bytes_sent += float(stats.nbytes)
-        self.ideal_bytes += float(stats.ideal_nbytes if stats.ideal_nbytes is not None else stats.nbytes)
-        if stats.err_ratio is not None:
-            self.max_err_ratio = max(self.max_err_ratio or 0.0, float(stats.err_ratio))
-        self.enc_s += float(stats.enc_s)
-        self.dec_s += float(stats.dec_s)
-        self.estimated = self.estimated or bool(stats.estimated)
-        self.eb_rel = eb_rel
-        self.codec = codec
-
-    def add_decode(self, seconds: float) -> None:
-        """Receiver side of a real exchange: decoding time only (the sender counted the bytes)."""
-        self.dec_s += float(seconds)
-
     def merge(self, other: "TableTotals") -> None:
         self.chunks += other.chunks
         self.bytes_raw += other.bytes_raw
@@ -139,21 +122,11 @@ class CompressionRecorder:
                     w[1] += sent[t]
         self._pending = {}
 
-    def record(self, table: int, direction: str, stats: Any, eb_rel: float | None, codec: str) -> None:
-        self.interval.setdefault((table, direction), TableTotals()).add(stats, eb_rel, codec)
-        if direction == "fwd":
-            w = self.window.setdefault(table, [0.0, 0.0])
-            w[0] += stats.raw_nbytes
-            w[1] += stats.nbytes
-
     def take_window(self) -> dict[int, list[float]]:
         """The forward bytes per table since the last call (what a control step acts on)."""
         self._settle()
         window, self.window = self.window, {}
         return window
-
-    def record_decode(self, table: int, direction: str, seconds: float) -> None:
-        self.interval.setdefault((table, direction), TableTotals()).add_decode(seconds)
 
     def merge_interval(self, other: dict[tuple[int, str], TableTotals]) -> None:
         """Fold another rank's interval statistics into this one (rank 0 gathers them)."""

@@ -29,6 +29,19 @@ def tiny_cfg():
     return make
 
 
+@pytest.fixture
+def straight_and_resumed(tmp_path):
+    """Summaries of one uninterrupted run and of the same run stopped after `stop_after`
+    iterations then resumed: `straight_and_resumed(cfg, stop_after)`."""
+    def run(cfg, stop_after: int):
+        from dlrm_comp.train.loop import InterruptedRun, Trainer
+        straight = Trainer(cfg, tmp_path / "straight").run()
+        with pytest.raises(InterruptedRun):
+            Trainer(cfg, tmp_path / "resumed").run(stop_after=stop_after)
+        return straight, Trainer(cfg, tmp_path / "resumed", resume=True).run()
+    return run
+
+
 def pytest_collection_modifyitems(config, items):
     """`cuda` tests skip without a device; whole multi-process modules carry their marker."""
     no_cuda = pytest.mark.skip(reason="no CUDA device")

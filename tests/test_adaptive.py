@@ -8,7 +8,7 @@ import pytest
 from dlrm_comp.adaptive.controller import ClosedLoopController, ControllerConfig, TableObservation
 from dlrm_comp.config import ConfigError
 from dlrm_comp.train.logging import read_jsonl
-from dlrm_comp.train.loop import InterruptedRun, Trainer
+from dlrm_comp.train.loop import Trainer
 
 # cr_i(eb) = c_i * eb ** k_i: tables that compress differently and respond differently
 LAW = [(60.0, 0.35), (90.0, 0.5), (30.0, 0.25), (120.0, 0.45)]
@@ -113,12 +113,8 @@ def test_training_with_closed_loop_logs_and_summarises(tiny_cfg, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["adaptive"]["eb_rel"] == section["eb_rel"]
 
 
-def test_closed_loop_resume_continues_identically(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(*CL)
-    straight = Trainer(cfg, tmp_path / "a").run()
-    with pytest.raises(InterruptedRun):
-        Trainer(cfg, tmp_path / "b").run(stop_after=27)
-    resumed = Trainer(cfg, tmp_path / "b", resume=True).run()
+def test_closed_loop_resume_continues_identically(tiny_cfg, straight_and_resumed):
+    straight, resumed = straight_and_resumed(tiny_cfg(*CL), stop_after=27)
     assert resumed["adaptive"]["eb_rel"] == straight["adaptive"]["eb_rel"]
     assert resumed["adaptive"]["changes"] == straight["adaptive"]["changes"]
     assert resumed["compression"]["bytes_sent"] == straight["compression"]["bytes_sent"]

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from dlrm_comp.train.logging import read_jsonl
 from dlrm_comp.train.loop import Trainer
@@ -55,13 +54,9 @@ def test_bounds_follow_table_lists_and_decay(tiny_cfg, tmp_path):
     assert per_table[0]["eb_rel_last"] == pytest.approx(0.0155)
 
 
-def test_compression_totals_survive_resume(tiny_cfg, tmp_path):
-    from dlrm_comp.train.loop import InterruptedRun
+def test_compression_totals_survive_resume(tiny_cfg, straight_and_resumed):
     cfg = tiny_cfg("compress.mode=codec", "compress.print_tables=false")
-    straight = Trainer(cfg, tmp_path / "a").run()
-    with pytest.raises(InterruptedRun):
-        Trainer(cfg, tmp_path / "b").run(stop_after=25)
-    resumed = Trainer(cfg, tmp_path / "b", resume=True).run()
+    straight, resumed = straight_and_resumed(cfg, stop_after=25)
     assert resumed["compression"]["bytes_raw"] == straight["compression"]["bytes_raw"]
     assert resumed["compression"]["bytes_sent"] == straight["compression"]["bytes_sent"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress import cpu_kernels
-from dlrm_comp.compress.quantize import SUPPORTED_DTYPES, ChunkKind
+from dlrm_comp.compress.quantize import ChunkKind, check_input
 
 MAX_BITS = 16
 _F32_MAX = float(torch.finfo(torch.float32).max)
@@ -63,6 +63,10 @@ class BatchQuant:
         return dequantize_planes(self.kind, self.minimum, self.step, self.bits, self.low, self.high, self.x,
                                  self.x.dtype)
 
+    def error_ratio(self) -> torch.Tensor:
+        """[C] max error / bound (``error_ratios``)."""
+        return error_ratios(self.err, self.eb_abs)
+
     def entropy_bytes(self) -> torch.Tensor:
         """Order-0 entropy (bytes, n*H/8) of each chunk's codes, per byte plane: exact for codes
         up to 8 bits, the sum of the two planes' entropies (an upper bound) beyond."""
@@ -83,6 +87,12 @@ class BatchQuant:
         return (2 * n * math.log2(n) - plogp) / 8.0
 
 
+def error_ratios(err: torch.Tensor, eb_abs: torch.Tensor) -> torch.Tensor:
+    """Per-chunk max error / bound, as ``backend_base.error_ratio`` for one chunk: a zero bound
+    (a constant chunk) is met only by an exact copy."""
+    return torch.where(eb_abs > 0, err / eb_abs.clamp_min(1e-300), torch.where(err > 0, math.inf, 0.0))
+
+
 def round_down_f32(v: torch.Tensor) -> torch.Tensor:
     """Largest float32 value <= v (float64 in, float64 out); beyond the float32 range: +-max or -inf."""
     v32 = v.to(torch.float32)
@@ -90,27 +100,10 @@ def round_down_f32(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v32.to(torch.float64) > v, down, v32).to(torch.float64)
 
 
-def _cast_error(dtype: torch.dtype, magnitude: torch.Tensor) -> torch.Tensor:
-    """Bound on |v - dtype(v)| for float64 v up to 2*magnitude (half an ulp, plus subnormals)."""
-    fi = torch.finfo(dtype)
-    return fi.eps * magnitude + fi.smallest_normal * fi.eps
-
-
 def bit_width(max_code: torch.Tensor) -> torch.Tensor:
     """Bits needed for codes 0..max_code (>= 1), as int64, by comparisons (exact, no log)."""
     powers = 2 ** torch.arange(MAX_BITS + 1, device=max_code.device, dtype=torch.int64)
     return (max_code.unsqueeze(-1) >= powers).sum(-1).clamp_min(1)
-
-
-def check_dtype(x: torch.Tensor) -> None:
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"dtype {x.dtype} not supported; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
-
-
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The elementwise arithmetic's dtype: float64 data in float64, anything narrower in float32
-    (the same on every device: IEEE operations, no fusion, so CPU and CUDA agree bit for bit)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class _Numpy:
@@ -179,7 +172,7 @@ def chunk_params(xp, mn, mx, eb_rel, n: int, dtype: torch.dtype) -> dict:
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of the code computation and of the error check: float64 data in float64, narrower
-    data in float32 (the same on every device)."""
+    data in float32 (the same on every device: IEEE operations, no fusion)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -193,7 +186,7 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray) -> BatchQ
     24 bits), so it is one rounding then the cast, identical on every device and under any
     fusion. The check ``fl(|x_hat - x|) < eb`` in the work dtype is exact (rounding is monotone
     and eb is representable): it proves the bound chunk by chunk."""
-    check_dtype(x)
+    check_input(x)
     if x.dim() != 2:
         raise ValueError(f"quantize_batch takes [chunks, values], got shape {tuple(x.shape)}")
     dev, wd = x.device, work_dtype(x.dtype)

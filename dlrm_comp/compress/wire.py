@@ -35,7 +35,6 @@ from dlrm_comp.compress.quantize import ChunkKind
 MAGIC, VERSION = 0xDB, 2
 PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 24, 16
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-LAYOUTS = ("bytes", "bitpack")
 KIND_RAW, KIND_CONST, KIND_QUANT, KIND_SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT,
                                                               ChunkKind.SZ))
 HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("section", "u1"), ("layout", "u1"),

@@ -9,14 +9,14 @@ or compressed, scaled by ``1/world_size`` so the owner sees the gradient of the 
 mean (world_size is 1 in loopback: one process computes the loss over the whole batch).
 
 Per step and direction the codec path runs once over all (table x destination) chunks:
-``quantize_batch`` -> bodies and the chunk table (tensor ops, on the device) -> one lossless
-call per (destination, coder) -> W message sizes in one small all-to-all -> one host read of
-the split sizes -> the byte all-to-all -> one parse per received message. Fixed-rate modes and
+``quantize_batch`` (tensor ops, on the device) -> the code planes and chunk table on the host
+-> one lossless call per (destination, coder) -> W message sizes in one small all-to-all (or
+per-pair slots, ``size_exchange="slots"``) -> one host read of the split sizes -> the byte
+all-to-all -> one parse per received message. Fixed-rate modes and
 ``off``/``simulate`` know their sizes in advance: no size exchange, no host read.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_planes, quantize_batch
+from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_planes, error_ratios, quantize_batch
 from dlrm_comp.compress.errors import CorruptPayloadError, NonFiniteError
 from dlrm_comp.compress.fixed_batch import decode_fixed_batch, encode_fixed_batch, fixed_nbytes
 from dlrm_comp.compress.lossless.identity import IdentityCodec
@@ -244,8 +244,7 @@ class Exchange:
             x = torch.stack([grads[t] for t in flat]).reshape(len(flat), -1) * scale
             groups = [Group(x, flat, [len(ts) for ts in order], grads[0].shape[0])]
         mine = self._order(self.mine, plan or self.plan.bwd)
-        recv_rows = rows
-        decoded = self._run(groups, [mine] * len(rows), recv_rows, plan, "bwd")()
+        decoded = self._run(groups, [mine] * len(rows), rows, plan, "bwd")()
         parts = [chunk.view(len(mine), -1, self.dim) for chunk in decoded]
         full = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         by_table = dict(zip(mine, full.unbind(0)))
@@ -257,7 +256,6 @@ class Exchange:
         """Send every group's messages; returns ``finish()`` -> each received message's values
         ``[C_m, n_m]`` (waiting on the collective first)."""
         mode = plan.mode if plan is not None else "off"
-        dev = self.transport.device
         recv_n = [(b - a) * self.dim for a, b in recv_rows]
         if mode in ("off", "simulate"):
             if mode == "simulate":
@@ -324,8 +322,7 @@ class Exchange:
         raw_body = torch.full_like(ideal, float(n * g.x.element_size()))
         est = torch.where(quant, ideal, torch.where(q.kind == 0, raw_body, 0.0) + CHUNK_HEADER)
         est = est + (PREAMBLE + SECTION_HEADER) / max(len(g.tables), 1) * len(g.counts)
-        ratio = torch.where(q.eb_abs > 0, q.err / q.eb_abs.clamp_min(1e-300), torch.where(q.err > 0, math.inf, 0.0))
-        self._record(direction, plan, g.tables, n * g.x.element_size(), est, est, ratio,
+        self._record(direction, plan, g.tables, n * g.x.element_size(), est, est, q.error_ratio(),
                      time.perf_counter() - t0, 0.0)
         return Group(q.received(), g.tables, g.counts, g.rows)
 
@@ -363,13 +360,12 @@ class Exchange:
             self.recorder.add_decode_time(direction, self._host_index([t for ts in recv_tables for t in ts]), seconds)
 
     # -------------------------------------------------------------------------- byte messages
-    def _host_chunks(self, g: Group, plan: DirectionPlan) -> tuple[HostChunks, BatchQuant | None, np.ndarray]:
+    def _host_chunks(self, g: Group, plan: DirectionPlan) -> tuple[HostChunks, BatchQuant]:
         """Quantize on the device, then bring the chunk table and body planes to the host (the
         CPU stream coders need host bytes: one copy per direction, not per chunk)."""
         x = g.x
         n = x.shape[1]
-        q = quantize_batch(x, self._eb_host(plan, g.tables) if x.device.type == "cpu"
-                           else self._eb(plan, g.tables, x.device))
+        q = quantize_batch(x, self._eb(plan, g.tables, x.device))
         self._check_finite(q.nonfinite, plan, x)
         h = np.zeros(len(g.tables), dtype=HEADER_DTYPE)
         kind = q.kind.cpu().numpy()
@@ -387,10 +383,7 @@ class Exchange:
         high = q.high.cpu().numpy() if (bits > 8).any() else None
         raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).cpu().numpy() if (kind == KIND_RAW).any() else None
         h["nbytes"] = body_sizes(h, n, x.element_size())
-        return HostChunks(h, g.rows, self.dim, low.cpu().numpy(), high, raw), q, kind
-
-    def _eb_host(self, plan: DirectionPlan, tables: list[int]) -> np.ndarray:
-        return np.array([plan.eb_rel[t] for t in tables], dtype=np.float64)
+        return HostChunks(h, g.rows, self.dim, low.cpu().numpy(), high, raw), q
 
     def _encode_group(self, g: Group, plan: DirectionPlan, direction: str) -> list[bytes]:
         """Messages (host bytes) of one group, with their statistics recorded."""
@@ -399,9 +392,8 @@ class Exchange:
             hc, ratio = self._sz_chunks(g, plan)
             ideal_body = None
         else:
-            hc, q, kind = self._host_chunks(g, plan)
-            ratio = torch.where(q.eb_abs > 0, q.err / q.eb_abs.clamp_min(1e-300),
-                                torch.where(q.err > 0, math.inf, 0.0))
+            hc, q = self._host_chunks(g, plan)
+            ratio = q.error_ratio()
             ideal_body = torch.where(q.kind == KIND_QUANT, q.entropy_bytes(),
                                      torch.from_numpy(hc.header["nbytes"].astype(np.float64)).to(q.kind.device))
         weights = None if ideal_body is None else ideal_body.cpu().numpy()
@@ -428,7 +420,7 @@ class Exchange:
             mn, mx = x64.amin(1), x64.amax(1)
         else:
             mn = mx = torch.zeros(len(x), dtype=torch.float64)
-        eb_abs = round_down_f32(torch.from_numpy(self._eb_host(plan, g.tables)) * (mx - mn)).clamp_max(3.0e38)
+        eb_abs = round_down_f32(self._eb(plan, g.tables, "cpu") * (mx - mn)).clamp_max(3.0e38)
         h = np.zeros(len(g.tables), dtype=HEADER_DTYPE)
         h["table"], h["layout"], h["eb_abs"] = g.tables, 1, eb_abs.numpy()
         arr = x.to(work).numpy()
@@ -443,7 +435,7 @@ class Exchange:
                 if err <= eb and len(blob) < n * item:
                     bodies[c], h["kind"][c], errs[c] = blob, KIND_SZ, err
         h["nbytes"] = body_sizes(h, n, item, bodies)
-        ratio = torch.from_numpy(np.where(eb_abs.numpy() > 0, errs / np.maximum(eb_abs.numpy(), 1e-300), 0.0))
+        ratio = error_ratios(torch.from_numpy(errs), eb_abs)
         raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).numpy()
         return HostChunks(h, g.rows, self.dim, np.zeros((len(h), 2 * n), np.uint8), None, raw, bodies), ratio
 
@@ -456,9 +448,7 @@ class Exchange:
         self.bytes_meta += 0 if self.loopback else 8 * len(messages)
         out_splits = recv_sizes.tolist()  # the one host read of the exchange: the receive splits
         self.host_syncs += 1
-        blob = b"".join(messages)
-        data = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
-        handle = self.transport.exchange(data, sizes.tolist(), out_splits, async_op)
+        handle = self.transport.exchange(_as_tensor(b"".join(messages)), sizes.tolist(), out_splits, async_op)
 
         def finish():
             host = _host_bytes(handle.wait())
@@ -487,9 +477,7 @@ class Exchange:
                 self.bytes_pad += cap - len(m)
             else:  # the rest follows point-to-point (a cut preamble first, so the receiver learns the length)
                 slots.append(m[:cap])
-        blob = b"".join(slots)
-        data = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
-        handle = self.transport.exchange(data, caps_out, caps_in, async_op)
+        handle = self.transport.exchange(_as_tensor(b"".join(slots)), caps_out, caps_in, async_op)
 
         def finish():
             host = _host_bytes(handle.wait())  # the one host read: the preambles in the slots
@@ -592,10 +580,7 @@ class SlotSizer:
         return [self._cap(h) for h in self.received]
 
     def update(self, sent: list[int], received: list[int]) -> None:
-        for h, n in zip(self.sent, sent):
-            h.append(n)
-            del h[:-self.HISTORY]
-        for h, n in zip(self.received, received):
+        for h, n in zip(self.sent + self.received, list(sent) + list(received)):
             h.append(n)
             del h[:-self.HISTORY]
 

@@ -7,7 +7,6 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dlrm_comp.adaptive.controller import ClosedLoopController, ControllerConfig, TableObservation
 from dlrm_comp.adaptive.lossless_select import LosslessSelector

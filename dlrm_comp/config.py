@@ -45,6 +45,7 @@ OPTIMIZERS = ("sgd", "adagrad")
 DEVICES = ("auto", "cpu", "cuda")
 ADAPTIVE_POLICIES = ("static", "closed_loop")
 NONFINITE_POLICIES = ("error", "passthrough")
+DEDUP_MODES = ("off", "on", "auto")
 
 
 @dataclass
@@ -196,6 +197,12 @@ class CompressConfig:
     # How codes are laid out before the lossless stage: `bytes` (a byte per code up to 8 bits,
     # byte planes beyond: what LZ/entropy coders want) or `bitpack` (each chunk at its bit width).
     layout: str = "bytes"
+    # Bag deduplication (both directions): one row per distinct bag of each (table x destination)
+    # chunk. `on` for every table, `auto` per table where the measured distinct fraction is below
+    # `dedup_max_fraction` (re-decided at print intervals), `off`; `dedup_tables` are always on.
+    dedup: str = "off"
+    dedup_max_fraction: float = 0.8
+    dedup_tables: list[int] = field(default_factory=list)
     print_tables: bool = True
     decay: DecayConfig = field(default_factory=DecayConfig)
     lossless: LosslessConfig = field(default_factory=LosslessConfig)
@@ -206,6 +213,11 @@ class CompressConfig:
         _choice("compress.nonfinite", self.nonfinite, NONFINITE_POLICIES)
         _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES)
         _choice("compress.layout", self.layout, ("bytes", "bitpack"))
+        _choice("compress.dedup", self.dedup, DEDUP_MODES)
+        if not 0 < self.dedup_max_fraction <= 1:
+            raise ConfigError(f"compress.dedup_max_fraction: {self.dedup_max_fraction} must be in (0, 1]")
+        if any(not isinstance(t, int) or t < 0 for t in self.dedup_tables):
+            raise ConfigError(f"compress.dedup_tables: {self.dedup_tables} must be table indices (integers >= 0)")
         for name in ("base_error_bound", "tighten_value", "loosen_value"):
             value = getattr(self, name)
             if not 0 < value <= 0.5:

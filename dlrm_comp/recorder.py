@@ -26,6 +26,9 @@ class TableTotals:
     estimated: bool = False
     eb_rel: float | None = None
     codec: str = ""
+    rows: int = 0  # rows of the chunks' slices
+    distinct_rows: int = 0  # rows that travelled (one per distinct bag where dedup is on)
+    dedup_bytes_saved: int = 0  # raw bytes of the rows dedup did not send (apart from the codec's saving)
 
     def merge(self, other: "TableTotals") -> None:
         self.chunks += other.chunks
@@ -37,12 +40,19 @@ class TableTotals:
         self.enc_s += other.enc_s
         self.dec_s += other.dec_s
         self.estimated = self.estimated or other.estimated
+        self.rows += other.rows
+        self.distinct_rows += other.distinct_rows
+        self.dedup_bytes_saved += other.dedup_bytes_saved
         if other.chunks:
             self.eb_rel, self.codec = other.eb_rel, other.codec
 
     @property
     def cr(self) -> float:
         return self.bytes_raw / self.bytes_sent if self.bytes_sent else math.nan
+
+    @property
+    def distinct_fraction(self) -> float | None:
+        return self.distinct_rows / self.rows if self.rows else None
 
 
 @dataclass
@@ -58,12 +68,15 @@ class CompressionRecorder:
 
     def record_batch(self, direction: str, tables: np.ndarray, table_index: Any, raw: int, sent: Any,
                      ideal: Any, err_ratio: Any, enc_s: float, dec_s: float,
-                     labels: Callable[[], tuple[list, list[str]]], estimated: bool) -> None:
+                     labels: Callable[[], tuple[list, list[str]]], estimated: bool,
+                     rows: np.ndarray | None = None, distinct: np.ndarray | None = None) -> None:
         """One batched exchange's chunks (``tables`` on the host, ``table_index`` the same on the
         device, ``raw`` bytes per chunk; ``sent``/``ideal``/``err_ratio`` device tensors or None):
         accumulated on the device without a host sync and folded into the per-table totals when
         they are read. ``labels()`` gives the per-table bound and codec name at that point (the
-        plan's current ones). Times are the batched call's, split evenly over its chunks."""
+        plan's current ones). Times are the batched call's, split evenly over its chunks.
+        ``rows``/``distinct`` (host, per chunk): its slice's rows and the rows that travelled;
+        the raw bytes of the rest are what deduplication saved."""
         import torch
         p = self._pending.get(direction)
         if p is None or p["sent"].device != sent.device:
@@ -75,13 +88,19 @@ class CompressionRecorder:
                 "err": torch.full((self.num_tables,), -1.0, dtype=torch.float64, device=dev),
                 "chunks": np.zeros(self.num_tables, np.int64), "raw": np.zeros(self.num_tables, np.int64),
                 "enc": np.zeros(self.num_tables),
-                "dec": np.zeros(self.num_tables), "estimated": False}
+                "dec": np.zeros(self.num_tables), "estimated": False,
+                "rows": np.zeros(self.num_tables, np.int64), "distinct": np.zeros(self.num_tables, np.int64),
+                "dedup": np.zeros(self.num_tables, np.int64)}
         p["sent"].index_add_(0, table_index, sent.to(torch.float64))
         p["ideal"].index_add_(0, table_index, (ideal if ideal is not None else sent).to(torch.float64))
         if err_ratio is not None:
             p["err"].scatter_reduce_(0, table_index, err_ratio.to(torch.float64), reduce="amax")
         np.add.at(p["chunks"], tables, 1)
         np.add.at(p["raw"], tables, raw)
+        if rows is not None:
+            np.add.at(p["rows"], tables, rows)
+            np.add.at(p["distinct"], tables, distinct)
+            np.add.at(p["dedup"], tables, (np.asarray(raw) * (rows - distinct)) // np.maximum(rows, 1))
         if enc_s:
             np.add.at(p["enc"], tables, enc_s / len(tables))
         if dec_s:
@@ -115,6 +134,9 @@ class CompressionRecorder:
                 tot.enc_s += float(p["enc"][t])
                 tot.dec_s += float(p["dec"][t])
                 tot.estimated = tot.estimated or p["estimated"]
+                tot.rows += int(p["rows"][t])
+                tot.distinct_rows += int(p["distinct"][t])
+                tot.dedup_bytes_saved += int(p["dedup"][t])
                 tot.eb_rel, tot.codec = ebs[t], codecs[t]
                 if direction == "fwd":
                     w = self.window.setdefault(t, [0.0, 0.0])
@@ -142,7 +164,8 @@ class CompressionRecorder:
             row = {"table": table, "direction": direction, "eb_rel": t.eb_rel, "codec": t.codec,
                    "bytes_raw": t.bytes_raw, "bytes_sent": round(t.bytes_sent, 1), "cr": t.cr,
                    "max_err_ratio": t.max_err_ratio, "enc_s": t.enc_s, "dec_s": t.dec_s,
-                   "estimated": t.estimated}
+                   "estimated": t.estimated, "distinct_fraction": t.distinct_fraction,
+                   "dedup_bytes_saved": t.dedup_bytes_saved}
             log("table", iteration, **row)
             rows.append(row)
             self.total.setdefault((table, direction), TableTotals()).merge(t)
@@ -160,6 +183,7 @@ class CompressionRecorder:
         ideal = sum(t.ideal_bytes for t in tables.values())
         ratios = [t.cr for t in tables.values() if t.bytes_sent > 0]
         errs = [t.max_err_ratio for t in tables.values() if t.max_err_ratio is not None]
+        rows_all = sum(t.rows for t in tables.values())
         return {
             "estimated": any(t.estimated for t in tables.values()),
             "bytes_raw": raw,
@@ -170,11 +194,14 @@ class CompressionRecorder:
             "max_err_ratio": max(errs) if errs else None,
             "enc_s": sum(t.enc_s for t in tables.values()),
             "dec_s": sum(t.dec_s for t in tables.values()),
+            "distinct_fraction": (sum(t.distinct_rows for t in tables.values()) / rows_all) if rows_all else None,
+            "dedup_bytes_saved": sum(t.dedup_bytes_saved for t in tables.values()),
             "per_table": [
                 {"table": i, "cardinality": cardinalities[i],
                  "eb_rel_base": base_bounds[i] if base_bounds else None,
                  "eb_rel_last": t.eb_rel, "codec": t.codec, "cr": t.cr, "max_err_ratio": t.max_err_ratio,
-                 "bytes_raw": t.bytes_raw, "bytes_sent": t.bytes_sent}
+                 "bytes_raw": t.bytes_raw, "bytes_sent": t.bytes_sent, "distinct_fraction": t.distinct_fraction,
+                 "dedup_bytes_saved": t.dedup_bytes_saved}
                 for i, t in sorted(tables.items())
             ],
         }
@@ -201,14 +228,15 @@ def format_interval_table(rows: list[dict[str, Any]], iteration: int) -> str:
     if not rows:
         return ""
     head = f"[compression] iteration {iteration}\n  {'tbl':>3} {'dir':>3} {'eb_rel':>8} {'codec':<14} " \
-           f"{'raw KiB':>9} {'sent KiB':>9} {'cr':>7} {'err/eb':>6} {'enc ms':>7} {'dec ms':>7}"
+           f"{'raw KiB':>9} {'sent KiB':>9} {'cr':>7} {'err/eb':>6} {'enc ms':>7} {'dec ms':>7} {'uniq':>5}"
     lines = [head]
     for r in rows:
         err = "-" if r["max_err_ratio"] is None else f"{r['max_err_ratio']:.3f}"
         eb = "-" if r["eb_rel"] is None else f"{r['eb_rel']:.2e}"
+        uniq = "-" if r.get("distinct_fraction") is None else f"{r['distinct_fraction']:.2f}"
         lines.append(f"  {r['table']:>3} {r['direction']:>3} {eb:>8} {r['codec'][:14]:<14} "
                      f"{r['bytes_raw'] / 1024:>9.1f} {r['bytes_sent'] / 1024:>9.1f} {r['cr']:>7.2f} {err:>6} "
-                     f"{r['enc_s'] * 1e3:>7.1f} {r['dec_s'] * 1e3:>7.1f}")
+                     f"{r['enc_s'] * 1e3:>7.1f} {r['dec_s'] * 1e3:>7.1f} {uniq:>5}")
     raw = sum(r["bytes_raw"] for r in rows)
     sent = sum(r["bytes_sent"] for r in rows)
     lines.append(f"  all tables: {raw / 1024:.1f} KiB -> {sent / 1024:.1f} KiB, cr {raw / sent:.2f}"

@@ -50,6 +50,7 @@ class BatchQuant:
     hist: torch.Tensor | None = None  # [C, 512] counts of low bytes, then 256 + high bytes
     x_hat: torch.Tensor | None = None  # [C, n] QUANT reconstruction when the path computed it
     entropy: torch.Tensor | None = None  # [C] entropy_bytes() when the path computed it
+    counts: torch.Tensor | None = None  # [C] int64 values that travel per chunk (the rest pad it); None: all n
 
     @property
     def codes(self) -> torch.Tensor:
@@ -80,11 +81,15 @@ class BatchQuant:
             wide = (self.bits > 8)[:, None]
             high = torch.where(wide, 256 + self.high.to(torch.int64), 256)
             ones = torch.ones(c, n, dtype=torch.float64, device=self.low.device)
+            if self.counts is not None:  # padding (repeated rows) is not sent: it does not count
+                ones = (torch.arange(n, device=ones.device)[None, :] < self.counts.to(ones.device)[:, None]).to(ones)
             hist = torch.zeros(c, 512, dtype=torch.float64, device=self.low.device)
             hist.scatter_add_(1, self.low.to(torch.int64), ones).scatter_add_(1, high, ones)
         hist = hist.to(torch.float64)
         plogp = (hist * torch.log2(hist.clamp_min(1))).sum(1)
-        return (2 * n * math.log2(n) - plogp) / 8.0
+        m = torch.full((c,), float(n), dtype=torch.float64, device=hist.device) if self.counts is None \
+            else self.counts.to(device=hist.device, dtype=torch.float64)
+        return (2 * m * torch.log2(m.clamp_min(1)) - plogp) / 8.0
 
 
 def error_ratios(err: torch.Tensor, eb_abs: torch.Tensor) -> torch.Tensor:
@@ -176,8 +181,13 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray) -> BatchQuant:
+def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: np.ndarray | None = None
+                   ) -> BatchQuant:
     """Quantize each row of ``x [C, n]`` under its bound ``eb_rel[C]`` (relative to its range).
+
+    ``counts[C]`` (host) marks the values that travel when chunks are padded to one width: the
+    padding must repeat values of its own chunk (so ranges, codes and the check are unchanged),
+    and only the histograms and entropies skip it.
 
     Codes are ``rint((x - min) * (1/step))`` in the work dtype. Its rounding moves a value by at
     most ``(max_code + 1) * 2**-22`` bins (three roundings of relative 2**-24 on a quotient below
@@ -193,7 +203,7 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray) -> BatchQ
     c, n = x.shape
     cpu = dev.type == "cpu"
     if cpu and x.dtype == torch.float32 and n and cpu_kernels.available():
-        return _quantize_cpu(x, eb_rel)
+        return _quantize_cpu(x, eb_rel, counts)
     xw = x.to(wd)
     if n:
         mn_w, mx_w = xw.amin(dim=1), xw.amax(dim=1)  # NaN propagates; Inf shows as an infinite end (aminmax(dim) is 10x slower on CPU)
@@ -231,10 +241,15 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray) -> BatchQ
         ok=ok,
         x=x,
         x_hat=y,
+        counts=None if counts is None else _to_dev(torch.from_numpy(np.asarray(counts, dtype=np.int64)), dev),
     )
 
 
-def _quantize_cpu(x: torch.Tensor, eb_rel) -> BatchQuant:
+def _to_dev(t: torch.Tensor, device) -> torch.Tensor:
+    return t if torch.device(device).type == "cpu" else t.pin_memory().to(device, non_blocking=True)
+
+
+def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> BatchQuant:
     """The same quantizer on a CPU float32 batch through the fused loops of ``cpu_kernels``."""
     xn = x.detach().contiguous().numpy()
     c, n = xn.shape
@@ -247,15 +262,16 @@ def _quantize_cpu(x: torch.Tensor, eb_rel) -> BatchQuant:
     high = np.zeros((c, n), np.uint8)
     hist = np.zeros((c, 512), np.int64)
     entropy = np.zeros(c, np.float64)
+    sent = np.full(c, n, np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
     ok, err = cpu_kernels.quantize_rows(xn, p["valid"], p["min"], p["safe_step"], p["max_code"], p["eb_abs"],
-                                        low, high, hist, entropy)
+                                        low, high, hist, entropy, sent)
     const = p["const"]
     kind = np.where(ok, _KIND_QUANT, np.where(const, _KIND_CONST, _KIND_RAW)).astype(np.uint8)
     t = torch.from_numpy
     return BatchQuant(kind=t(kind), bits=t(np.where(ok, p["bits"], 0).astype(np.int64)), minimum=t(p["min"]),
                       step=t(np.where(ok, p["step"], 0.0)), eb_abs=t(p["eb_abs"]), low=t(low), high=t(high),
                       err=t(np.where(ok, err, 0.0)), nonfinite=torch.tensor(int((~p["finite"]).sum())),
-                      ok=t(ok), x=x, hist=t(hist), entropy=t(entropy))
+                      ok=t(ok), x=x, hist=t(hist), entropy=t(entropy), counts=None if counts is None else t(sent))
 
 
 def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, codes: torch.Tensor,

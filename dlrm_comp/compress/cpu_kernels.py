@@ -23,9 +23,10 @@ def available() -> bool:
 
 if numba is not None:
     @numba.njit(cache=True, nogil=True)
-    def quantize_rows(x, valid, minimum, step, max_code, eb_abs, low, high, hist, entropy):  # pragma: no cover
+    def quantize_rows(x, valid, minimum, step, max_code, eb_abs, low, high, hist, entropy, counts):  # pragma: no cover
         """Codes (low/high byte planes), the check, byte-plane histograms and their order-0
-        entropy in bytes (as ``BatchQuant.entropy_bytes`` computes it), per valid row.
+        entropy in bytes (as ``BatchQuant.entropy_bytes`` computes it) over the first ``counts[r]``
+        values (the rest is padding that does not travel), per valid row.
         Returns per row: True if the bound held (err < eb in float32), and the max error.
 
         Three passes, each one LLVM vectorises: codes with their reconstruction error into a
@@ -61,18 +62,19 @@ if numba is not None:
             ok[r] = err < np.float32(eb_abs[r])
             err_out[r] = err
             hrow = hist[r]
-            for i in range(n):
+            m = counts[r]
+            for i in range(m):
                 hrow[lr[i]] += 1
             if top > 255:
-                for i in range(n):
+                for i in range(m):
                     hrow[256 + hr[i]] += 1
             else:
-                hrow[256] += n
+                hrow[256] += m
             plogp = 0.0
             for b in range(512):
                 if hrow[b] > 1:
                     plogp += hrow[b] * np.log2(np.float64(hrow[b]))
-            entropy[r] = (2 * n * np.log2(np.float64(n)) - plogp) / 8.0
+            entropy[r] = (2 * m * np.log2(np.float64(max(m, 1))) - plogp) / 8.0
         return ok, err_out
 
     @numba.njit(cache=True, nogil=True)

@@ -1,15 +1,17 @@
 """The batched wire format: one self-describing message per destination.
 
     preamble (20 B)      u8 magic 0xDB | u8 version | u8 dtype | u8 sections | u16 chunks
-                         | u16 cols | u32 rows (every chunk is rows x cols) | u32 message bytes
+                         | u16 cols | u32 rows (the most rows of any chunk) | u32 message bytes
                          | u32 Adler-32 of the table
-    chunk table (C x 24) u16 table | u8 kind | u8 bits | u8 section | u8 layout | u16 0
-                         | f32 minimum | f32 step | f32 eb_abs | u32 body bytes
+    chunk table (C x 28) u16 table | u8 kind | u8 bits | u8 section | u8 layout | u16 0
+                         | u32 rows | f32 minimum | f32 step | f32 eb_abs | u32 body bytes
     sections             per section: u8 codec id | u8 param bytes | u16 0 | u32 raw bytes
                          | u32 coded bytes | u32 Adler-32 of the raw bytes | params | coded bytes
 
 A section holds a run of consecutive chunks (one lossless coder, called once on all of them:
-a destination's whole stream per call, never a chunk per call). Its raw bytes are, for the
+a destination's whole stream per call, never a chunk per call). A chunk holds ``rows x cols``
+values, n of them; chunks of one message may hold different row counts (bag deduplication sends
+one row per distinct bag). Its raw bytes are, for the
 ``bytes`` layout, the primary plane (n bytes per chunk: the low byte of each code, the first n
 bytes of a RAW chunk, zeros for CONST), then the high byte planes of the chunks with codes wider
 than 8 bits, then the remaining bytes of the RAW chunks; for the ``bitpack`` layout, each QUANT
@@ -32,13 +34,13 @@ from dlrm_comp.compress.lossless import LosslessCodec, codec_from_header
 from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.quantize import ChunkKind
 
-MAGIC, VERSION = 0xDB, 2
-PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 24, 16
+MAGIC, VERSION = 0xDB, 3
+PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 28, 16
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KIND_RAW, KIND_CONST, KIND_QUANT, KIND_SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT,
                                                               ChunkKind.SZ))
 HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("section", "u1"), ("layout", "u1"),
-                         ("reserved", "<u2"), ("minimum", "<f4"), ("step", "<f4"), ("eb_abs", "<f4"),
+                         ("reserved", "<u2"), ("rows", "<u4"), ("minimum", "<f4"), ("step", "<f4"), ("eb_abs", "<f4"),
                          ("nbytes", "<u4")])
 assert HEADER_DTYPE.itemsize == CHUNK_HEADER
 _PREAMBLE = struct.Struct("<BBBBHHIII")
@@ -52,12 +54,12 @@ _NP_RAW = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: 
 class HostChunks:
     """A sender's chunks on the host, ready to assemble: header rows and body planes."""
 
-    header: np.ndarray  # structured HEADER_DTYPE, one row per chunk (nbytes filled by `body_sizes`)
-    rows: int  # every chunk is rows x cols values
+    header: np.ndarray  # structured HEADER_DTYPE, one row per chunk (rows set; nbytes by `body_sizes`)
+    rows: int  # the planes' width in rows: the most rows of any chunk (each uses header["rows"])
     cols: int
-    low: np.ndarray  # [C, n] uint8 primary plane (low code bytes, or bitpacked codes [C, 2n])
-    high: np.ndarray | None  # [C, n] uint8 high code bytes (rows with bits > 8 used)
-    raw: np.ndarray | None  # [C, n*itemsize] uint8 input bytes (rows of RAW / SZ chunks used)
+    low: np.ndarray  # [C, N] uint8 primary plane, N = rows*cols (low code bytes, or bitpacked codes [C, 2N])
+    high: np.ndarray | None  # [C, N] uint8 high code bytes (rows with bits > 8 used)
+    raw: np.ndarray | None  # [C, N*itemsize] uint8 input bytes (rows of RAW / SZ chunks used)
     sz: list[bytes] | None = None  # SZ3 bodies, by chunk (sz mode)
 
 
@@ -87,9 +89,10 @@ def bitunpack(packed: torch.Tensor, bits: torch.Tensor, n: int) -> torch.Tensor:
     return (bit << j).sum(-1).to(torch.int32)
 
 
-def body_sizes(h: np.ndarray, n: int, itemsize: int, sz: list[bytes] | None = None) -> np.ndarray:
+def body_sizes(h: np.ndarray, cols: int, itemsize: int, sz: list[bytes] | None = None) -> np.ndarray:
     """Bytes each chunk contributes to its section's raw stream (its `nbytes` header field)."""
     kind, bits, layout = h["kind"].astype(np.int64), h["bits"].astype(np.int64), h["layout"].astype(np.int64)
+    n = h["rows"].astype(np.int64) * cols
     quant = np.where(layout == 1, (n * bits + 7) // 8, np.where(bits > 8, 2 * n, n))
     size = np.where(kind == KIND_QUANT, quant, np.where(kind == KIND_RAW, n * itemsize,
                                                          np.where(layout == 1, 0, n)))
@@ -99,45 +102,72 @@ def body_sizes(h: np.ndarray, n: int, itemsize: int, sz: list[bytes] | None = No
     return size
 
 
-def _section_raw(hc: HostChunks, lo: int, hi: int, n: int) -> tuple[bytes, list[int]]:
+def _span_mask(width: int, start: np.ndarray, stop: np.ndarray) -> np.ndarray | tuple[int, int]:
+    """Columns ``[start_c, stop_c)`` of each row of a ``[k, width]`` plane: a plain slice when
+    every row shares it (chunks of equal size), else a boolean mask."""
+    if len(start) and (start == start[0]).all() and (stop == stop[0]).all():
+        return int(start[0]), int(stop[0])
+    cols = np.arange(width)[None, :]
+    return (cols >= start[:, None]) & (cols < stop[:, None])
+
+
+def _take(plane: np.ndarray, start, stop) -> np.ndarray:
+    """The spans of each row, row after row, flat (the ragged gather of one byte plane)."""
+    span = _span_mask(plane.shape[1], np.broadcast_to(start, len(plane)), np.broadcast_to(stop, len(plane)))
+    if isinstance(span, tuple):
+        return plane[:, span[0]:span[1]].reshape(-1)
+    return plane[span]
+
+
+def _put(plane: np.ndarray, start, stop, values: np.ndarray) -> None:
+    """Inverse of ``_take``: write the flat spans back into the rows of ``plane`` (a view)."""
+    span = _span_mask(plane.shape[1], np.broadcast_to(start, len(plane)), np.broadcast_to(stop, len(plane)))
+    if isinstance(span, tuple):
+        plane[:, span[0]:span[1]] = values.reshape(len(plane), span[1] - span[0])
+    else:
+        plane[span] = values
+
+
+def _section_raw(hc: HostChunks, lo: int, hi: int) -> tuple[bytes, list[int]]:
     """The raw stream of chunks lo..hi-1 (one section, one layout), and its block sizes (one
     block per chunk's primary plane, then the rest): coders that can start a new entropy
     table per block give every chunk its own, as per-chunk coding would, in one stream."""
     h = hc.header[lo:hi]
-    kind, bits = h["kind"], h["bits"]
+    kind, bits = h["kind"], h["bits"].astype(np.int64)
+    n = h["rows"].astype(np.int64) * hc.cols
+    item = hc.raw.shape[1] // max(hc.rows * hc.cols, 1) if hc.raw is not None else 0
     parts = []
+    raw_rows = np.flatnonzero(kind == KIND_RAW)
     if h["layout"][0] == 1:
-        lengths = np.where(kind == KIND_QUANT, (n * bits.astype(np.int64) + 7) // 8, 0)
-        mask = np.arange(hc.low.shape[1])[None, :] < lengths[:, None]
-        parts.append(hc.low[lo:hi][mask])
+        lengths = np.where(kind == KIND_QUANT, (n * bits + 7) // 8, 0)
+        parts.append(_take(hc.low[lo:hi], 0, lengths))
     else:
-        primary = hc.low[lo:hi, :n].copy()
-        raw_rows = np.flatnonzero(kind == KIND_RAW)
+        primary = hc.low[lo:hi].copy()
         if raw_rows.size:
-            primary[raw_rows] = hc.raw[lo + raw_rows, :n]
+            primary[raw_rows] = hc.raw[lo + raw_rows, :primary.shape[1]]
         primary[kind == KIND_CONST] = 0
         if hc.sz is not None:
             primary[kind == KIND_SZ] = 0
-        parts.append(primary.reshape(-1))
+        parts.append(_take(primary, 0, n))
         wide = np.flatnonzero((kind == KIND_QUANT) & (bits > 8))
         if wide.size:
-            parts.append(hc.high[lo + wide].reshape(-1))
-    raw_rows = np.flatnonzero(kind == KIND_RAW)
+            parts.append(_take(hc.high[lo + wide], 0, n[wide]))
     if raw_rows.size:
-        start = 0 if h["layout"][0] == 1 else n
-        parts.append(hc.raw[lo + raw_rows, start:].reshape(-1))
+        start = np.zeros(raw_rows.size, np.int64) if h["layout"][0] == 1 else n[raw_rows]
+        parts.append(_take(hc.raw[lo + raw_rows], start, n[raw_rows] * item))
     if hc.sz is not None:
         parts += [np.frombuffer(hc.sz[lo + c], dtype=np.uint8) for c in np.flatnonzero(kind == KIND_SZ)]
     raw = b"".join(p.tobytes() for p in parts)
-    if h["layout"][0] == 1 or not n:
+    if h["layout"][0] == 1 or not n.sum():
         return raw, [len(raw)]
-    blocks = [n] * (hi - lo)
-    if len(raw) > n * (hi - lo):
-        blocks.append(len(raw) - n * (hi - lo))
+    blocks = n.tolist()
+    if len(raw) > int(n.sum()):
+        blocks.append(len(raw) - int(n.sum()))
     return raw, blocks
 
 
-def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], coders: list[list[LosslessCodec]],
+
+def assemble(hc: HostChunks, dtype: torch.dtype, counts: list[int], coders: list[list[LosslessCodec]],
              weights: np.ndarray | None = None) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """Messages of consecutive chunk runs (``counts[m]`` chunks each; ``coders[m][s]`` codes
     section s of message m). Returns the messages, and per chunk its wire bytes and the part of
@@ -157,7 +187,7 @@ def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], code
         parts = []
         for s in range(len(starts) - 1):
             lo, hi = c0 + int(starts[s]), c0 + int(starts[s + 1])
-            raw, blocks = _section_raw(hc, lo, hi, n)
+            raw, blocks = _section_raw(hc, lo, hi)
             coder = coders[m][s]
             coded = coder.compress_blocks(raw, blocks) if raw and coder.codec_id else raw
             if len(coded) >= len(raw):
@@ -171,7 +201,8 @@ def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], code
             framing[lo:hi] += len(head) * share
         table = h[c0:c0 + count].tobytes()
         body = b"".join(parts)
-        pre = _PREAMBLE.pack(MAGIC, VERSION, DTYPES.index(dtype), len(starts) - 1, count, hc.cols, hc.rows,
+        widest = int(h["rows"][c0:c0 + count].max()) if count else 0
+        pre = _PREAMBLE.pack(MAGIC, VERSION, DTYPES.index(dtype), len(starts) - 1, count, hc.cols, widest,
                              PREAMBLE + len(table) + len(body), zlib.adler32(table))
         messages.append(pre + table + body)
         per = (PREAMBLE + CHUNK_HEADER * count) / max(count, 1)
@@ -183,26 +214,29 @@ def assemble(hc: HostChunks, dtype: torch.dtype, n: int, counts: list[int], code
 
 @dataclass
 class Parsed:
-    """One received message on the host: its chunk table and the decoded body planes."""
+    """One received message on the host: its chunk table and the decoded body planes (each
+    chunk's values in the first ``header["rows"] * cols`` columns, zeros after)."""
 
     dtype: torch.dtype
     header: np.ndarray
-    low: np.ndarray  # [C, n] uint8 low code bytes
-    high: np.ndarray  # [C, n] uint8 high code bytes (zero for codes of up to 8 bits)
-    raw: np.ndarray  # [C, n] of the dtype's numpy type (rows of RAW chunks used)
-    bitpacked: np.ndarray | None  # [C, 2n] uint8 packed codes of bitpack chunks (unpacked on the device)
+    low: np.ndarray  # [C, N] uint8 low code bytes (N = the preamble's rows x cols)
+    high: np.ndarray  # [C, N] uint8 high code bytes (zero for codes of up to 8 bits)
+    raw: np.ndarray  # [C, N] of the dtype's numpy type (rows of RAW chunks used)
+    bitpacked: np.ndarray | None  # [C, 2N] uint8 packed codes of bitpack chunks (unpacked on the device)
+    cols: int = 0
 
 
-def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None,
+def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = None,
           expect_chunks: int | None = None) -> Parsed:
     """Validate one message and split it into codes and raw values: magic, version, lengths,
     the chunk-table checksum, every coder's exact output size and every section's checksum.
-    ``expect_chunks`` (the receiver knows it) is checked before anything is allocated."""
+    ``rows`` (one count, or one per chunk: the receiver knows them) and ``expect_chunks`` are
+    checked before anything is allocated."""
     buf = memoryview(msg)
     size = len(buf)
     if size < PREAMBLE:
         raise CorruptPayloadError(f"message of {size} bytes is shorter than its preamble")
-    magic, version, dtype_id, n_sections, n_chunks, cols, rows, total, table_sum = _PREAMBLE.unpack_from(buf, 0)
+    magic, version, dtype_id, n_sections, n_chunks, m_cols, m_rows, total, table_sum = _PREAMBLE.unpack_from(buf, 0)
     if magic != MAGIC:
         raise CorruptPayloadError(f"bad magic 0x{magic:02x} (expected 0x{MAGIC:02x}): not a dlrm_comp message")
     if version != VERSION:
@@ -214,33 +248,40 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None,
     table_end = PREAMBLE + n_chunks * CHUNK_HEADER
     if table_end > size:
         raise CorruptPayloadError(f"message of {size} bytes is shorter than its chunk table ({table_end})")
-    if rows * cols != n:
-        raise CorruptPayloadError(f"message chunks hold {rows} x {cols} values, expected {n}")
     if expect_chunks is not None and n_chunks != expect_chunks:
         raise CorruptPayloadError(f"message holds {n_chunks} chunks, expected {expect_chunks}")
+    if m_cols != cols:
+        raise CorruptPayloadError(f"message chunks hold rows of {m_cols} values, expected {cols}")
     if n_chunks == 0 and n_sections != 0:
         raise CorruptPayloadError("a message without chunks has no sections")
     if zlib.adler32(buf[PREAMBLE:table_end]) != table_sum:
         raise CorruptPayloadError("chunk table checksum mismatch: message corrupted")
     h = np.frombuffer(buf[PREAMBLE:table_end], dtype=HEADER_DTYPE)
+    want = np.broadcast_to(np.asarray(rows, dtype=np.int64), (n_chunks,))
+    chunk_rows = h["rows"].astype(np.int64)
+    if n_chunks and (np.any(chunk_rows != want) or m_rows != int(chunk_rows.max())):
+        raise CorruptPayloadError(f"message chunks hold {chunk_rows.tolist()} rows (of at most {m_rows}), "
+                                  f"expected {want.tolist()}")
     dtype = DTYPES[dtype_id]
     item = _ITEMSIZE[dtype]
+    width = m_rows * cols
+    n = chunk_rows * cols
     kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
     if n_chunks and (np.any(kind > KIND_SZ) or np.any(bits > 16) or np.any(layout > 1)
                      or np.any(np.diff(sec) < 0) or sec[0] != 0 or sec[-1] != n_sections - 1
                      or np.any(np.diff(sec) > 1)
                      or np.any((np.diff(layout.astype(np.int64)) != 0) & (np.diff(sec) == 0))):
         raise CorruptPayloadError("chunk table has out-of-range fields")
-    if np.any((kind == KIND_SZ) & ((layout != 1) | (h["nbytes"] > n * _ITEMSIZE[DTYPES[dtype_id]]))):
+    if np.any((kind == KIND_SZ) & ((layout != 1) | (h["nbytes"] > n * item))):
         raise CorruptPayloadError("SZ chunk with a bad layout or a body larger than its raw size")
-    expect = body_sizes(h, n, item)
+    expect = body_sizes(h, cols, item)
     fixed = kind != KIND_SZ
     if np.any(h["nbytes"][fixed] != expect[fixed]):
         raise CorruptPayloadError("chunk body sizes do not match their kinds and widths")
-    low = np.zeros((n_chunks, n), dtype=np.uint8)
-    high = np.zeros((n_chunks, n), dtype=np.uint8)
-    raw = np.zeros((n_chunks, n * item), dtype=np.uint8)
-    packed = np.zeros((n_chunks, 2 * n), dtype=np.uint8) if np.any((layout == 1) & (kind == KIND_QUANT)) else None
+    low = np.zeros((n_chunks, width), dtype=np.uint8)
+    high = np.zeros((n_chunks, width), dtype=np.uint8)
+    raw = np.zeros((n_chunks, width * item), dtype=np.uint8)
+    packed = np.zeros((n_chunks, 2 * width), dtype=np.uint8) if np.any((layout == 1) & (kind == KIND_QUANT)) else None
     sz_bodies: dict[int, bytes] = {}
     pos, lo = table_end, 0
     for s in range(n_sections):
@@ -271,63 +312,70 @@ def parse(msg: bytes | memoryview, n: int, codec_cache: dict | None = None,
             stream = coded
         if zlib.adler32(stream) != checksum:
             raise CorruptPayloadError(f"section {s}: checksum mismatch, message corrupted")
-        _split_section(np.frombuffer(stream, dtype=np.uint8), h[lo:hi], lo, n, item, low, high, raw, packed,
+        _split_section(np.frombuffer(stream, dtype=np.uint8), h[lo:hi], lo, n[lo:hi], item, low, high, raw, packed,
                        sz_bodies)
         lo = hi
     if pos != size:
         raise CorruptPayloadError(f"{size - pos} unexpected trailing bytes")
-    values = raw.view(_NP_RAW[dtype]).reshape(n_chunks, n)
+    values = raw.view(_NP_RAW[dtype]).reshape(n_chunks, width)
     if sz_bodies:
-        values = _sz_values(values, sz_bodies, dtype, rows, cols)
-    return Parsed(dtype, h, low, high, values, packed)
+        values = _sz_values(values, sz_bodies, dtype, chunk_rows, cols)
+    return Parsed(dtype, h, low, high, values, packed, cols)
 
 
-def _sz_values(values: np.ndarray, bodies: dict, dtype: torch.dtype, rows: int, cols: int) -> np.ndarray:
+def _sz_values(values: np.ndarray, bodies: dict, dtype: torch.dtype, rows: np.ndarray, cols: int) -> np.ndarray:
     """Decode the SZ3 chunks into ``values`` (SZ3 works in float64 for float64 data, else float32;
     the receiver casts to the dtype exactly as the sender did before verifying)."""
     from dlrm_comp.compress.sz import sz_decompress
     values = values.copy()
     work = np.dtype(np.float64) if dtype == torch.float64 else np.dtype(np.float32)
     for c, blob in bodies.items():
+        r = int(rows[c])
         try:
-            y = sz_decompress(blob, work, (rows, cols))
+            y = sz_decompress(blob, work, (r, cols))
         except (ValueError, RuntimeError) as e:
             raise CorruptPayloadError(f"SZ3 chunk {c}: {e}") from None
         y = torch.from_numpy(np.ascontiguousarray(y).reshape(-1)).to(dtype)
-        values[c] = (y.view(torch.int16) if dtype == torch.bfloat16 else y).numpy()
+        values[c, :r * cols] = (y.view(torch.int16) if dtype == torch.bfloat16 else y).numpy()
     return values
 
 
-def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: int, item: int, low: np.ndarray,
+def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: np.ndarray, item: int, low: np.ndarray,
                    high: np.ndarray, raw: np.ndarray, packed: np.ndarray | None, sz_bodies: dict) -> None:
+    """Inverse of ``_section_raw``: the stream of one section into the planes (``n`` values per chunk)."""
     kind, bits = h["kind"], h["bits"].astype(np.int64)
     k = len(h)
     raw_rows = np.flatnonzero(kind == KIND_RAW)
     if h["layout"][0] == 1:
         lengths = np.where(kind == KIND_QUANT, (n * bits + 7) // 8, 0)
         used = int(lengths.sum())
-        mask = np.arange(2 * n)[None, :] < lengths[:, None]
         if used:  # bit-packed codes (SZ and RAW chunks of this layout carry none)
-            block = np.zeros((k, 2 * n), dtype=np.uint8)
-            block[mask] = stream[:used]
-            packed[lo:lo + k] = block
+            _put(packed[lo:lo + k], 0, lengths, stream[:used])
         pos = used
-        rest_start = 0
+        rest_start = np.zeros(k, np.int64)
     else:
-        primary = stream[:k * n].reshape(k, n)
-        low[lo:lo + k] = primary
-        pos = k * n
+        used = int(n.sum())
+        _put(low[lo:lo + k], 0, n, stream[:used])
+        pos = used
         wide = np.flatnonzero((kind == KIND_QUANT) & (bits > 8))
         if wide.size:
-            high[lo + wide] = stream[pos:pos + wide.size * n].reshape(-1, n)
-            pos += wide.size * n
+            block = high[lo + wide]
+            take = int(n[wide].sum())
+            _put(block, 0, n[wide], stream[pos:pos + take])
+            high[lo + wide] = block
+            pos += take
         if raw_rows.size:
-            raw[lo + raw_rows, :n] = primary[raw_rows]
+            block = raw[lo + raw_rows]
+            block[:, :low.shape[1]] = low[lo + raw_rows]
+            raw[lo + raw_rows] = block
         rest_start = n
     if raw_rows.size:
-        width = n * item - rest_start
-        raw[lo + raw_rows, rest_start:] = stream[pos:pos + raw_rows.size * width].reshape(-1, width)
-        pos += raw_rows.size * width
+        start, stop = rest_start[raw_rows], n[raw_rows] * item
+        take = int((stop - start).sum())
+        block = raw[lo + raw_rows]
+        _put(block, start, stop, stream[pos:pos + take])
+        raw[lo + raw_rows] = block
+        pos += take
     for c in np.flatnonzero(kind == KIND_SZ):
         nb = int(h["nbytes"][c])
         sz_bodies[lo + int(c)] = stream[pos:pos + nb].tobytes()

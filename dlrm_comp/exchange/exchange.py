@@ -8,12 +8,18 @@ the dense part. Backward sends each received chunk's gradient back to the table'
 or compressed, scaled by ``1/world_size`` so the owner sees the gradient of the global-batch
 mean (world_size is 1 in loopback: one process computes the loss over the whole batch).
 
+With bag deduplication (``CompressionPlan.dedup``, ``dedup.py``) a chunk carries one row per
+distinct bag of its slice; the receiver expands them from the ids it holds, and the backward
+sums the gradients of equal bags before they travel. Every mode runs on the same rows: the
+exchange's unit is a flat ``[R, d]`` block of the rows that travel, message after message.
+
 Per step and direction the codec path runs once over all (table x destination) chunks:
-``quantize_batch`` (tensor ops, on the device) -> the code planes and chunk table on the host
--> one lossless call per (destination, coder) -> W message sizes in one small all-to-all (or
-per-pair slots, ``size_exchange="slots"``) -> one host read of the split sizes -> the byte
-all-to-all -> one parse per received message. Fixed-rate modes and
-``off``/``simulate`` know their sizes in advance: no size exchange, no host read.
+``quantize_batch`` (tensor ops, on the device; chunks padded to one width by repeating their own
+rows) -> the code planes and chunk table on the host -> one lossless call per (destination,
+coder) -> W message sizes in one small all-to-all (or per-pair slots, ``size_exchange="slots"``)
+-> one host read of the split sizes -> the byte all-to-all -> one parse per received message.
+Fixed-rate modes and ``off``/``simulate`` know their sizes in advance: no size exchange, no host
+read. The bag index is built on the host from the batch's ids: no host read either.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import torch
 
 from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_planes, error_ratios, quantize_batch
 from dlrm_comp.compress.errors import CorruptPayloadError, NonFiniteError
-from dlrm_comp.compress.fixed_batch import decode_fixed_batch, encode_fixed_batch, fixed_nbytes
+from dlrm_comp.compress.fixed_batch import chunk_nbytes, decode_fixed, encode_fixed, row_nbytes
 from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.wire import (
     CHUNK_HEADER,
@@ -36,16 +42,17 @@ from dlrm_comp.compress.wire import (
     KIND_SZ,
     PREAMBLE,
     SECTION_HEADER,
-    message_length,
     HostChunks,
     Parsed,
     assemble,
     bitpack,
     bitunpack,
     body_sizes,
+    message_length,
     parse,
     section_ids,
 )
+from dlrm_comp.exchange.dedup import BagIndex, build_bag_index, identity_index
 from dlrm_comp.exchange.plan import CompressionPlan, DirectionPlan
 
 _IDENTITY = IdentityCodec()
@@ -62,13 +69,49 @@ def destination_rows(batch: int, destinations: int) -> list[tuple[int, int]]:
 
 
 @dataclass
-class Group:
-    """Messages whose chunks all hold n values: ``X [C, n]``, message m owns ``counts[m]`` chunks."""
+class Messages:
+    """One side of a direction: the chunk tables of each message, the rows each chunk carries
+    (distinct bags, or all of its slice's rows) and the slice each message covers."""
 
-    x: torch.Tensor
-    tables: list[int]
-    counts: list[int]
-    rows: int
+    tables: list[list[int]]
+    rows: list[np.ndarray]  # per message: [C_m] int64 rows per chunk
+    slices: list[tuple[int, int]]  # per message: the batch rows its chunks cover
+
+    @property
+    def counts(self) -> list[int]:
+        return [len(ts) for ts in self.tables]
+
+    @property
+    def chunk_tables(self) -> list[int]:
+        return [t for ts in self.tables for t in ts]
+
+    @property
+    def chunk_rows(self) -> np.ndarray:
+        return np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
+
+    @property
+    def message_rows(self) -> list[int]:
+        return [int(r.sum()) for r in self.rows]
+
+    def full_rows(self) -> np.ndarray:
+        """[C] rows of each chunk's slice (before deduplication)."""
+        return np.concatenate([np.full(len(ts), hi - lo, np.int64) for ts, (lo, hi) in
+                               zip(self.tables, self.slices)]) if self.tables else np.zeros(0, np.int64)
+
+
+@dataclass
+class Layout:
+    """Both sides of one direction of one step. ``owner`` holds the tables' messages (forward
+    senders, backward receivers), ``consumer`` the dense side's. ``src`` picks the travelling
+    rows out of the owner's stacked ``[T_own * B, d]`` tables, ``expand`` maps every consumer row
+    ``(message, chunk, slice row)`` to its travelling row; both None where dedup is off for
+    every table (then the rows are the slices themselves, and views or one stack do)."""
+
+    owner: Messages
+    consumer: Messages
+    src: torch.Tensor | None
+    expand: torch.Tensor | None
+    index: BagIndex
 
 
 class Exchange:
@@ -81,6 +124,7 @@ class Exchange:
         self.owners = list(owners)
         self.dim = dim
         self.plan = plan or CompressionPlan.off(len(self.owners))
+        self._off = DirectionPlan("off", len(self.owners))  # what exact directions are labelled
         self.recorder = recorder
         self.loopback = not hasattr(transport, "group")
         w = transport.destinations
@@ -99,8 +143,9 @@ class Exchange:
         self.bytes_pad = 0  # slot padding this process sent (size_exchange=slots)
         self.last_sample: dict[int, torch.Tensor] = {}  # a forward chunk per owned table (lossless tuning)
         self.host_syncs = 0  # host reads of the exchange itself (tests count them)
+        self.bag_counts = np.zeros((len(self.owners), 2), np.int64)  # [distinct bags, rows] per table, every step
         self._codecs: dict = {}  # receiver-side coder cache, per exchange (not process-wide)
-        self._inflight = None  # (finish, compress, rows) of a started forward (Req/Wait)
+        self._inflight = None  # (finish, compress, layout) of a started forward (Req/Wait)
         self._indices: dict = {}  # device index tensors of table lists (built once)
         self._host_indices: dict = {}
         self._orders: dict = {}  # memo of message layouts per table list and coders
@@ -113,6 +158,19 @@ class Exchange:
         if len(rows) != self.transport.destinations:
             raise ValueError(f"batch of {batch} rows cannot be split over {self.transport.destinations} destinations")
         return rows
+
+    def bag_index(self, batch: int, bags) -> BagIndex:
+        """The step's distinct bags (``bags``: anything with per-table ``indices`` and ``offsets``
+        of the global batch, e.g. a ``Batch``); the identity where no table is deduplicated."""
+        slices = self.slice_rows(batch)
+        dedup = self.plan.dedup
+        identity = self._memo_get(("identity", batch), lambda: identity_index(len(self.owners), slices))
+        if bags is None or not (any(dedup) or self.plan.measure_bags):
+            return identity
+        index = build_bag_index(bags.indices, bags.offsets, slices, dedup)
+        self.bag_counts[:, 0] += index.distinct.sum(axis=1)
+        self.bag_counts[:, 1] += batch
+        return index if index.active else identity
 
     def _order(self, tables: list[int], plan: DirectionPlan) -> list[int]:
         """Tables of one message, grouped by coder (a section each), stable within a coder
@@ -133,142 +191,221 @@ class Exchange:
             self._orders.clear()
         self._orders[key] = value
 
+    def _memo_get(self, key, build):
+        hit = self._orders.get(key)
+        if hit is None:
+            hit = build()
+            self._memo(key, hit)
+        return hit
+
     @staticmethod
     def _coder_key(plan: DirectionPlan, t: int):
         """What a section shares: the coder and the code layout."""
         c = plan.coders[t]
         return c.codec_id, c.header_params(), bool(plan.bitpack[t])
 
-    def _sections(self, plan: DirectionPlan, g: Group) -> tuple[list[int], list[list]]:
-        """Section index of every chunk and the coder of every section, per message of a group."""
-        memo_key = ("sections", id(plan), plan.version, tuple(g.tables), tuple(g.counts))
+    def _sections(self, plan: DirectionPlan, tables: list[int], counts: list[int]) -> tuple[list[int], list[list]]:
+        """Section index of every chunk and the coder of every section, per message."""
+        memo_key = ("sections", id(plan), plan.version, tuple(tables), tuple(counts))
         hit = self._orders.get(memo_key)
         if hit is None:
             ids, coders, c0 = [], [], 0
-            for count in g.counts:
-                tables = g.tables[c0:c0 + count]
-                keys = [self._coder_key(plan, t) for t in tables]
+            for count in counts:
+                ts = tables[c0:c0 + count]
+                keys = [self._coder_key(plan, t) for t in ts]
                 ids += section_ids(keys)
                 first = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
-                coders.append([plan.coders[tables[i]] if plan.mode == "codec" else _IDENTITY for i in first])
+                coders.append([plan.coders[ts[i]] if plan.mode == "codec" else _IDENTITY for i in first])
                 c0 += count
             hit = (ids, coders)
             self._memo(memo_key, hit)
         return hit
 
-    def _split_groups(self, tensors: Sequence[torch.Tensor], rows: list[tuple[int, int]], tables: list[int],
-                      plan: DirectionPlan) -> list[Group]:
-        """Chunks of the ``[B, d]`` tensors of ``tables`` to every destination, as ``[C, n]``
-        groups in (destination, table) order: one stacking copy per group, no other."""
-        order = self._order(tables, plan)
-        by_table = dict(zip(tables, tensors))
-        src = [by_table[t].detach() for t in order]
-        groups, q = [], 0
-        while q < len(rows):
-            r = rows[q][1] - rows[q][0]
-            g = q
-            while g < len(rows) and rows[g][1] - rows[g][0] == r:
-                g += 1
-            a, b = rows[q][0], rows[g - 1][1]
-            x = torch.stack([p[a:b].reshape(g - q, r * self.dim) for p in src], dim=1).reshape(-1, r * self.dim)
-            groups.append(Group(x, order * (g - q), [len(order)] * (g - q), r))
-            q = g
-        return groups
+    def layout(self, index: BagIndex, plan: DirectionPlan) -> Layout:
+        """Messages of both sides and the row maps of one direction (memoised without dedup)."""
+        if not index.active:
+            return self._memo_get(("layout", id(index), id(plan), plan.version),
+                                  lambda: self._build_layout(index, plan))
+        return self._build_layout(index, plan)
+
+    def _build_layout(self, index: BagIndex, plan: DirectionPlan) -> Layout:
+        slices = index.slices
+        batch = slices[-1][1]
+        counts = index.counts
+        own = self._order(self.mine, plan)
+        owner = Messages([own] * len(slices), [counts[own, q] for q in range(len(slices))], list(slices))
+        recv = [self._order(ts, plan) for ts in self.by_source]
+        mine_slice = [slices[q] for q in range(len(slices))] if self.loopback else [slices[self.rank]] * len(slices)
+        consumer = Messages(recv, [counts[ts, (q if self.loopback else self.rank)] for q, ts in enumerate(recv)],
+                            mine_slice)
+        if not index.active:
+            return Layout(owner, consumer, None, None, index)
+        dev = self.transport.device
+        src = [pos * batch + index.sent_rows(t, q) for q in range(len(slices)) for pos, t in enumerate(own)]
+        expand, base = [], 0
+        for m, ts in enumerate(recv):
+            s = m if self.loopback else self.rank
+            lo, hi = slices[s]
+            for t in ts:
+                expand.append(base + index.bag[t][lo:hi])
+                base += int(counts[t, s])
+        cat = lambda parts: _to_device(torch.from_numpy(np.concatenate(parts) if parts else  # noqa: E731
+                                                        np.zeros(0, np.int64)).to(torch.int64), dev)
+        return Layout(owner, consumer, cat(src), cat(expand), index)
 
     # -------------------------------------------------------------------------- entry points
-    def __call__(self, pooled: Sequence[torch.Tensor], compress: bool) -> list[torch.Tensor]:
+    def __call__(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None) -> list[torch.Tensor]:
         """Owned tables' ``[B, d]`` -> every table's rows for this process (``[B_rank, d]``; all
-        ``[B, d]`` in loopback). Differentiable: the backward is the gradient exchange."""
-        return list(_ExchangeFn.apply(self, compress, *pooled))
+        ``[B, d]`` in loopback). Differentiable: the backward is the gradient exchange. ``bags``
+        (the global batch's ids) enables deduplication where the plan asks for it."""
+        return list(_ExchangeFn.apply(self, compress, bags, *pooled))
 
-    def forward(self, pooled: Sequence[torch.Tensor], compress: bool) -> list[torch.Tensor]:
-        return self.begin_forward(pooled, compress)()
+    def forward(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None) -> list[torch.Tensor]:
+        return self.begin_forward(pooled, compress, bags=bags)[0]()
 
-    def begin_forward(self, pooled: Sequence[torch.Tensor], compress: bool, async_op: bool = False):
-        """Encode and launch the forward exchange; returns ``finish()`` -> the received tables.
-        With ``async_op`` the data collective is in flight until ``finish`` waits on it."""
+    def begin_forward(self, pooled: Sequence[torch.Tensor], compress: bool, async_op: bool = False, bags=None):
+        """Encode and launch the forward exchange; returns ``(finish, index)``: ``finish()`` ->
+        the received tables, and the step's bag index (the backward uses the same). With
+        ``async_op`` the data collective is in flight until ``finish`` waits on it."""
         batch = pooled[0].shape[0] if pooled else 0
-        rows = self.slice_rows(batch)
         plan = self.plan.fwd if compress and self.plan.fwd.enabled else None
-        if plan is None and self.loopback:  # one process, nothing compressed: the loopback is the identity
-            return lambda: [p.detach() for p in pooled]
-        groups = self._split_groups(pooled, rows, self.mine, plan or self.plan.fwd)
+        index = self.bag_index(batch, bags if compress else None)
+        if plan is None and self.loopback and not index.active:  # one process, nothing changes: the identity
+            return (lambda: [p.detach() for p in pooled]), index
+        lay = self.layout(index, plan or self.plan.fwd)
+        flat = self._owner_rows([p.detach() for p in pooled], lay)
         if compress and self.mine:
-            first = rows[0][1] - rows[0][0]
+            first = int(lay.owner.rows[0][0]) if lay.src is None else index.slices[0][1] - index.slices[0][0]
             for i, t in enumerate(self.mine):
                 self.last_sample[t] = pooled[i].detach()[:first]
-        recv_rows = rows if self.loopback else [rows[self.rank]] * len(rows)
-        recv_tables = [self._order(ts, plan or self.plan.fwd) for ts in self.by_source]
-        finish = self._run(groups, recv_tables, recv_rows, plan, "fwd", async_op)
+        finish = self._run(flat, lay.owner, lay.consumer, plan, "fwd", async_op, index.active)
 
         def received() -> list[torch.Tensor]:
+            rows = finish()
+            if lay.expand is not None:
+                rows = rows.index_select(0, lay.expand)
             out: dict[int, list[torch.Tensor]] = {}
-            for tables, chunk in zip(recv_tables, finish()):
-                for t, y in zip(tables, chunk.view(len(tables), -1, self.dim).unbind(0)):
+            pos = 0
+            for tables, (lo, hi) in zip(lay.consumer.tables, lay.consumer.slices):
+                n = len(tables) * (hi - lo)
+                for t, y in zip(tables, rows[pos:pos + n].view(len(tables), hi - lo, self.dim).unbind(0)):
                     out.setdefault(t, []).append(y)
+                pos += n
             return [parts[0] if len(parts) == 1 else torch.cat(parts) for _, parts in sorted(out.items())]
-        return received
+        return received, index
 
-    def encode(self, pooled: Sequence[torch.Tensor]) -> list[bytes]:
+    def encode(self, pooled: Sequence[torch.Tensor], bags=None) -> list[bytes]:
         """The forward messages of one step (codec and sz modes), without a transport: what the
         benchmarks time as the encoder. Statistics are recorded as in a real exchange."""
         plan = self.plan.fwd
         if plan.mode not in ("codec", "sz"):
             raise ValueError(f"encode: only byte modes build messages, not {plan.mode!r}")
-        groups = self._split_groups(pooled, self.slice_rows(pooled[0].shape[0]), self.mine, plan)
-        return [m for g in groups for m in self._encode_group(g, plan, "fwd")]
+        lay = self.layout(self.bag_index(pooled[0].shape[0], bags), plan)
+        return self._encode(self._owner_rows(list(pooled), lay), lay.owner, plan, "fwd")
 
-    def decode(self, messages: Sequence[bytes], rows: Sequence[int]) -> list[torch.Tensor]:
-        """Each message's values ``[C, rows*dim]`` (the receiver's side of ``encode``)."""
+    def decode(self, messages: Sequence[bytes], rows: Sequence[int | np.ndarray]) -> list[torch.Tensor]:
+        """Each message's travelling rows ``[R_m, d]`` (the receiver's side of ``encode``;
+        ``rows[m]``: the rows of every chunk of message m, one count or one per chunk)."""
         dev = self.transport.device
-        return [self._reconstruct(parse(m, r * self.dim, self._codecs), r * self.dim, dev)
-                for m, r in zip(messages, rows)]
+        out = []
+        for m, r in zip(messages, rows):
+            rec = parse(m, r, self.dim, self._codecs)
+            out.append(_unpad(self._reconstruct(rec, dev), rec.header["rows"].astype(np.int64), self.dim))
+        return out
 
-    def start(self, pooled: Sequence[torch.Tensor], compress: bool) -> "PendingExchange":
+    def start(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None) -> "PendingExchange":
         """Launch the forward exchange (async collective) and return at once: the upstream DLRM
         Req/Wait split. ``wait()`` on the result gives the received tables, differentiable."""
-        token = _Request.apply(self, compress, *pooled)
+        token = _Request.apply(self, compress, bags, *pooled)
         return PendingExchange(self, token)
 
-    def backward(self, grads: Sequence[torch.Tensor], compress: bool, rows: list[tuple[int, int]]) -> list[torch.Tensor]:
+    def backward(self, grads: Sequence[torch.Tensor], compress: bool, index: BagIndex) -> list[torch.Tensor]:
         plan = self.plan.bwd if compress and self.plan.bwd.enabled else None
-        if plan is None and self.loopback:  # one process, exact gradients: the loopback is the identity
+        if plan is None and self.loopback and not index.active:  # one process, exact gradients: the identity
             return list(grads)
         scale = 1.0 / self.transport.world_size
-        if self.loopback:
-            scaled = [g * scale for g in grads] if scale != 1.0 else list(grads)
-            groups = self._split_groups(scaled, rows, list(range(len(self.owners))), plan or self.plan.bwd)
+        lay = self.layout(index, plan or self.plan.bwd)
+        by_table = dict(zip(sorted({t for ts in lay.consumer.tables for t in ts}), grads))
+        rows = self._chunk_rows(by_table, lay.consumer, relative=not self.loopback)
+        if lay.expand is not None:  # equal bags: one gradient, their sum (index_add_ is sequential on the CPU)
+            summed = rows.new_zeros(int(lay.consumer.chunk_rows.sum()), self.dim)
+            rows = summed.index_add_(0, lay.expand, rows)
+        if scale != 1.0:
+            rows = rows * scale
+        got = self._run(rows, lay.consumer, lay.owner, plan, "bwd", False, index.active)()
+        return self._owner_grads(got, lay)
+
+    # -------------------------------------------------------------------------- rows
+    def _chunk_rows(self, tensors: dict[int, torch.Tensor], side: Messages, relative: bool) -> torch.Tensor:
+        """``[sum_m C_m * slice rows, d]``: each message's chunks' slice rows, message after
+        message (``relative``: the tensors hold only their slice's rows). Equal slices of the
+        same tables take one stack and one transpose, anything else a concatenation."""
+        if not any(side.tables):
+            dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
+            return torch.zeros(0, self.dim, device=self.transport.device, dtype=dtype)
+        if relative:
+            return torch.cat([tensors[t] for ts in side.tables for t in ts])
+        ts = side.tables[0]
+        sizes = {hi - lo for lo, hi in side.slices}
+        if len(sizes) == 1 and all(t == ts for t in side.tables):
+            x = torch.stack([tensors[t] for t in ts])  # [T, B, d]
+            return x.view(len(ts), len(side.slices), sizes.pop(), self.dim).transpose(0, 1).reshape(-1, self.dim)
+        return torch.cat([tensors[t][lo:hi] for tables, (lo, hi) in zip(side.tables, side.slices) for t in tables])
+
+    def _owner_rows(self, pooled: list[torch.Tensor], lay: Layout) -> torch.Tensor:
+        """The travelling rows of the owned tables' ``[B, d]`` outputs, in message order."""
+        by_table = dict(zip(self.mine, pooled))
+        if lay.src is None:
+            return self._chunk_rows(by_table, lay.owner, relative=False)
+        own = lay.owner.tables[0]
+        return torch.stack([by_table[t] for t in own]).view(-1, self.dim).index_select(0, lay.src)
+
+    def _owner_grads(self, got: torch.Tensor, lay: Layout) -> list[torch.Tensor]:
+        """Inverse of ``_owner_rows`` for the gradients: each owned table's ``[B, d]`` (a
+        deduplicated bag's gradient sits on its first row, the others are zero)."""
+        own = lay.owner.tables[0] if lay.owner.tables else []
+        batch = lay.index.slices[-1][1]
+        if lay.src is not None:
+            full = got.new_zeros(len(own) * batch, self.dim).index_copy_(0, lay.src, got)
+            by_table = dict(zip(own, full.view(len(own), batch, self.dim).unbind(0)))
         else:
-            order = [self._order(ts, plan or self.plan.bwd) for ts in self.by_source]
-            flat = [t for ts in order for t in ts]
-            x = torch.stack([grads[t] for t in flat]).reshape(len(flat), -1) * scale
-            groups = [Group(x, flat, [len(ts) for ts in order], grads[0].shape[0])]
-        mine = self._order(self.mine, plan or self.plan.bwd)
-        decoded = self._run(groups, [mine] * len(rows), rows, plan, "bwd")()
-        parts = [chunk.view(len(mine), -1, self.dim) for chunk in decoded]
-        full = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        by_table = dict(zip(mine, full.unbind(0)))
+            sizes = {hi - lo for lo, hi in lay.owner.slices}
+            if len(sizes) == 1:
+                r = sizes.pop()
+                full = got.view(len(lay.owner.slices), len(own), r, self.dim).transpose(0, 1)
+                by_table = dict(zip(own, full.reshape(len(own), batch, self.dim).unbind(0)))
+            else:
+                parts: dict[int, list[torch.Tensor]] = {}
+                pos = 0
+                for (lo, hi) in lay.owner.slices:
+                    for t in own:
+                        parts.setdefault(t, []).append(got[pos:pos + hi - lo])
+                        pos += hi - lo
+                by_table = {t: torch.cat(p) for t, p in parts.items()}
         return [by_table[t] for t in self.mine]
 
     # -------------------------------------------------------------------------- one direction
-    def _run(self, groups: list[Group], recv_tables: list[list[int]], recv_rows: list[tuple[int, int]],
-             plan: DirectionPlan | None, direction: str, async_op: bool = False):
-        """Send every group's messages; returns ``finish()`` -> each received message's values
-        ``[C_m, n_m]`` (waiting on the collective first)."""
+    def _run(self, flat: torch.Tensor, out: Messages, inc: Messages, plan: DirectionPlan | None, direction: str,
+             async_op: bool = False, dedup: bool = False):
+        """Send the travelling rows ``flat`` as ``out``'s messages; returns ``finish()`` -> the
+        received messages' travelling rows, message after message (waiting on the collective)."""
         mode = plan.mode if plan is not None else "off"
-        recv_n = [(b - a) * self.dim for a, b in recv_rows]
+        d = self.dim
         if mode in ("off", "simulate"):
             if mode == "simulate":
-                groups = [self._simulate(g, plan, direction) for g in groups]
-            flat = torch.cat([g.x.reshape(-1) for g in groups])  # the exchanged dtype, as given
-            in_splits = [c * g.x.shape[1] for g in groups for c in g.counts]
-            out_splits = [len(ts) * n for ts, n in zip(recv_tables, recv_n)]
-            handle = self.transport.exchange(flat, in_splits, out_splits, async_op)
-            return lambda: [o.view(len(ts), n) for o, ts, n in
-                            zip(handle.wait().split(out_splits), recv_tables, recv_n)]
+                flat = self._simulate(flat, out, plan, direction)
+            elif dedup:  # exact rows, fewer of them: the saving is measured as any other
+                t0 = time.perf_counter()
+                sent = torch.from_numpy((out.chunk_rows * d * flat.element_size()).astype(np.float64))
+                self._record(direction, plan or self._off, out, flat.element_size(), sent.to(flat.device),
+                             None, None, time.perf_counter() - t0)
+            in_splits = [r * d for r in out.message_rows]
+            out_splits = [r * d for r in inc.message_rows]
+            handle = self.transport.exchange(flat.reshape(-1), in_splits, out_splits, async_op)
+            return lambda: handle.wait().view(-1, d)
         if plan.fixed_rate:
-            return self._run_fixed(groups, recv_tables, recv_n, plan, direction, async_op)
-        return self._run_bytes(groups, recv_tables, recv_n, plan, direction, async_op)
+            return self._run_fixed(flat, out, inc, plan, direction, async_op)
+        return self._run_bytes(flat, out, inc, plan, direction, async_op)
 
     def _eb(self, plan: DirectionPlan, tables: list[int], device) -> torch.Tensor:
         return _to_device(torch.tensor([plan.eb_rel[t] for t in tables], dtype=torch.float64), device)
@@ -298,12 +435,17 @@ class Exchange:
         if pending is not None and int(pending):
             raise NonFiniteError(int(pending), -1)
 
-    def _record(self, direction: str, plan: DirectionPlan, tables: list[int], raw: int, sent: torch.Tensor,
-                ideal, err_ratio, enc_s: float, dec_s: float) -> None:
+    def _record(self, direction: str, plan: DirectionPlan, side: Messages, item: int, sent: torch.Tensor,
+                ideal, err_ratio, enc_s: float, dec_s: float = 0.0) -> None:
+        """One direction's chunk statistics: raw bytes are the chunks' whole slices (what an
+        exchange without dedup or compression moves), so the ratio counts both savings."""
         if self.recorder is None:
             return
-        self.recorder.record_batch(direction, self._host_index(tables), self._index(tables, sent.device), raw,
-                                   sent, ideal, err_ratio, enc_s, dec_s, lambda: _labels(plan), plan.estimated)
+        tables = side.chunk_tables
+        full, rows = side.full_rows(), side.chunk_rows
+        self.recorder.record_batch(direction, self._host_index(tables), self._index(tables, sent.device),
+                                   full * self.dim * item, sent, ideal, err_ratio, enc_s, dec_s,
+                                   lambda: _labels(plan), plan.estimated, rows=full, distinct=rows)
 
     def _host_index(self, tables: list[int]) -> np.ndarray:
         key = tuple(tables)
@@ -312,68 +454,95 @@ class Exchange:
             index = self._host_indices[key] = np.asarray(tables, dtype=np.int64)
         return index
 
-    def _simulate(self, g: Group, plan: DirectionPlan, direction: str) -> Group:
+    def _simulate(self, flat: torch.Tensor, out: Messages, plan: DirectionPlan, direction: str) -> torch.Tensor:
         t0 = time.perf_counter()
-        q = quantize_batch(g.x, self._eb(plan, g.tables, g.x.device))
-        self._check_finite(q.nonfinite, plan, g.x)
-        n = g.x.shape[1]
-        quant = q.kind == 2
+        rows = out.chunk_rows
+        x, counts = self._pad(flat, rows)
+        q = quantize_batch(x, self._eb(plan, out.chunk_tables, x.device), counts)
+        self._check_finite(q.nonfinite, plan, x)
+        n = torch.from_numpy((rows * self.dim).astype(np.float64)).to(x.device)
+        quant = q.kind == KIND_QUANT
         ideal = q.entropy_bytes() + CHUNK_HEADER
-        raw_body = torch.full_like(ideal, float(n * g.x.element_size()))
-        est = torch.where(quant, ideal, torch.where(q.kind == 0, raw_body, 0.0) + CHUNK_HEADER)
-        est = est + (PREAMBLE + SECTION_HEADER) / max(len(g.tables), 1) * len(g.counts)
-        self._record(direction, plan, g.tables, n * g.x.element_size(), est, est, q.error_ratio(),
-                     time.perf_counter() - t0, 0.0)
-        return Group(q.received(), g.tables, g.counts, g.rows)
+        raw_body = n * x.element_size()
+        est = torch.where(quant, ideal, torch.where(q.kind == KIND_RAW, raw_body, 0.0) + CHUNK_HEADER)
+        est = est + (PREAMBLE + SECTION_HEADER) / max(len(rows), 1) * len(out.counts)
+        self._record(direction, plan, out, x.element_size(), est, est, q.error_ratio(), time.perf_counter() - t0)
+        return _unpad(q.received(), rows, self.dim)
 
-    def _run_fixed(self, groups, recv_tables, recv_n, plan, direction, async_op=False):
+    def _run_fixed(self, flat, out: Messages, inc: Messages, plan, direction, async_op=False):
         t0 = time.perf_counter()
-        dtype = groups[0].x.dtype if groups else torch.float32  # every rank exchanges its model's dtype
-        sends, in_splits = [], []
-        for g in groups:
-            if plan.nonfinite != "passthrough":  # max|x| is finite iff every value is (NaN propagates)
-                bad = (~torch.isfinite(g.x.abs().amax())).to(torch.int64) if g.x.numel() else torch.zeros((),
-                                                                                                          dtype=torch.int64)
-                self._check_finite(bad, plan, g.x)
-            b = encode_fixed_batch(plan.mode, g.x, self.dim)
-            sends.append(b.reshape(-1))
-            in_splits += [c * b.shape[1] for c in g.counts]
-            per = fixed_nbytes(plan.mode, g.x.shape[1], self.dim)
-            self._record(direction, plan, g.tables, g.x.shape[1] * g.x.element_size(),
-                         torch.full((len(g.tables),), float(per), dtype=torch.float64, device=g.x.device),
-                         None, None, time.perf_counter() - t0, 0.0)
-        sizes = [fixed_nbytes(plan.mode, n, self.dim) for n in recv_n]
-        out_splits = [len(ts) * s for ts, s in zip(recv_tables, sizes)]
-        handle = self.transport.exchange(torch.cat(sends), in_splits, out_splits, async_op)
+        mode, d = plan.mode, self.dim
+        if plan.nonfinite != "passthrough":  # max|x| is finite iff every value is (NaN propagates)
+            bad = (~torch.isfinite(flat.abs().amax())).to(torch.int64) if flat.numel() else torch.zeros((),
+                                                                                                      dtype=torch.int64)
+            self._check_finite(bad, plan, flat)
+        rb, cb = row_nbytes(mode, d), chunk_nbytes(mode)
+        rows = out.chunk_rows
+        records, trailers = encode_fixed(mode, flat, self._chunk_ids(rows, flat.device) if cb else None, len(rows))
+        if cb:
+            parts, r0, c0 = [], 0, 0
+            for r, c in zip(out.message_rows, out.counts):
+                parts += [records[r0:r0 + r].reshape(-1), trailers[c0:c0 + c].reshape(-1)]
+                r0, c0 = r0 + r, c0 + c
+            send = torch.cat(parts)
+        else:
+            send = records.reshape(-1)
+        in_splits = [r * rb + c * cb for r, c in zip(out.message_rows, out.counts)]
+        sent = torch.from_numpy((rows * rb + cb).astype(np.float64)).to(flat.device)
+        self._record(direction, plan, out, flat.element_size(), sent, None, None, time.perf_counter() - t0)
+        dtype = flat.dtype  # every rank exchanges its model's dtype
+        out_splits = [r * rb + c * cb for r, c in zip(inc.message_rows, inc.counts)]
+        handle = self.transport.exchange(send, in_splits, out_splits, async_op)
 
         def finish():
-            out = handle.wait()
+            got = handle.wait()
             t1 = time.perf_counter()
-            result = [decode_fixed_batch(plan.mode, o.view(len(ts), s), n, self.dim, dtype)
-                      for o, ts, s, n in zip(out.split(out_splits), recv_tables, sizes, recv_n)]
-            self._add_decode(direction, plan, recv_tables, time.perf_counter() - t1)
+            if not cb:
+                result = decode_fixed(mode, got.view(-1, rb), got[:0], None, dtype)
+            else:
+                result = []
+                for part, r, chunk_rows in zip(got.split(out_splits), inc.message_rows, inc.rows):
+                    result.append(decode_fixed(mode, part[:r * rb].view(r, rb), part[r * rb:],
+                                               self._chunk_ids(chunk_rows, got.device), dtype))
+                result = torch.cat(result) if result else got.new_zeros(0, d, dtype=dtype)
+            self._add_decode(direction, inc, time.perf_counter() - t1)
             return result
         return finish
 
-    def _add_decode(self, direction, plan, recv_tables, seconds: float) -> None:
+    def _chunk_ids(self, rows: np.ndarray, device) -> torch.Tensor:
+        """Each travelling row's chunk (host-built: no device-side repeat that would sync)."""
+        return _to_device(torch.from_numpy(np.repeat(np.arange(len(rows)), rows)), device)
+
+    def _add_decode(self, direction, inc: Messages, seconds: float) -> None:
         if self.recorder is not None:
-            self.recorder.add_decode_time(direction, self._host_index([t for ts in recv_tables for t in ts]), seconds)
+            self.recorder.add_decode_time(direction, self._host_index(inc.chunk_tables), seconds)
+
+    def _pad(self, flat: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray | None]:
+        """``[C, U*d]`` chunks of U = max rows each, the shorter ones padded with their own last
+        row (ranges and codes unchanged), and the values that travel per chunk (None: all)."""
+        u = int(rows.max()) if len(rows) else 0
+        if len(rows) and (rows == u).all():
+            return flat.reshape(len(rows), u * self.dim), None
+        starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
+        take = starts[:, None] + np.minimum(np.arange(u)[None, :], np.maximum(rows - 1, 0)[:, None])
+        idx = _to_device(torch.from_numpy(take.reshape(-1)), flat.device)
+        return flat.index_select(0, idx).view(len(rows), u * self.dim), rows * self.dim
 
     # -------------------------------------------------------------------------- byte messages
-    def _host_chunks(self, g: Group, plan: DirectionPlan) -> tuple[HostChunks, BatchQuant]:
+    def _host_chunks(self, x: torch.Tensor, counts: np.ndarray | None, rows: np.ndarray, tables: list[int],
+                     sections: list[int], plan: DirectionPlan) -> tuple[HostChunks, BatchQuant]:
         """Quantize on the device, then bring the chunk table and body planes to the host (the
         CPU stream coders need host bytes: one copy per direction, not per chunk)."""
-        x = g.x
         n = x.shape[1]
-        q = quantize_batch(x, self._eb(plan, g.tables, x.device))
+        q = quantize_batch(x, self._eb(plan, tables, x.device), counts)
         self._check_finite(q.nonfinite, plan, x)
-        h = np.zeros(len(g.tables), dtype=HEADER_DTYPE)
+        h = np.zeros(len(tables), dtype=HEADER_DTYPE)
         kind = q.kind.cpu().numpy()
         bits = q.bits.cpu().numpy()
-        h["table"], h["kind"], h["bits"] = g.tables, kind, bits
+        h["table"], h["kind"], h["bits"], h["rows"] = tables, kind, bits, rows
         h["minimum"], h["step"], h["eb_abs"] = q.minimum.cpu().numpy(), q.step.cpu().numpy(), q.eb_abs.cpu().numpy()
-        h["section"] = self._sections(plan, g)[0]
-        bp = np.array([plan.bitpack[t] for t in g.tables], dtype=bool)
+        h["section"] = sections
+        bp = np.array([plan.bitpack[t] for t in tables], dtype=bool)
         h["layout"] = bp
         low = q.low
         if bp.any():
@@ -382,36 +551,39 @@ class Exchange:
                               torch.nn.functional.pad(low, (0, n)))
         high = q.high.cpu().numpy() if (bits > 8).any() else None
         raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).cpu().numpy() if (kind == KIND_RAW).any() else None
-        h["nbytes"] = body_sizes(h, n, x.element_size())
-        return HostChunks(h, g.rows, self.dim, low.cpu().numpy(), high, raw), q
+        h["nbytes"] = body_sizes(h, self.dim, x.element_size())
+        return HostChunks(h, n // self.dim if self.dim else 0, self.dim, low.cpu().numpy(), high, raw), q
 
-    def _encode_group(self, g: Group, plan: DirectionPlan, direction: str) -> list[bytes]:
-        """Messages (host bytes) of one group, with their statistics recorded."""
+    def _encode(self, flat: torch.Tensor, out: Messages, plan: DirectionPlan, direction: str) -> list[bytes]:
+        """Messages (host bytes) of one direction, with their statistics recorded."""
         t0 = time.perf_counter()
+        rows, tables = out.chunk_rows, out.chunk_tables
+        x, counts = self._pad(flat, rows)
+        sections, coders = self._sections(plan, tables, out.counts)
         if plan.mode == "sz":
-            hc, ratio = self._sz_chunks(g, plan)
+            hc, ratio = self._sz_chunks(x, rows, tables, plan)
             ideal_body = None
         else:
-            hc, q = self._host_chunks(g, plan)
+            hc, q = self._host_chunks(x, counts, rows, tables, sections, plan)
             ratio = q.error_ratio()
             ideal_body = torch.where(q.kind == KIND_QUANT, q.entropy_bytes(),
                                      torch.from_numpy(hc.header["nbytes"].astype(np.float64)).to(q.kind.device))
         weights = None if ideal_body is None else ideal_body.cpu().numpy()
-        messages, sent, framing = assemble(hc, g.x.dtype, g.x.shape[1], g.counts, self._sections(plan, g)[1], weights)
-        sent_t = torch.from_numpy(sent)
+        messages, sent, framing = assemble(hc, x.dtype, out.counts, coders, weights)
         ideal = None if ideal_body is None else ideal_body.cpu() + torch.from_numpy(framing)
-        self._record(direction, plan, g.tables, g.x.shape[1] * g.x.element_size(), sent_t,
-                     ideal, ratio.cpu(), time.perf_counter() - t0, 0.0)
+        self._record(direction, plan, out, x.element_size(), torch.from_numpy(sent), ideal, ratio.cpu(),
+                     time.perf_counter() - t0)
         return messages
 
-    def _sz_chunks(self, g: Group, plan: DirectionPlan) -> tuple[HostChunks, torch.Tensor]:
+    def _sz_chunks(self, x: torch.Tensor, rows: np.ndarray, tables: list[int], plan: DirectionPlan
+                   ) -> tuple[HostChunks, torch.Tensor]:
         """SZ3 stays a CPU byte path, one pysz call per chunk (its stated cost), verified like
         the quantizer: SZ3 runs in float64 for float64 data, else float32, and the receiver's
         value (SZ3's output cast to the data's dtype) is checked against the bound; a chunk that
         fails, or has no usable bound, travels RAW in its own dtype."""
         from dlrm_comp.compress.batch_quant import round_down_f32
         from dlrm_comp.compress.sz import sz_compress, sz_decompress
-        x = g.x.detach().cpu()
+        x = x.detach().cpu()
         n, item = x.shape[1], x.element_size()
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         self._check_finite((~torch.isfinite(x)).sum(), plan, x)
@@ -420,29 +592,32 @@ class Exchange:
             mn, mx = x64.amin(1), x64.amax(1)
         else:
             mn = mx = torch.zeros(len(x), dtype=torch.float64)
-        eb_abs = round_down_f32(self._eb(plan, g.tables, "cpu") * (mx - mn)).clamp_max(3.0e38)
-        h = np.zeros(len(g.tables), dtype=HEADER_DTYPE)
-        h["table"], h["layout"], h["eb_abs"] = g.tables, 1, eb_abs.numpy()
+        eb_abs = round_down_f32(self._eb(plan, tables, "cpu") * (mx - mn)).clamp_max(3.0e38)
+        h = np.zeros(len(tables), dtype=HEADER_DTYPE)
+        h["table"], h["layout"], h["eb_abs"], h["rows"] = tables, 1, eb_abs.numpy(), rows
         arr = x.to(work).numpy()
         ref = x64.numpy()
-        bodies, errs = [b""] * len(g.tables), np.zeros(len(g.tables))
+        bodies, errs = [b""] * len(tables), np.zeros(len(tables))
         for c, eb in enumerate(eb_abs.tolist()):
-            if eb > 0 and np.isfinite(ref[c]).all():
-                blob = sz_compress(arr[c].reshape(g.rows, self.dim), eb)
-                y = sz_decompress(blob, arr.dtype, (g.rows, self.dim)).reshape(-1)
+            r = int(rows[c])
+            m = r * self.dim
+            if eb > 0 and np.isfinite(ref[c, :m]).all():
+                blob = sz_compress(arr[c, :m].reshape(r, self.dim), eb)
+                y = sz_decompress(blob, arr.dtype, (r, self.dim)).reshape(-1)
                 got = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype).to(torch.float64).numpy()
-                err = float(np.abs(got - ref[c]).max()) if y.size else 0.0
-                if err <= eb and len(blob) < n * item:
+                err = float(np.abs(got - ref[c, :m]).max()) if y.size else 0.0
+                if err <= eb and len(blob) < m * item:
                     bodies[c], h["kind"][c], errs[c] = blob, KIND_SZ, err
-        h["nbytes"] = body_sizes(h, n, item, bodies)
+        h["nbytes"] = body_sizes(h, self.dim, item, bodies)
         ratio = error_ratios(torch.from_numpy(errs), eb_abs)
         raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).numpy()
-        return HostChunks(h, g.rows, self.dim, np.zeros((len(h), 2 * n), np.uint8), None, raw, bodies), ratio
+        return HostChunks(h, n // self.dim if self.dim else 0, self.dim, np.zeros((len(h), 2 * n), np.uint8), None,
+                          raw, bodies), ratio
 
-    def _run_bytes(self, groups, recv_tables, recv_n, plan, direction, async_op=False):
-        messages = [m for g in groups for m in self._encode_group(g, plan, direction)]
+    def _run_bytes(self, flat, out: Messages, inc: Messages, plan, direction, async_op=False):
+        messages = self._encode(flat, out, plan, direction)
         if self.size_exchange == "slots" and not self.loopback:
-            return self._run_slots(messages, recv_tables, recv_n, plan, direction, async_op)
+            return self._run_slots(messages, inc, plan, direction, async_op)
         sizes = torch.tensor([len(m) for m in messages], dtype=torch.int64)
         recv_sizes = self.transport.exchange_sizes(sizes.to(self.transport.device))
         self.bytes_meta += 0 if self.loopback else 8 * len(messages)
@@ -456,10 +631,10 @@ class Exchange:
             for size in out_splits:
                 received.append(host[pos:pos + size])
                 pos += size
-            return self._decode_received(received, recv_tables, recv_n, plan, direction)
+            return self._decode_received(received, inc, plan, direction)
         return finish
 
-    def _run_slots(self, messages, recv_tables, recv_n, plan, direction, async_op=False):
+    def _run_slots(self, messages, inc: Messages, plan, direction, async_op=False):
         """Fixed slots instead of the size all-to-all: each pair's slot is a capacity both sides
         compute from the sizes they already saw (``SlotSizer``); a message is zero-padded to its
         slot, its real length travels in its preamble, and what exceeds the slot follows
@@ -511,25 +686,26 @@ class Exchange:
                 else:
                     received.append(got[p][:lengths[p]])
             sizer.update([len(m) for m in messages], lengths)
-            return self._decode_received(received, recv_tables, recv_n, plan, direction)
+            return self._decode_received(received, inc, plan, direction)
         return finish
 
-    def _decode_received(self, received, recv_tables, recv_n, plan, direction) -> list[torch.Tensor]:
+    def _decode_received(self, received, inc: Messages, plan, direction) -> torch.Tensor:
         t0 = time.perf_counter()
         dev = self.transport.device
         result = []
-        for msg, ts, n in zip(received, recv_tables, recv_n):
-            rec = parse(msg, n, self._codecs, expect_chunks=len(ts))
+        for msg, ts, rows in zip(received, inc.tables, inc.rows):
+            rec = parse(msg, rows, self.dim, self._codecs, expect_chunks=len(ts))
             got = rec.header["table"].astype(np.int64).tolist()
             if got != list(ts):
                 raise CorruptPayloadError(f"message carries tables {got}, expected {list(ts)}")
-            result.append(self._reconstruct(rec, n, dev))  # in the sender's dtype, as it verified
-        self._add_decode(direction, plan, recv_tables, time.perf_counter() - t0)
-        return result
+            result.append(_unpad(self._reconstruct(rec, dev), rows, self.dim))  # in the sender's dtype
+        self._add_decode(direction, inc, time.perf_counter() - t0)
+        return torch.cat(result) if result else torch.zeros(0, self.dim, device=dev)
 
     @staticmethod
-    def _reconstruct(rec: Parsed, n: int, dev: torch.device) -> torch.Tensor:
+    def _reconstruct(rec: Parsed, dev: torch.device) -> torch.Tensor:
         h = rec.header
+        n = rec.low.shape[1]
         t = torch.from_numpy
         kind = np.where(h["kind"] == KIND_SZ, KIND_RAW, h["kind"]).astype(np.int64)
         bits = h["bits"].astype(np.int64)
@@ -544,6 +720,17 @@ class Exchange:
         return dequantize_planes(t(kind).to(dev), t(h["minimum"].astype(np.float64)).to(dev),
                                  t(h["step"].astype(np.float64)).to(dev), t(bits).to(dev), low.to(dev),
                                  high.to(dev), raw.to(dev), rec.dtype)
+
+
+def _unpad(x: torch.Tensor, rows: np.ndarray, dim: int) -> torch.Tensor:
+    """Inverse of ``Exchange._pad``: the travelling rows ``[sum rows, d]`` of ``[C, U*d]`` chunks."""
+    rows = np.asarray(rows, dtype=np.int64)
+    u = x.shape[1] // dim if dim else 0
+    if not len(rows) or (rows == u).all():
+        return x.reshape(-1, dim)
+    take = (np.arange(len(rows)) * u).repeat(rows) + (np.arange(int(rows.sum())) - np.repeat(
+        np.concatenate([[0], np.cumsum(rows)[:-1]]), rows))
+    return x.reshape(-1, dim).index_select(0, _to_device(torch.from_numpy(take), x.device))
 
 
 def _as_tensor(data: bytes) -> torch.Tensor:
@@ -590,10 +777,13 @@ def _labels(plan: DirectionPlan) -> tuple[list, list[str]]:
     return (list(plan.eb_rel) if plan.error_bounded else [None] * plan.num_tables), plan.codec_names()
 
 
-def _zero_grads(ex: Exchange, rows, grads):
-    n_rows = rows[-1][1] if ex.loopback else rows[ex.rank][1] - rows[ex.rank][0]
+def _zero_grads(ex: Exchange, index: BagIndex, grads):
+    """Outputs that got no gradient get zeros of their shape and dtype."""
+    slices = index.slices
+    n_rows = slices[-1][1] if ex.loopback else slices[ex.rank][1] - slices[ex.rank][0]
     dev = ex.transport.device
-    return [g.contiguous() if g is not None else torch.zeros(n_rows, ex.dim, device=dev) for g in grads]
+    dtype = next((g.dtype for g in grads if g is not None), torch.float32)
+    return [g.contiguous() if g is not None else torch.zeros(n_rows, ex.dim, device=dev, dtype=dtype) for g in grads]
 
 
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -609,15 +799,15 @@ class _ExchangeFn(torch.autograd.Function):
     each table's owner (straight through the compression: d x_hat / d x = I)."""
 
     @staticmethod
-    def forward(ctx, exchange: Exchange, compress: bool, *pooled: torch.Tensor):
+    def forward(ctx, exchange: Exchange, compress: bool, bags, *pooled: torch.Tensor):
         ctx.exchange, ctx.compress = exchange, compress
-        ctx.rows = exchange.slice_rows(pooled[0].shape[0])
-        return tuple(exchange.forward([p.detach() for p in pooled], compress))
+        finish, ctx.index = exchange.begin_forward([p.detach() for p in pooled], compress, bags=bags)
+        return tuple(finish())
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
         ex = ctx.exchange
-        return (None, None, *ex.backward(_zero_grads(ex, ctx.rows, grads), ctx.compress, ctx.rows))
+        return (None, None, None, *ex.backward(_zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index))
 
 
 class _Request(torch.autograd.Function):
@@ -625,24 +815,24 @@ class _Request(torch.autograd.Function):
     the pooled outputs the gradients that the Wait half's backward exchanged."""
 
     @staticmethod
-    def forward(ctx, exchange: Exchange, compress: bool, *pooled: torch.Tensor):
+    def forward(ctx, exchange: Exchange, compress: bool, bags, *pooled: torch.Tensor):
         ctx.exchange = exchange
         if exchange._inflight is not None:
             raise RuntimeError("Exchange.start: the previous exchange was never waited on")
-        exchange._inflight = (exchange.begin_forward([p.detach() for p in pooled], compress, async_op=True),
-                              compress, exchange.slice_rows(pooled[0].shape[0]))
+        finish, index = exchange.begin_forward([p.detach() for p in pooled], compress, async_op=True, bags=bags)
+        exchange._inflight = (finish, compress, index)
         return pooled[0].new_zeros(0)
 
     @staticmethod
     def backward(ctx, _token_grad):
         grads, ctx.exchange._pooled_grads = ctx.exchange._pooled_grads, None
-        return (None, None, *grads)
+        return (None, None, None, *grads)
 
 
 class _Wait(torch.autograd.Function):
     @staticmethod
     def forward(ctx, exchange: Exchange, token: torch.Tensor):
-        finish, ctx.compress, ctx.rows = exchange._inflight
+        finish, ctx.compress, ctx.index = exchange._inflight
         exchange._inflight = None
         ctx.exchange = exchange
         return tuple(finish())
@@ -650,7 +840,7 @@ class _Wait(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
         ex = ctx.exchange
-        ex._pooled_grads = ex.backward(_zero_grads(ex, ctx.rows, grads), ctx.compress, ctx.rows)
+        ex._pooled_grads = ex.backward(_zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index)
         return None, torch.zeros(0, device=ex.transport.device)
 
 

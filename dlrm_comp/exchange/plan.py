@@ -68,6 +68,11 @@ class DirectionPlan:
 class CompressionPlan:
     fwd: DirectionPlan
     bwd: DirectionPlan
+    dedup: list[bool] = field(default_factory=list)  # per table: one row per distinct bag, both directions
+    measure_bags: bool = False  # count distinct bags of every table even where dedup is off (auto)
+
+    def __post_init__(self) -> None:
+        self.dedup = list(self.dedup) or [False] * self.fwd.num_tables
 
     @classmethod
     def off(cls, num_tables: int) -> "CompressionPlan":

@@ -64,7 +64,23 @@ def build_plan(cfg: CompressConfig, num_tables: int) -> CompressionPlan:
                         nonfinite="passthrough" if cfg.nonfinite == "passthrough" else "raise")
     bwd = DirectionPlan(cfg.backward.mode, num_tables, coders=[coder] * num_tables,
                         bitpack=[bitpack] * num_tables, nonfinite=fwd.nonfinite)
-    return CompressionPlan(fwd, bwd)
+    bad = [t for t in cfg.dedup_tables if t >= num_tables]
+    if bad:
+        raise ConfigError(f"compress.dedup_tables: {bad} are not tables of this model (0..{num_tables - 1})")
+    forced = set(cfg.dedup_tables)
+    dedup = [cfg.dedup in ("on", "auto") or t in forced for t in range(num_tables)]  # auto starts on, then measures
+    return CompressionPlan(fwd, bwd, dedup, measure_bags=cfg.dedup == "auto")
+
+
+def decide_dedup(cfg: CompressConfig, bag_counts, num_tables: int) -> list[bool] | None:
+    """``auto``: deduplicate the tables whose measured distinct fraction (distinct bags over
+    rows, summed over the interval's chunks) is below ``dedup_max_fraction``, plus the forced
+    ones. Every rank measures the same global batches, so every rank decides alike."""
+    if cfg.dedup != "auto" or not bag_counts[:, 1].any():
+        return None
+    forced = set(cfg.dedup_tables)
+    fraction = bag_counts[:, 0] / bag_counts[:, 1].clip(min=1)
+    return [bool(fraction[t] < cfg.dedup_max_fraction) or t in forced for t in range(num_tables)]
 
 
 class CompressionExtension(TrainingExtension):
@@ -207,7 +223,21 @@ class CompressionExtension(TrainingExtension):
                 log("adaptive", iteration, table=d.table, eb_rel=d.eb_rel, codec=self.codec_name,
                     multiplier=d.multiplier, reason=d.reason)
 
+    def _decide_dedup(self, iteration: int, log: Callable[..., None]) -> None:
+        ex = self.exchange
+        if ex is None or not ex.bag_counts[:, 1].any():
+            return
+        counts, ex.bag_counts = ex.bag_counts, ex.bag_counts * 0
+        fraction = (counts[:, 0] / counts[:, 1].clip(min=1)).round(4).tolist()
+        decision = decide_dedup(self.cfg, counts, len(self.cardinalities))
+        if decision is not None:
+            self.plan.dedup[:] = decision
+        if self.rank == 0:
+            log("dedup", iteration, mode=self.cfg.dedup, max_fraction=self.cfg.dedup_max_fraction,
+                distinct_fraction=fraction, tables=[t for t, on in enumerate(self.plan.dedup) if on])
+
     def on_interval(self, iteration: int, log: Callable[..., None], echo: Callable[[str], None]) -> None:
+        self._decide_dedup(iteration, log)
         if self.exchange is not None:
             self.exchange.check_finite()
         meta = (self.exchange.bytes_meta if self.exchange is not None else 0) - self._meta_seen
@@ -252,7 +282,9 @@ class CompressionExtension(TrainingExtension):
                                    "destinations": self.world_size if self.world_size > 1 else self.cfg.chunks,
                                    "decay": {"func": self.cfg.decay.func, "constant": self.cfg.decay.constant,
                                              "early_stage": self.cfg.decay.early_stage},
-                                   "bytes_meta": self.bytes_meta, "bytes_pad": self.bytes_pad}
+                                   "bytes_meta": self.bytes_meta, "bytes_pad": self.bytes_pad,
+                                   "dedup": {"mode": self.cfg.dedup, "max_fraction": self.cfg.dedup_max_fraction,
+                                             "tables": [t for t, on in enumerate(self.plan.dedup) if on]}}
         if fwd is not None:
             section.update(fwd)
             if self.plan.fwd.fixed_rate:
@@ -270,7 +302,7 @@ class CompressionExtension(TrainingExtension):
         state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta, "bytes_pad": self.bytes_pad,
                  "iteration": self.iteration,
                  "table_codecs": dict(self.table_codecs), "control_steps": self.control_steps,
-                 "codec_changes": self.codec_changes}
+                 "codec_changes": self.codec_changes, "dedup": list(self.plan.dedup)}
         if self.controller is not None:
             state["controller"] = self.controller.state_dict()
         return state
@@ -289,6 +321,8 @@ class CompressionExtension(TrainingExtension):
         self.control_steps = state.get("control_steps", 0)
         self.codec_changes = state.get("codec_changes", 0)
         self.table_codecs = {int(k): v for k, v in state.get("table_codecs", {}).items()}
+        if "dedup" in state:  # the per-table decision of the interrupted run (auto)
+            self.plan.dedup[:] = [bool(v) for v in state["dedup"]]
 
 
 def build_controller(cfg: AdaptiveConfig, num_tables: int) -> ClosedLoopController | None:
@@ -324,6 +358,7 @@ def probe_drift(trainer, plan: CompressionPlan, rows: int) -> tuple[float, list[
 def extensions_from_config(cfg, cardinalities: list[int], world_size: int = 1,
                            rank: int = 0) -> list[TrainingExtension]:
     """The extensions a run's config switches on."""
-    if cfg.compress.mode == "off" and cfg.compress.backward.mode == "off":
+    c = cfg.compress
+    if c.mode == "off" and c.backward.mode == "off" and c.dedup == "off" and not c.dedup_tables:
         return []
     return [CompressionExtension(cfg.compress, cardinalities, world_size, rank, cfg.adaptive)]

@@ -226,9 +226,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- steps
     def train_step(self, iteration: int) -> float:
-        batch = self.source.batch("train", self.schedule.index(iteration), self.cfg.data.batch_size).to(self.device)
+        host = self.source.batch("train", self.schedule.index(iteration), self.cfg.data.batch_size)
+        batch = host.to(self.device)
         self.model.train()
-        logits, labels = self._forward(batch, training=True)
+        logits, labels = self._forward(batch, training=True, bags=host)
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at iteration {iteration}: "
@@ -238,11 +239,13 @@ class Trainer:
         self.optimizer.step()
         return float(loss.detach())
 
-    def _forward(self, batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, batch, training: bool, bags=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``bags``: the batch's ids on the host, for bag deduplication (no device read)."""
         if self.parallel is not None:
-            return self.parallel.forward(batch, training)
+            return self.parallel.forward(batch, training, bags)
         if self.exchange is not None and training:  # evaluation batches are never compressed
-            pooled = self.exchange(self.model.tap(self.model.lookup(batch.indices, batch.offsets)), compress=True)
+            pooled = self.exchange(self.model.tap(self.model.lookup(batch.indices, batch.offsets)), compress=True,
+                                   bags=bags)
             return self.model.head(batch.dense, pooled), batch.labels
         return self.model(batch.dense, batch.indices, batch.offsets), batch.labels
 

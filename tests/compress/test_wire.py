@@ -20,8 +20,7 @@ def _message(x: torch.Tensor, coder: str = "zstd", layout_bitpack: bool = False,
     t = x.shape[0]
     plan = DirectionPlan("codec", t, eb_rel=[eb] * t, coders=[get_lossless(coder)] * t, bitpack=[layout_bitpack] * t)
     ex = Exchange(LoopbackTransport(1), [0] * t, x.shape[2], CompressionPlan(plan, DirectionPlan("off", t)))
-    groups = ex._split_groups(x, [(0, x.shape[1])], list(range(t)), plan)
-    return ex, ex._encode_group(groups[0], plan, "fwd")
+    return ex, ex.encode(list(x))
 
 
 @pytest.mark.parametrize("coder", CODERS)
@@ -71,7 +70,7 @@ def test_any_corruption_is_caught(data):
     coder = data.draw(st.sampled_from(CODERS))
     x = torch.randn(4, 16, 4, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99)))) * 0.05
     _, (msg,) = _message(x, coder, data.draw(st.booleans()))
-    clean = parse(msg, 64)
+    clean = parse(msg, 16, 4)
     how = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
     buf = bytearray(msg)
     if how == "flip":
@@ -82,7 +81,7 @@ def test_any_corruption_is_caught(data):
     else:
         buf += bytes(data.draw(st.integers(1, 8)))
     try:
-        got = parse(bytes(buf), 64)
+        got = parse(bytes(buf), 16, 4)
     except CorruptPayloadError:
         return
     assert how == "flip"
@@ -94,14 +93,14 @@ def test_wrong_magic_and_version_are_named():
     from dlrm_comp.compress.wire import parse
     _, (msg,) = _message(torch.randn(2, 8, 4))
     with pytest.raises(CorruptPayloadError, match="magic"):
-        parse(b"\x00" + msg[1:], 32)
+        parse(b"\x00" + msg[1:], 8, 4)
     with pytest.raises(CorruptPayloadError, match="version"):
-        parse(msg[:1] + b"\x09" + msg[2:], 32)
+        parse(msg[:1] + b"\x09" + msg[2:], 8, 4)
 
 
 def test_parse_checks_the_chunk_count_before_allocating():
     from dlrm_comp.compress.wire import parse
     _, (msg,) = _message(torch.randn(3, 8, 4))
-    assert parse(msg, 32, expect_chunks=3).header.shape == (3,)
+    assert parse(msg, 8, 4, expect_chunks=3).header.shape == (3,)
     with pytest.raises(CorruptPayloadError, match="expected 2"):
-        parse(msg, 32, expect_chunks=2)
+        parse(msg, 8, 4, expect_chunks=2)

@@ -1,0 +1,132 @@
+"""Bag deduplication: one row per distinct bag of each (table x destination) chunk.
+
+A table's pooled output is a function of its bag (the sequence of ids of one sample), so two
+samples with the same bag have the same row. Sender and receiver both hold the global batch's
+ids (every rank reads it; TorchRec's input distribution gives a receiver its own samples' ids),
+so both compute the same distinct bags per chunk and no index travels: the sender sends each
+distinct bag's row once (in bag order), the receiver expands them with the inverse. Backward is
+the transpose: the receiver sums the gradients of rows that share a bag, the owner puts each
+sum on the bag's first row (an EmbeddingBag gives identical bags identical Jacobians, so the
+owner's table gradient is the same up to the order of the float summation).
+
+The index is computed on the host from the ids (numpy, one sort over all tables per step), never
+from device tensors: no host sync.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class BagIndex:
+    """Distinct bags of every (table, slice) chunk of one global batch.
+
+    For a table that is not deduplicated, every row is its own bag (the identity), so one layout
+    serves every table; ``distinct`` still holds the measured count (what ``auto`` decides on)."""
+
+    slices: list[tuple[int, int]]  # rows of each destination slice
+    dedup: np.ndarray  # [T] bool: the tables deduplicated in this step
+    distinct: np.ndarray  # [T, W] distinct bags per chunk (measured for every table)
+    first: list[np.ndarray]  # per table: batch rows of each sent row, slice after slice, bags in order
+    starts: np.ndarray  # [T, W+1] where each slice's sent rows begin in first[t]
+    bag: list[np.ndarray]  # per table [B]: each row's position among its slice's sent rows
+
+    @property
+    def counts(self) -> np.ndarray:
+        """[T, W] rows each chunk sends."""
+        return np.diff(self.starts, axis=1)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.dedup.any())
+
+    def sent_rows(self, table: int, q: int) -> np.ndarray:
+        return self.first[table][self.starts[table, q]:self.starts[table, q + 1]]
+
+
+def bag_codes(indices: torch.Tensor, offsets: torch.Tensor) -> np.ndarray:
+    """One int64 per row, equal iff the rows' bags (id sequences) are equal: the id itself for
+    single-hot rows, a rank among the distinct padded id sequences otherwise (exact: no hash)."""
+    ids = indices.detach().cpu().numpy().astype(np.int64, copy=False)
+    offs = offsets.detach().cpu().numpy().astype(np.int64, copy=False)
+    b = len(offs)
+    sizes = np.diff(np.append(offs, len(ids)))
+    if b and (sizes == 1).all():
+        return ids[offs]
+    width = int(sizes.max()) if b else 0
+    padded = np.full((b, width + 1), -1, dtype=np.int64)
+    padded[:, 0] = sizes
+    if width:
+        col = np.arange(len(ids)) - np.repeat(offs, sizes)
+        padded[np.repeat(np.arange(b), sizes), col + 1] = ids
+    return np.unique(padded, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def build_bag_index(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
+                    slices: list[tuple[int, int]], dedup: Sequence[bool]) -> BagIndex:
+    """The distinct bags of every (table, slice) of a batch, with one sort over all tables."""
+    t_count, w = len(offsets), len(slices)
+    b = slices[-1][1] if slices else 0
+    codes = np.stack([bag_codes(i, o) for i, o in zip(indices, offsets)]) if t_count else np.zeros((0, b), np.int64)
+    codes = codes - codes.min(axis=1, keepdims=True) if b else codes  # ids >= 0 from here on
+    span = int(codes.max()) + 1 if codes.size else 1
+    slice_of = np.repeat(np.arange(w), [hi - lo for lo, hi in slices])
+    if t_count * w * span >= 2**62:  # keys would overflow: one table at a time
+        parts = [_distinct(codes[t:t + 1], slice_of, w, span) for t in range(t_count)]
+        order, chunk_of, inverse, counts = _concat_tables(parts, b, w)
+    else:
+        order, chunk_of, inverse, counts = _distinct(codes, slice_of, w, span)
+    distinct = counts.reshape(t_count, w)
+    dedup = np.asarray(dedup, dtype=bool)
+    rows = np.arange(b)
+    firsts, bags, starts = [], [], np.zeros((t_count, w + 1), np.int64)
+    chunk_start = np.concatenate([[0], np.cumsum(counts)])
+    for t in range(t_count):
+        if dedup[t]:
+            lo, hi = chunk_start[t * w], chunk_start[(t + 1) * w]
+            firsts.append(order[lo:hi] - t * b)
+            starts[t] = chunk_start[t * w:(t + 1) * w + 1] - lo
+            bags.append(inverse[t * b:(t + 1) * b] - chunk_start[t * w + slice_of])
+        else:
+            firsts.append(rows)
+            starts[t] = [0] + [hi for _, hi in slices]
+            bags.append(rows - np.repeat([lo for lo, _ in slices], [hi - lo for lo, hi in slices]))
+    return BagIndex(slices, dedup, distinct, firsts, starts, bags)
+
+
+def _distinct(codes: np.ndarray, slice_of: np.ndarray, w: int, span: int):
+    """Distinct (table, slice, code) keys of ``codes [T, B]``: the batch-flat row of each key's
+    first occurrence (keys in order), its chunk, each row's key, and the keys per chunk."""
+    t_count, b = codes.shape
+    chunk = (np.arange(t_count)[:, None] * w + slice_of[None, :]).reshape(-1)
+    keys = chunk * span + codes.reshape(-1)
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    chunk_of = uniq // span
+    counts = np.bincount(chunk_of, minlength=t_count * w)
+    return first, chunk_of, inverse.reshape(-1), counts
+
+
+def _concat_tables(parts, b: int, w: int):
+    firsts, chunks, inverses, counts = [], [], [], []
+    base = 0
+    for t, (first, chunk_of, inverse, count) in enumerate(parts):
+        firsts.append(first + t * b)
+        chunks.append(chunk_of + t * w)
+        inverses.append(inverse + base)
+        counts.append(count)
+        base += len(first)
+    return np.concatenate(firsts), np.concatenate(chunks), np.concatenate(inverses), np.concatenate(counts)
+
+
+def identity_index(num_tables: int, slices: list[tuple[int, int]]) -> BagIndex:
+    """Every row its own bag: the layout of an exchange without deduplication."""
+    b = slices[-1][1] if slices else 0
+    rows = np.arange(b)
+    local = rows - np.repeat([lo for lo, _ in slices], [hi - lo for lo, hi in slices])
+    starts = np.tile([0] + [hi for _, hi in slices], (num_tables, 1)).astype(np.int64)
+    full = np.tile(np.array([hi - lo for lo, hi in slices], np.int64), (num_tables, 1))
+    return BagIndex(slices, np.zeros(num_tables, bool), full, [rows] * num_tables, starts, [local] * num_tables)

@@ -79,8 +79,10 @@ class CompressionRecorder:
         the raw bytes of the rest are what deduplication saved."""
         import torch
         p = self._pending.get(direction)
-        if p is None or p["sent"].device != sent.device:
+        if p is not None and p["sent"].device != sent.device:  # moved devices: fold what is pending first
             self._settle()
+            p = None
+        if p is None:
             dev = sent.device
             p = self._pending[direction] = {
                 "sent": torch.zeros(self.num_tables, dtype=torch.float64, device=dev),

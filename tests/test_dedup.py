@@ -1,0 +1,283 @@
+"""Bag deduplication: the bag index, bit-identical forward values in every mode, the backward's
+summed gradients, fewer bytes, no host reads, the `compress.dedup*` switches in training, and
+2- and 3-rank exchanges."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.config import ConfigError
+from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, LoopbackTransport, destination_rows
+from dlrm_comp.exchange.dedup import bag_codes, build_bag_index
+from dlrm_comp.exchange.plan import MODES
+from dlrm_comp.recorder import CompressionRecorder
+from dlrm_comp.train.logging import read_jsonl
+from dlrm_comp.train.loop import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["compress.print_tables=false", "train.tensorboard=false"]
+
+
+class Bags:
+    """A batch's ids: single-hot tables with few distinct ids, and one multi-hot table."""
+
+    def __init__(self, b: int, tables: int, seed: int = 0, vocab: int = 4):
+        g = torch.Generator().manual_seed(seed)
+        self.indices = [torch.randint(0, vocab + t, (b,), generator=g) for t in range(tables - 1)]
+        self.offsets = [torch.arange(b) for _ in range(tables - 1)]
+        sizes = torch.randint(0, 3, (b,), generator=g)  # empty bags too
+        self.indices.append(torch.randint(0, 3, (int(sizes.sum()),), generator=g))
+        self.offsets.append(torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)[:-1]]))
+
+
+def _bags_of(ids: torch.Tensor, offsets: torch.Tensor) -> list[tuple]:
+    ends = torch.cat([offsets[1:], torch.tensor([len(ids)])])
+    return [tuple(ids[a:b].tolist()) for a, b in zip(offsets.tolist(), ends.tolist())]
+
+
+@settings(max_examples=40)
+@given(b=st.integers(1, 40), w=st.integers(1, 4), seed=st.integers(0, 999), mask=st.lists(st.booleans(), min_size=3,
+                                                                                       max_size=3))
+def test_bag_index_rebuilds_every_row(b, w, seed, mask):
+    """Every row's bag is the bag of the sent row it points to; a slice sends each distinct bag
+    once; tables without dedup send every row."""
+    w = min(w, b)
+    bags = Bags(b, 3, seed)
+    slices = destination_rows(b, w)
+    index = build_bag_index(bags.indices, bags.offsets, slices, mask)
+    for t in range(3):
+        rows = _bags_of(bags.indices[t], bags.offsets[t])
+        for q, (lo, hi) in enumerate(slices):
+            sent = index.sent_rows(t, q)
+            assert int(index.distinct[t, q]) == len(set(rows[lo:hi]))
+            if not mask[t]:
+                assert sent.tolist() == list(range(lo, hi))
+                continue
+            assert len(sent) == len(set(rows[lo:hi])) and all(lo <= r < hi for r in sent)
+            for r in range(lo, hi):
+                assert rows[sent[index.bag[t][r]]] == rows[r]
+
+
+def test_bag_codes_are_exact_for_multi_hot_rows():
+    ids = torch.tensor([1, 2, 2, 1, 1, 2, 5])
+    offsets = torch.tensor([0, 2, 4, 6, 6])  # (1,2) (2,1) (1,2) (5,) () -- order matters, empty bags count
+    codes = bag_codes(ids, offsets)
+    assert codes[0] == codes[2] and len(set(codes.tolist())) == 4
+
+
+def _exchange(mode, t, w, dedup, recorder=None, bwd="off", dtype_eb=0.02):
+    plan = CompressionPlan(DirectionPlan(mode, t, eb_rel=[dtype_eb] * t), DirectionPlan(bwd, t, eb_rel=[0.01] * t),
+                           [dedup] * t)
+    return Exchange(LoopbackTransport(w), [0] * t, 4, plan, recorder)
+
+
+def _lookup(bags: Bags, dtype=torch.float32, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    tables = [torch.nn.EmbeddingBag(16, 4, mode="sum").to(dtype) for _ in bags.indices]
+    for e in tables:
+        with torch.no_grad():
+            e.weight.copy_(torch.randn(16, 4, generator=g, dtype=dtype) * 0.1)
+    return tables, [e(i, o) for e, i, o in zip(tables, bags.indices, bags.offsets)]
+
+
+@pytest.mark.parametrize("w", [1, 3])
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_is_bit_identical_with_fewer_bytes(mode, w):
+    """A chunk's range is that of its distinct rows, so every mode decodes the same values (SZ3
+    codes the distinct rows as another array: within the bound); every mode sends fewer bytes."""
+    bags = Bags(25, 5)  # 25 rows: the last destination takes the remainder
+    _, pooled = _lookup(bags)
+    sent = {}
+    outs = {}
+    for dedup in (False, True):
+        recorder = CompressionRecorder(5)
+        ex = _exchange(mode, 5, w, dedup, recorder)
+        outs[dedup] = ex.forward([p.detach() for p in pooled], compress=True, bags=bags)
+        recorder.flush(1, lambda *a, **k: None)
+        summary = recorder.direction_summary("fwd", [16] * 5, None)
+        sent[dedup] = summary["bytes_sent"] if summary else None
+        if dedup:
+            assert summary["bytes_raw"] == 5 * 25 * 4 * 4  # raw counts every row: the ratio holds both savings
+            assert 0 < summary["distinct_fraction"] < 1 and summary["dedup_bytes_saved"] > 0
+    for t, (a, b) in enumerate(zip(outs[False], outs[True])):
+        if mode == "sz":
+            for lo, hi in destination_rows(25, w):
+                chunk = pooled[t].detach()[lo:hi].double()
+                assert float((b[lo:hi].double() - chunk).abs().max()) <= 0.02 * float(chunk.max() - chunk.min())
+        else:
+            assert torch.equal(a, b), f"table {t}"
+    if mode != "off":
+        assert sent[True] < sent[False]
+
+
+def test_codec_bound_holds_on_a_constant_and_a_tiny_range_chunk():
+    bags = Bags(24, 3)
+    bags.indices[0] = torch.zeros(24, dtype=torch.int64)  # one id: one distinct row, a CONST chunk
+    _, pooled = _lookup(bags)
+    pooled = [p.detach() for p in pooled]
+    pooled[1] = pooled[1] * 1e-30  # a tiny range
+    ex = _exchange("codec", 3, 2, True)
+    out = ex.forward(pooled, compress=True, bags=bags)
+    for p, o in zip(pooled, out):
+        for lo, hi in destination_rows(24, 2):
+            chunk = p[lo:hi].double()
+            assert float((o[lo:hi].double() - chunk).abs().max()) <= 0.02 * float(chunk.max() - chunk.min())
+
+
+def _table_grads(dedup: bool, mode: str, dtype=torch.float64, w: int = 3):
+    bags = Bags(30, 5, seed=2)
+    tables, pooled = _lookup(bags, dtype)
+    ex = _exchange(mode, 5, w, dedup)
+    out = ex(pooled, compress=True, bags=bags)
+    g = torch.Generator().manual_seed(9)
+    sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in out).backward()
+    return [e.weight.grad for e in tables], ex
+
+
+@pytest.mark.parametrize("mode", ["off", "codec", "fp16"])
+def test_backward_sums_equal_bags_into_the_same_table_gradients(mode):
+    """The receiver sums the gradients of a bag's rows, the owner puts the sum on its first row:
+    the tables' gradients are those without dedup (float64 here, so only a wrong gradient, not
+    the order of the summation, can break the tolerance)."""
+    ref, _ = _table_grads(False, mode)
+    got, _ = _table_grads(True, mode)
+    for a, b in zip(ref, got):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_backward_is_deterministic_and_sends_fewer_gradient_bytes():
+    a, _ = _table_grads(True, "off", torch.float32)
+    b, _ = _table_grads(True, "off", torch.float32)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    totals = {}
+    for dedup in (False, True):
+        bags = Bags(30, 5, seed=2)
+        _, pooled = _lookup(bags)
+        recorder = CompressionRecorder(5)
+        ex = _exchange("off", 5, 3, dedup, recorder)
+        sum(o.sum() for o in ex(pooled, compress=True, bags=bags)).backward()
+        recorder.flush(1, lambda *a, **k: None)
+        totals[dedup] = recorder.direction_summary("bwd", [16] * 5, None)
+    assert totals[False] is None  # exact and not deduplicated: nothing to account
+    assert totals[True]["bytes_sent"] < totals[True]["bytes_raw"]
+
+
+@pytest.mark.parametrize("mode", ["off", "fp16", "int8", "fp8", "simulate"])
+def test_dedup_adds_no_host_read(monkeypatch, mode):
+    """The bag index comes from the host ids: sizes stay known, no tensor is read back."""
+    from test_exchange import _Reads
+    bags = Bags(32, 4)
+    _, pooled = _lookup(bags)
+    ex = _exchange(mode, 4, 4, True, CompressionRecorder(4))
+    ex.plan.fwd.nonfinite = "passthrough"
+    pooled = [p.detach().requires_grad_() for p in pooled]
+    reads = _Reads(monkeypatch)
+    sum(o.sum() for o in ex(pooled, compress=True, bags=bags)).backward()
+    assert reads.count == 0
+
+
+def test_parse_checks_each_chunks_rows():
+    from dlrm_comp.compress.wire import parse
+    bags = Bags(16, 3)
+    _, pooled = _lookup(bags)
+    ex = _exchange("codec", 3, 1, True)
+    (msg,) = ex.encode([p.detach() for p in pooled], bags=bags)
+    rows = build_bag_index(bags.indices, bags.offsets, [(0, 16)], [True] * 3).counts[:, 0]
+    assert parse(msg, rows, 4).header["rows"].tolist() == rows.tolist()
+    with pytest.raises(CorruptPayloadError, match="rows"):
+        parse(msg, rows + 1, 4)
+
+
+# ------------------------------------------------------------------------------- training
+def _run(tiny_cfg, out: Path, *overrides: str) -> dict:
+    Trainer(tiny_cfg(*QUIET, *overrides), out).run()
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_training_with_dedup_reports_it_and_raises_the_ratio(tiny_cfg, tmp_path):
+    off = _run(tiny_cfg, tmp_path / "off", "compress.mode=codec")
+    on = _run(tiny_cfg, tmp_path / "on", "compress.mode=codec", "compress.dedup=on")
+    c_off, c_on = off["compression"], on["compression"]
+    assert c_on["bytes_raw"] == c_off["bytes_raw"] and c_on["cr"] > c_off["cr"]
+    assert 0 < c_on["distinct_fraction"] < 1 and c_on["dedup_bytes_saved"] > 0
+    assert c_on["dedup"] == {"mode": "on", "max_fraction": 0.8, "tables": list(range(len(c_on["per_table"])))}
+    assert all(0 < t["distinct_fraction"] <= 1 for t in c_on["per_table"])
+    assert c_off["dedup_bytes_saved"] == 0
+    rows = [r for r in read_jsonl(tmp_path / "on" / "metrics.jsonl") if r["kind"] == "table"]
+    assert rows and all("distinct_fraction" in r and "dedup_bytes_saved" in r for r in rows)
+
+
+def test_exact_training_with_dedup_moves_fewer_bytes_in_both_directions(tiny_cfg, tmp_path):
+    """`off` plus dedup: exact values, fewer rows, measured like any mode."""
+    summary = _run(tiny_cfg, tmp_path / "exact", "compress.dedup=on")["compression"]
+    assert summary["mode"] == "off" and summary["cr"] > 1 and summary["max_err_ratio"] is None
+    assert summary["backward"]["cr"] == pytest.approx(summary["cr"])
+
+
+def _untimed(section):
+    """A summary section without its measured seconds (which differ run to run)."""
+    if isinstance(section, dict):
+        return {k: _untimed(v) for k, v in section.items() if k not in ("enc_s", "dec_s")}
+    if isinstance(section, list):
+        return [_untimed(v) for v in section]
+    return section
+
+
+def test_auto_decides_per_table_at_intervals_and_resumes_the_decision(tiny_cfg, straight_and_resumed, tmp_path):
+    cfg = tiny_cfg(*QUIET, "compress.mode=codec", "compress.dedup=auto", "compress.dedup_max_fraction=0.5",
+                   "compress.dedup_tables=[1]")
+    straight, resumed = straight_and_resumed(cfg, 25)
+    assert _untimed(straight["compression"]) == _untimed(resumed["compression"])
+    records = [r for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl") if r["kind"] == "dedup"]
+    assert len(records) == 4  # one per print interval
+    last = records[-1]
+    want = [t for t, f in enumerate(last["distinct_fraction"]) if f < 0.5 or t == 1]
+    assert last["tables"] == want == straight["compression"]["dedup"]["tables"]
+    assert 0 < len(want) < len(last["distinct_fraction"])  # the tiny profile has tables on both sides
+
+
+@pytest.mark.parametrize("override,message", [
+    ("compress.dedup=maybe", "compress.dedup"),
+    ("compress.dedup_max_fraction=0", "compress.dedup_max_fraction"),
+    ("compress.dedup_tables=[99]", "compress.dedup_tables"),
+])
+def test_bad_dedup_settings_are_named(tiny_cfg, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(tiny_cfg(*QUIET, override), tmp_path / "bad")
+
+
+# ------------------------------------------------------------------------------- 2 and 3 ranks
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("world,sharding", [(2, "contiguous"), (3, "balanced")])
+def test_dedup_across_ranks_in_every_mode(world, sharding):
+    from test_distributed import torchrun
+    proc = torchrun(world, str(ROOT / "tests/dist_dedup_check.py"), sharding)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("dedup checks passed") == world
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("world", [2, 3])
+def test_dedup_training_matches_one_process(tiny_cfg, tmp_path, world):
+    from test_distributed import final_state, torchrun, train_cli
+    sizes = ["data.batch_size=36", "data.eval_batch_size=510", "compress.dedup=on"]
+    single = Trainer(tiny_cfg(*sizes, *QUIET, "compress.chunks=" + str(world)), tmp_path / "single")
+    single.run()
+    proc = torchrun(world, *train_cli(tmp_path / "multi", *sizes))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cards = single.source.cardinalities
+    a = final_state(tmp_path / "single", 40, 1, cards)
+    b = final_state(tmp_path / "multi", 40, world, cards)
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    multi = json.loads((tmp_path / "multi" / "summary.json").read_text())["compression"]
+    one = json.loads((tmp_path / "single" / "summary.json").read_text())["compression"]
+    assert multi["bytes_sent"] == pytest.approx(one["bytes_sent"]) and multi["cr"] > 1
+    assert np.isclose(multi["distinct_fraction"], one["distinct_fraction"])

@@ -9,6 +9,8 @@
    side with `off`: bytes on the wire (headers included), wall time per exchange, encode/decode
    time, wire ratio `cr` against `ideal_cr` (the codes' order-0 entropy), and the backward ratio
    of the real gradients through the backward exchange at `compress.backward.error_bound` 0.01.
+   `+dedup` modes send one row per distinct bag (the captured batch's ids), in both directions;
+   their `fwd.distinct_fraction` is the measured share of distinct bags.
 3. Models the end-to-end speedup at the reference's iteration breakdown (forward a2a 31.3%,
    backward a2a 31.3%, allreduce 22.9%, compute 14.5%): each compressed direction's share is
    scaled by `1/CR + B*(1/Tc + 1/Td)` with the measured ratio and throughputs and the stated link
@@ -47,7 +49,8 @@ from dlrm_comp.train.compression import build_plan, build_policy  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
 BREAKDOWN = {"fwd_a2a": 0.313, "bwd_a2a": 0.313, "allreduce": 0.229, "compute": 0.145}
-MODES = ["off", "fp16", "bf16", "fp8", "int8", "sz", "codec", "codec:slots"]  # :slots = dist.size_exchange=slots
+# :slots = dist.size_exchange=slots; +dedup = compress.dedup=on (one row per distinct bag, both directions)
+MODES = ["off", "off+dedup", "fp16", "bf16", "fp8", "int8", "sz", "codec", "codec+dedup", "codec:slots"]
 
 
 def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:
@@ -65,7 +68,7 @@ def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:
     loss = F.binary_cross_entropy_with_logits(model.head(b.dense, pooled), b.labels)
     loss.backward()
     data = {"pooled": [p.detach() for p in pooled], "grads": [p.grad.detach() for p in pooled],
-            "cardinalities": trainer.source.cardinalities, "config": cfg.to_dict()}
+            "bags": b, "cardinalities": trainer.source.cardinalities, "config": cfg.to_dict()}
     torch.save(data, path)
     return data
 
@@ -84,33 +87,36 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -
     results = {}
     a, b = [(q * len(data["grads"][0]) // world, (q + 1) * len(data["grads"][0]) // world) for q in range(world)][rank]
     for label in MODES:
-        mode, _, size_exchange = label.partition(":")
+        base, _, dedup = label.partition("+")
+        mode, _, size_exchange = base.partition(":")
         recorder = CompressionRecorder(len(cards))
         run_cfg = load_config([], [f"compress.mode={mode}", f"compress.backward.mode={mode}",
                                    "compress.table_preset=kaggle_ref"])
         plan = build_plan(run_cfg.compress, len(cards))
         plan.fwd.eb_rel[:] = policy.all(10**9)
         plan.bwd.eb_rel[:] = [0.01] * len(cards)
+        plan.dedup[:] = [dedup == "dedup"] * len(cards)
+        bags = data["bags"] if dedup else None
         ex = Exchange(ProcessGroupTransport(None, "cpu"), owners, dim, plan, recorder, size_exchange or "exact")
         pooled = [data["pooled"][t] for t in mine]
-        compress = mode != "off"
+        compress = label != "off"
         times = []
         for _ in range(repeat):
             dist.barrier()
             t0 = time.perf_counter()
-            ex.forward(pooled, compress=compress)
+            ex.forward(pooled, compress=compress, bags=bags)
             times.append(time.perf_counter() - t0)
         recorder.flush(repeat, lambda *args, **kwargs: None)  # fold the interval into the totals
         fwd = recorder.direction_summary("fwd", cards, None) or {}
         bwd = {}
         if compress:  # the real gradients of this rank's slice through the backward exchange, once
             grads = [data["grads"][t][a:b] * world for t in range(len(cards))]  # the exchange scales by 1/W
-            ex.backward(grads, True, ex.slice_rows(len(data["grads"][0])))
+            ex.backward(grads, True, ex.bag_index(len(data["grads"][0]), bags))
             recorder.flush(repeat + 1, lambda *args, **kwargs: None)
             back = recorder.direction_summary("bwd", cards, None) or {}
             bwd = {k: back.get(k) for k in ("bytes_raw", "bytes_sent", "enc_s", "dec_s")}
         results[label] = {"exchange_s": times, "fwd": {k: fwd.get(k) for k in (
-            "bytes_raw", "bytes_sent", "ideal_cr", "enc_s", "dec_s", "max_err_ratio")}, "bwd": bwd,
+            "bytes_raw", "bytes_sent", "ideal_cr", "enc_s", "dec_s", "max_err_ratio", "distinct_fraction")}, "bwd": bwd,
             "bytes_pad": ex.bytes_pad / repeat}
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
@@ -135,19 +141,21 @@ def combine(per_rank: list[dict], repeat: int, bandwidths: list[float]) -> list[
         enc = sum(p["fwd"]["enc_s"] for p in parts) / repeat
         dec = sum(p["fwd"]["dec_s"] for p in parts) / repeat
         cr = raw / sent
-        tc, td = raw / enc / 1e9, raw / dec / 1e9 if dec else float("inf")
+        tc, td = raw / enc / 1e9 if enc else float("inf"), raw / dec / 1e9 if dec else float("inf")
         b_raw = sum(p["bwd"]["bytes_raw"] for p in parts)
         b_sent = sum(p["bwd"]["bytes_sent"] for p in parts)
-        b_tc = b_raw / sum(p["bwd"]["enc_s"] for p in parts) / 1e9
+        b_enc = sum(p["bwd"]["enc_s"] for p in parts)
+        b_tc = b_raw / b_enc / 1e9 if b_enc else float("inf")
         b_dec = sum(p["bwd"]["dec_s"] for p in parts)
         b_td = b_raw / b_dec / 1e9 if b_dec else float("inf")
-        row = {"mode": mode, "size_exchange": "slots" if mode.endswith(":slots") else "exact",
+        row = {"mode": mode, "size_exchange": "slots" if ":slots" in mode else "exact", "dedup": "+dedup" in mode,
                "bytes_pad": sum(p.get("bytes_pad", 0) for p in parts),
                "exchange_s_median": wall, "vs_off_time": wall / off_time,
                "fwd": {"bytes_raw": raw, "bytes_sent": sent, "cr": cr,
                        "ideal_cr": raw / sum(raw / len(parts) / i for i in ideal_list) if ideal_list else None,
                        "encode_GBps": tc, "decode_GBps": td,
-                       "max_err_ratio": max((p["fwd"]["max_err_ratio"] or 0) for p in parts)},
+                       "max_err_ratio": max((p["fwd"]["max_err_ratio"] or 0) for p in parts),
+                       "distinct_fraction": _weighted(parts, "distinct_fraction")},
                "bwd": {"cr": b_raw / b_sent, "encode_GBps": b_tc, "decode_GBps": b_td, "eb_rel": 0.01},
                "modeled": []}
         if row["fwd"]["ideal_cr"]:
@@ -162,6 +170,13 @@ def combine(per_rank: list[dict], repeat: int, bandwidths: list[float]) -> list[
                                    "end_to_end_fwd_and_bwd": end_to_end(cr, b_raw / b_sent)}
         rows.append(row)
     return rows
+
+
+def _weighted(parts: list[dict], key: str) -> float | None:
+    """A per-rank forward figure over all ranks, weighted by the raw bytes each rank sent."""
+    have = [p["fwd"] for p in parts if p["fwd"].get(key) is not None]
+    raw = sum(f["bytes_raw"] for f in have)
+    return sum(f[key] * f["bytes_raw"] for f in have) / raw if raw else None
 
 
 def message_speedup(cr: float, tc: float, td: float, bandwidth: float) -> float:

@@ -201,7 +201,7 @@ class CompressConfig:
     # chunk. `on` for every table, `auto` per table where the measured distinct fraction is below
     # `dedup_max_fraction` (re-decided at print intervals), `off`; `dedup_tables` are always on.
     dedup: str = "off"
-    dedup_max_fraction: float = 0.8
+    dedup_max_fraction: float = 0.95
     dedup_tables: list[int] = field(default_factory=list)
     print_tables: bool = True
     decay: DecayConfig = field(default_factory=DecayConfig)

@@ -32,7 +32,12 @@ def test_bench_all_tiny(tmp_path):
     assert len(files) == 8 * 3  # 8 tiny tables at iterations 0, 10, 20
     assert files[0][2].stat().st_size == 64 * 8 * 4
     rows = json.loads((out / "encode/results.json").read_text())
-    assert {r["size"] for r in rows} == {"real", "padded"}
+    assert {r["size"] for r in rows} == {"real", "padded", "dedup"}
+    # dedup: the same messages, distinct bags only, ratios against the whole message: never worse
+    by = {(r["table"], r["iteration"], r["eb_rel"], r["encoder"], r["size"]): r for r in rows}
+    pairs = [(r, by[k[:4] + ("real",)]) for k, r in by.items() if k[4] == "dedup" and r["encoder"] == "identity"]
+    assert pairs and all(d["message_bytes"] == r["message_bytes"] and d["bytes"] <= r["bytes"] for d, r in pairs)
+    assert any(d["bytes"] < r["bytes"] for d, r in pairs)
     encs = {r["encoder"] for r in rows}
     assert {"identity", "zlib-auto", "btune", "blosc2-zstd5"} <= encs
     real = [r for r in rows if r["size"] == "real"]

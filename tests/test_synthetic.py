@@ -165,7 +165,7 @@ def test_num_batches(tiny):
 
 
 def test_errors_name_the_accepted_values(tiny):
-    with pytest.raises(ValueError, match="kaggle, terabyte, tiny, custom"):
+    with pytest.raises(ValueError, match="kaggle, terabyte, tiny, criteo_like, custom"):
         resolve_cardinalities("huge", None, 0)
     with pytest.raises(ValueError, match="custom"):
         resolve_cardinalities("custom", None, 0)
@@ -197,3 +197,19 @@ def test_batch_slice_and_to(multi_hot):
     moved = batch.to("cpu")
     assert_same(moved, batch)
     assert moved.dense.device.type == "cpu"
+
+
+def test_criteo_like_profile_reproduces_the_measured_distinct_fractions():
+    """Per-table exponents are fitted so that 128-row chunks hold real Criteo's distinct-id
+    fractions (at the run's capped cardinalities)."""
+    import numpy as np
+    from dlrm_comp.data.synthetic import DISTINCT_FRACTIONS, PROFILES, SyntheticCriteo, profile_exponents
+    cards = [min(c, 10000) for c in PROFILES["criteo_like"]]
+    source = SyntheticCriteo(cards, zipf_exponent=profile_exponents("criteo_like", cards, 1.1),
+                             num_val_samples=64, num_test_samples=64)
+    rows, want = DISTINCT_FRACTIONS["criteo_like"]
+    got = np.zeros(len(cards))
+    for i in range(40):
+        batch = source.batch("train", i, rows)
+        got += [len(np.unique(ids.numpy())) / rows for ids in batch.indices]
+    assert np.abs(got / 40 - np.array(want)).max() < 0.05

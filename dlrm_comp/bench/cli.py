@@ -2,10 +2,10 @@
 
     python launch/bench.py all --config configs/debug.yaml --out DIR [--set key=value ...]
     python launch/bench.py dump --config configs/debug.yaml --out DIR/dumps --every 100 --iterations 300
-    python launch/bench.py quantize --dumps DIR/dumps --out DIR/codes --bounds 1e-2 3e-2 [--width auto|2]
+    python launch/bench.py quantize --dumps DIR/dumps --out DIR/codes --bounds 1e-2 3e-2 [--width auto|2] [--dedup]
                                     [--decay step --decay-constant 2 --early-stage 640] [--batch B --dim D]
     python launch/bench.py pad --codes DIR/codes --out DIR/padded --factor 16
-    python launch/bench.py encode --codes DIR/codes [--padded DIR/padded/codes] --out DIR/encode
+    python launch/bench.py encode --codes DIR/codes [--padded DIR/padded/codes] [--dedup DIR/dedup] --out DIR/encode
     python launch/bench.py report --results DIR/encode --out DIR/report --bandwidths 12.5 25 100
 
 Errors in arguments or inputs exit with status 2 and a message.
@@ -59,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--batch", type=int, help="rows per dump (where there is no meta.json)")
     p.add_argument("--dim", type=int, help="embedding dim (where there is no meta.json)")
+    p.add_argument("--dedup", action="store_true", help="only each dump's distinct bags (bag deduplication)")
     _add_quant(p)
     p = sub.add_parser("pad", help="concatenate copies to emulate larger messages")
     p.add_argument("--codes", required=True)
@@ -67,13 +68,14 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="every encoder on every code file")
     p.add_argument("--codes", required=True)
     p.add_argument("--padded", help="codes directory of the pad step")
+    p.add_argument("--dedup", help="codes directory of `quantize --dedup` (distinct bags, side by side)")
     p.add_argument("--out", required=True)
     _add_encode(p)
     p = sub.add_parser("report", help="CSV/JSON, speedups, hybrid choice, plots, report.md")
     p.add_argument("--results", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--bandwidths", type=float, nargs="+", default=[12.5, 25.0, 100.0], help="GB/s")
-    p = sub.add_parser("all", help="dump, quantize, pad, encode, report into --out")
+    p = sub.add_parser("all", help="dump, quantize (all rows and distinct bags), pad, encode, report into --out")
     _add_train(p)
     p.add_argument("--out", required=True)
     _add_quant(p)
@@ -89,12 +91,14 @@ def _decay(args) -> DecaySchedule | None:
     return DecaySchedule(args.decay, args.decay_constant, args.early_stage)
 
 
-def _encode(args, codes: Path, padded: Path | None, out: Path, progress: bool) -> int:
+def _encode(args, codes: Path, padded: Path | None, out: Path, progress: bool, dedup: Path | None = None) -> int:
     kw = dict(tune_bandwidth_gbs=args.tune_bandwidth, tune_tradeoff=args.tune_tradeoff,
               floats=not args.no_floats, progress=progress)
     rows = encode_codes(read_codes_index(codes)["entries"], codes, "real", **kw)
     if padded is not None:
         rows += encode_codes(read_codes_index(padded)["entries"], padded, "padded", **kw)
+    if dedup is not None:
+        rows += encode_codes(read_codes_index(dedup)["entries"], dedup, "dedup", **kw)
     write_rows(rows, out)
     return len(rows)
 
@@ -108,12 +112,12 @@ def run(argv: list[str] | None = None) -> dict:
         run_dump(args.config, args.overrides, Path(args.out), args.every, args.iterations)
     elif args.cmd == "quantize":
         info["files"] = len(quantize_dir(Path(args.dumps), Path(args.out), args.bounds, args.width, _decay(args),
-                                         args.batch, args.dim, progress))
+                                         args.batch, args.dim, progress, dedup=args.dedup))
     elif args.cmd == "pad":
         info["files"] = len(pad_dir(Path(args.codes), Path(args.out), args.factor, progress))
     elif args.cmd == "encode":
         info["rows"] = _encode(args, Path(args.codes), Path(args.padded) if args.padded else None, Path(args.out),
-                               progress)
+                               progress, Path(args.dedup) if args.dedup else None)
     elif args.cmd == "report":
         make_report(Path(args.results), Path(args.out), args.bandwidths)
     else:
@@ -121,7 +125,8 @@ def run(argv: list[str] | None = None) -> dict:
         run_dump(args.config, args.overrides, out / "dumps", args.every, args.iterations)
         quantize_dir(out / "dumps", out / "codes", args.bounds, args.width, _decay(args), progress=progress)
         pad_dir(out / "codes", out / "padded", args.factor, progress)
-        info["rows"] = _encode(args, out / "codes", out / "padded" / "codes", out / "encode", progress)
+        quantize_dir(out / "dumps", out / "dedup", args.bounds, args.width, _decay(args), progress=progress, dedup=True)
+        info["rows"] = _encode(args, out / "codes", out / "padded" / "codes", out / "encode", progress, out / "dedup")
         make_report(out / "encode", out / "report", args.bandwidths)
         info["report"] = str(out / "report" / "report.md")
     info["wall_s"] = round(time.perf_counter() - t0, 2)

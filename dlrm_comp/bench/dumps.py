@@ -26,6 +26,25 @@ def dump_name(table: int, iteration: int) -> str:
     return f"EMB_{table}_iter_{iteration}.bin"
 
 
+def bags_name(table: int, iteration: int) -> str:
+    """The dump's bag codes (int64 per row, equal iff the rows' id sequences are: `dedup.bag_codes`)."""
+    return f"BAGS_{table}_iter_{iteration}.bin"
+
+
+def distinct_rows(dump: Path, batch: int) -> np.ndarray | None:
+    """Rows of a dump's distinct bags, in bag order (what a deduplicated chunk sends), or None
+    where the dump has no bag file (dumps written before bag ids were recorded)."""
+    p = Path(dump)
+    m = DUMP_RE.match(p.name)
+    bags = p.with_name(bags_name(int(m.group(1)), int(m.group(2)))) if m else None
+    if bags is None or not bags.exists():
+        return None
+    codes = np.fromfile(bags, dtype="<i8")
+    if codes.size != int(batch):
+        raise DumpFormatError(f"{bags.name}: {codes.size} bag codes, the dump has {batch} rows")
+    return np.unique(codes, return_index=True)[1]
+
+
 def write_meta(directory: Path, batch: int, dim: int, tables: Sequence[int], cardinalities: Sequence[int],
                every: int, **extra: Any) -> None:
     meta = {"batch": int(batch), "dim": int(dim), "tables": [int(t) for t in tables],
@@ -108,6 +127,8 @@ class DumpExtension(TrainingExtension):
         self.done: set[int] = set()
         self.files: list[Path] = []
         self.dim: int | None = None
+        self.trainer = None
+        self.bags: list[np.ndarray] | None = None  # the armed step's bag codes per table
 
     def attach(self, model: nn.Module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,15 +136,26 @@ class DumpExtension(TrainingExtension):
         for t in self.tables:
             model.pooled_hooks[t] = _Tap(hooks[t], t, self)
 
+    def bind(self, trainer) -> None:
+        self.trainer = trainer
+
     def before_step(self, iteration: int) -> None:
         self.armed = iteration if iteration % self.every == 0 else None
         self.done = set()
+        self.bags = None
+        if self.armed is not None and self.trainer is not None:  # the batch this step reads (a pure function)
+            from dlrm_comp.exchange.dedup import bag_codes
+            tr = self.trainer
+            batch = tr.source.batch("train", tr.schedule.index(iteration), self.batch)
+            self.bags = [bag_codes(i, o) for i, o in zip(batch.indices, batch.offsets)]
 
     def write(self, table: int, x: torch.Tensor) -> None:
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
         self.dim = int(arr.shape[-1])
         path = self.out_dir / dump_name(table, int(self.armed))
         arr.tofile(path)
+        if self.bags is not None and len(self.bags[table]) == len(arr):
+            self.bags[table].astype("<i8").tofile(self.out_dir / bags_name(table, int(self.armed)))
         self.files.append(path)
         self.done.add(table)
         write_meta(self.out_dir, self.batch, self.dim, self.tables,

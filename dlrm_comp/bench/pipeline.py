@@ -11,7 +11,10 @@ Layout (every step reads the previous one's directory):
   padded messages emulate the large messages the reference measured.
 * ``encode``: ``results.csv`` / ``results.json``: one row per (code file, encoder) with the wire
   size (frame header and CRC included), ratio vs fp32, encode/decode seconds and fp32-equivalent
-  throughputs, the entropy ideal and efficiency, and ``size`` = ``real`` or ``padded``.
+  throughputs, the entropy ideal and efficiency, and ``size`` = ``real``, ``padded`` or ``dedup``.
+* ``quantize --dedup``: the real dumps' distinct bags only (one row per distinct bag, from the
+  ``BAGS_*`` files the dump writes), quantized with the same range: what a deduplicated chunk
+  sends. Their ratios are against the whole dump's fp32 bytes, so they count both savings.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dlrm_comp.bench.dumps import DumpFormatError, list_dumps, load_dump, read_meta, write_meta, dump_name
+from dlrm_comp.bench.dumps import DumpFormatError, distinct_rows, dump_name, list_dumps, load_dump, read_meta, write_meta
 from dlrm_comp.compress.backends import get_backend
 from dlrm_comp.compress.decay import DecaySchedule
 from dlrm_comp.compress.frame import FrameHeader, frame_overhead
@@ -74,10 +77,17 @@ def _timed(fn: Callable[[], Any], min_s: float = 0.002, max_reps: int = 50) -> t
 
 
 # ------------------------------------------------------------------------------------------ quantize
+def load_rows(entry: dict[str, Any]) -> np.ndarray:
+    """The floats an entry's codes stand for: the whole dump, or its distinct bags (dedup)."""
+    x = load_dump(Path(entry["source"]), entry["batch"], entry["dim"])
+    return x[distinct_rows(Path(entry["source"]), entry["batch"])] if entry.get("dedup") else x
+
+
 def quantize_dir(dumps: Path, out: Path, bounds: Sequence[float], width: str = "auto",
                  decay: DecaySchedule | None = None, batch: int | None = None, dim: int | None = None,
-                 progress: bool = True) -> list[dict[str, Any]]:
-    """Quantize every dump at every relative bound; writes codes + codes.json, returns the entries."""
+                 progress: bool = True, dedup: bool = False) -> list[dict[str, Any]]:
+    """Quantize every dump at every relative bound; writes codes + codes.json, returns the entries.
+    ``dedup``: only each dump's distinct bags (its range is the same, so are its codes)."""
     if width not in WIDTHS:
         raise ValueError(f"quantize.width: {width!r} is not one of {', '.join(WIDTHS)}")
     bounds = [float(b) for b in bounds]
@@ -89,8 +99,16 @@ def quantize_dir(dumps: Path, out: Path, bounds: Sequence[float], width: str = "
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries, skipped = [], 0
-    for table, it, path in tqdm(files, desc="quantize", unit="file", disable=not progress):
-        x = torch.from_numpy(load_dump(path, meta["batch"], meta["dim"]))
+    for table, it, path in tqdm(files, desc="quantize" + (" (dedup)" if dedup else ""), unit="file",
+                                disable=not progress):
+        x = load_dump(path, meta["batch"], meta["dim"])
+        if dedup:
+            keep = distinct_rows(path, meta["batch"])
+            if keep is None:
+                raise DumpFormatError(f"{path.name}: no bag file next to it (dumps of this version write "
+                                      "BAGS_{table}_iter_{k}.bin); rerun the dump step")
+            x = x[keep]
+        x = torch.from_numpy(np.ascontiguousarray(x))
         for eb in bounds:
             eff = eb * (decay.multiplier(it) if decay is not None else 1.0)
             eff = min(eff, 0.5)
@@ -110,9 +128,10 @@ def quantize_dir(dumps: Path, out: Path, bounds: Sequence[float], width: str = "
             codes.astype(CODE_DTYPES[w], copy=False).tofile(out / name)
             entries.append({"file": name, "table": table, "iteration": it, "eb_rel": eb, "eb_eff": eff, "width": w,
                             "minimum": q.minimum, "step": q.step, "eb_abs": q.eb_abs, "n": int(codes.size),
+                            "n_full": meta["batch"] * meta["dim"], "rows": int(x.shape[0]), "dedup": dedup,
                             "batch": meta["batch"], "dim": meta["dim"], "quant_s": qs, "dequant_s": dqs,
                             "source": str(Path(path).resolve())})
-    index = {"settings": {"bounds": bounds, "width": width, "dumps": str(Path(dumps).resolve()),
+    index = {"settings": {"bounds": bounds, "width": width, "dumps": str(Path(dumps).resolve()), "dedup": dedup,
                           "decay": None if decay is None else {"func": decay.func, "constant": decay.constant,
                                                                "early_stage": decay.early_stage}},
              "meta": meta, "skipped": skipped, "entries": entries}
@@ -149,14 +168,15 @@ def pad_dir(codes: Path, out: Path, factor: int, progress: bool = True) -> list[
 
 # ------------------------------------------------------------------------------------------ encode
 def _overhead(entry: dict[str, Any], codec: LosslessCodec, body_len: int) -> int:
-    h = FrameHeader("codec", 2, torch.float32, (entry["batch"], entry["dim"]), entry["width"], codec.codec_id,
+    h = FrameHeader("codec", 2, torch.float32, (entry.get("rows", entry["batch"]), entry["dim"]), entry["width"],
+                    codec.codec_id,
                     codec.header_params(), entry["eb_eff"], entry["eb_abs"], (entry["minimum"], entry["step"]))
     return frame_overhead(h, body_len)
 
 
 def _row(entry: dict[str, Any], size: str, encoder: str, nbytes: int, enc_s: float, dec_s: float,
          ideal: float | None, params: str = "") -> dict[str, Any]:
-    raw = 4 * entry["n"]
+    raw = 4 * entry.get("n_full", entry["n"])  # a dedup entry stands for its whole dump
     return {"table": entry["table"], "iteration": entry["iteration"], "eb_rel": entry["eb_rel"],
             "eb_eff": entry["eb_eff"], "width": entry["width"], "size": size, "message_bytes": raw,
             "encoder": encoder, "params": params, "bytes": nbytes, "cr": raw / nbytes,
@@ -218,7 +238,7 @@ def encode_codes(entries: list[dict[str, Any]], codes_dir: Path, size: str, *, t
             add("ans-model", AnsModelCodec(e["table"], version, store), f"version={version}")
         hist.append(codes)
         if floats:
-            x = torch.from_numpy(load_dump(Path(e["source"]), e["batch"], e["dim"]))
+            x = torch.from_numpy(np.ascontiguousarray(load_rows(e)))
             for label, be, eb in [("sz3", sz, e["eb_eff"])] + [(m, b, None) for m, b in fixed.items()]:
                 enc, cs = _timed(lambda: be.encode(x, eb))
                 _, ds = _timed(lambda: be.decode(enc))

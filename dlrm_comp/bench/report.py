@@ -22,6 +22,8 @@ import numpy as np  # noqa: E402
 
 from dlrm_comp.bench.pipeline import read_rows  # noqa: E402
 
+SIZES = ("real", "dedup", "padded")  # message variants, in report order
+
 
 def speedup(cr: float, tc_bps: float, td_bps: float, bw_bps: float) -> float:
     return 1.0 / (1.0 / cr + bw_bps * (1.0 / tc_bps + 1.0 / td_bps))
@@ -90,7 +92,7 @@ def _primary_eb(agg: list[dict[str, Any]]) -> float:
 
 def plot_ratio_bars(agg, out: Path, encoders: Sequence[str]) -> Path:
     eb = _primary_eb(agg)
-    sizes = [s for s in ("real", "padded") if any(a["size"] == s for a in agg)]
+    sizes = [s for s in SIZES if any(a["size"] == s for a in agg)]
     fig, axes = plt.subplots(len(sizes), 1, figsize=(14, 3.6 * len(sizes)), squeeze=False)
     for ax, size in zip(axes[:, 0], sizes):
         sub = [a for a in agg if a["size"] == size and a["eb_rel"] == eb]
@@ -147,7 +149,7 @@ def plot_time_stacked(agg, out: Path, encoders: Sequence[str], bw_gbs: float, si
 
 
 def plot_ratio_vs_bound(agg, out: Path, encoders: Sequence[str]) -> Path:
-    sizes = [s for s in ("real", "padded") if any(a["size"] == s for a in agg)]
+    sizes = [s for s in SIZES if any(a["size"] == s for a in agg)]
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         ebs = sorted({a["eb_rel"] for a in agg if a["size"] == size})
@@ -211,7 +213,7 @@ def make_report(results: Path, out: Path, bandwidths_gbs: Sequence[float] = (12.
                     if e in encoders]
     stacked = [e for e in ("zlib-auto", "btune", "ans-model", "sz3") if e in encoders]
     plots = [plot_ratio_bars(agg, out, bar_encoders), plot_ratio_vs_bound(agg, out, bar_encoders)]
-    for size in ("real", "padded"):
+    for size in SIZES:
         if any(a["size"] == size for a in agg):
             plots.append(plot_time_stacked(agg, out, stacked, bandwidths_gbs[0], size))
     summary = {"bandwidths_gbs": bandwidths_gbs, "overall": overall, "hybrid": hyb, "per_table": agg,
@@ -220,10 +222,12 @@ def make_report(results: Path, out: Path, bandwidths_gbs: Sequence[float] = (12.
     md = ["# Offline compression benchmark", "",
           f"Source: `{Path(results).resolve()}`, {len(rows)} measurements. Ratios are fp32 bytes over wire bytes "
           "(frame header and CRC included). **real** = one table's pooled output of one mini-batch as dumped "
-          "(the message size of the run); **padded** = the same data repeated to emulate large messages "
+          "(the message size of the run); **dedup** = the same messages with one row per distinct bag (bag "
+          "deduplication: ratios against the whole message's fp32 bytes, side by side with **real**); "
+          "**padded** = the same data repeated to emulate large messages "
           "(the reference's method; those ratios do not transfer to the wire). Throughputs are GB/s of fp32 "
           "input and include quantization/reconstruction. Speedup = 1/(1/CR + B(1/Tc + 1/Td)).", ""]
-    for size in ("real", "padded"):
+    for size in SIZES:
         sub = [o for o in overall if o["size"] == size]
         if sub:
             md += [f"## Harmonic mean over tables, {size} messages ({sub[0]['message_bytes']} B fp32)", "",

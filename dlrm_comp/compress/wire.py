@@ -3,8 +3,8 @@
     preamble (20 B)      u8 magic 0xDB | u8 version | u8 dtype | u8 sections | u16 chunks
                          | u16 cols | u32 rows (the most rows of any chunk) | u32 message bytes
                          | u32 Adler-32 of the table
-    chunk table (C x 28) u16 table | u8 kind | u8 bits | u8 section | u8 layout | u16 0
-                         | u32 rows | f32 minimum | f32 step | f32 eb_abs | u32 body bytes
+    chunk table (C x 22) u16 table | u8 kind | u8 bits | u8 section | u8 layout | u32 rows
+                         | f32 minimum | f32 step | u32 body bytes
     sections             per section: u8 codec id | u8 param bytes | u16 0 | u32 raw bytes
                          | u32 coded bytes | u32 Adler-32 of the raw bytes | params | coded bytes
 
@@ -35,13 +35,12 @@ from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.quantize import ChunkKind
 
 MAGIC, VERSION = 0xDB, 3
-PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 28, 16
+PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 22, 16
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 KIND_RAW, KIND_CONST, KIND_QUANT, KIND_SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT,
                                                               ChunkKind.SZ))
 HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("section", "u1"), ("layout", "u1"),
-                         ("reserved", "<u2"), ("rows", "<u4"), ("minimum", "<f4"), ("step", "<f4"), ("eb_abs", "<f4"),
-                         ("nbytes", "<u4")])
+                         ("rows", "<u4"), ("minimum", "<f4"), ("step", "<f4"), ("nbytes", "<u4")])
 assert HEADER_DTYPE.itemsize == CHUNK_HEADER
 _PREAMBLE = struct.Struct("<BBBBHHIII")
 _SECTION = struct.Struct("<BBHIII")

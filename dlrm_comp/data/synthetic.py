@@ -26,7 +26,28 @@ PROFILES: dict[str, list[int]] = {
                  11156, 122, 4, 970, 14, 9994222, 7267859, 9946608, 415421, 12420, 101, 36],
     # small and fast, for tests and debugging
     "tiny": [4096, 2048, 1000, 500, 100, 40, 10, 4],
+    # Kaggle's tables with per-table exponents that reproduce real Criteo's repeated ids (below)
+    "criteo_like": [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
+                    5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572],
 }
+
+# Distinct ids per 128-row chunk, per table, on the first 10,000 rows of the real Criteo Kaggle
+# training file (measured; see the bag-deduplication issue). A profile listed here gets per-table
+# Zipf exponents solved so that its chunks hold these fractions (`zipf.fit_exponents`), at the
+# run's own (capped) cardinalities; `data.zipf_exponent` applies to the other profiles.
+DISTINCT_FRACTIONS: dict[str, tuple[int, list[float]]] = {
+    "criteo_like": (128, [0.15, 0.48, 0.83, 0.76, 0.08, 0.05, 0.92, 0.11, 0.02, 0.68, 0.87, 0.82, 0.84, 0.08, 0.86,
+                          0.81, 0.07, 0.71, 0.20, 0.03, 0.82, 0.04, 0.08, 0.62, 0.12, 0.45]),
+}
+
+
+def profile_exponents(profile: str, cardinalities: list[int], default: float) -> float | list[float]:
+    """The Zipf exponent(s) of a profile: fitted per table where it names distinct fractions."""
+    if profile not in DISTINCT_FRACTIONS:
+        return default
+    from dlrm_comp.data.zipf import fit_exponents
+    rows, fractions = DISTINCT_FRACTIONS[profile]
+    return fit_exponents(cardinalities, fractions, rows)
 
 _STREAMS = {"train": 0, "val": 1, "test": 2}
 _CALIBRATION_STREAM = 3
@@ -56,7 +77,8 @@ def resolve_cardinalities(profile: str, custom: list[int] | None, max_ind_range:
 class SyntheticCriteo:
     """Implements `BatchSource`. Cheap to construct (a calibration sample of ~32k rows)."""
 
-    def __init__(self, cardinalities: list[int], *, num_dense: int = 13, seed: int = 0, zipf_exponent: float = 1.1,
+    def __init__(self, cardinalities: list[int], *, num_dense: int = 13, seed: int = 0,
+                 zipf_exponent: float | list[float] = 1.1,
                  pooling_factor: int = 1, click_rate: float = 0.25, num_val_samples: int = 16384,
                  num_test_samples: int = 16384, signal_strength: float = DEFAULT_SIGNAL_STRENGTH,
                  teacher: TeacherConfig | None = None):
@@ -72,7 +94,9 @@ class SyntheticCriteo:
             raise ValueError(f"signal_strength must be >= 0, got {signal_strength}")
         self.cardinalities = [int(c) for c in cardinalities]
         self.num_dense, self.seed = int(num_dense), int(seed)
-        self.zipf_exponent, self.pooling_factor, self.click_rate = float(zipf_exponent), int(pooling_factor), click_rate
+        self.zipf_exponent = [float(e) for e in zipf_exponent] if isinstance(zipf_exponent, (list, tuple)) \
+            else float(zipf_exponent)
+        self.pooling_factor, self.click_rate = int(pooling_factor), click_rate
         self.num_samples = {"train": None, "val": int(num_val_samples), "test": int(num_test_samples)}
         structure = np.random.default_rng(np.random.SeedSequence([self.seed, 0x5EED]))
         self.zipf = ZipfTables.create(self.cardinalities, self.zipf_exponent, structure)

@@ -540,7 +540,7 @@ class Exchange:
         kind = q.kind.cpu().numpy()
         bits = q.bits.cpu().numpy()
         h["table"], h["kind"], h["bits"], h["rows"] = tables, kind, bits, rows
-        h["minimum"], h["step"], h["eb_abs"] = q.minimum.cpu().numpy(), q.step.cpu().numpy(), q.eb_abs.cpu().numpy()
+        h["minimum"], h["step"] = q.minimum.cpu().numpy(), q.step.cpu().numpy()
         h["section"] = sections
         bp = np.array([plan.bitpack[t] for t in tables], dtype=bool)
         h["layout"] = bp
@@ -594,7 +594,7 @@ class Exchange:
             mn = mx = torch.zeros(len(x), dtype=torch.float64)
         eb_abs = round_down_f32(self._eb(plan, tables, "cpu") * (mx - mn)).clamp_max(3.0e38)
         h = np.zeros(len(tables), dtype=HEADER_DTYPE)
-        h["table"], h["layout"], h["eb_abs"], h["rows"] = tables, 1, eb_abs.numpy(), rows
+        h["table"], h["layout"], h["rows"] = tables, 1, rows
         arr = x.to(work).numpy()
         ref = x64.numpy()
         bodies, errs = [b""] * len(tables), np.zeros(len(tables))

@@ -12,9 +12,10 @@ from dlrm_comp.model import DLRM
 def build_source(cfg: DataConfig):
     """The run's `BatchSource`: the synthetic generator or a preprocessed Criteo cache."""
     if cfg.source == "synthetic":
-        from dlrm_comp.data.synthetic import SyntheticCriteo, resolve_cardinalities
+        from dlrm_comp.data.synthetic import SyntheticCriteo, profile_exponents, resolve_cardinalities
         cards = resolve_cardinalities(cfg.profile, cfg.cardinalities or None, cfg.max_ind_range)
-        return SyntheticCriteo(cards, num_dense=cfg.num_dense, seed=cfg.seed, zipf_exponent=cfg.zipf_exponent,
+        exponent = profile_exponents(cfg.profile, cards, cfg.zipf_exponent)
+        return SyntheticCriteo(cards, num_dense=cfg.num_dense, seed=cfg.seed, zipf_exponent=exponent,
                                pooling_factor=cfg.pooling_factor, click_rate=cfg.click_rate,
                                num_val_samples=cfg.num_val_samples, num_test_samples=cfg.num_test_samples)
     from dlrm_comp.data.criteo import CriteoDataset, CriteoFormatError, preprocess_criteo

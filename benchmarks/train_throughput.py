@@ -62,12 +62,21 @@ class Run:
             "tables": len(self.trainer.source.cardinalities),
             "embedding_rows": int(sum(self.trainer.source.cardinalities)),
             "compress_mode": self.cfg.compress.mode,
+            "dedup": self.cfg.compress.dedup,
             "iterations": len(self.times),
             "build_s": round(self.build_s, 3),
             "step_s_median": median,
             "step_s_mean": statistics.fmean(self.times),
             "samples_per_s": self.cfg.data.batch_size / median,
         }
+
+
+def mode_overrides(label: str) -> list[str]:
+    """``codec`` -> compress.mode=codec; ``codec+dedup`` also switches bag deduplication on."""
+    mode, _, extra = label.partition("+")
+    if extra not in ("", "dedup"):
+        raise SystemExit(f"--modes: {label!r}: the only suffix is +dedup")
+    return [f"compress.mode={mode}"] + (["compress.dedup=on"] if extra else [])
 
 
 def main() -> None:
@@ -77,12 +86,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--block", type=int, default=20, help="steps per mode before switching to the next")
     parser.add_argument("--modes", nargs="+", default=["off", "codec"],
-                        help="compress.mode values measured side by side on each config")
+                        help="compress.mode values measured side by side on each config; MODE+dedup adds "
+                             "compress.dedup=on")
     parser.add_argument("--set", nargs="+", default=[], dest="overrides")
     args = parser.parse_args()
     results = []
     for c in args.configs:
-        runs = [Run(ROOT / c, [*args.overrides, f"compress.mode={m}"], args.warmup) for m in args.modes]
+        runs = [Run(ROOT / c, [*args.overrides, *mode_overrides(m)], args.warmup) for m in args.modes]
         # interleaved blocks: a noisy moment of the machine costs every mode alike
         for _ in range(max(1, args.iterations // args.block)):
             for run in runs:

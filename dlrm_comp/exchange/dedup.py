@@ -66,60 +66,84 @@ def bag_codes(indices: torch.Tensor, offsets: torch.Tensor) -> np.ndarray:
     return np.unique(padded, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
+def batch_codes(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], batch: int) -> np.ndarray:
+    """``[T, B]`` bag codes of a batch: one host copy for single-hot tables (the common case), a
+    per-table ``bag_codes`` only for multi-hot ones."""
+    t_count = len(offsets)
+    if not t_count:
+        return np.zeros((0, batch), np.int64)
+    single = [len(i) == batch for i in indices]
+    out = np.empty((t_count, batch), np.int64)
+    if any(single):
+        pick = [t for t, one in enumerate(single) if one]
+        offs = torch.stack([offsets[t] for t in pick]).detach().cpu().numpy()
+        ids = torch.stack([indices[t] for t in pick]).detach().cpu().numpy()
+        one_per_row = (offs == np.arange(batch)[None, :]).all(axis=1)
+        for k, t in enumerate(pick):
+            out[t] = ids[k] if one_per_row[k] else bag_codes(indices[t], offsets[t])
+    for t in (t for t, one in enumerate(single) if not one):
+        out[t] = bag_codes(indices[t], offsets[t])
+    return out
+
+
 def build_bag_index(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
                     slices: list[tuple[int, int]], dedup: Sequence[bool]) -> BagIndex:
     """The distinct bags of every (table, slice) of a batch, with one sort over all tables."""
     t_count, w = len(offsets), len(slices)
     b = slices[-1][1] if slices else 0
-    codes = np.stack([bag_codes(i, o) for i, o in zip(indices, offsets)]) if t_count else np.zeros((0, b), np.int64)
+    codes = batch_codes(indices, offsets, b)
     codes = codes - codes.min(axis=1, keepdims=True) if b else codes  # ids >= 0 from here on
     span = int(codes.max()) + 1 if codes.size else 1
-    slice_of = np.repeat(np.arange(w), [hi - lo for lo, hi in slices])
+    widths = [hi - lo for lo, hi in slices]
+    slice_of = np.repeat(np.arange(w), widths)
     if t_count * w * span >= 2**62:  # keys would overflow: one table at a time
         parts = [_distinct(codes[t:t + 1], slice_of, w, span) for t in range(t_count)]
-        order, chunk_of, inverse, counts = _concat_tables(parts, b, w)
+        order, inverse, counts = _concat_tables(parts, b, w)
     else:
-        order, chunk_of, inverse, counts = _distinct(codes, slice_of, w, span)
+        order, inverse, counts = _distinct(codes, slice_of, w, span)
     distinct = counts.reshape(t_count, w)
     dedup = np.asarray(dedup, dtype=bool)
-    rows = np.arange(b)
-    firsts, bags, starts = [], [], np.zeros((t_count, w + 1), np.int64)
     chunk_start = np.concatenate([[0], np.cumsum(counts)])
+    table_start = chunk_start[np.arange(t_count) * w]
+    # each row's position among its chunk's distinct bags, for every table at once
+    bag_all = inverse.reshape(t_count, b) - chunk_start[np.arange(t_count)[:, None] * w + slice_of[None, :]]
+    rows = np.arange(b)
+    local = rows - np.repeat([lo for lo, _ in slices], widths)
+    identity_starts = np.array([0] + [hi for _, hi in slices], np.int64)
+    firsts, bags = [], []
+    starts = np.tile(identity_starts, (t_count, 1))
     for t in range(t_count):
         if dedup[t]:
-            lo, hi = chunk_start[t * w], chunk_start[(t + 1) * w]
+            lo, hi = table_start[t], chunk_start[(t + 1) * w]
             firsts.append(order[lo:hi] - t * b)
             starts[t] = chunk_start[t * w:(t + 1) * w + 1] - lo
-            bags.append(inverse[t * b:(t + 1) * b] - chunk_start[t * w + slice_of])
+            bags.append(bag_all[t])
         else:
             firsts.append(rows)
-            starts[t] = [0] + [hi for _, hi in slices]
-            bags.append(rows - np.repeat([lo for lo, _ in slices], [hi - lo for lo, hi in slices]))
+            bags.append(local)
     return BagIndex(slices, dedup, distinct, firsts, starts, bags)
 
 
 def _distinct(codes: np.ndarray, slice_of: np.ndarray, w: int, span: int):
     """Distinct (table, slice, code) keys of ``codes [T, B]``: the batch-flat row of each key's
-    first occurrence (keys in order), its chunk, each row's key, and the keys per chunk."""
+    first occurrence (keys in order), each row's key, and the keys per chunk."""
     t_count, b = codes.shape
     chunk = (np.arange(t_count)[:, None] * w + slice_of[None, :]).reshape(-1)
     keys = chunk * span + codes.reshape(-1)
     uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    chunk_of = uniq // span
-    counts = np.bincount(chunk_of, minlength=t_count * w)
-    return first, chunk_of, inverse.reshape(-1), counts
+    counts = np.bincount(uniq // span, minlength=t_count * w)
+    return first, inverse.reshape(-1), counts
 
 
 def _concat_tables(parts, b: int, w: int):
-    firsts, chunks, inverses, counts = [], [], [], []
+    firsts, inverses, counts = [], [], []
     base = 0
-    for t, (first, chunk_of, inverse, count) in enumerate(parts):
+    for t, (first, inverse, count) in enumerate(parts):
         firsts.append(first + t * b)
-        chunks.append(chunk_of + t * w)
         inverses.append(inverse + base)
         counts.append(count)
         base += len(first)
-    return np.concatenate(firsts), np.concatenate(chunks), np.concatenate(inverses), np.concatenate(counts)
+    return np.concatenate(firsts), np.concatenate(inverses), np.concatenate(counts)
 
 
 def identity_index(num_tables: int, slices: list[tuple[int, int]]) -> BagIndex:

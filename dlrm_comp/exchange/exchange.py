@@ -222,19 +222,22 @@ class Exchange:
         return hit
 
     def layout(self, index: BagIndex, plan: DirectionPlan) -> Layout:
-        """Messages of both sides and the row maps of one direction (memoised without dedup)."""
-        if not index.active:
-            return self._memo_get(("layout", id(index), id(plan), plan.version),
-                                  lambda: self._build_layout(index, plan))
-        return self._build_layout(index, plan)
+        """Messages of both sides and the row maps of one direction, memoised on the index and
+        the tables' order (so the backward of a step reuses its forward's when the order agrees)."""
+        own = self._order(self.mine, plan)
+        recv = [self._order(ts, plan) for ts in self.by_source]
+        key = ("layout", id(index), tuple(own), tuple(tuple(ts) for ts in recv))
+        hit = self._orders.get(key)
+        if hit is None or hit.index is not index:
+            hit = self._build_layout(index, own, recv)
+            self._memo(key, hit)
+        return hit
 
-    def _build_layout(self, index: BagIndex, plan: DirectionPlan) -> Layout:
+    def _build_layout(self, index: BagIndex, own: list[int], recv: list[list[int]]) -> Layout:
         slices = index.slices
         batch = slices[-1][1]
         counts = index.counts
-        own = self._order(self.mine, plan)
         owner = Messages([own] * len(slices), [counts[own, q] for q in range(len(slices))], list(slices))
-        recv = [self._order(ts, plan) for ts in self.by_source]
         mine_slice = [slices[q] for q in range(len(slices))] if self.loopback else [slices[self.rank]] * len(slices)
         consumer = Messages(recv, [counts[ts, (q if self.loopback else self.rank)] for q, ts in enumerate(recv)],
                             mine_slice)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from dlrm_comp.config import load_config  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
-MODES = ["off", "simulate", "codec", "fp8"]
+MODES = ["off", "simulate", "codec", "fp8", "codec+dedup"]  # MODE+dedup: compress.dedup=on
 
 
 def gbps(nbytes: int, fn, repeat: int = 50) -> float:
@@ -73,9 +73,10 @@ def throughput() -> dict:
     return out
 
 
-def train(mode: str, iterations: int) -> dict:
+def train(label: str, iterations: int) -> dict:
+    mode, _, dedup = label.partition("+")  # MODE+dedup: compress.dedup=on
     cfg = load_config([ROOT / "configs/debug.yaml"], [
-        f"compress.mode={mode}", f"train.iterations={iterations}", "train.device=cuda", "train.eval_every=0",
+        f"compress.mode={mode}", f"compress.dedup={'on' if dedup else 'off'}", f"train.iterations={iterations}", "train.device=cuda", "train.eval_every=0",
         "train.progress=false", "train.tensorboard=false", "data.num_val_samples=4096",
         f"train.print_every={iterations}", f"train.checkpoint_every={iterations}", "compress.print_tables=false"])
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(sys.stderr):
@@ -92,7 +93,7 @@ def train(mode: str, iterations: int) -> dict:
         torch.cuda.set_sync_debug_mode("default")
     comp = summary.get("compression", {})
     exchange = trainer.exchange
-    return {"mode": mode, "wall_s": wall, "step_s_mean": summary["step_s_mean"], "auc": summary["final_eval"]["auc"],
+    return {"mode": label, "wall_s": wall, "step_s_mean": summary["step_s_mean"], "auc": summary["final_eval"]["auc"],
             "cr": comp.get("cr"), "max_err_ratio": comp.get("max_err_ratio"),
             "syncs_per_step": len(caught) / 5, "exchange_host_reads": exchange.host_syncs if exchange else 0}
 

@@ -281,3 +281,18 @@ def test_dedup_training_matches_one_process(tiny_cfg, tmp_path, world):
     one = json.loads((tmp_path / "single" / "summary.json").read_text())["compression"]
     assert multi["bytes_sent"] == pytest.approx(one["bytes_sent"]) and multi["cr"] > 1
     assert np.isclose(multi["distinct_fraction"], one["distinct_fraction"])
+
+
+def test_device_bag_sum_is_the_cpu_one():
+    """The deterministic segment_reduce path used on devices sums exactly as index_add_ does
+    on the CPU (both in row order), so gradients do not depend on the device's summation."""
+    from dlrm_comp.exchange.dedup import bag_order, sum_by_bag
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randn(300, 4, generator=g)
+    expand = torch.randint(0, 40, (300,), generator=g).numpy()
+    expand = np.unique(expand, return_inverse=True)[1]
+    total = int(expand.max()) + 1
+    perm, lengths = bag_order(expand, total)
+    cpu = sum_by_bag(rows, torch.from_numpy(expand), total)
+    device_path = sum_by_bag(rows, torch.from_numpy(expand), total, (torch.from_numpy(perm), torch.from_numpy(lengths)))
+    assert torch.equal(cpu, device_path)

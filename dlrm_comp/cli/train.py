@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compression {comp['mode']}: wire ratio {comp['cr']:.2f}x{note} "
                   f"({comp['bytes_raw'] / 2**20:.1f} MiB -> {comp['bytes_sent'] / 2**20:.2f} MiB), "
                   f"harmonic mean over tables {comp['harmonic_mean_cr']:.2f}x{err_text}")
+            if comp.get("dedup_bytes_saved"):
+                print(f"bag dedup on {len(comp['dedup']['tables'])} tables: {comp['distinct_fraction']:.2f} of rows "
+                      f"distinct, {comp['dedup_bytes_saved'] / 2**20:.1f} MiB of rows not sent (before the codec)")
     return 0
 
 

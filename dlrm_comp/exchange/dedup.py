@@ -154,3 +154,19 @@ def identity_index(num_tables: int, slices: list[tuple[int, int]]) -> BagIndex:
     starts = np.tile([0] + [hi for _, hi in slices], (num_tables, 1)).astype(np.int64)
     full = np.tile(np.array([hi - lo for lo, hi in slices], np.int64), (num_tables, 1))
     return BagIndex(slices, np.zeros(num_tables, bool), full, [rows] * num_tables, starts, [local] * num_tables)
+
+
+def sum_by_bag(rows: torch.Tensor, expand: torch.Tensor, total: int, sorted_order=None) -> torch.Tensor:
+    """``[total, d]``: the sum of the ``rows`` that ``expand`` maps to each travelling row, each
+    sum in row order. On the CPU ``index_add_`` runs sequentially (deterministic); on a device,
+    where it would use atomics, ``segment_reduce`` over the rows sorted by target (``sorted_order``
+    = ``(permutation, lengths)``, host-built) keeps it deterministic."""
+    if sorted_order is None:
+        return rows.new_zeros(total, rows.shape[1]).index_add_(0, expand, rows)
+    perm, lengths = sorted_order
+    return torch.segment_reduce(rows.index_select(0, perm), "sum", lengths=lengths, axis=0)
+
+
+def bag_order(expand: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stable permutation that groups rows by their travelling row, and the group sizes."""
+    return np.argsort(expand, kind="stable"), np.bincount(expand, minlength=total)

@@ -52,7 +52,7 @@ from dlrm_comp.compress.wire import (
     parse,
     section_ids,
 )
-from dlrm_comp.exchange.dedup import BagIndex, build_bag_index, identity_index
+from dlrm_comp.exchange.dedup import BagIndex, bag_order, build_bag_index, identity_index, sum_by_bag
 from dlrm_comp.exchange.plan import CompressionPlan, DirectionPlan
 
 _IDENTITY = IdentityCodec()
@@ -112,6 +112,7 @@ class Layout:
     src: torch.Tensor | None
     expand: torch.Tensor | None
     index: BagIndex
+    bag_order: tuple[torch.Tensor, torch.Tensor] | None = None  # ``dedup.sum_by_bag`` on a device
 
 
 class Exchange:
@@ -252,9 +253,14 @@ class Exchange:
             for t in ts:
                 expand.append(base + index.bag[t][lo:hi])
                 base += int(counts[t, s])
-        cat = lambda parts: _to_device(torch.from_numpy(np.concatenate(parts) if parts else  # noqa: E731
-                                                        np.zeros(0, np.int64)).to(torch.int64), dev)
-        return Layout(owner, consumer, cat(src), cat(expand), index)
+        flat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+        src_h, expand_h = flat(src), flat(expand)
+        dev_t = lambda a: _to_device(torch.from_numpy(a), dev)  # noqa: E731
+        order = None
+        if dev.type != "cpu":
+            perm, lengths = bag_order(expand_h, int(consumer.chunk_rows.sum()))
+            order = (dev_t(perm), dev_t(lengths))
+        return Layout(owner, consumer, dev_t(src_h), dev_t(expand_h), index, order)
 
     # -------------------------------------------------------------------------- entry points
     def __call__(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None) -> list[torch.Tensor]:
@@ -330,9 +336,8 @@ class Exchange:
         lay = self.layout(index, plan or self.plan.bwd)
         by_table = dict(zip(sorted({t for ts in lay.consumer.tables for t in ts}), grads))
         rows = self._chunk_rows(by_table, lay.consumer, relative=not self.loopback)
-        if lay.expand is not None:  # equal bags: one gradient, their sum (index_add_ is sequential on the CPU)
-            summed = rows.new_zeros(int(lay.consumer.chunk_rows.sum()), self.dim)
-            rows = summed.index_add_(0, lay.expand, rows)
+        if lay.expand is not None:  # equal bags: one gradient, their sum, deterministic on every device
+            rows = sum_by_bag(rows, lay.expand, int(lay.consumer.chunk_rows.sum()), lay.bag_order)
         if scale != 1.0:
             rows = rows * scale
         got = self._run(rows, lay.consumer, lay.owner, plan, "bwd", False, index.active)()
@@ -400,7 +405,7 @@ class Exchange:
             elif dedup:  # exact rows, fewer of them: the saving is measured as any other
                 t0 = time.perf_counter()
                 sent = torch.from_numpy((out.chunk_rows * d * flat.element_size()).astype(np.float64))
-                self._record(direction, plan or self._off, out, flat.element_size(), sent.to(flat.device),
+                self._record(direction, plan or self._off, out, flat.element_size(), _to_device(sent, flat.device),
                              None, None, time.perf_counter() - t0)
             in_splits = [r * d for r in out.message_rows]
             out_splits = [r * d for r in inc.message_rows]
@@ -463,7 +468,7 @@ class Exchange:
         x, counts = self._pad(flat, rows)
         q = quantize_batch(x, self._eb(plan, out.chunk_tables, x.device), counts)
         self._check_finite(q.nonfinite, plan, x)
-        n = torch.from_numpy((rows * self.dim).astype(np.float64)).to(x.device)
+        n = _to_device(torch.from_numpy((rows * self.dim).astype(np.float64)), x.device)
         quant = q.kind == KIND_QUANT
         ideal = q.entropy_bytes() + CHUNK_HEADER
         raw_body = n * x.element_size()
@@ -491,7 +496,7 @@ class Exchange:
         else:
             send = records.reshape(-1)
         in_splits = [r * rb + c * cb for r, c in zip(out.message_rows, out.counts)]
-        sent = torch.from_numpy((rows * rb + cb).astype(np.float64)).to(flat.device)
+        sent = _to_device(torch.from_numpy((rows * rb + cb).astype(np.float64)), flat.device)
         self._record(direction, plan, out, flat.element_size(), sent, None, None, time.perf_counter() - t0)
         dtype = flat.dtype  # every rank exchanges its model's dtype
         out_splits = [r * rb + c * cb for r, c in zip(inc.message_rows, inc.counts)]

@@ -241,6 +241,8 @@ def format_interval_table(rows: list[dict[str, Any]], iteration: int) -> str:
                      f"{r['enc_s'] * 1e3:>7.1f} {r['dec_s'] * 1e3:>7.1f} {uniq:>5}")
     raw = sum(r["bytes_raw"] for r in rows)
     sent = sum(r["bytes_sent"] for r in rows)
+    saved = sum(r.get("dedup_bytes_saved") or 0 for r in rows)
     lines.append(f"  all tables: {raw / 1024:.1f} KiB -> {sent / 1024:.1f} KiB, cr {raw / sent:.2f}"
+                 + (f", {saved / 1024:.1f} KiB of repeated bags not sent" if saved else "")
                  + (" (estimated)" if any(r["estimated"] for r in rows) else ""))
     return "\n".join(lines)

@@ -1,7 +1,6 @@
 """The Btune port: deterministic trials, crafted dominance, trace, env overrides, bad parameters."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field

@@ -119,7 +119,11 @@ class TorchrecModelParallel(ModelParallel):
         compression = None if qcomm is not None else found  # ours: the exchange becomes the output dist
         registry = None
         if qcomm is not None:
-            registry, qcomm.codecs = counting_registry(qcomm.fwd_mode, qcomm.bwd_mode, device)
+            fp8 = [m for m in (qcomm.fwd_mode, qcomm.bwd_mode) if m.endswith(":fp8")]
+            if fp8 and device.type == "cpu":
+                raise ConfigError(f"compress.mode: {fp8[0]!r} has no CPU kernel in fbgemm-gpu-cpu "
+                                  f"(\"fp8 is not supported by CPU\"); use fp16, bf16 or int8 here, fp8 on CUDA")
+            registry, qcomm.codecs = counting_registry(qcomm.fwd_mode, qcomm.bwd_mode, cfg.model.emb_dim, device)
             qcomm.device = device
         sharder = EmbeddingBagCollectionSharder(fused_params=fused_params(cfg), qcomm_codecs_registry=registry)
         module = Embeddings(cardinalities, cfg.model.emb_dim)
@@ -132,7 +136,7 @@ class TorchrecModelParallel(ModelParallel):
         self.dmp = DistributedModelParallel(module, env=ShardingEnv.from_process_group(group), device=device,
                                             plan=plan, sharders=[sharder], init_data_parallel=False)
         initialise_tables(self.dmp.state_dict(), cardinalities, cfg.model.emb_dim, cfg.train.seed, f"{EBC}.")
-        self.output_dist = None
+        self.output_dist, self.qcomm = None, qcomm
         if compression is not None:
             transport = LoopbackTransport(cfg.compress.chunks, device) if world == 1 else \
                 ProcessGroupTransport(dist.new_group(backend=self.env.backend), device)
@@ -151,8 +155,10 @@ class TorchrecModelParallel(ModelParallel):
             raise ValueError(f"batch of {batch.batch_size} rows cannot be split over {self.env.world_size} ranks")
         start, stop = rows[self.env.rank]
         local = batch.slice(start, stop)
-        if self.output_dist is not None:
-            self.output_dist.compress = training  # evaluation batches are never compressed
+        if self.output_dist is not None:  # evaluation batches are never compressed
+            self.output_dist.compress = training
+        if self.qcomm is not None:
+            self.qcomm.set_training(training)
         keyed = self.dmp(batch_to_kjt(local))  # lazy: waited on when the dense part reads it
 
         def pooled() -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_qcomm_codecs_registry
-from torchrec.distributed.types import QuantizedCommCodec, QuantizedCommCodecs
+from torchrec.distributed.types import NoOpQuantizedCommCodec, QuantizedCommCodec, QuantizedCommCodecs
 
 from dlrm_comp.config import TORCHREC_QCOMM_MODES
 from dlrm_comp.train.extension import TrainingExtension
@@ -27,40 +27,54 @@ def precision(mode: str) -> CommType:
 
 
 class CountingCodec(QuantizedCommCodec):
-    """Delegates to TorchRec's codec; counts raw and encoded bytes (device accumulators, read at
-    print intervals)."""
+    """Delegates to TorchRec's codec while `active` (training steps), else to TorchRec's no-op
+    fp32 codec, so evaluation batches travel uncompressed as in our exchange; counts the raw
+    and encoded bytes of the training steps."""
 
     def __init__(self, inner: QuantizedCommCodec):
         self.inner = inner
+        self.plain = NoOpQuantizedCommCodec()
+        self.active = True
         self.bytes_raw = 0
         self.bytes_sent = 0
 
+    @property
+    def codec(self) -> QuantizedCommCodec:
+        return self.inner if self.active else self.plain
+
     def encode(self, input_tensor: torch.Tensor, ctx=None) -> torch.Tensor:
-        out = self.inner.encode(input_tensor, ctx)
-        self.bytes_raw += input_tensor.numel() * 4  # fp32-equivalent, as our recorder counts
-        self.bytes_sent += out.numel() * out.element_size()
+        out = self.codec.encode(input_tensor, ctx)
+        if self.active:
+            self.bytes_raw += input_tensor.numel() * 4  # fp32-equivalent, as our recorder counts
+            self.bytes_sent += out.numel() * out.element_size()
         return out
 
     def decode(self, input_grad: torch.Tensor, ctx=None) -> torch.Tensor:
-        return self.inner.decode(input_grad, ctx)
+        return self.codec.decode(input_grad, ctx)
 
     @property
     def quantized_dtype(self) -> torch.dtype:
-        return self.inner.quantized_dtype
+        return self.codec.quantized_dtype
 
     def calc_quantized_size(self, input_len: int, ctx=None) -> int:
-        return self.inner.calc_quantized_size(input_len, ctx)
+        return self.codec.calc_quantized_size(input_len, ctx)
 
     def create_context(self):
-        return self.inner.create_context()
+        return self.codec.create_context()
 
     def padded_size(self, input_tensor, dim_per_rank, my_rank, qcomm_ctx):
-        return self.inner.padded_size(input_tensor, dim_per_rank, my_rank, qcomm_ctx)
+        return self.codec.padded_size(input_tensor, dim_per_rank, my_rank, qcomm_ctx)
 
 
-def counting_registry(fwd_mode: str, bwd_mode: str, device: torch.device) -> tuple[dict | None, QuantizedCommCodecs | None]:
-    """TorchRec's codec registry for the pooled all-to-all, with counters around its codecs."""
-    config = QCommsConfig(forward_precision=precision(fwd_mode), backward_precision=precision(bwd_mode))
+def counting_registry(fwd_mode: str, bwd_mode: str, dim: int,
+                      device: torch.device) -> tuple[dict | None, QuantizedCommCodecs | None]:
+    """TorchRec's codec registry for the pooled all-to-all, with counters around its codecs. FP8
+    is TorchRec's row-wise FP8 (a scale per embedding row of `dim` values): its whole-tensor FP8
+    codec refuses the flat all-to-all buffer."""
+    fwd, bwd = precision(fwd_mode), precision(bwd_mode)
+    config = QCommsConfig(forward_precision=fwd, backward_precision=bwd,
+                          fp8_quantize_dim=dim if fwd == CommType.FP8 else None,
+                          fp8_quantize_dim_bwd=dim if bwd == CommType.FP8 else None)
     registry = get_qcomm_codecs_registry(config, device=device)
     if registry is None:
         return None, None
@@ -80,6 +94,10 @@ class QCommExtension(TrainingExtension):
         self.codecs: QuantizedCommCodecs | None = None  # set by the model-parallel wrapper
         self.device = torch.device("cpu")
         self.saved = [0.0] * 4  # this rank's counts from earlier segments of the run (resume)
+
+    def set_training(self, training: bool) -> None:
+        """TorchRec's codecs compress training steps only (evaluation is never compressed)."""
+        self.codecs.forward.active = self.codecs.backward.active = training
 
     def _local(self) -> list[float]:
         c = self.codecs

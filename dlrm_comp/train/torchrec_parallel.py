@@ -109,7 +109,7 @@ class TorchrecModelParallel(ModelParallel):
             dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
         self.env = DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=env.local_rank,
                            launcher=env.launcher, backend=env.backend or "gloo") if not env.distributed else env
-        world, rank = self.env.world_size, self.env.rank
+        world = self.env.world_size
         check_divisible(cfg, world)
         self.device, self.overlap, self.num_tables = device, cfg.dist.overlap, len(cardinalities)
         self.dense = build_model(cfg, cardinalities, owned_tables=[]).to(device)  # the same dense DLRM

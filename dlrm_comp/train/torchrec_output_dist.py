@@ -33,8 +33,7 @@ class ExchangeOutputDist(nn.Module):
     output-dist contract, through our Exchange (differentiable: its backward is the gradient
     exchange, scaled by 1/W as TorchRec's gradient division does)."""
 
-    def __init__(self, exchange, names_per_rank: Sequence[Sequence[str]], dim: int, overlap: bool,
-                 hooks: Sequence[nn.Module] | None = None):
+    def __init__(self, exchange, names_per_rank: Sequence[Sequence[str]], dim: int, overlap: bool):
         super().__init__()
         self.exchange = exchange
         self.dim = dim
@@ -45,7 +44,6 @@ class ExchangeOutputDist(nn.Module):
         if sorted(self.local_tables) != list(exchange.mine):
             raise ValueError(f"TorchRec placed tables {sorted(self.local_tables)} on rank {rank}, "
                              f"the exchange expects {list(exchange.mine)}")
-        self.hooks = list(hooks) if hooks is not None else None
         self.compress = True  # set per step by the caller: evaluation batches are never compressed
 
     def forward(self, local_embs: torch.Tensor, sharding_ctx=None):
@@ -53,8 +51,6 @@ class ExchangeOutputDist(nn.Module):
             raise NotImplementedError("variable batch per feature is not supported by the compressed exchange")
         by_table = dict(zip(self.local_tables, local_embs.split(self.dim, dim=1)))
         pooled = [by_table[t] for t in self.exchange.mine]
-        if self.hooks is not None:
-            pooled = [self.hooks[t](p) for t, p in zip(self.exchange.mine, pooled)]
         if self.overlap:
             return _Received(self.exchange.start(pooled, compress=self.compress).wait, self.out_tables)
         return NoWait(_assemble(self.exchange(pooled, compress=self.compress), self.out_tables))
@@ -76,7 +72,7 @@ class _Received(Awaitable):
         return _assemble(self._wait(), self._order)
 
 
-def install_exchange(sharded_ebc, exchange, dim: int, overlap: bool, hooks=None) -> ExchangeOutputDist:
+def install_exchange(sharded_ebc, exchange, dim: int, overlap: bool) -> ExchangeOutputDist:
     """Swap the table-wise sharding's output dist of a `ShardedEmbeddingBagCollection` for ours."""
     types = list(sharded_ebc._sharding_types)
     if types != ["table_wise"]:
@@ -88,6 +84,6 @@ def install_exchange(sharded_ebc, exchange, dim: int, overlap: bool, hooks=None)
     if flat != list(sharded_ebc._embedding_names):
         raise ValueError(f"torchrec {TORCHREC_VERSION}: the output features {sharded_ebc._embedding_names} "
                          f"are not the rank-major order {flat} this output dist produces")
-    dist = ExchangeOutputDist(exchange, names_per_rank, dim, overlap, hooks)
+    dist = ExchangeOutputDist(exchange, names_per_rank, dim, overlap)
     sharded_ebc._output_dists[0] = dist
     return dist

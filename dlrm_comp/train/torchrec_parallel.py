@@ -143,7 +143,7 @@ class TorchrecModelParallel(ModelParallel):
             exchange = compression.build_exchange(transport, self.owners, cfg.model.emb_dim, cfg.dist.size_exchange)
             from dlrm_comp.train.torchrec_output_dist import install_exchange
             self.output_dist = install_exchange(getattr(self.dmp.module, EBC), exchange, cfg.model.emb_dim,
-                                                cfg.dist.overlap, hooks=self.dense.pooled_hooks)
+                                                cfg.dist.overlap)
             self.exchange = exchange
         ids = [device.index] if device.type == "cuda" else None
         self.head = DistributedDataParallel(DenseHead(self.dense), device_ids=ids, broadcast_buffers=False)
@@ -181,7 +181,6 @@ class TorchrecDLRM(nn.Module):
         self.dense = dense
         self.__dict__["dmp"] = dmp  # not a submodule: its weights are stepped by the fused optimizer
         self.cardinalities = list(cardinalities)
-        self.pooled_hooks = dense.pooled_hooks
 
     def train(self, mode: bool = True) -> "TorchrecDLRM":
         super().train(mode)

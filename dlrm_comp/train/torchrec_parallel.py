@@ -18,6 +18,7 @@ Runs on gloo on CPU (fbgemm-gpu-cpu); the NCCL/CUDA path is written (devices fol
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -102,6 +103,8 @@ class TorchrecModelParallel(ModelParallel):
 
     def __init__(self, cfg: RunConfig, env: DistEnv, cardinalities: list[int], device: torch.device,
                  extensions=()):
+        if cfg.train.threads:  # fbgemm's own OpenMP runtime reads this when torchrec first loads it
+            os.environ.setdefault("OMP_NUM_THREADS", str(cfg.train.threads))
         from torchrec.distributed import DistributedModelParallel
         from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
         from torchrec.distributed.types import ShardingEnv

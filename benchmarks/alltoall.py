@@ -152,8 +152,9 @@ def torchrec_rows(data: dict, owners: list[int], mine: list[int], policy, repeat
             ex = Exchange(ProcessGroupTransport(None, "cpu"), owners, dim, plan, recorder)
             module = ExchangeOutputDist(ex, names, dim, overlap=False)
         else:
-            registry, counted = counting_registry(mode, "off", dim, torch.device("cpu")) if mode != "off" else (None, None)
-            module = PooledEmbeddingsAllToAll(dist.group.WORLD, dim_sum, codecs=registry[POOLED_A2A] if registry else None)
+            registry, counted = (None, None) if mode == "off" else counting_registry(mode, "off", dim, torch.device("cpu"))
+            codecs = registry[POOLED_A2A] if registry else None
+            module = PooledEmbeddingsAllToAll(dist.group.WORLD, dim_sum, codecs=codecs)
         if recorder is not None:
             ex.recorder = None  # warm-up steps are not counted
         for _ in range(3):
@@ -265,7 +266,8 @@ def main() -> None:
     parser.add_argument("--bandwidth-gbps", type=float, nargs="+", default=[1.25, 12.5],
                         help="link bandwidths for the model, GB/s (1.25 = 10 GbE, 12.5 = 100 Gb/s)")
     parser.add_argument("--backend", choices=["torch", "torchrec", "both"], default="torch",
-                        help="torch: our exchange; torchrec (same as both): also TorchRec's output dist, beside the torch rows")
+                        help="torch: our exchange; torchrec (same as both): also TorchRec's output dist, "
+                             "beside the torch rows")
     args = parser.parse_args()
     backends = ("torch",) if args.backend == "torch" else ("torch", "torchrec")
     if "torchrec" in backends:

@@ -108,27 +108,17 @@ class TorchrecModelParallel(ModelParallel):
         from torchrec.distributed import DistributedModelParallel
         from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
         from torchrec.distributed.types import ShardingEnv
-        if not dist.is_initialized():  # one process: a one-rank group, so one code path
-            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-        self.env = DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=env.local_rank,
-                           launcher=env.launcher, backend=env.backend or "gloo") if not env.distributed else env
+
+        from dlrm_comp.train.torchrec_qcomm import QCommExtension
+        self.env = _process_group(env)
         world = self.env.world_size
         check_divisible(cfg, world)
         self.device, self.overlap, self.num_tables = device, cfg.dist.overlap, len(cardinalities)
         self.dense = build_model(cfg, cardinalities, owned_tables=[]).to(device)  # the same dense DLRM
-        from dlrm_comp.train.torchrec_qcomm import QCommExtension, counting_registry
         found = next((e for e in extensions if e.name == "compression"), None)
-        qcomm = found if isinstance(found, QCommExtension) else None
-        compression = None if qcomm is not None else found  # ours: the exchange becomes the output dist
-        registry = None
-        if qcomm is not None:
-            fp8 = [m for m in (qcomm.fwd_mode, qcomm.bwd_mode) if m.endswith(":fp8")]
-            if fp8 and device.type == "cpu":
-                raise ConfigError(f"compress.mode: {fp8[0]!r} has no CPU kernel in fbgemm-gpu-cpu "
-                                  f"(\"fp8 is not supported by CPU\"); use fp16, bf16 or int8 here, fp8 on CUDA")
-            registry, qcomm.codecs = counting_registry(qcomm.fwd_mode, qcomm.bwd_mode, cfg.model.emb_dim, device)
-            qcomm.device = device
-        sharder = EmbeddingBagCollectionSharder(fused_params=fused_params(cfg), qcomm_codecs_registry=registry)
+        self.qcomm = found if isinstance(found, QCommExtension) else None
+        sharder = EmbeddingBagCollectionSharder(fused_params=fused_params(cfg),
+                                                qcomm_codecs_registry=self._qcomm_registry(cfg, device))
         module = Embeddings(cardinalities, cfg.model.emb_dim)
         group = dist.GroupMember.WORLD
         plan = sharding_plan(cfg, module, sharder, cardinalities, world, device, group)
@@ -139,18 +129,36 @@ class TorchrecModelParallel(ModelParallel):
         self.dmp = DistributedModelParallel(module, env=ShardingEnv.from_process_group(group), device=device,
                                             plan=plan, sharders=[sharder], init_data_parallel=False)
         initialise_tables(self.dmp.state_dict(), cardinalities, cfg.model.emb_dim, cfg.train.seed, f"{EBC}.")
-        self.output_dist, self.qcomm = None, qcomm
-        if compression is not None:
-            transport = LoopbackTransport(cfg.compress.chunks, device) if world == 1 else \
-                ProcessGroupTransport(dist.new_group(backend=self.env.backend), device)
-            exchange = compression.build_exchange(transport, self.owners, cfg.model.emb_dim, cfg.dist.size_exchange)
-            from dlrm_comp.train.torchrec_output_dist import install_exchange
-            self.output_dist = install_exchange(getattr(self.dmp.module, EBC), exchange, cfg.model.emb_dim,
-                                                cfg.dist.overlap)
-            self.exchange = exchange
+        self.output_dist = None
+        if found is not None and self.qcomm is None:  # ours: the exchange becomes the output dist
+            self._install_exchange(cfg, found, device)
         ids = [device.index] if device.type == "cuda" else None
         self.head = DistributedDataParallel(DenseHead(self.dense), device_ids=ids, broadcast_buffers=False)
         self.model = TorchrecDLRM(self.dense, self.dmp, cardinalities)
+
+    def _qcomm_registry(self, cfg: RunConfig, device: torch.device):
+        """TorchRec's codecs (counted) for `torchrec_qcomm:*`, else None (its plain fp32 all-to-all)."""
+        if self.qcomm is None:
+            return None
+        from dlrm_comp.train.torchrec_qcomm import counting_registry
+        q = self.qcomm
+        fp8 = [m for m in (q.fwd_mode, q.bwd_mode) if m.endswith(":fp8")]
+        if fp8 and device.type == "cpu":
+            raise ConfigError(f"compress.mode: {fp8[0]!r} has no CPU kernel in fbgemm-gpu-cpu "
+                              "(\"fp8 is not supported by CPU\"); use fp16, bf16 or int8 here, fp8 on CUDA")
+        registry, q.codecs = counting_registry(q.fwd_mode, q.bwd_mode, cfg.model.emb_dim, device)
+        q.device = device
+        return registry
+
+    def _install_exchange(self, cfg: RunConfig, compression, device: torch.device) -> None:
+        """Our Exchange (the compression extension's plan and recorder) as the collection's output
+        dist: over the process group, or the loopback transport in one process."""
+        from dlrm_comp.train.torchrec_output_dist import install_exchange
+        transport = LoopbackTransport(cfg.compress.chunks, device) if self.env.world_size == 1 else \
+            ProcessGroupTransport(dist.new_group(backend=self.env.backend), device)
+        self.exchange = compression.build_exchange(transport, self.owners, cfg.model.emb_dim, cfg.dist.size_exchange)
+        self.output_dist = install_exchange(getattr(self.dmp.module, EBC), self.exchange, cfg.model.emb_dim,
+                                            cfg.dist.overlap)
 
     def forward(self, batch: Batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         rows = destination_rows(batch.batch_size, self.env.world_size)
@@ -171,6 +179,16 @@ class TorchrecModelParallel(ModelParallel):
 
     def wrap_optimizer(self, dense_optimizer: torch.optim.Optimizer) -> "TorchrecOptimizer":
         return TorchrecOptimizer(dense_optimizer, self.dmp.fused_optimizer)
+
+
+def _process_group(env: DistEnv) -> DistEnv:
+    """The run's group; one process gets a one-rank gloo group, so DMP runs the same code."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    if env.distributed:
+        return env
+    return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=env.local_rank,
+                   launcher=env.launcher, backend=env.backend or "gloo")
 
 
 class TorchrecDLRM(nn.Module):

@@ -152,7 +152,8 @@ def torchrec_rows(data: dict, owners: list[int], mine: list[int], policy, repeat
             ex = Exchange(ProcessGroupTransport(None, "cpu"), owners, dim, plan, recorder)
             module = ExchangeOutputDist(ex, names, dim, overlap=False)
         else:
-            registry, counted = (None, None) if mode == "off" else counting_registry(mode, "off", dim, torch.device("cpu"))
+            registry, counted = (None, None) if mode == "off" else \
+                counting_registry(mode, "off", dim, torch.device("cpu"))
             codecs = registry[POOLED_A2A] if registry else None
             module = PooledEmbeddingsAllToAll(dist.group.WORLD, dim_sum, codecs=codecs)
         if recorder is not None:

@@ -121,6 +121,7 @@ class QCommExtension(TrainingExtension):
         gloo_bf16 = self.device.type == "cpu"
         section: dict[str, Any] = {"mode": self.fwd_mode, "codec": self.fwd_mode, "estimated": False,
                                    "bytes_raw": raw, "bytes_sent": sent, "cr": raw / sent if sent else None,
+                                   # fixed-rate codecs (int8's row scales spread evenly): every table at cr
                                    "harmonic_mean_cr": raw / sent if sent else None, "max_err_ratio": None,
                                    "bytes_meta": 0, "bytes_pad": 0, "world_size": self.world_size}
         if gloo_bf16 and "bf16" in (self.fwd_mode + self.bwd_mode):

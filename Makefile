@@ -1,12 +1,14 @@
 # Two entry points for a fresh machine: `make demo` (set up, train the debug config) and
-# `make test` (set up, run the whole suite). torch is pinned to the CPU build kept on disk.
+# `make test` (set up, run the whole suite, the TorchRec backend's tests included). torch is
+# pinned to the CPU build kept on disk.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCHREC_STAMP := $(VENV)/.torchrec
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup torchrec demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,10 +18,21 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The TorchRec backend (model.backend=torchrec). torchrec 1.8.0's metadata requires fbgemm-gpu, the
+# CUDA build (GBs), and an extra cannot say --no-deps: so the [torchrec] extra holds what pip can
+# resolve (fbgemm-gpu-cpu and torchrec's real needs), installed under the torch==2.13.0 constraint
+# (any other torch downloads a CUDA build), then torchrec itself without its dependencies.
+$(TORCHREC_STAMP): $(STAMP) constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[torchrec]'
+	$(BIN)/python -m pip install -q --no-deps torchrec==1.8.0
+	touch $(TORCHREC_STAMP)
+
+torchrec: $(TORCHREC_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python launch/train.py --config configs/debug.yaml --out $(DEMO_OUT) --overwrite
 
-test: $(STAMP)
+test: $(STAMP) $(TORCHREC_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

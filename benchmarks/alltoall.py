@@ -11,6 +11,10 @@
    of the real gradients through the backward exchange at `compress.backward.error_bound` 0.01.
    `+dedup` modes send one row per distinct bag (the captured batch's ids), in both directions;
    their `fwd.distinct_fraction` is the measured share of distinct bags.
+   With `--backend torchrec` (or `both`) the same tensors also cross TorchRec's pooled-embedding
+   output dist (torchrec 1.8.0): its own all-to-all (`off`), its QComms codecs
+   (`torchrec_qcomm:fp16|bf16|int8`; fp8 has no CPU kernel) and our exchange installed as the
+   output dist (`codec`), one row each with `backend: torchrec`, timed against TorchRec's own `off`.
 3. Models the end-to-end speedup at the reference's iteration breakdown (forward a2a 31.3%,
    backward a2a 31.3%, allreduce 22.9%, compute 14.5%): each compressed direction's share is
    scaled by `1/CR + B*(1/Tc + 1/Td)` with the measured ratio and throughputs and the stated link
@@ -18,6 +22,7 @@
    (infinitely fast codec) so the cost of this machine's codec speed is visible.
 
     python benchmarks/alltoall.py [--ranks 2] [--batch 128] [--dim 16] [--bandwidth-gbps 1.25 12.5]
+                                  [--backend torch|torchrec|both]
 """
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ from dlrm_comp.train.loop import Trainer  # noqa: E402
 BREAKDOWN = {"fwd_a2a": 0.313, "bwd_a2a": 0.313, "allreduce": 0.229, "compute": 0.145}
 # :slots = dist.size_exchange=slots; +dedup = compress.dedup=on (one row per distinct bag, both directions)
 MODES = ["off", "off+dedup", "fp16", "bf16", "fp8", "int8", "sz", "codec", "codec+dedup", "codec:slots"]
+TORCHREC_MODES = ["off", "torchrec_qcomm:fp16", "torchrec_qcomm:bf16", "torchrec_qcomm:int8", "codec"]
 
 
 def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:
@@ -73,7 +79,7 @@ def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:
     return data
 
 
-def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -> None:  # noqa: C901
+def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str, backends=("torch",)) -> None:  # noqa: C901
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     keep_large_allocations()  # as training does (train.keep_allocations)
@@ -86,7 +92,7 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -
     policy = build_policy(cfg.compress, cards)  # the default bounds after the early stage (m = 1)
     results = {}
     a, b = [(q * len(data["grads"][0]) // world, (q + 1) * len(data["grads"][0]) // world) for q in range(world)][rank]
-    for label in MODES:
+    for label in (MODES if "torch" in backends else []):
         base, _, dedup = label.partition("+")
         mode, _, size_exchange = base.partition(":")
         recorder = CompressionRecorder(len(cards))
@@ -118,11 +124,88 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str) -
         results[label] = {"exchange_s": times, "fwd": {k: fwd.get(k) for k in (
             "bytes_raw", "bytes_sent", "ideal_cr", "enc_s", "dec_s", "max_err_ratio", "distinct_fraction")}, "bwd": bwd,
             "bytes_pad": ex.bytes_pad / repeat}
+    if "torchrec" in backends:
+        results["torchrec"] = torchrec_rows(data, owners, mine, policy, repeat)
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if rank == 0:
         torch.save(gathered, out)
     dist.destroy_process_group()
+
+
+def torchrec_rows(data: dict, owners: list[int], mine: list[int], policy, repeat: int) -> dict:
+    """The owner's pooled tables `[B, D_local]` through TorchRec's output dist: its own all-to-all,
+    its QComms codecs (counted), and our exchange as the output dist; per mode, this rank's times
+    and bytes."""
+    from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
+
+    from dlrm_comp.model.torchrec_backend import feature_name
+    from dlrm_comp.train.torchrec_output_dist import ExchangeOutputDist
+    from dlrm_comp.train.torchrec_qcomm import POOLED_A2A, counting_registry
+    cards, dim = data["cardinalities"], data["pooled"][0].shape[1]
+    world = dist.get_world_size()
+    local = torch.cat([data["pooled"][t] for t in mine], dim=1)
+    dim_sum = [dim * len(tables_of(owners, r)) for r in range(world)]
+    names = [[feature_name(t) for t in tables_of(owners, r)] for r in range(world)]
+    out = {}
+    for mode in TORCHREC_MODES:
+        recorder, counted = None, None
+        if mode == "codec":
+            recorder = CompressionRecorder(len(cards))
+            plan = build_plan(load_config([], ["compress.mode=codec", "compress.table_preset=kaggle_ref"]).compress,
+                              len(cards))
+            plan.fwd.eb_rel[:] = policy.all(10**9)
+            ex = Exchange(ProcessGroupTransport(None, "cpu"), owners, dim, plan, recorder)
+            module = ExchangeOutputDist(ex, names, dim, overlap=False)
+        else:
+            registry, counted = (None, None) if mode == "off" else \
+                counting_registry(mode, "off", dim, torch.device("cpu"))
+            codecs = registry[POOLED_A2A] if registry else None
+            module = PooledEmbeddingsAllToAll(dist.group.WORLD, dim_sum, codecs=codecs)
+        if recorder is not None:
+            ex.recorder = None  # warm-up steps are not counted
+        for _ in range(3):
+            module(local).wait()
+        if counted is not None:
+            counted.forward.bytes_raw = counted.forward.bytes_sent = 0
+        if recorder is not None:
+            ex.recorder = recorder
+        times = []
+        for _ in range(repeat):
+            dist.barrier()
+            t0 = time.perf_counter()
+            module(local).wait()
+            times.append(time.perf_counter() - t0)
+        row = {"exchange_s": times}
+        if recorder is not None:
+            recorder.flush(repeat, lambda *args, **kwargs: None)
+            fwd = recorder.direction_summary("fwd", cards, None) or {}
+            row["fwd"] = {k: fwd.get(k) for k in ("bytes_raw", "bytes_sent", "max_err_ratio")}
+        elif counted is not None:
+            row["fwd"] = {"bytes_raw": counted.forward.bytes_raw, "bytes_sent": counted.forward.bytes_sent,
+                          "max_err_ratio": None}
+        out[mode] = row
+    return out
+
+
+def combine_torchrec(per_rank: list[dict], repeat: int) -> list[dict]:
+    rows, off_time = [], None
+    for mode in TORCHREC_MODES:
+        parts = [r["torchrec"][mode] for r in per_rank]
+        wall = statistics.median(max(p["exchange_s"][i] for p in parts) for i in range(repeat))
+        off_time = off_time or wall
+        row = {"backend": "torchrec", "mode": mode, "output_dist": "ours (Exchange)" if mode == "codec" else "torchrec",
+               "exchange_s_median": wall, "vs_off_time": wall / off_time}
+        if "fwd" in parts[0]:
+            raw = sum(p["fwd"]["bytes_raw"] for p in parts) / repeat
+            sent = sum(p["fwd"]["bytes_sent"] for p in parts) / repeat
+            errs = [p["fwd"]["max_err_ratio"] for p in parts if p["fwd"]["max_err_ratio"] is not None]
+            row["fwd"] = {"bytes_raw": raw, "bytes_sent": sent, "cr": raw / sent,
+                          "max_err_ratio": max(errs) if errs else None}
+            if mode == "torchrec_qcomm:bf16":
+                row["note"] = "TorchRec runs bf16 as fp16 on gloo (CPU)"
+        rows.append(row)
+    return rows
 
 
 def combine(per_rank: list[dict], repeat: int, bandwidths: list[float]) -> list[dict]:
@@ -133,7 +216,7 @@ def combine(per_rank: list[dict], repeat: int, bandwidths: list[float]) -> list[
         wall = statistics.median(max(p["exchange_s"][i] for p in parts) for i in range(repeat))
         if mode == "off":
             off_time = wall
-            rows.append({"mode": mode, "exchange_s_median": wall, "vs_off_time": 1.0})
+            rows.append({"backend": "torch", "mode": mode, "exchange_s_median": wall, "vs_off_time": 1.0})
             continue
         raw = sum(p["fwd"]["bytes_raw"] for p in parts) / repeat
         sent = sum(p["fwd"]["bytes_sent"] for p in parts) / repeat
@@ -148,7 +231,8 @@ def combine(per_rank: list[dict], repeat: int, bandwidths: list[float]) -> list[
         b_tc = b_raw / b_enc / 1e9 if b_enc else float("inf")
         b_dec = sum(p["bwd"]["dec_s"] for p in parts)
         b_td = b_raw / b_dec / 1e9 if b_dec else float("inf")
-        row = {"mode": mode, "size_exchange": "slots" if ":slots" in mode else "exact", "dedup": "+dedup" in mode,
+        row = {"backend": "torch", "mode": mode, "size_exchange": "slots" if ":slots" in mode else "exact",
+               "dedup": "+dedup" in mode,
                "bytes_pad": sum(p.get("bytes_pad", 0) for p in parts),
                "exchange_s_median": wall, "vs_off_time": wall / off_time,
                "fwd": {"bytes_raw": raw, "bytes_sent": sent, "cr": cr,
@@ -198,8 +282,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--bandwidth-gbps", type=float, nargs="+", default=[1.25, 12.5],
                         help="link bandwidths for the model, GB/s (1.25 = 10 GbE, 12.5 = 100 Gb/s)")
+    parser.add_argument("--backend", choices=["torch", "torchrec", "both"], default="torch",
+                        help="torch: our exchange; torchrec (same as both): also TorchRec's output dist, "
+                             "beside the torch rows")
     args = parser.parse_args()
+    backends = ("torch",) if args.backend == "torch" else ("torch", "torchrec")
+    if "torchrec" in backends:
+        from dlrm_comp.model.torchrec_backend import missing_torchrec
+        if missing_torchrec():
+            parser.error(f"--backend {args.backend}: torchrec {missing_torchrec()}")
     torch.set_num_threads(1)
+    # fbgemm (TorchRec) brings its own OpenMP runtime, which torch.set_num_threads does not reach:
+    # its idle threads otherwise spin against the codec on a small machine (measured: codec 9.5 vs 4.1 ms)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
         path, out = Path(tmp) / "capture.pt", Path(tmp) / "result.pt"
         capture(args.iterations, args.batch, args.dim, path)
@@ -207,9 +302,11 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        mp.spawn(worker, args=(args.ranks, str(path), port, args.repeat, str(out)), nprocs=args.ranks)
+        mp.spawn(worker, args=(args.ranks, str(path), port, args.repeat, str(out), backends), nprocs=args.ranks)
         per_rank = torch.load(out, weights_only=False)
     rows = combine(per_rank, args.repeat, args.bandwidth_gbps)
+    if "torchrec" in backends:
+        rows += combine_torchrec(per_rank, args.repeat)
     print(json.dumps({"benchmark": "alltoall", "ranks": args.ranks, "batch": args.batch, "dim": args.dim,
                       "message": f"{args.batch // args.ranks} rows x dim per (table, destination)",
                       "bounds": "debug config defaults after the early stage (kaggle_ref lists)",

@@ -4,9 +4,14 @@
 The baseline that compression overheads are measured against: each config runs with every
 `--modes` value (default: off, then codec) in the same process, side by side, in interleaved
 blocks of `--block` steps (so a noisy moment of the machine costs every mode alike), and reports
-the median step time and its ratio to the first mode.
+the median step time and its ratio to the first mode. `--backend torchrec` (or `both`) runs every
+mode on the TorchRec backend too (one process: DistributedModelParallel on a one-rank group, the
+exchange on the loopback transport), interleaved with the pure-torch runs, each row with its
+`backend` and the TorchRec rows with their step time over the pure-torch run of the same mode.
+`torchrec_qcomm:*` modes run on the TorchRec backend only.
 
-    python benchmarks/train_throughput.py [--iterations 300] [--modes off codec] [--set key=value ...]
+    python benchmarks/train_throughput.py [--iterations 300] [--modes off codec] [--backend torch|torchrec|both]
+                                          [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ class Run:
             "batch_size": self.cfg.data.batch_size,
             "tables": len(self.trainer.source.cardinalities),
             "embedding_rows": int(sum(self.trainer.source.cardinalities)),
+            "backend": self.cfg.model.backend,
             "compress_mode": self.cfg.compress.mode,
             "dedup": self.cfg.compress.dedup,
             "iterations": len(self.times),
@@ -88,18 +94,29 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["off", "codec"],
                         help="compress.mode values measured side by side on each config; MODE+dedup adds "
                              "compress.dedup=on")
+    parser.add_argument("--backend", choices=["torch", "torchrec", "both"], default="torch",
+                        help="torch: the pure-torch model; torchrec (same as both): also the TorchRec backend, "
+                             "beside the pure-torch runs")
     parser.add_argument("--set", nargs="+", default=[], dest="overrides")
     args = parser.parse_args()
+    backends = ["torch"] if args.backend == "torch" else ["torch", "torchrec"]
     results = []
     for c in args.configs:
-        runs = [Run(ROOT / c, [*args.overrides, *mode_overrides(m)], args.warmup) for m in args.modes]
+        runs = [Run(ROOT / c, [*args.overrides, *mode_overrides(m), f"model.backend={b}"], args.warmup)
+                for m in args.modes for b in backends if b == "torchrec" or not m.startswith("torchrec_qcomm")]
         # interleaved blocks: a noisy moment of the machine costs every mode alike
         for _ in range(max(1, args.iterations // args.block)):
             for run in runs:
                 run.step(args.block)
         rows = [run.result() for run in runs]
+        first = {}
         for row in rows:
-            row["step_time_vs_first_mode"] = row["step_s_median"] / rows[0]["step_s_median"]
+            first.setdefault(row["backend"], row)
+            row["step_time_vs_first_mode"] = row["step_s_median"] / first[row["backend"]]["step_s_median"]
+        torch_rows = {row["compress_mode"]: row for row in rows if row["backend"] == "torch"}
+        for row in rows:
+            if row["backend"] == "torchrec" and row["compress_mode"] in torch_rows:
+                row["step_time_vs_torch"] = row["step_s_median"] / torch_rows[row["compress_mode"]]["step_s_median"]
         results.extend(rows)
     print(json.dumps({"benchmark": "train_throughput", "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "machine": platform.machine(), "results": results}, indent=2))

@@ -44,6 +44,10 @@ INTERACTIONS = ("dot", "cat")
 OPTIMIZERS = ("sgd", "adagrad")
 DEVICES = ("auto", "cpu", "cuda")
 ADAPTIVE_POLICIES = ("static", "closed_loop")
+MODEL_BACKENDS = ("torch", "torchrec")
+# TorchRec's own quantized comms (QCommsConfig) as baselines; model.backend=torchrec only
+TORCHREC_QCOMM_MODES = tuple(f"torchrec_qcomm:{p}" for p in ("fp16", "bf16", "fp8", "int8"))
+TORCHREC_PLANS = ("ours", "planner")
 NONFINITE_POLICIES = ("error", "passthrough")
 DEDUP_MODES = ("off", "on", "auto")
 
@@ -112,9 +116,18 @@ class ModelConfig:
     top_mlp: str = "512-256-1"  # upstream style, input width derived from the interaction
     interaction: str = "dot"
     self_interaction: bool = False
+    # torch: nn.EmbeddingBag per table; torchrec: one EmbeddingBagCollection sharded by
+    # DistributedModelParallel (needs the torchrec install, `make torchrec`)
+    backend: str = "torch"
 
     def validate(self, num_dense: int) -> None:
         _choice("model.interaction", self.interaction, INTERACTIONS)
+        _choice("model.backend", self.backend, MODEL_BACKENDS)
+        if self.backend == "torchrec":
+            from dlrm_comp.model.torchrec_backend import missing_torchrec
+            problem = missing_torchrec()
+            if problem:
+                raise ConfigError(f"model.backend: 'torchrec' {problem}")
         _positive("model.emb_dim", self.emb_dim)
         bottom = parse_mlp("model.bottom_mlp", self.bottom_mlp)
         top = parse_mlp("model.top_mlp", self.top_mlp)
@@ -209,9 +222,9 @@ class CompressConfig:
     backward: BackwardConfig = field(default_factory=BackwardConfig)
 
     def validate(self) -> None:
-        _choice("compress.mode", self.mode, COMPRESS_MODES)
+        _choice("compress.mode", self.mode, COMPRESS_MODES + TORCHREC_QCOMM_MODES)
         _choice("compress.nonfinite", self.nonfinite, NONFINITE_POLICIES)
-        _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES)
+        _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES + TORCHREC_QCOMM_MODES)
         _choice("compress.layout", self.layout, ("bytes", "bitpack"))
         _choice("compress.dedup", self.dedup, DEDUP_MODES)
         if not 0 < self.dedup_max_fraction <= 1:
@@ -294,8 +307,12 @@ class DistConfig:
     # how variable-size messages learn their sizes: `exact` (W int64 in one small all-to-all first)
     # or `slots` (per-peer slots sized from earlier steps, overflow point-to-point: one collective)
     size_exchange: str = "exact"
+    # model.backend=torchrec: the table-wise plan handed to DistributedModelParallel, `ours`
+    # (dist.sharding's placement as a ShardingPlan) or `planner` (TorchRec's planner, table-wise)
+    torchrec_plan: str = "ours"
 
     def validate(self) -> None:
+        _choice("dist.torchrec_plan", self.torchrec_plan, TORCHREC_PLANS)
         _choice("dist.backend", self.backend, ("auto", "gloo", "nccl"))
         _choice("dist.sharding", self.sharding, ("contiguous", "balanced"))
         _choice("dist.size_exchange", self.size_exchange, ("exact", "slots"))
@@ -324,10 +341,26 @@ class RunConfig:
             key = "train.epochs" if self.train.epochs else "train.iterations"
             raise ConfigError(f"{key}: the synthetic training split is an unbounded stream with no epochs; "
                               "set train.iterations to a positive count")
+        self._check_torchrec_qcomm()
         if self.compress.chunks > self.data.batch_size:
             raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "
                               f"data.batch_size={self.data.batch_size} rows; use at most {self.data.batch_size}")
         return self
+
+    def _check_torchrec_qcomm(self) -> None:
+        """TorchRec's codecs run inside TorchRec's output dist: the torchrec backend only, and
+        not mixed with ours (one output dist carries both directions)."""
+        modes = {"compress.mode": self.compress.mode, "compress.backward.mode": self.compress.backward.mode}
+        theirs = [k for k, m in modes.items() if m in TORCHREC_QCOMM_MODES]
+        if not theirs:
+            return
+        if self.model.backend != "torchrec":
+            raise ConfigError(f"{theirs[0]}: {modes[theirs[0]]!r} is TorchRec's own codec; it needs "
+                              "model.backend=torchrec")
+        ours = [k for k, m in modes.items() if m not in TORCHREC_QCOMM_MODES and m != "off"]
+        if ours:
+            raise ConfigError(f"{ours[0]}: {modes[ours[0]]!r} cannot be combined with {theirs[0]}="
+                              f"{modes[theirs[0]]!r}; use off or a torchrec_qcomm mode in both directions")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

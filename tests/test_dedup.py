@@ -257,7 +257,7 @@ def test_bad_dedup_settings_are_named(tiny_cfg, tmp_path, override, message):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("world,sharding", [(2, "contiguous"), (3, "balanced")])
 def test_dedup_across_ranks_in_every_mode(world, sharding):
-    from test_distributed import torchrun
+    from multiproc import torchrun
     proc = torchrun(world, str(ROOT / "tests/dist_dedup_check.py"), sharding)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("dedup checks passed") == world
@@ -266,7 +266,7 @@ def test_dedup_across_ranks_in_every_mode(world, sharding):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("world", [2, 3])
 def test_dedup_training_matches_one_process(tiny_cfg, tmp_path, world):
-    from test_distributed import final_state, torchrun, train_cli
+    from multiproc import final_state, torchrun, train_cli
     sizes = ["data.batch_size=36", "data.eval_batch_size=510", "compress.dedup=on"]
     single = Trainer(tiny_cfg(*sizes, *QUIET, "compress.chunks=" + str(world)), tmp_path / "single")
     single.run()

@@ -8,41 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
-from dlrm_comp.distributed.sharding import place_tables, tables_of
+from multiproc import QUIET, ROOT, final_state, torchrun, train_cli
 from dlrm_comp.train.logging import read_jsonl
 from dlrm_comp.train.loop import Trainer
 
 pytestmark = pytest.mark.multiprocess
-ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["train.progress=false", "compress.print_tables=false", "train.tensorboard=false"]
-
-
-def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 240):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
-
-
-def train_cli(out: Path, *overrides: str) -> list[str]:
-    return [str(ROOT / "launch/train.py"), "--set", *TINY_OVERRIDES, *QUIET, *overrides, "--out", str(out)]
-
-
-def final_state(run: Path, iterations: int, world: int, cards: list[int]) -> dict[str, torch.Tensor]:
-    """Parameters of a finished run, with sharded tables renamed to their global index."""
-    ckpt = run / "checkpoints"
-    if world == 1:
-        return torch.load(ckpt / f"ckpt_{iterations:09d}.pt", weights_only=False)["model"]
-    owners = place_tables(cards, 4, world, "contiguous")
-    state = {}
-    for rank in range(world):
-        part = torch.load(ckpt / f"ckpt_{iterations:09d}.rank{rank}.pt", weights_only=False)["model"]
-        for key, value in part.items():
-            if key.startswith("embeddings."):
-                local = int(key.split(".")[1])
-                key = f"embeddings.{tables_of(owners, rank)[local]}.weight"
-            state[key] = value
-    return state
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -136,3 +136,19 @@ def test_tune_rejects_bad_numbers(capsys, tmp_path, args, needle):
     code = _tune_main()(["--config", str(ROOT / "configs" / "debug.yaml"), "--out", str(tmp_path / "t"), *args])
     assert code == 2 and needle in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_torchrec_backend_without_torchrec_is_exit_2_naming_the_install(capsys, tmp_path, monkeypatch):
+    """Works with or without torchrec installed: the check asks importlib, which is hidden here."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("torchrec", "fbgemm_gpu") else real(name, *a))
+    code, err = cli(capsys, sets=("model.backend=torchrec",), out=tmp_path / "run")
+    assert code == 2
+    assert "model.backend" in err and "make torchrec" in err and "[torchrec] extra" in err
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_torchrec_codec_needs_the_torchrec_backend(capsys, tmp_path):
+    code, err = cli(capsys, sets=("compress.mode=torchrec_qcomm:fp16",), out=tmp_path / "run")
+    assert code == 2 and "needs model.backend=torchrec" in err

@@ -45,6 +45,14 @@ def interaction_width(kind: str, num_tables: int, emb_dim: int, bottom_out: int,
     return emb_dim + pairs
 
 
+def initial_table(cardinality: int, dim: int, table: int, seed: int) -> torch.Tensor:
+    """Upstream's U(-sqrt(1/n), sqrt(1/n)) from the table's own seeded generator: a table starts
+    the same wherever it lives (any rank, either backend)."""
+    bound = math.sqrt(1.0 / cardinality)
+    generator = torch.Generator().manual_seed(seed * 1000003 + table + 1)
+    return torch.rand((cardinality, dim), generator=generator) * (2 * bound) - bound
+
+
 class DotInteraction(nn.Module):
     """Pairwise dot products of the bottom-MLP output and the pooled embeddings (lower triangle)."""
 
@@ -84,10 +92,8 @@ class DLRM(nn.Module):
         self.embeddings = nn.ModuleList(
             nn.EmbeddingBag(self.cardinalities[t], emb_dim, mode="sum", sparse=sparse) for t in self.owned_tables)
         for t, table in zip(self.owned_tables, self.embeddings):
-            bound = math.sqrt(1.0 / self.cardinalities[t])
-            generator = torch.Generator().manual_seed(seed * 1000003 + t + 1)
             with torch.no_grad():
-                table.weight.copy_(torch.rand(table.weight.shape, generator=generator) * (2 * bound) - bound)
+                table.weight.copy_(initial_table(self.cardinalities[t], emb_dim, t, seed))
         torch.manual_seed(seed)
         self.bottom = build_mlp(bottom, final_activation=True)
         top_in = interaction_width(interaction, len(self.cardinalities), emb_dim, bottom[-1], self_interaction)

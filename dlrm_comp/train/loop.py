@@ -69,12 +69,21 @@ class Trainer:
         self.source = build_source(cfg.data)
         self.iterations = self._resolve_iterations()
         self.schedule = EpochSchedule(self.source.num_batches("train", cfg.data.batch_size), cfg.train.seed)
+        torchrec = cfg.model.backend == "torchrec"
         if extensions is None:
-            from dlrm_comp.train.compression import extensions_from_config
+            if torchrec:  # TorchRec's own codecs are extensions of their own
+                from dlrm_comp.train.torchrec_parallel import extensions_from_config
+            else:
+                from dlrm_comp.train.compression import extensions_from_config
             extensions = extensions_from_config(cfg, self.source.cardinalities, self.world_size, self.rank)
         self.extensions = list(extensions)
         self.parallel = None
-        if self.env.distributed:
+        if torchrec:  # DistributedModelParallel, also in one process (a one-rank group)
+            from dlrm_comp.train.torchrec_parallel import TorchrecModelParallel
+            self.parallel = TorchrecModelParallel(cfg, self.env, self.source.cardinalities, self.device,
+                                                  self.extensions)
+            self.model = self.parallel.model
+        elif self.env.distributed:
             from dlrm_comp.train.parallel import ModelParallel
             compression = next((e for e in self.extensions if e.name == "compression"), None)
             self.parallel = ModelParallel(cfg, self.env, self.source.cardinalities, self.device, compression)
@@ -88,6 +97,8 @@ class Trainer:
             self.exchange = compression.build_exchange(LoopbackTransport(cfg.compress.chunks, self.device),
                                                        [0] * len(self.source.cardinalities), cfg.model.emb_dim)
         self.optimizer = build_optimizer(cfg, self.model)
+        if torchrec:  # plus fbgemm's fused embedding optimizer, in one state dict
+            self.optimizer = self.parallel.wrap_optimizer(self.optimizer)
         for ext in self.extensions:
             ext.attach(self.model)
         tag = f".rank{self.rank}" if self.env.distributed else ""

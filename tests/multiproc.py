@@ -1,0 +1,48 @@
+"""Launch helpers shared by the multi-process tests: torchrun with gloo on CPU, the training
+CLI with the tiny config, and a finished run's parameters under global table names."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import TINY_OVERRIDES
+from dlrm_comp.distributed.sharding import place_tables, tables_of
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["train.progress=false", "compress.print_tables=false", "train.tensorboard=false"]
+
+
+def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def train_cli(out: Path, *overrides: str, base: tuple[str, ...] = tuple(TINY_OVERRIDES),
+              configs: tuple[str, ...] = ()) -> list[str]:
+    files = [arg for c in configs for arg in ("--config", str(ROOT / c))]
+    return [str(ROOT / "launch/train.py"), *files, "--set", *base, *QUIET, *overrides, "--out", str(out)]
+
+
+def final_state(run: Path, iterations: int, world: int, cards: list[int], dim: int = 4,
+                sharding: str = "contiguous") -> dict[str, torch.Tensor]:
+    """Parameters of a finished run, with sharded tables renamed to their global index (the
+    torchrec backend's checkpoints already use global names)."""
+    ckpt = run / "checkpoints"
+    if world == 1:
+        return torch.load(ckpt / f"ckpt_{iterations:09d}.pt", weights_only=False)["model"]
+    owners = place_tables(cards, dim, world, sharding)
+    state = {}
+    for rank in range(world):
+        saved = torch.load(ckpt / f"ckpt_{iterations:09d}.rank{rank}.pt", weights_only=False)
+        torchrec = saved["config"]["model"].get("backend") == "torchrec"
+        for key, value in saved["model"].items():
+            if key.startswith("embeddings.") and not torchrec:
+                local = int(key.split(".")[1])
+                key = f"embeddings.{tables_of(owners, rank)[local]}.weight"
+            state[key] = value
+    return state

@@ -1,0 +1,154 @@
+"""model.backend=torchrec (torchrec 1.8.0, fbgemm-gpu-cpu): skipped where torchrec is absent
+(`make torchrec` installs it; `make test` does so first)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("torchrec")
+pytest.importorskip("fbgemm_gpu")
+
+from multiproc import ROOT, final_state, torchrun, train_cli  # noqa: E402
+from dlrm_comp.config import ConfigError, load_config  # noqa: E402
+from dlrm_comp.data.synthetic import SyntheticCriteo  # noqa: E402
+from dlrm_comp.model import DLRM  # noqa: E402
+from dlrm_comp.model.torchrec_backend import batch_to_kjt, embedding_bag_collection, feature_name  # noqa: E402
+
+DEBUG = ("configs/debug.yaml",)
+DEBUG_SHORT = ("train.eval_every=0", "train.checkpoint_every=0", "data.num_val_samples=4096",
+               "data.eval_batch_size=4096")
+
+
+def summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_kjt_of_a_batch_pools_like_embedding_bags():
+    """The KeyedJaggedTensor built from a Batch, through an (unsharded) EmbeddingBagCollection
+    holding the pure-torch model's initial tables, gives the pure-torch model's pooled outputs."""
+    cards = [7, 30, 5]
+    source = SyntheticCriteo(cards, seed=3, pooling_factor=3)
+    batch = source.batch("train", 0, 16)
+    model = DLRM(cards, 4, "13-4", "8-1", seed=5)
+    ebc = embedding_bag_collection(cards, 4, device="cpu")
+    with torch.no_grad():
+        for t, table in enumerate(model.embeddings):
+            ebc.embedding_bags[f"t{t}"].weight.copy_(table.weight)
+    out = ebc(batch_to_kjt(batch)).to_dict()
+    for t, want in enumerate(model.lookup(batch.indices, batch.offsets)):
+        assert torch.allclose(out[feature_name(t)], want, atol=1e-7), t
+
+
+def test_torchrec_codecs_need_the_torchrec_backend_and_do_not_mix_with_ours():
+    with pytest.raises(ConfigError, match="model.backend=torchrec"):
+        load_config([], ["compress.mode=torchrec_qcomm:fp16"])
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        load_config([], ["model.backend=torchrec", "compress.mode=codec",
+                         "compress.backward.mode=torchrec_qcomm:int8"])
+    with pytest.raises(ConfigError, match="dist.torchrec_plan"):
+        load_config([], ["model.backend=torchrec", "dist.torchrec_plan=rowwise"])
+
+
+def test_fp8_on_cpu_is_a_startup_error(tmp_path):
+    proc = subprocess.run([sys.executable, *train_cli(tmp_path / "run", "model.backend=torchrec",
+                                                      "compress.mode=torchrec_qcomm:fp8")],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no CPU kernel" in proc.stderr and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("plan", ["ours", "planner"])
+def test_exchange_as_output_dist_bound_and_exactness(plan):
+    """Every received value within its bound; exact through our output dist == TorchRec's own."""
+    proc = torchrun(2, str(ROOT / "tests/torchrec_exchange_check.py"), plan)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("torchrec exchange checks passed") == 2
+
+
+@pytest.mark.multiprocess
+def test_off_matches_the_torch_backend_after_300_iterations(tmp_path):
+    """2 gloo ranks, the debug config for 300 SGD steps, same seeds: the two backends' parameters
+    agree within rtol 1e-4, atol 1e-6. At lr 0.05: at the debug config's lr 0.2 training is chaotic
+    enough that fbgemm's one-rounding update of a repeated row (the sum of its gradients, then the
+    step) against torch's sparse SGD (one step per occurrence) drifts past that (README: TorchRec)."""
+    runs = {}
+    for backend in ("torch", "torchrec"):
+        run = tmp_path / backend
+        proc = torchrun(2, *train_cli(run, *DEBUG_SHORT, "train.iterations=300", "train.lr=0.05", "compress.mode=off",
+                                      f"model.backend={backend}", base=(), configs=DEBUG))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[backend] = summary(run)
+    cards = runs["torch"]["data"]["cardinalities"]
+    a = final_state(tmp_path / "torch", 300, 2, cards, dim=16)
+    b = final_state(tmp_path / "torchrec", 300, 2, cards, dim=16)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(b[key], a[key], rtol=1e-4, atol=1e-6), (key, (a[key] - b[key]).abs().max())
+    assert runs["torchrec"]["final_eval"]["auc"] == pytest.approx(runs["torch"]["final_eval"]["auc"], abs=1e-4)
+
+
+@pytest.mark.multiprocess
+def test_codec_bound_and_wire_ratio_match_the_torch_backend(tmp_path):
+    comp = {}
+    for backend in ("torch", "torchrec"):
+        run = tmp_path / backend
+        proc = torchrun(2, *train_cli(run, *DEBUG_SHORT, "train.iterations=100", "compress.mode=codec",
+                                      f"model.backend={backend}", base=(), configs=DEBUG))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        comp[backend] = summary(run)["compression"]
+    ours, theirs = comp["torch"], comp["torchrec"]
+    assert theirs["bytes_raw"] == ours["bytes_raw"] == 100 * 128 * 16 * 4 * 26
+    assert 0 < theirs["max_err_ratio"] <= 1
+    assert theirs["cr"] == pytest.approx(ours["cr"], rel=0.01) and theirs["cr"] > 4
+
+
+@pytest.mark.multiprocess
+def test_torchrec_qcomm_fp16_is_a_baseline_side_by_side(tmp_path):
+    proc = torchrun(2, *train_cli(tmp_path / "run", "model.backend=torchrec", "compress.mode=torchrec_qcomm:fp16",
+                                  "compress.backward.mode=torchrec_qcomm:fp16"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    comp = summary(tmp_path / "run")["compression"]
+    assert comp["mode"] == "torchrec_qcomm:fp16" and comp["max_err_ratio"] is None
+    assert comp["bytes_raw"] == 40 * 32 * 4 * 4 * 8  # training steps only: evaluation is not compressed
+    assert comp["cr"] == 2.0 and comp["backward"]["cr"] == 2.0
+
+
+@pytest.mark.multiprocess
+def test_torchrec_resume_matches_uninterrupted(tmp_path):
+    """Kill after 25 of 40 codec steps (Adagrad: fbgemm's fused optimizer state travels too), resume."""
+    args = ("model.backend=torchrec", "compress.mode=codec", "train.optimizer=adagrad")
+    straight = torchrun(2, *train_cli(tmp_path / "a", *args))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = torchrun(2, *train_cli(tmp_path / "b", *args), env={"DLRM_COMP_FAIL_AT": "25"})
+    assert killed.returncode != 0
+    resumed = torchrun(2, *train_cli(tmp_path / "b", *args), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    cards = summary(tmp_path / "a")["data"]["cardinalities"]
+    a, b = final_state(tmp_path / "a", 40, 2, cards), final_state(tmp_path / "b", 40, 2, cards)
+    assert a.keys() == b.keys() and any(k.startswith("embeddings.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert summary(tmp_path / "a")["compression"]["bytes_sent"] == summary(tmp_path / "b")["compression"]["bytes_sent"]
+
+
+@pytest.mark.parametrize("dedup", ["off", "on"])
+def test_one_process_runs_the_same_code_on_a_one_rank_group(tmp_path, dedup):
+    """Plain `python launch/train.py`: DMP on a one-rank gloo group, the exchange on the loopback
+    transport with compress.chunks virtual destinations, as the pure-torch backend does (bag
+    deduplication included: the same distinct bags, the same bytes)."""
+    comp = {}
+    for backend in ("torch", "torchrec"):
+        proc = subprocess.run([sys.executable, *train_cli(tmp_path / backend, f"model.backend={backend}",
+                                                          "compress.mode=codec", "compress.chunks=2",
+                                                          f"compress.dedup={dedup}")],
+                              capture_output=True, text=True, timeout=180, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        comp[backend] = summary(tmp_path / backend)["compression"]
+    assert comp["torchrec"]["bytes_raw"] == comp["torch"]["bytes_raw"]
+    assert comp["torchrec"]["cr"] == pytest.approx(comp["torch"]["cr"], rel=0.01)
+    assert comp["torchrec"]["distinct_fraction"] == comp["torch"]["distinct_fraction"]
+    assert (comp["torchrec"]["distinct_fraction"] < 1) == (dedup == "on")

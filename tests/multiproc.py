@@ -46,3 +46,20 @@ def final_state(run: Path, iterations: int, world: int, cards: list[int], dim: i
                 key = f"embeddings.{tables_of(owners, rank)[local]}.weight"
             state[key] = value
     return state
+
+
+def single_and_multi(tiny_cfg, tmp_path: Path, world: int, *overrides: str, single: tuple[str, ...] = ()):
+    """The tiny config trained in one process (plus ``single`` overrides) and by ``world``
+    torchrun ranks; checks that their final parameters match and returns the one-process trainer."""
+    from dlrm_comp.train.loop import Trainer
+    one = Trainer(tiny_cfg(*overrides, *QUIET, *single), tmp_path / "single")
+    one.run()
+    proc = torchrun(world, *train_cli(tmp_path / "multi", *overrides))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cards = one.source.cardinalities
+    a = final_state(tmp_path / "single", one.iterations, 1, cards)
+    b = final_state(tmp_path / "multi", one.iterations, world, cards)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    return one

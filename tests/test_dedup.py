@@ -266,17 +266,9 @@ def test_dedup_across_ranks_in_every_mode(world, sharding):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("world", [2, 3])
 def test_dedup_training_matches_one_process(tiny_cfg, tmp_path, world):
-    from multiproc import final_state, torchrun, train_cli
-    sizes = ["data.batch_size=36", "data.eval_batch_size=510", "compress.dedup=on"]
-    single = Trainer(tiny_cfg(*sizes, *QUIET, "compress.chunks=" + str(world)), tmp_path / "single")
-    single.run()
-    proc = torchrun(world, *train_cli(tmp_path / "multi", *sizes))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cards = single.source.cardinalities
-    a = final_state(tmp_path / "single", 40, 1, cards)
-    b = final_state(tmp_path / "multi", 40, world, cards)
-    for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    from multiproc import single_and_multi
+    single_and_multi(tiny_cfg, tmp_path, world, "data.batch_size=36", "data.eval_batch_size=510", "compress.dedup=on",
+                     single=(f"compress.chunks={world}",))
     multi = json.loads((tmp_path / "multi" / "summary.json").read_text())["compression"]
     one = json.loads((tmp_path / "single" / "summary.json").read_text())["compression"]
     assert multi["bytes_sent"] == pytest.approx(one["bytes_sent"]) and multi["cr"] > 1

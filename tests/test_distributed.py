@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multiproc import QUIET, ROOT, final_state, torchrun, train_cli
+from multiproc import ROOT, final_state, single_and_multi, torchrun, train_cli
 from dlrm_comp.train.logging import read_jsonl
 from dlrm_comp.train.loop import Trainer
 
@@ -17,17 +17,7 @@ pytestmark = pytest.mark.multiprocess
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_off_matches_single_process(tiny_cfg, tmp_path, world):
-    sizes = ["data.batch_size=36", "data.eval_batch_size=510"]
-    single = Trainer(tiny_cfg(*sizes, *QUIET), tmp_path / "single")
-    single.run()
-    proc = torchrun(world, *train_cli(tmp_path / "multi", *sizes))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cards = single.source.cardinalities
-    a = final_state(tmp_path / "single", 40, 1, cards)
-    b = final_state(tmp_path / "multi", 40, world, cards)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    single_and_multi(tiny_cfg, tmp_path, world, "data.batch_size=36", "data.eval_batch_size=510")
     la = [r["loss"] for r in read_jsonl(tmp_path / "single" / "metrics.jsonl") if r["kind"] == "train"]
     lb = [r["loss"] for r in read_jsonl(tmp_path / "multi" / "metrics.jsonl") if r["kind"] == "train"]
     assert la == pytest.approx(lb, rel=1e-4)

@@ -63,3 +63,20 @@ def single_and_multi(tiny_cfg, tmp_path: Path, world: int, *overrides: str, sing
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
     return one
+
+
+def straight_and_resumed(tmp_path: Path, *overrides: str, world: int = 2, fail_at: int = 25, iterations: int = 40):
+    """A torchrun run straight through (``a``) and the same run killed after ``fail_at`` steps
+    then resumed (``b``); returns both runs' final parameters and summaries."""
+    import json
+    straight = torchrun(world, *train_cli(tmp_path / "a", *overrides))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = torchrun(world, *train_cli(tmp_path / "b", *overrides), env={"DLRM_COMP_FAIL_AT": str(fail_at)})
+    assert killed.returncode != 0
+    resumed = torchrun(world, *train_cli(tmp_path / "b", *overrides), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    summaries = [json.loads((tmp_path / r / "summary.json").read_text()) for r in ("a", "b")]
+    cards = summaries[0]["data"]["cardinalities"]
+    states = [final_state(tmp_path / r, iterations, world, cards) for r in ("a", "b")]
+    return states, summaries

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from multiproc import ROOT, final_state, single_and_multi, torchrun, train_cli
+from multiproc import ROOT, single_and_multi, straight_and_resumed, torchrun, train_cli
 from dlrm_comp.train.logging import read_jsonl
-from dlrm_comp.train.loop import Trainer
 
 pytestmark = pytest.mark.multiprocess
 
@@ -61,22 +60,11 @@ def test_failing_rank_stops_the_run_with_its_error(tmp_path):
     assert "injected failure on rank 1" in proc.stderr
 
 
-def test_distributed_resume_matches_uninterrupted(tmp_path, tiny_cfg):
-    args = ("compress.mode=codec",)
-    straight = torchrun(2, *train_cli(tmp_path / "a", *args))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = torchrun(2, *train_cli(tmp_path / "b", *args), env={"DLRM_COMP_FAIL_AT": "25"})
-    assert killed.returncode != 0
-    resumed = torchrun(2, *train_cli(tmp_path / "b", *args), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
-    cards = Trainer(tiny_cfg(), tmp_path / "unused").source.cardinalities
-    a, b = final_state(tmp_path / "a", 40, 2, cards), final_state(tmp_path / "b", 40, 2, cards)
+def test_distributed_resume_matches_uninterrupted(tmp_path):
+    (a, b), (sa, sb) = straight_and_resumed(tmp_path, "compress.mode=codec")
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    sa = json.loads((tmp_path / "a" / "summary.json").read_text())["compression"]
-    sb = json.loads((tmp_path / "b" / "summary.json").read_text())["compression"]
-    assert sa["bytes_sent"] == sb["bytes_sent"]
+    assert sa["compression"]["bytes_sent"] == sb["compression"]["bytes_sent"]
 
 
 def test_mpiexec_launch(tmp_path):

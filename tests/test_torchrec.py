@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("torchrec")
 pytest.importorskip("fbgemm_gpu")
 
-from multiproc import ROOT, final_state, torchrun, train_cli  # noqa: E402
+from multiproc import ROOT, final_state, straight_and_resumed, torchrun, train_cli  # noqa: E402
 from dlrm_comp.config import ConfigError, load_config  # noqa: E402
 from dlrm_comp.data.synthetic import SyntheticCriteo  # noqa: E402
 from dlrm_comp.model import DLRM  # noqa: E402
@@ -119,20 +119,12 @@ def test_torchrec_qcomm_fp16_is_a_baseline_side_by_side(tmp_path):
 @pytest.mark.multiprocess
 def test_torchrec_resume_matches_uninterrupted(tmp_path):
     """Kill after 25 of 40 codec steps (Adagrad: fbgemm's fused optimizer state travels too), resume."""
-    args = ("model.backend=torchrec", "compress.mode=codec", "train.optimizer=adagrad")
-    straight = torchrun(2, *train_cli(tmp_path / "a", *args))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = torchrun(2, *train_cli(tmp_path / "b", *args), env={"DLRM_COMP_FAIL_AT": "25"})
-    assert killed.returncode != 0
-    resumed = torchrun(2, *train_cli(tmp_path / "b", *args), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
-    cards = summary(tmp_path / "a")["data"]["cardinalities"]
-    a, b = final_state(tmp_path / "a", 40, 2, cards), final_state(tmp_path / "b", 40, 2, cards)
+    (a, b), (sa, sb) = straight_and_resumed(tmp_path, "model.backend=torchrec", "compress.mode=codec",
+                                            "train.optimizer=adagrad")
     assert a.keys() == b.keys() and any(k.startswith("embeddings.") for k in a)
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert summary(tmp_path / "a")["compression"]["bytes_sent"] == summary(tmp_path / "b")["compression"]["bytes_sent"]
+    assert sa["compression"]["bytes_sent"] == sb["compression"]["bytes_sent"]
 
 
 @pytest.mark.parametrize("dedup", ["off", "on"])

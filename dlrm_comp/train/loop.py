@@ -25,6 +25,7 @@ from dlrm_comp.config import ConfigError, RunConfig, dump_config
 from dlrm_comp.data.batch import concat_batches
 from dlrm_comp.data.epochs import EpochSchedule
 from dlrm_comp.distributed.env import DistEnv
+from dlrm_comp.train.breakdown import StepBreakdown
 from dlrm_comp.train.builders import build_model, build_optimizer, build_source, resolve_device
 from dlrm_comp.train.checkpoint import CheckpointError, CheckpointManager, checkpoint_layouts, rng_state, set_rng_state
 from dlrm_comp.train.extension import TrainingExtension
@@ -87,6 +88,11 @@ class Trainer:
             from dlrm_comp.exchange.transport import LoopbackTransport
             self.exchange = compression.build_exchange(LoopbackTransport(cfg.compress.chunks, self.device),
                                                        [0] * len(self.source.cardinalities), cfg.model.emb_dim)
+        recorder = compression.recorder if compression is not None else None
+        self.breakdown = StepBreakdown(self.device, recorder.interval_seconds if recorder is not None else None,
+                                       self.parallel.means if self.parallel is not None else None)
+        if self.parallel is not None:
+            self.parallel.breakdown = self.breakdown
         self.optimizer = build_optimizer(cfg, self.model)
         for ext in self.extensions:
             ext.attach(self.model)
@@ -226,6 +232,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- steps
     def train_step(self, iteration: int) -> float:
+        self.breakdown.begin_step()
         batch = self.source.batch("train", self.schedule.index(iteration), self.cfg.data.batch_size).to(self.device)
         self.model.train()
         logits, labels = self._forward(batch, training=True)
@@ -234,15 +241,21 @@ class Trainer:
             raise FloatingPointError(f"training loss is {loss.item()} at iteration {iteration}: "
                                      "lower train.lr or check the input data")
         self.optimizer.zero_grad(set_to_none=True)
+        if self.parallel is not None:
+            self.breakdown.watch_allreduce(loss)
         loss.backward()
+        self.breakdown.backward_returned()
         self.optimizer.step()
+        self.breakdown.end_step()
         return float(loss.detach())
 
     def _forward(self, batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self.parallel is not None:
             return self.parallel.forward(batch, training)
         if self.exchange is not None and training:  # evaluation batches are never compressed
-            pooled = self.exchange(self.model.tap(self.model.lookup(batch.indices, batch.offsets)), compress=True)
+            pooled = self.breakdown.timed("fwd_a2a_s", self.exchange,
+                                          self.model.tap(self.model.lookup(batch.indices, batch.offsets)), compress=True)
+            self.breakdown.watch_backward_exchange(pooled)
             return self.model.head(batch.dense, pooled), batch.labels
         return self.model(batch.dense, batch.indices, batch.offsets), batch.labels
 
@@ -318,7 +331,7 @@ class Trainer:
                         if self.parallel is not None:
                             mean_loss = self.parallel.mean(mean_loss)
                         logger.log("train", done, loss=mean_loss, step_s=mean_step,
-                                   samples_per_s=self.cfg.data.batch_size / mean_step)
+                                   samples_per_s=self.cfg.data.batch_size / mean_step, **self.breakdown.interval())
                         bar.set_postfix(loss=f"{mean_loss:.4f}")
                         for ext in self.extensions:
                             ext.on_interval(done, logger.log, echo)
@@ -399,6 +412,7 @@ class Trainer:
             "world_size": self.world_size,
             "device": str(self.device),
             "data": self.source.describe(),
+            "breakdown": self.breakdown.summary(),
         }
         for ext in self.extensions:
             summary.update(ext.summary())

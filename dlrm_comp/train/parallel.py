@@ -19,6 +19,7 @@ from dlrm_comp.distributed.env import DistEnv
 from dlrm_comp.exchange import Exchange, ProcessGroupTransport
 from dlrm_comp.distributed.sharding import place_tables, tables_of
 from dlrm_comp.model import DLRM
+from dlrm_comp.train.breakdown import StepBreakdown
 from dlrm_comp.train.builders import build_model
 
 
@@ -51,6 +52,7 @@ class ModelParallel:
         self.env = env
         self.device = device
         self.overlap = cfg.dist.overlap
+        self.breakdown = StepBreakdown(device)  # the trainer's replaces it; idle outside training steps
         self.owners = place_tables(cardinalities, cfg.model.emb_dim, env.world_size, cfg.dist.sharding)
         self.model = build_model(cfg, cardinalities, owned_tables=tables_of(self.owners, env.rank)).to(device)
         ids = [device.index] if device.type == "cuda" else None
@@ -68,10 +70,18 @@ class ModelParallel:
         start, stop = self.exchange.slice_rows(batch.batch_size)[self.env.rank]
         local = batch.slice(start, stop)
         pooled = self.model.tap(self.model.lookup(batch.indices, batch.offsets))
+        timed = self.breakdown.timed
         if not self.overlap:
-            return self.head(local.dense, self.exchange(pooled, compress=training)), local.labels
-        pending = self.exchange.start(pooled, compress=training)  # async: in flight during the bottom MLP
-        return self.head(local.dense, pending.wait), local.labels
+            received = timed("fwd_a2a_s", self.exchange, pooled, compress=training)
+            self.breakdown.watch_backward_exchange(received)
+            return self.head(local.dense, received), local.labels
+        pending = timed("fwd_a2a_s", self.exchange.start, pooled, compress=training)  # in flight during the bottom MLP
+
+        def wait() -> list[torch.Tensor]:  # the exposed part: what the bottom MLP did not hide
+            received = timed("fwd_a2a_s", pending.wait)
+            self.breakdown.watch_backward_exchange(received)
+            return received
+        return self.head(local.dense, wait), local.labels
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate equal-sized per-rank tensors in rank order (for evaluation metrics)."""
@@ -80,6 +90,10 @@ class ModelParallel:
         return torch.cat(parts)
 
     def mean(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        return self.means([value])[0]
+
+    def means(self, values: list[float]) -> list[float]:
+        """Element-wise mean over the ranks (one small all-reduce)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return float(t.item()) / self.env.world_size
+        return (t / self.env.world_size).tolist()

@@ -48,8 +48,8 @@ def plot(results: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     groups = _groups(results)
-    fig, axes = plt.subplots(1, len(groups), figsize=(max(4.5, 1.0 + 0.9 * max(len(g) for g in groups.values()))
-                                                      * len(groups), 4.2), squeeze=False)
+    width = max(4.0, 1.2 + 0.8 * max(len(g) for g in groups.values()))
+    fig, axes = plt.subplots(1, len(groups), figsize=(width * len(groups), 4.8), squeeze=False)
     for ax, ((config, rate), rows) in zip(axes[0], groups.items()):
         x = range(len(rows))
         bottom = [0.0] * len(rows)
@@ -62,9 +62,11 @@ def plot(results: list[dict], path: Path) -> Path:
         ax.set_xticks(list(x), [r["mode"] for r in rows], rotation=30, ha="right")
         ax.set_title(f"{config} @ {rate}")
         ax.set_ylabel("ms per step")
-    axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("Step-time breakdown per mode (label: measured speedup vs off)", fontsize=10)
-    fig.tight_layout()
+        ax.margins(y=0.12)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle("Step-time breakdown (bar label: measured speedup vs off)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -118,3 +118,19 @@ def test_reference_search_moves_towards_sixty_percent():
     assert rate in [t["rate"] for t in tries]
     assert next_rate([{"rate": "100mbit", "a2a_share": 0.9}]) > 100e6  # too much link: go faster
     assert next_rate([{"rate": "100mbit", "a2a_share": 0.2}]) < 100e6
+
+
+def test_the_dedup_mode_appears_once_the_config_has_the_key(monkeypatch):
+    import dataclasses
+
+    import dlrm_comp.bench.link_run as link_run
+    from dlrm_comp.config import CompressConfig
+    has_key = "dedup" in {f.name for f in dataclasses.fields(CompressConfig)}
+    assert ("codec+bwd+dedup" in link_run.modes()) == has_key
+
+    @dataclasses.dataclass
+    class WithDedup(CompressConfig):
+        dedup: str = "off"
+    monkeypatch.setattr(link_run, "CompressConfig", WithDedup)
+    assert link_run.modes()["codec+bwd+dedup"][-1] == "compress.dedup=on"
+    assert list(link_run.modes())[:6] == ["off", "fp16", "fp8", "int8", "codec", "codec+bwd"]

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlrm_comp.bench.link_report import compare, markdown, plot  # noqa: E402
-from dlrm_comp.bench.link_run import CONFIGS, RunFailed, modes, probe_rate, read_run, run_training  # noqa: E402
+from dlrm_comp.bench.link_run import CONFIGS, INTERVALS, RunFailed, modes, probe_rate, read_run, run_training  # noqa: E402
 from dlrm_comp.bench.link_search import find_reference_rate  # noqa: E402
 from dlrm_comp.bench.netns import VethLink, parse_rate, unavailable  # noqa: E402
 
@@ -57,13 +57,14 @@ def fixed_rate_arg(text: str) -> str:
     return text.strip().lower()
 
 
-def positive(text: str) -> int:
+def iterations_arg(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 2 * 5:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 10 (five print intervals of >= 2 steps)")
+    if value < 2 * INTERVALS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {2 * INTERVALS} "
+                                         f"({INTERVALS} print intervals of >= 2 steps)")
     return value
 
 
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rates", nargs="+", default=["reference"], type=rate_arg,
                         help="tc rates (e.g. 150mbit 1gbit 10gbit) or 'reference'")
     parser.add_argument("--modes", nargs="+", default=list(modes()), choices=list(modes()))
-    parser.add_argument("--iterations", type=positive, default=None,
+    parser.add_argument("--iterations", type=iterations_arg, default=None,
                         help=f"training steps per mode (default per config: {ITERATIONS})")
     parser.add_argument("--reference-rate", type=fixed_rate_arg, default=None,
                         help="use this rate for 'reference' instead of searching for it")
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ref is None:
                     def off_at(rate: str) -> dict:
                         link.set_rate(rate, args.delay_ms)
-                        row = measure(config, "off", rate, SEARCH_ITERATIONS[config], "search")
+                        row = measure(config, "off", rate, min(SEARCH_ITERATIONS[config], iterations), "search")
                         log(f"{config} search: off at {rate}: step {row['step_s'] * 1e3:.1f} ms")
                         return row
                     ref, search = find_reference_rate(off_at)

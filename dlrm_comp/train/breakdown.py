@@ -89,7 +89,7 @@ class StepBreakdown:
         return self._step_start is not None
 
     def begin_step(self) -> None:
-        self._spans = []
+        self._spans, self._bwd_start, self._engine_done = [], None, None  # nothing left from a failed step
         self._step_start = self.clock.now()
 
     def timed(self, phase: str, fn: Callable, *args, **kwargs):

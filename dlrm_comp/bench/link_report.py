@@ -125,6 +125,11 @@ def markdown(payload: dict, plot_path: Path | None) -> str:
     return "\n".join(lines)
 
 
+def allreduce_wire_share(row: dict) -> float:
+    """DDP's allreduce share of the bytes a run puts on the wire."""
+    return row["wire"]["allreduce_bytes_per_step"] / row["wire"]["expected_bytes_per_step"]
+
+
 def _limits(rows: list[dict]) -> str:
     """What keeps the best mode from its ideal: the time it still spends where `off` did not."""
     best = max((r for r in rows if r["mode"] != "off"), key=lambda r: r["speedup_vs_off"], default=None)
@@ -138,7 +143,9 @@ def _limits(rows: list[dict]) -> str:
              f"all-to-all left {(b['fwd_a2a_s'] + b['bwd_a2a_s']) * 1e3:.1f} ms "
              f"(ideal {(o['fwd_a2a_s'] / best['fwd_cr'] + o['bwd_a2a_s'] / best['bwd_cr']) * 1e3:.1f} ms)",
              f"allreduce {b['allreduce_s'] * 1e3:.1f} ms (off {o['allreduce_s'] * 1e3:.1f})",
-             f"compute {b['compute_s'] * 1e3:.1f} ms (off {o['compute_s'] * 1e3:.1f})"]
+             f"compute {b['compute_s'] * 1e3:.1f} ms (off {o['compute_s'] * 1e3:.1f})",
+             f"DDP's allreduce is {allreduce_wire_share(best):.0%} "
+             f"of its bytes on the wire (off: {allreduce_wire_share(off):.0%})"]
     return (f"Best mode `{best['mode']}`: {best['speedup_vs_off']:.2f}x measured, {best['ideal_speedup']:.2f}x ideal "
             f"({best['fraction_of_ideal']:.0%}); its step is {gap * 1e3:.1f} ms above the ideal step: "
             + "; ".join(parts) + ".")

@@ -123,29 +123,30 @@ def read_run(run: Path, config: str, mode: str) -> dict:
            "auc": summary["final_eval"]["auc"], "logloss": summary["final_eval"]["logloss"],
            "fwd_cr": window["fwd"]["cr"], "bwd_cr": window["bwd"]["cr"],
            "codec_GBps": {d: window[d]["GBps"] for d in ("fwd", "bwd")}}
-    row["wire"] = wire_check(run, records, summary, first, measured[-1]["iteration"])
+    row["wire"] = wire_check(run, summary, {d: window[d]["sent"] for d in window}, first, measured[-1]["iteration"])
     return row
 
 
 def _window_totals(records: list[dict], direction: str, first: int, last: int) -> dict:
     """Wire ratio and codec throughput (GB/s of fp32 input, the ranks' bytes over their summed
     encode and decode times) of one direction over the measured intervals; 1.0 and None where
-    the direction travels uncompressed."""
+    the direction travels uncompressed; ``sent``: the recorder's bytes, all destinations."""
     rows = [r for r in records if r["kind"] == "table" and r["direction"] == direction and first < r["iteration"] <= last]
     raw, sent = sum(r["bytes_raw"] for r in rows), sum(r["bytes_sent"] for r in rows)
     enc, dec = sum(r["enc_s"] for r in rows), sum(r["dec_s"] for r in rows)
     if not raw or not sent:
-        return {"cr": 1.0, "GBps": None}
-    return {"cr": raw / sent, "GBps": {"encode": raw / enc / 1e9 if enc else None,
-                                       "decode": raw / dec / 1e9 if dec else None}}
+        return {"sent": 0.0, "cr": 1.0, "GBps": None}
+    return {"sent": sent, "cr": raw / sent, "GBps": {"encode": raw / enc / 1e9 if enc else None,
+                                                     "decode": raw / dec / 1e9 if dec else None}}
 
 
-def wire_check(run: Path, records: list[dict], summary: dict, first: int, last: int) -> dict:
+def wire_check(run: Path, summary: dict, sent: dict[str, float], first: int, last: int) -> dict:
     """Bytes per step that ``tc`` counted on both veth ends over the measured steps, against the
     bytes the run accounts for: the exchange's payloads to the other rank (the recorder's
     ``bytes_sent`` x (W-1)/W, or the fp32 rows of an uncompressed direction), the size exchange
     (``bytes_meta``), and DDP's ring allreduce of the dense gradients (2(W-1)/W x their bytes per
-    rank). ``tc`` adds the collectives' own framing: TCP/IP headers, ACKs, gloo's headers."""
+    rank). ``tc`` adds the collectives' own framing: TCP/IP headers, ACKs, gloo's headers.
+    ``sent``: the recorder's bytes per direction over the steps (0 where uncompressed)."""
     ranks = [json.loads((run / f"link.rank{r}.json").read_text()) for r in range(summary["world_size"])]
     w = len(ranks)
     counted = 0
@@ -154,10 +155,6 @@ def wire_check(run: Path, records: list[dict], summary: dict, first: int, last: 
         counted += at[last] - at[first]
     steps = last - first
     comp = summary.get("compression") or {}
-    sent = {"fwd": 0.0, "bwd": 0.0}
-    for r in records:
-        if r["kind"] == "table" and first < r["iteration"] <= last:
-            sent[r["direction"]] += r["bytes_sent"]
     shape = ranks[0]
     raw_step = shape["batch_size"] * shape["emb_dim"] * 4 * shape["tables"]  # fp32, one direction, all destinations
     payload = 0.0

@@ -177,3 +177,40 @@ class StepBreakdown:
         step = mean.pop("step_s")
         return {**mean, "step_s": step, "steps": n, "clock": self.clock.name,
                 "shares": {k.removesuffix("_s"): (v / step if step else 0.0) for k, v in mean.items()}}
+
+
+class TimedExchange:
+    """The exchange as the training step calls it, with the forward timed around each call
+    (``__call__``; ``start`` and the returned ``wait``) and the backward node watched; every
+    other attribute is the exchange's own."""
+
+    def __init__(self, exchange, breakdown: StepBreakdown):
+        self._exchange, self._breakdown = exchange, breakdown
+
+    def __call__(self, *args, **kwargs):
+        received = self._breakdown.timed("fwd_a2a_s", self._exchange, *args, **kwargs)
+        self._breakdown.watch_backward_exchange(received)
+        return received
+
+    def start(self, *args, **kwargs) -> "_TimedPending":
+        return _TimedPending(self._breakdown.timed("fwd_a2a_s", self._exchange.start, *args, **kwargs),
+                             self._breakdown)
+
+    def __getattr__(self, name: str):
+        return getattr(self._exchange, name)
+
+
+class _TimedPending:
+    """A forward exchange in flight: ``wait`` is the exposed part (what the bottom MLP did not hide)."""
+
+    def __init__(self, pending, breakdown: StepBreakdown):
+        self._pending, self._breakdown = pending, breakdown
+
+    def wait(self):
+        received = self._breakdown.timed("fwd_a2a_s", self._pending.wait)
+        self._breakdown.watch_backward_exchange(received)
+        return received
+
+    def __getattr__(self, name: str):
+        return getattr(self._pending, name)
+

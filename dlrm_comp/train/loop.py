@@ -25,7 +25,7 @@ from dlrm_comp.config import ConfigError, RunConfig, dump_config
 from dlrm_comp.data.batch import concat_batches
 from dlrm_comp.data.epochs import EpochSchedule
 from dlrm_comp.distributed.env import DistEnv
-from dlrm_comp.train.breakdown import StepBreakdown
+from dlrm_comp.train.breakdown import StepBreakdown, TimedExchange
 from dlrm_comp.train.builders import build_model, build_optimizer, build_source, resolve_device
 from dlrm_comp.train.checkpoint import CheckpointError, CheckpointManager, checkpoint_layouts, rng_state, set_rng_state
 from dlrm_comp.train.extension import TrainingExtension
@@ -91,8 +91,10 @@ class Trainer:
         recorder = compression.recorder if compression is not None else None
         self.breakdown = StepBreakdown(self.device, recorder.interval_seconds if recorder is not None else None,
                                        self.parallel.means if self.parallel is not None else None)
-        if self.parallel is not None:
-            self.parallel.breakdown = self.breakdown
+        if self.parallel is not None:  # the forward exchange timed around its calls, its backward watched
+            self.parallel.exchange = TimedExchange(self.parallel.exchange, self.breakdown)
+        if self.exchange is not None:
+            self.exchange = TimedExchange(self.exchange, self.breakdown)
         self.optimizer = build_optimizer(cfg, self.model)
         for ext in self.extensions:
             ext.attach(self.model)
@@ -232,7 +234,6 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- steps
     def train_step(self, iteration: int) -> float:
-        self.breakdown.begin_step()
         batch = self.source.batch("train", self.schedule.index(iteration), self.cfg.data.batch_size).to(self.device)
         self.model.train()
         logits, labels = self._forward(batch, training=True)
@@ -246,16 +247,13 @@ class Trainer:
         loss.backward()
         self.breakdown.backward_returned()
         self.optimizer.step()
-        self.breakdown.end_step()
         return float(loss.detach())
 
     def _forward(self, batch, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self.parallel is not None:
             return self.parallel.forward(batch, training)
         if self.exchange is not None and training:  # evaluation batches are never compressed
-            pooled = self.breakdown.timed("fwd_a2a_s", self.exchange,
-                                          self.model.tap(self.model.lookup(batch.indices, batch.offsets)), compress=True)
-            self.breakdown.watch_backward_exchange(pooled)
+            pooled = self.exchange(self.model.tap(self.model.lookup(batch.indices, batch.offsets)), compress=True)
             return self.model.head(batch.dense, pooled), batch.labels
         return self.model(batch.dense, batch.indices, batch.offsets), batch.labels
 
@@ -319,7 +317,9 @@ class Trainer:
                     for ext in self.extensions:
                         ext.before_step(t)
                     s0 = time.perf_counter()
+                    self.breakdown.begin_step()
                     self.pending["losses"].append(self.train_step(t))
+                    self.breakdown.end_step()
                     dt = time.perf_counter() - s0
                     self.step_times.append(dt)
                     self.pending["times"].append(dt)

@@ -19,7 +19,6 @@ from dlrm_comp.distributed.env import DistEnv
 from dlrm_comp.exchange import Exchange, ProcessGroupTransport
 from dlrm_comp.distributed.sharding import place_tables, tables_of
 from dlrm_comp.model import DLRM
-from dlrm_comp.train.breakdown import StepBreakdown
 from dlrm_comp.train.builders import build_model
 
 
@@ -52,7 +51,6 @@ class ModelParallel:
         self.env = env
         self.device = device
         self.overlap = cfg.dist.overlap
-        self.breakdown = StepBreakdown(device)  # the trainer's replaces it; idle outside training steps
         self.owners = place_tables(cardinalities, cfg.model.emb_dim, env.world_size, cfg.dist.sharding)
         self.model = build_model(cfg, cardinalities, owned_tables=tables_of(self.owners, env.rank)).to(device)
         ids = [device.index] if device.type == "cuda" else None
@@ -70,18 +68,10 @@ class ModelParallel:
         start, stop = self.exchange.slice_rows(batch.batch_size)[self.env.rank]
         local = batch.slice(start, stop)
         pooled = self.model.tap(self.model.lookup(batch.indices, batch.offsets))
-        timed = self.breakdown.timed
         if not self.overlap:
-            received = timed("fwd_a2a_s", self.exchange, pooled, compress=training)
-            self.breakdown.watch_backward_exchange(received)
-            return self.head(local.dense, received), local.labels
-        pending = timed("fwd_a2a_s", self.exchange.start, pooled, compress=training)  # in flight during the bottom MLP
-
-        def wait() -> list[torch.Tensor]:  # the exposed part: what the bottom MLP did not hide
-            received = timed("fwd_a2a_s", pending.wait)
-            self.breakdown.watch_backward_exchange(received)
-            return received
-        return self.head(local.dense, wait), local.labels
+            return self.head(local.dense, self.exchange(pooled, compress=training)), local.labels
+        pending = self.exchange.start(pooled, compress=training)  # async: in flight during the bottom MLP
+        return self.head(local.dense, pending.wait), local.labels
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate equal-sized per-rank tensors in rank order (for evaluation metrics)."""

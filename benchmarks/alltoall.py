@@ -45,6 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dlrm_comp.bench.report import end_to_end_speedup, speedup  # noqa: E402
 from dlrm_comp.config import load_config  # noqa: E402
 from dlrm_comp.distributed.sharding import place_tables, tables_of  # noqa: E402
 from dlrm_comp.exchange import Exchange, ProcessGroupTransport  # noqa: E402
@@ -265,12 +266,11 @@ def _weighted(parts: list[dict], key: str) -> float | None:
 
 def message_speedup(cr: float, tc: float, td: float, bandwidth: float) -> float:
     """The reference's model: 1 / (1/CR + B*(1/Tc + 1/Td)), all in GB/s of uncompressed bytes."""
-    return 1.0 / (1.0 / cr + bandwidth * (1.0 / tc + 1.0 / td))
+    return speedup(cr, tc, td, bandwidth)
 
 
 def end_to_end(s_fwd: float, s_bwd: float) -> float:
-    b = BREAKDOWN
-    return 1.0 / (b["compute"] + b["allreduce"] + b["fwd_a2a"] / s_fwd + b["bwd_a2a"] / s_bwd)
+    return end_to_end_speedup(BREAKDOWN["fwd_a2a"], BREAKDOWN["bwd_a2a"], s_fwd, s_bwd)
 
 
 def main() -> None:

@@ -116,6 +116,13 @@ class CompressionRecorder:
         if p is not None and len(tables):
             np.add.at(p["dec"], tables, seconds / len(tables))
 
+    def interval_seconds(self, direction: str) -> float:
+        """This process's encode + decode seconds of one direction in the open print interval
+        (host sums only, no device read, before any merge): the step-time breakdown's codec part."""
+        p = self._pending.get(direction)
+        pending = float(p["enc"].sum() + p["dec"].sum()) if p is not None else 0.0
+        return pending + sum(t.enc_s + t.dec_s for (_, d), t in self.interval.items() if d == direction)
+
     def _settle(self) -> None:
         """Fold the device accumulators into the interval totals (the one read of them)."""
         for direction, p in self._pending.items():

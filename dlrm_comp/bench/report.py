@@ -29,6 +29,18 @@ def speedup(cr: float, tc_bps: float, td_bps: float, bw_bps: float) -> float:
     return 1.0 / (1.0 / cr + bw_bps * (1.0 / tc_bps + 1.0 / td_bps))
 
 
+def end_to_end_speedup(fwd_share: float, bwd_share: float, fwd_speedup: float, bwd_speedup: float) -> float:
+    """Step speedup when the forward and backward all-to-all, ``fwd_share`` and ``bwd_share`` of
+    the uncompressed step, get ``fwd_speedup`` and ``bwd_speedup`` faster and the rest stays."""
+    return 1.0 / (1.0 - fwd_share - bwd_share + fwd_share / fwd_speedup + bwd_share / bwd_speedup)
+
+
+def ideal_speedup(fwd_share: float, bwd_share: float, fwd_cr: float, bwd_cr: float) -> float:
+    """``1/(1 - s_f*(1 - 1/CR_f) - s_b*(1 - 1/CR_b))``: the step speedup of a free codec, each
+    direction's all-to-all shrunk by its wire ratio."""
+    return end_to_end_speedup(fwd_share, bwd_share, fwd_cr, bwd_cr)
+
+
 def hmean(xs: Sequence[float]) -> float:
     xs = [x for x in xs if x > 0 and math.isfinite(x)]
     return len(xs) / sum(1.0 / x for x in xs) if xs else float("nan")

@@ -25,6 +25,7 @@ from dlrm_comp.config import ConfigError, RunConfig, dump_config
 from dlrm_comp.data.batch import concat_batches
 from dlrm_comp.data.epochs import EpochSchedule
 from dlrm_comp.distributed.env import DistEnv
+from dlrm_comp.train.breakdown import StepBreakdown, TimedExchange
 from dlrm_comp.train.builders import build_model, build_optimizer, build_source, resolve_device
 from dlrm_comp.train.checkpoint import CheckpointError, CheckpointManager, checkpoint_layouts, rng_state, set_rng_state
 from dlrm_comp.train.extension import TrainingExtension
@@ -96,6 +97,13 @@ class Trainer:
             from dlrm_comp.exchange.transport import LoopbackTransport
             self.exchange = compression.build_exchange(LoopbackTransport(cfg.compress.chunks, self.device),
                                                        [0] * len(self.source.cardinalities), cfg.model.emb_dim)
+        recorder = compression.recorder if compression is not None else None
+        self.breakdown = StepBreakdown(self.device, recorder.interval_seconds if recorder is not None else None,
+                                       self.parallel.means if self.parallel is not None else None)
+        if self.parallel is not None:  # the forward exchange timed around its calls, its backward watched
+            self.parallel.exchange = TimedExchange(self.parallel.exchange, self.breakdown)
+        if self.exchange is not None:
+            self.exchange = TimedExchange(self.exchange, self.breakdown)
         self.optimizer = build_optimizer(cfg, self.model)
         if torchrec:  # plus fbgemm's fused embedding optimizer, in one state dict
             self.optimizer = self.parallel.wrap_optimizer(self.optimizer)
@@ -246,7 +254,10 @@ class Trainer:
             raise FloatingPointError(f"training loss is {loss.item()} at iteration {iteration}: "
                                      "lower train.lr or check the input data")
         self.optimizer.zero_grad(set_to_none=True)
+        if self.parallel is not None:
+            self.breakdown.watch_allreduce(loss)
         loss.backward()
+        self.breakdown.backward_returned()
         self.optimizer.step()
         return float(loss.detach())
 
@@ -320,7 +331,9 @@ class Trainer:
                     for ext in self.extensions:
                         ext.before_step(t)
                     s0 = time.perf_counter()
+                    self.breakdown.begin_step()
                     self.pending["losses"].append(self.train_step(t))
+                    self.breakdown.end_step()
                     dt = time.perf_counter() - s0
                     self.step_times.append(dt)
                     self.pending["times"].append(dt)
@@ -332,7 +345,7 @@ class Trainer:
                         if self.parallel is not None:
                             mean_loss = self.parallel.mean(mean_loss)
                         logger.log("train", done, loss=mean_loss, step_s=mean_step,
-                                   samples_per_s=self.cfg.data.batch_size / mean_step)
+                                   samples_per_s=self.cfg.data.batch_size / mean_step, **self.breakdown.interval())
                         bar.set_postfix(loss=f"{mean_loss:.4f}")
                         for ext in self.extensions:
                             ext.on_interval(done, logger.log, echo)
@@ -413,6 +426,7 @@ class Trainer:
             "world_size": self.world_size,
             "device": str(self.device),
             "data": self.source.describe(),
+            "breakdown": self.breakdown.summary(),
         }
         for ext in self.extensions:
             summary.update(ext.summary())

@@ -81,6 +81,10 @@ class ModelParallel:
         return torch.cat(parts)
 
     def mean(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        return self.means([value])[0]
+
+    def means(self, values: list[float]) -> list[float]:
+        """Element-wise mean over the ranks (one small all-reduce)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return float(t.item()) / self.env.world_size
+        return (t / self.env.world_size).tolist()

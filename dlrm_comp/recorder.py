@@ -224,11 +224,13 @@ class CompressionRecorder:
     def state_dict(self) -> dict[str, Any]:
         self._settle()
         return {"total": [(k[0], k[1], asdict(v)) for k, v in self.total.items()],
+                "interval": [(k[0], k[1], asdict(v)) for k, v in self.interval.items()],  # a checkpoint mid-interval
                 "window": {int(k): list(v) for k, v in self.window.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total = {(table, direction): TableTotals(**fields) for table, direction, fields in state.get("total", [])}
-        self.interval = {}
+        self.interval = {(table, direction): TableTotals(**fields)
+                         for table, direction, fields in state.get("interval", [])}
         self.window = {int(k): list(v) for k, v in state.get("window", {}).items()}
 
 

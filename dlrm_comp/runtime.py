@@ -1,4 +1,5 @@
-"""Process-wide runtime settings that the entry points apply explicitly (never at import).
+"""Process-wide runtime settings that the entry points apply explicitly (never at import), and
+``to_device``: a small host tensor onto the device without a blocking copy.
 
 ``keep_large_allocations``: glibc returns every allocation above its mmap threshold (128 KiB by
 default, adapted upwards up to 32 MiB) to the kernel on free, so a step that allocates a few
@@ -28,3 +29,13 @@ def keep_large_allocations() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _LIMIT)) and bool(mallopt(_M_TRIM_THRESHOLD, _LIMIT))
+
+
+def to_device(t, device):
+    """A small host tensor (indices, sizes, statistics) onto ``device`` without blocking the
+    host: pinned, then a non-blocking copy on CUDA; the tensor itself elsewhere."""
+    import torch
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)

@@ -65,6 +65,19 @@ def test_bag_index_rebuilds_every_row(b, w, seed, mask):
                 assert rows[sent[index.bag[t][r]]] == rows[r]
 
 
+def test_bag_index_survives_ids_across_the_whole_int64_range():
+    """Composite (table, slice, id) keys would overflow: the index ranks the ids per table first."""
+    big = torch.tensor([0, 2**62, 2**63 - 1, -2**63, 2**62, 0, -2**63, 7])
+    bags = [big, big.flip(0)]
+    offsets = [torch.arange(8), torch.arange(8)]
+    index = build_bag_index(bags, offsets, [(0, 4), (4, 8)], [True, True])
+    for t in range(2):
+        for q, (lo, hi) in enumerate([(0, 4), (4, 8)]):
+            sent = index.sent_rows(t, q)
+            assert len(sent) == len(set(bags[t][lo:hi].tolist()))
+            assert torch.equal(bags[t][sent[index.bag[t][lo:hi]]], bags[t][lo:hi])
+
+
 def test_bag_codes_are_exact_for_multi_hot_rows():
     ids = torch.tensor([1, 2, 2, 1, 1, 2, 5])
     offsets = torch.tensor([0, 2, 4, 6, 6])  # (1,2) (2,1) (1,2) (5,) () -- order matters, empty bags count
@@ -193,6 +206,8 @@ def test_parse_checks_each_chunks_rows():
     assert parse(msg, rows, 4).header["rows"].tolist() == rows.tolist()
     with pytest.raises(CorruptPayloadError, match="rows"):
         parse(msg, rows + 1, 4)
+    with pytest.raises(CorruptPayloadError, match="chunks"):
+        parse(msg, rows[:-1], 4)
 
 
 # ------------------------------------------------------------------------------- training
@@ -232,7 +247,7 @@ def _untimed(section):
 
 def test_auto_decides_per_table_at_intervals_and_resumes_the_decision(tiny_cfg, straight_and_resumed, tmp_path):
     cfg = tiny_cfg(*QUIET, "compress.mode=codec", "compress.dedup=auto", "compress.dedup_max_fraction=0.5",
-                   "compress.dedup_tables=[1]")
+                   "compress.dedup_tables=[1]", "train.checkpoint_every=5")  # resumed mid-interval (at 25)
     straight, resumed = straight_and_resumed(cfg, 25)
     assert _untimed(straight["compression"]) == _untimed(resumed["compression"])
     records = [r for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl") if r["kind"] == "dedup"]

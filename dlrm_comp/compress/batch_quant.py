@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress import cpu_kernels
+from dlrm_comp.runtime import to_device
 from dlrm_comp.compress.quantize import ChunkKind, check_input
 
 MAX_BITS = 16
@@ -241,12 +242,8 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: n
         ok=ok,
         x=x,
         x_hat=y,
-        counts=None if counts is None else _to_dev(torch.from_numpy(np.asarray(counts, dtype=np.int64)), dev),
+        counts=None if counts is None else to_device(torch.from_numpy(np.asarray(counts, dtype=np.int64)), dev),
     )
-
-
-def _to_dev(t: torch.Tensor, device) -> torch.Tensor:
-    return t if torch.device(device).type == "cpu" else t.pin_memory().to(device, non_blocking=True)
 
 
 def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> BatchQuant:

@@ -36,11 +36,6 @@ def chunk_nbytes(mode: str) -> int:
     return 4 if mode == "fp8" else 0
 
 
-def fixed_nbytes(mode: str, rows: int, dim: int) -> int:
-    """Bytes of one chunk of ``rows`` rows."""
-    return rows * row_nbytes(mode, dim) + chunk_nbytes(mode)
-
-
 def encode_fixed(mode: str, x: torch.Tensor, chunk: torch.Tensor | None, num_chunks: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Finite rows ``x [R, d]`` (row i in chunk ``chunk[i]``; None: one chunk) -> the row records
@@ -58,10 +53,10 @@ def encode_fixed(mode: str, x: torch.Tensor, chunk: torch.Tensor | None, num_chu
         row_max = xf.abs().amax(dim=1) if d else xf.new_zeros(r)
         amax = xf.new_zeros(num_chunks)
         if r:
-            amax = amax.scatter_reduce(0, _chunk_ids(chunk, r, x.device), row_max, reduce="amax")
+            amax = amax.scatter_reduce(0, _rows_chunk(chunk, r, x.device), row_max, reduce="amax")
         amax = amax.to(torch.float64)
         scale = torch.where(amax > 0, (_FP8_MAX / amax.clamp_min(1e-300)).clamp_max(_F32_MAX), 1.0).to(torch.float32)
-        per_row = scale[_chunk_ids(chunk, r, x.device)] if r else scale[:0]
+        per_row = scale[_rows_chunk(chunk, r, x.device)] if r else scale[:0]
         y = (xf * per_row[:, None]).clamp_(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
         return y.reshape(r, d), scale.view(torch.uint8).reshape(num_chunks, 4)
     mn, mx = (xf.amin(dim=1), xf.amax(dim=1)) if d else (xf.new_zeros(r), xf.new_zeros(r))
@@ -82,7 +77,7 @@ def decode_fixed(mode: str, rows: torch.Tensor, trailers: torch.Tensor, chunk: t
         return rows.view(torch.float16 if mode == "fp16" else torch.bfloat16).to(dtype)
     if mode == "fp8":
         scale = trailers.contiguous().view(torch.float32).reshape(-1)
-        per_row = scale[_chunk_ids(chunk, r, rows.device)] if r else scale[:0]
+        per_row = scale[_rows_chunk(chunk, r, rows.device)] if r else scale[:0]
         return (rows.view(torch.float8_e4m3fn).to(torch.float32) / per_row[:, None]).to(dtype)
     d = rows.shape[1] - 8
     codes = rows[:, :d].to(torch.float32)
@@ -92,5 +87,5 @@ def decode_fixed(mode: str, rows: torch.Tensor, trailers: torch.Tensor, chunk: t
     return ((codes * (scale * 0.5) + bias * 0.5) * 2.0).to(dtype)
 
 
-def _chunk_ids(chunk: torch.Tensor | None, r: int, device) -> torch.Tensor:
+def _rows_chunk(chunk: torch.Tensor | None, r: int, device) -> torch.Tensor:
     return chunk if chunk is not None else torch.zeros(r, dtype=torch.int64, device=device)

@@ -165,7 +165,6 @@ def _section_raw(hc: HostChunks, lo: int, hi: int) -> tuple[bytes, list[int]]:
     return raw, blocks
 
 
-
 def assemble(hc: HostChunks, dtype: torch.dtype, counts: list[int], coders: list[list[LosslessCodec]],
              weights: np.ndarray | None = None) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """Messages of consecutive chunk runs (``counts[m]`` chunks each; ``coders[m][s]`` codes
@@ -222,7 +221,6 @@ class Parsed:
     high: np.ndarray  # [C, N] uint8 high code bytes (zero for codes of up to 8 bits)
     raw: np.ndarray  # [C, N] of the dtype's numpy type (rows of RAW chunks used)
     bitpacked: np.ndarray | None  # [C, 2N] uint8 packed codes of bitpack chunks (unpacked on the device)
-    cols: int = 0
 
 
 def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = None,
@@ -256,7 +254,10 @@ def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = N
     if zlib.adler32(buf[PREAMBLE:table_end]) != table_sum:
         raise CorruptPayloadError("chunk table checksum mismatch: message corrupted")
     h = np.frombuffer(buf[PREAMBLE:table_end], dtype=HEADER_DTYPE)
-    want = np.broadcast_to(np.asarray(rows, dtype=np.int64), (n_chunks,))
+    want = np.asarray(rows, dtype=np.int64)
+    if want.ndim and len(want) != n_chunks:
+        raise CorruptPayloadError(f"message holds {n_chunks} chunks, expected {len(want)}")
+    want = np.broadcast_to(want, (n_chunks,))
     chunk_rows = h["rows"].astype(np.int64)
     if n_chunks and (np.any(chunk_rows != want) or m_rows != int(chunk_rows.max())):
         raise CorruptPayloadError(f"message chunks hold {chunk_rows.tolist()} rows (of at most {m_rows}), "
@@ -319,7 +320,7 @@ def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = N
     values = raw.view(_NP_RAW[dtype]).reshape(n_chunks, width)
     if sz_bodies:
         values = _sz_values(values, sz_bodies, dtype, chunk_rows, cols)
-    return Parsed(dtype, h, low, high, values, packed, cols)
+    return Parsed(dtype, h, low, high, values, packed)
 
 
 def _sz_values(values: np.ndarray, bodies: dict, dtype: torch.dtype, rows: np.ndarray, cols: int) -> np.ndarray:

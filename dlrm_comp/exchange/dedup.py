@@ -9,12 +9,14 @@ the transpose: the receiver sums the gradients of rows that share a bag, the own
 sum on the bag's first row (an EmbeddingBag gives identical bags identical Jacobians, so the
 owner's table gradient is the same up to the order of the float summation).
 
-The index is computed on the host from the ids (numpy, one sort over all tables per step), never
-from device tensors: no host sync.
+The index is computed on the host from the ids (numpy: one sort over all tables per step, plus
+one per multi-hot table to rank its id sequences), never from device tensors: no host sync. Every
+rank holds the global batch here; with a TorchRec-style input distribution a receiver would hold
+its own samples' ids, which is all the receiving side needs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +36,7 @@ class BagIndex:
     first: list[np.ndarray]  # per table: batch rows of each sent row, slice after slice, bags in order
     starts: np.ndarray  # [T, W+1] where each slice's sent rows begin in first[t]
     bag: list[np.ndarray]  # per table [B]: each row's position among its slice's sent rows
+    layouts: dict = field(default_factory=dict, repr=False)  # the exchange's layouts of this index
 
     @property
     def counts(self) -> np.ndarray:
@@ -92,31 +95,28 @@ def build_bag_index(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Ten
     t_count, w = len(offsets), len(slices)
     b = slices[-1][1] if slices else 0
     codes = batch_codes(indices, offsets, b)
-    codes = codes - codes.min(axis=1, keepdims=True) if b else codes  # ids >= 0 from here on
-    span = int(codes.max()) + 1 if codes.size else 1
-    widths = [hi - lo for lo, hi in slices]
+    lo, hi = (int(codes.min()), int(codes.max())) if codes.size else (0, 0)
+    if (hi - lo + 1) * max(t_count * w, 1) >= 2**62:  # composite keys would overflow: dense ranks per table
+        codes = np.stack([np.unique(c, return_inverse=True)[1].reshape(-1) for c in codes]).astype(np.int64)
+        lo, hi = 0, int(codes.max())
+    codes = codes - lo  # >= 0 from here on
+    span = hi - lo + 1
+    widths = [hi_ - lo_ for lo_, hi_ in slices]
     slice_of = np.repeat(np.arange(w), widths)
-    if t_count * w * span >= 2**62:  # keys would overflow: one table at a time
-        parts = [_distinct(codes[t:t + 1], slice_of, w, span) for t in range(t_count)]
-        order, inverse, counts = _concat_tables(parts, b, w)
-    else:
-        order, inverse, counts = _distinct(codes, slice_of, w, span)
+    order, inverse, counts = _distinct(codes, slice_of, w, span)
     distinct = counts.reshape(t_count, w)
     dedup = np.asarray(dedup, dtype=bool)
     chunk_start = np.concatenate([[0], np.cumsum(counts)])
     table_start = chunk_start[np.arange(t_count) * w]
     # each row's position among its chunk's distinct bags, for every table at once
     bag_all = inverse.reshape(t_count, b) - chunk_start[np.arange(t_count)[:, None] * w + slice_of[None, :]]
-    rows = np.arange(b)
-    local = rows - np.repeat([lo for lo, _ in slices], widths)
-    identity_starts = np.array([0] + [hi for _, hi in slices], np.int64)
+    rows, local, starts = _identity(slices, t_count)
     firsts, bags = [], []
-    starts = np.tile(identity_starts, (t_count, 1))
     for t in range(t_count):
         if dedup[t]:
-            lo, hi = table_start[t], chunk_start[(t + 1) * w]
-            firsts.append(order[lo:hi] - t * b)
-            starts[t] = chunk_start[t * w:(t + 1) * w + 1] - lo
+            first, last = table_start[t], chunk_start[(t + 1) * w]
+            firsts.append(order[first:last] - t * b)
+            starts[t] = chunk_start[t * w:(t + 1) * w + 1] - first
             bags.append(bag_all[t])
         else:
             firsts.append(rows)
@@ -135,23 +135,19 @@ def _distinct(codes: np.ndarray, slice_of: np.ndarray, w: int, span: int):
     return first, inverse.reshape(-1), counts
 
 
-def _concat_tables(parts, b: int, w: int):
-    firsts, inverses, counts = [], [], []
-    base = 0
-    for t, (first, inverse, count) in enumerate(parts):
-        firsts.append(first + t * b)
-        inverses.append(inverse + base)
-        counts.append(count)
-        base += len(first)
-    return np.concatenate(firsts), np.concatenate(inverses), np.concatenate(counts)
-
-
-def identity_index(num_tables: int, slices: list[tuple[int, int]]) -> BagIndex:
-    """Every row its own bag: the layout of an exchange without deduplication."""
+def _identity(slices: list[tuple[int, int]], num_tables: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row its own bag: the batch's rows, each row's position in its slice, and the
+    per-table slice starts."""
     b = slices[-1][1] if slices else 0
     rows = np.arange(b)
     local = rows - np.repeat([lo for lo, _ in slices], [hi - lo for lo, hi in slices])
-    starts = np.tile([0] + [hi for _, hi in slices], (num_tables, 1)).astype(np.int64)
+    starts = np.tile(np.array([0] + [hi for _, hi in slices], np.int64), (num_tables, 1))
+    return rows, local, starts
+
+
+def identity_index(num_tables: int, slices: list[tuple[int, int]]) -> BagIndex:
+    """The layout of an exchange without deduplication."""
+    rows, local, starts = _identity(slices, num_tables)
     full = np.tile(np.array([hi - lo for lo, hi in slices], np.int64), (num_tables, 1))
     return BagIndex(slices, np.zeros(num_tables, bool), full, [rows] * num_tables, starts, [local] * num_tables)
 
@@ -163,8 +159,8 @@ def sum_by_bag(rows: torch.Tensor, expand: torch.Tensor, total: int, sorted_orde
     = ``(permutation, lengths)``, host-built) keeps it deterministic."""
     if sorted_order is None:
         return rows.new_zeros(total, rows.shape[1]).index_add_(0, expand, rows)
-    perm, lengths = sorted_order
-    return torch.segment_reduce(rows.index_select(0, perm), "sum", lengths=lengths, axis=0)
+    perm, lengths = sorted_order  # host-built, valid by construction: unsafe=True skips two host reads
+    return torch.segment_reduce(rows.index_select(0, perm), "sum", lengths=lengths, axis=0, unsafe=True)
 
 
 def bag_order(expand: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:

@@ -54,6 +54,7 @@ from dlrm_comp.compress.wire import (
 )
 from dlrm_comp.exchange.dedup import BagIndex, bag_order, build_bag_index, identity_index, sum_by_bag
 from dlrm_comp.exchange.plan import CompressionPlan, DirectionPlan
+from dlrm_comp.runtime import to_device
 
 _IDENTITY = IdentityCodec()
 
@@ -223,15 +224,15 @@ class Exchange:
         return hit
 
     def layout(self, index: BagIndex, plan: DirectionPlan) -> Layout:
-        """Messages of both sides and the row maps of one direction, memoised on the index and
-        the tables' order (so the backward of a step reuses its forward's when the order agrees)."""
+        """Messages of both sides and the row maps of one direction, memoised on the index (per
+        table order: the backward of a step reuses its forward's when the order agrees; the
+        identity index lives as long as the exchange, a step's dedup index as long as its step)."""
         own = self._order(self.mine, plan)
         recv = [self._order(ts, plan) for ts in self.by_source]
-        key = ("layout", id(index), tuple(own), tuple(tuple(ts) for ts in recv))
-        hit = self._orders.get(key)
-        if hit is None or hit.index is not index:
-            hit = self._build_layout(index, own, recv)
-            self._memo(key, hit)
+        key = (tuple(own), tuple(tuple(ts) for ts in recv))
+        hit = index.layouts.get(key)  # held by the step's index: freed with it
+        if hit is None:
+            hit = index.layouts[key] = self._build_layout(index, own, recv)
         return hit
 
     def _build_layout(self, index: BagIndex, own: list[int], recv: list[list[int]]) -> Layout:
@@ -255,7 +256,7 @@ class Exchange:
                 base += int(counts[t, s])
         flat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
         src_h, expand_h = flat(src), flat(expand)
-        dev_t = lambda a: _to_device(torch.from_numpy(a), dev)  # noqa: E731
+        dev_t = lambda a: to_device(torch.from_numpy(a), dev)  # noqa: E731
         order = None
         if dev.type != "cpu":
             perm, lengths = bag_order(expand_h, int(consumer.chunk_rows.sum()))
@@ -283,10 +284,11 @@ class Exchange:
             return (lambda: [p.detach() for p in pooled]), index
         lay = self.layout(index, plan or self.plan.fwd)
         flat = self._owner_rows([p.detach() for p in pooled], lay)
-        if compress and self.mine:
-            first = int(lay.owner.rows[0][0]) if lay.src is None else index.slices[0][1] - index.slices[0][0]
+        if compress and self.mine:  # the rows the first chunk of each table sends
             for i, t in enumerate(self.mine):
-                self.last_sample[t] = pooled[i].detach()[:first]
+                rows = index.sent_rows(t, 0)
+                self.last_sample[t] = pooled[i].detach()[int(rows[0]):int(rows[-1]) + 1] if not index.dedup[t] \
+                    else pooled[i].detach()[to_device(torch.from_numpy(rows), pooled[i].device)]
         finish = self._run(flat, lay.owner, lay.consumer, plan, "fwd", async_op, index.active)
 
         def received() -> list[torch.Tensor]:
@@ -405,7 +407,7 @@ class Exchange:
             elif dedup:  # exact rows, fewer of them: the saving is measured as any other
                 t0 = time.perf_counter()
                 sent = torch.from_numpy((out.chunk_rows * d * flat.element_size()).astype(np.float64))
-                self._record(direction, plan or self._off, out, flat.element_size(), _to_device(sent, flat.device),
+                self._record(direction, plan or self._off, out, flat.element_size(), to_device(sent, flat.device),
                              None, None, time.perf_counter() - t0)
             in_splits = [r * d for r in out.message_rows]
             out_splits = [r * d for r in inc.message_rows]
@@ -416,7 +418,7 @@ class Exchange:
         return self._run_bytes(flat, out, inc, plan, direction, async_op)
 
     def _eb(self, plan: DirectionPlan, tables: list[int], device) -> torch.Tensor:
-        return _to_device(torch.tensor([plan.eb_rel[t] for t in tables], dtype=torch.float64), device)
+        return to_device(torch.tensor([plan.eb_rel[t] for t in tables], dtype=torch.float64), device)
 
     def _index(self, tables: list[int], device) -> torch.Tensor:
         key = (tuple(tables), str(device))
@@ -468,7 +470,7 @@ class Exchange:
         x, counts = self._pad(flat, rows)
         q = quantize_batch(x, self._eb(plan, out.chunk_tables, x.device), counts)
         self._check_finite(q.nonfinite, plan, x)
-        n = _to_device(torch.from_numpy((rows * self.dim).astype(np.float64)), x.device)
+        n = to_device(torch.from_numpy((rows * self.dim).astype(np.float64)), x.device)
         quant = q.kind == KIND_QUANT
         ideal = q.entropy_bytes() + CHUNK_HEADER
         raw_body = n * x.element_size()
@@ -496,7 +498,7 @@ class Exchange:
         else:
             send = records.reshape(-1)
         in_splits = [r * rb + c * cb for r, c in zip(out.message_rows, out.counts)]
-        sent = _to_device(torch.from_numpy((rows * rb + cb).astype(np.float64)), flat.device)
+        sent = to_device(torch.from_numpy((rows * rb + cb).astype(np.float64)), flat.device)
         self._record(direction, plan, out, flat.element_size(), sent, None, None, time.perf_counter() - t0)
         dtype = flat.dtype  # every rank exchanges its model's dtype
         out_splits = [r * rb + c * cb for r, c in zip(inc.message_rows, inc.counts)]
@@ -519,7 +521,7 @@ class Exchange:
 
     def _chunk_ids(self, rows: np.ndarray, device) -> torch.Tensor:
         """Each travelling row's chunk (host-built: no device-side repeat that would sync)."""
-        return _to_device(torch.from_numpy(np.repeat(np.arange(len(rows)), rows)), device)
+        return to_device(torch.from_numpy(np.repeat(np.arange(len(rows)), rows)), device)
 
     def _add_decode(self, direction, inc: Messages, seconds: float) -> None:
         if self.recorder is not None:
@@ -533,7 +535,7 @@ class Exchange:
             return flat.reshape(len(rows), u * self.dim), None
         starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
         take = starts[:, None] + np.minimum(np.arange(u)[None, :], np.maximum(rows - 1, 0)[:, None])
-        idx = _to_device(torch.from_numpy(take.reshape(-1)), flat.device)
+        idx = to_device(torch.from_numpy(take.reshape(-1)), flat.device)
         return flat.index_select(0, idx).view(len(rows), u * self.dim), rows * self.dim
 
     # -------------------------------------------------------------------------- byte messages
@@ -738,7 +740,7 @@ def _unpad(x: torch.Tensor, rows: np.ndarray, dim: int) -> torch.Tensor:
         return x.reshape(-1, dim)
     take = (np.arange(len(rows)) * u).repeat(rows) + (np.arange(int(rows.sum())) - np.repeat(
         np.concatenate([[0], np.cumsum(rows)[:-1]]), rows))
-    return x.reshape(-1, dim).index_select(0, _to_device(torch.from_numpy(take), x.device))
+    return x.reshape(-1, dim).index_select(0, to_device(torch.from_numpy(take), x.device))
 
 
 def _as_tensor(data: bytes) -> torch.Tensor:
@@ -792,14 +794,6 @@ def _zero_grads(ex: Exchange, index: BagIndex, grads):
     dev = ex.transport.device
     dtype = next((g.dtype for g in grads if g is not None), torch.float32)
     return [g.contiguous() if g is not None else torch.zeros(n_rows, ex.dim, device=dev, dtype=dtype) for g in grads]
-
-
-def _to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """A small host tensor onto the device without a blocking copy (pinned, non_blocking)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 class _ExchangeFn(torch.autograd.Function):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -302,7 +303,8 @@ class CompressionExtension(TrainingExtension):
         state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta, "bytes_pad": self.bytes_pad,
                  "iteration": self.iteration,
                  "table_codecs": dict(self.table_codecs), "control_steps": self.control_steps,
-                 "codec_changes": self.codec_changes, "dedup": list(self.plan.dedup)}
+                 "codec_changes": self.codec_changes, "dedup": list(self.plan.dedup),
+                 "bag_counts": self.exchange.bag_counts.tolist() if self.exchange is not None else None}
         if self.controller is not None:
             state["controller"] = self.controller.state_dict()
         return state
@@ -321,8 +323,10 @@ class CompressionExtension(TrainingExtension):
         self.control_steps = state.get("control_steps", 0)
         self.codec_changes = state.get("codec_changes", 0)
         self.table_codecs = {int(k): v for k, v in state.get("table_codecs", {}).items()}
-        if "dedup" in state:  # the per-table decision of the interrupted run (auto)
+        if self.cfg.dedup == "auto" and "dedup" in state:  # auto's per-table decision and its open window
             self.plan.dedup[:] = [bool(v) for v in state["dedup"]]
+            if self.exchange is not None and state.get("bag_counts") is not None:
+                self.exchange.bag_counts[:] = np.asarray(state["bag_counts"], dtype=np.int64)
 
 
 def build_controller(cfg: AdaptiveConfig, num_tables: int) -> ClosedLoopController | None:

@@ -101,7 +101,7 @@ class Trainer:
         self.breakdown = StepBreakdown(self.device, recorder.interval_seconds if recorder is not None else None,
                                        self.parallel.means if self.parallel is not None else None)
         if self.parallel is not None:  # the forward exchange timed around its calls, its backward watched
-            self.parallel.exchange = TimedExchange(self.parallel.exchange, self.breakdown)
+            self.parallel.wrap_exchange(lambda exchange: TimedExchange(exchange, self.breakdown))
         if self.exchange is not None:
             self.exchange = TimedExchange(self.exchange, self.breakdown)
         self.optimizer = build_optimizer(cfg, self.model)

@@ -74,6 +74,10 @@ class ModelParallel:
         pending = self.exchange.start(pooled, compress=training, bags=bags)  # async: in flight during the bottom MLP
         return self.head(local.dense, pending.wait), local.labels
 
+    def wrap_exchange(self, wrap) -> None:
+        """Route the step's exchange calls through ``wrap(exchange)`` (the step-time breakdown)."""
+        self.exchange = wrap(self.exchange)
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate equal-sized per-rank tensors in rank order (for evaluation metrics)."""
         parts = [torch.empty_like(tensor) for _ in range(self.env.world_size)]

@@ -129,7 +129,7 @@ class TorchrecModelParallel(ModelParallel):
         self.dmp = DistributedModelParallel(module, env=ShardingEnv.from_process_group(group), device=device,
                                             plan=plan, sharders=[sharder], init_data_parallel=False)
         initialise_tables(self.dmp.state_dict(), cardinalities, cfg.model.emb_dim, cfg.train.seed, f"{EBC}.")
-        self.output_dist = None
+        self.output_dist = self.exchange = None
         if found is not None and self.qcomm is None:  # ours: the exchange becomes the output dist
             self._install_exchange(cfg, found, device)
         ids = [device.index] if device.type == "cuda" else None
@@ -149,6 +149,12 @@ class TorchrecModelParallel(ModelParallel):
         registry, q.codecs = counting_registry(q.fwd_mode, q.bwd_mode, cfg.model.emb_dim, device)
         q.device = device
         return registry
+
+    def wrap_exchange(self, wrap) -> None:
+        """Our exchange, where it is the output dist, called through ``wrap(exchange)``; TorchRec's
+        own output dist (``off``, ``torchrec_qcomm:*``) is not ours to wrap."""
+        if self.exchange is not None:
+            self.exchange = self.output_dist.exchange = wrap(self.exchange)
 
     def _install_exchange(self, cfg: RunConfig, compression, device: torch.device) -> None:
         """Our Exchange (the compression extension's plan and recorder) as the collection's output

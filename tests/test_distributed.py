@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multiproc import ROOT, single_and_multi, straight_and_resumed, torchrun, train_cli
+from multiproc import ROOT, final_state, single_and_multi, straight_and_resumed, torchrun, train_cli
 from dlrm_comp.train.logging import read_jsonl
 
 pytestmark = pytest.mark.multiprocess

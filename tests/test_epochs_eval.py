@@ -111,7 +111,7 @@ def test_rows_match_batches(tiny_cfg, tmp_path):
 
 @pytest.mark.multiprocess
 def test_distributed_evaluation_covers_uneven_rows(tiny_cfg, tmp_path):
-    from test_distributed import torchrun, train_cli
+    from multiproc import torchrun, train_cli
     sizes = ["data.num_val_samples=1001", "data.eval_batch_size=500", "train.eval_every=0"]
     single = Trainer(tiny_cfg(*QUIET, *sizes), tmp_path / "single").run()
     proc = torchrun(2, *train_cli(tmp_path / "multi", *sizes))  # batches of 500, 500 and a 1-row tail

@@ -66,7 +66,7 @@ def test_cli_exit_status_after_a_signal(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.multiprocess
 def test_ranks_agree_on_the_stop_step(tiny_cfg, tmp_path):
-    from test_distributed import final_state, torchrun, train_cli
+    from multiproc import final_state, torchrun, train_cli
     proc = torchrun(2, *train_cli(tmp_path / "b"), env={"DLRM_COMP_SIGNAL_AT": "12", "DLRM_COMP_SIGNAL_RANK": "1"})
     assert proc.returncode != 0
     assert "SIGTERM: stopped after iteration 15" in proc.stderr  # the next agreement point (every 5 steps)

@@ -97,7 +97,7 @@ class Trainer:
             from dlrm_comp.exchange.transport import LoopbackTransport
             self.exchange = compression.build_exchange(LoopbackTransport(cfg.compress.chunks, self.device),
                                                        [0] * len(self.source.cardinalities), cfg.model.emb_dim)
-        recorder = compression.recorder if compression is not None else None
+        recorder = getattr(compression, "recorder", None)  # TorchRec's own codecs keep no recorder of ours
         self.breakdown = StepBreakdown(self.device, recorder.interval_seconds if recorder is not None else None,
                                        self.parallel.means if self.parallel is not None else None)
         if self.parallel is not None:  # the forward exchange timed around its calls, its backward watched

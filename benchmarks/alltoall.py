@@ -45,7 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dlrm_comp.bench.report import end_to_end_speedup, speedup  # noqa: E402
+from dlrm_comp.bench.report import REFERENCE_BREAKDOWN, end_to_end_speedup, speedup  # noqa: E402
 from dlrm_comp.config import load_config  # noqa: E402
 from dlrm_comp.distributed.sharding import place_tables, tables_of  # noqa: E402
 from dlrm_comp.exchange import Exchange, ProcessGroupTransport  # noqa: E402
@@ -54,7 +54,7 @@ from dlrm_comp.runtime import keep_large_allocations  # noqa: E402
 from dlrm_comp.train.compression import build_plan, build_policy  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
-BREAKDOWN = {"fwd_a2a": 0.313, "bwd_a2a": 0.313, "allreduce": 0.229, "compute": 0.145}
+BREAKDOWN = REFERENCE_BREAKDOWN
 # :slots = dist.size_exchange=slots; +dedup = compress.dedup=on (one row per distinct bag, both directions)
 MODES = ["off", "off+dedup", "fp16", "bf16", "fp8", "int8", "sz", "codec", "codec+dedup", "codec:slots"]
 TORCHREC_MODES = ["off", "torchrec_qcomm:fp16", "torchrec_qcomm:bf16", "torchrec_qcomm:int8", "codec"]

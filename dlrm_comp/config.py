@@ -1,6 +1,6 @@
 """Typed run configuration: YAML layers, the reference's environment variables, `--set` overrides.
 
-Precedence (DESIGN.md 3b): config files (later over earlier) < environment variables < `--set`.
+Precedence (docs/architecture.md, the files other tools read): config files (later over earlier) < environment variables < `--set`.
 Every error names the dotted key and the accepted values, and is raised before any work starts.
 """
 from __future__ import annotations
@@ -366,7 +366,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-# The reference's environment variables and the keys they set (DESIGN.md 2).
+# The reference's environment variables and the keys they set (docs/architecture.md, reference facts).
 ENV_OVERRIDES: dict[str, str] = {
     "BASE_ERROR_BOUND": "compress.base_error_bound",
     "TIGHTEN_EB_TABLES": "compress.tighten_tables",
@@ -376,6 +376,9 @@ ENV_OVERRIDES: dict[str, str] = {
     "DECAY_FUNC": "compress.decay.func",
     "EB_CONSTANT": "compress.decay.constant",
     "EARLY_STAGE": "compress.decay.early_stage",
+    # Btune's own variables, read here (never inside the tuner) so the resolved config shows them
+    "BTUNE_TRADEOFF": "adaptive.tradeoff",
+    "BTUNE_PERF_MODE": "adaptive.perf_mode",
 }
 
 

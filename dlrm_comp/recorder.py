@@ -183,7 +183,7 @@ class CompressionRecorder:
 
     def direction_summary(self, direction: str, cardinalities: list[int], base_bounds: list[float] | None
                           ) -> dict[str, Any] | None:
-        """The summary.json fields for one direction (DESIGN.md 3b), from the run totals."""
+        """The summary.json fields for one direction (docs/architecture.md), from the run totals."""
         tables = {k[0]: v for k, v in self.total.items() if k[1] == direction}
         if not tables:
             return None
@@ -238,14 +238,15 @@ def format_interval_table(rows: list[dict[str, Any]], iteration: int) -> str:
     """A compact fixed-width table for the console at each print interval."""
     if not rows:
         return ""
-    head = f"[compression] iteration {iteration}\n  {'tbl':>3} {'dir':>3} {'eb_rel':>8} {'codec':<14} " \
+    width = max(14, *(len(r["codec"]) for r in rows))  # the whole codec name, never cut
+    head = f"[compression] iteration {iteration}\n  {'tbl':>3} {'dir':>3} {'eb_rel':>8} {'codec':<{width}} " \
            f"{'raw KiB':>9} {'sent KiB':>9} {'cr':>7} {'err/eb':>6} {'enc ms':>7} {'dec ms':>7} {'uniq':>5}"
     lines = [head]
     for r in rows:
         err = "-" if r["max_err_ratio"] is None else f"{r['max_err_ratio']:.3f}"
         eb = "-" if r["eb_rel"] is None else f"{r['eb_rel']:.2e}"
         uniq = "-" if r.get("distinct_fraction") is None else f"{r['distinct_fraction']:.2f}"
-        lines.append(f"  {r['table']:>3} {r['direction']:>3} {eb:>8} {r['codec'][:14]:<14} "
+        lines.append(f"  {r['table']:>3} {r['direction']:>3} {eb:>8} {r['codec']:<{width}} "
                      f"{r['bytes_raw'] / 1024:>9.1f} {r['bytes_sent'] / 1024:>9.1f} {r['cr']:>7.2f} {err:>6} "
                      f"{r['enc_s'] * 1e3:>7.1f} {r['dec_s'] * 1e3:>7.1f} {uniq:>5}")
     raw = sum(r["bytes_raw"] for r in rows)

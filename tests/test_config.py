@@ -84,3 +84,26 @@ def test_off_stays_a_string_in_files_and_set(tmp_path):
 def test_ablation_variants_layer_over_debug(variant):
     cfg = load_config([ROOT / "configs" / "debug.yaml", variant], env={})
     assert cfg.name == variant.stem
+
+
+def test_btune_variables_are_read_at_the_cli_layer_and_shown_in_the_config(monkeypatch):
+    """BTUNE_TRADEOFF / BTUNE_PERF_MODE set adaptive.* where every other environment variable is
+    read (so config.yaml shows them); the lossless selector in training never reads them."""
+    from dlrm_comp.adaptive import lossless_select
+    from dlrm_comp.config import load_config
+    cfg = load_config([], [], env={"BTUNE_TRADEOFF": "0.9", "BTUNE_PERF_MODE": "DECOMP"})
+    assert cfg.adaptive.tradeoff == 0.9 and cfg.adaptive.perf_mode == "DECOMP"
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    def fake_tune(*args, **kwargs):
+        seen.update(kwargs)
+        raise Seen
+
+    monkeypatch.setattr(lossless_select, "tune", fake_tune)
+    monkeypatch.setenv("BTUNE_TRADEOFF", "0.1")
+    with pytest.raises(Seen):
+        lossless_select.LosslessSelector(tradeoff=0.5).choose(0, bytes(64), 1, None)
+    assert seen["use_env"] is False and seen["tradeoff"] == 0.5

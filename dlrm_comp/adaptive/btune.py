@@ -1,4 +1,4 @@
-"""A Python port of Btune's genetic tuner over ``blosc2.compress2`` (DESIGN.md section 5), improved.
+"""A Python port of Btune's genetic tuner over ``blosc2.compress2`` (Btune's public docs and source), improved.
 
 Btune (the blosc2-btune plugin) tunes blosc2's compression parameters chunk by chunk: a *hard
 readapt* tries every codec x filter x split mode (state CODEC_FILTER), then thread counts (THREADS),
@@ -17,7 +17,7 @@ trace table with the original's columns.
 Improved (each was a known defect or gap of the original):
 
 * **block size and BYTEDELTA** are part of the hard readapt (the wrong block size turns ZSTD +
-  BITSHUFFLE from 6.3x into 4.0x on codes, DESIGN.md section 4);
+  BITSHUFFLE from 6.3x into 4.0x on codes, docs/architecture.md, reference facts);
 * **trials on a sample** of the data (``sample_bytes``, a few evenly spaced slices), not on the
   live chunk;
 * **the incumbent is re-measured** during waits and at the start of each readapt; its figures are

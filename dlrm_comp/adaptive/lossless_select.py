@@ -50,7 +50,8 @@ class LosslessSelector:
 
     def choose(self, table: int, codes: bytes, typesize: int, incumbent: LosslessCodec) -> LosslessChoice:
         result = tune(codes, typesize, bandwidth_gbs=self.bandwidth_gbps, perf_mode=self.perf_mode,
-                      tradeoff=self.tradeoff, extras=("zlib",), sample_bytes=self.sample_bytes)
+                      tradeoff=self.tradeoff, extras=("zlib",), sample_bytes=self.sample_bytes,
+                      use_env=False)  # the config's adaptive.* values (BTUNE_* are read at the CLI layer)
         scorer = Btune(result.config)
         sample = make_sample(codes, self.sample_bytes, typesize)
         incumbent_merit = scorer.merit(measure_codec(incumbent, sample, typesize))

@@ -1,6 +1,6 @@
 """Dump files: ``EMB_{table}_iter_{k}.bin`` = raw little-endian fp32 ``[B, d]`` of one table's pooled
 output at training iteration k, plus ``meta.json`` (batch, dim, tables, cardinalities, every) in the
-same directory (DESIGN.md section 3b). Written by ``DumpExtension`` during training; read by
+same directory (docs/architecture.md). Written by ``DumpExtension`` during training; read by
 ``load_dump``, which rejects a file whose size is not ``batch * dim * 4``."""
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ from dlrm_comp.bench.report import end_to_end_speedup, ideal_speedup, speedup
 
 BARS = (("fwd_a2a_s", "forward all-to-all", "#1f77b4"), ("bwd_a2a_s", "backward all-to-all", "#aec7e8"),
         ("allreduce_s", "allreduce", "#ff7f0e"), ("codec_s", "codec", "#d62728"), ("compute_s", "compute", "#7f7f7f"))
-REFERENCE = {"fwd_a2a": 0.313, "bwd_a2a": 0.313, "allreduce": 0.229, "compute": 0.145}  # DESIGN.md 2
 
 
 def shares(row: dict) -> dict[str, float]:

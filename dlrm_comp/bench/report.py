@@ -1,6 +1,6 @@
 """Report: per-table harmonic means over dumps, modeled speedup, hybrid per-table choice, plots.
 
-Speedup model (DESIGN.md section 2): ``speedup = 1 / (1/CR + B * (1/Tc + 1/Td))`` with B the link
+Speedup model (the reference's; docs/architecture.md, reference facts): ``speedup = 1 / (1/CR + B * (1/Tc + 1/Td))`` with B the link
 bandwidth and Tc/Td the encode/decode throughputs, all in bytes/s of fp32 input (the encoders'
 times include quantization and reconstruction). The hybrid picks, per table, the encoder with the
 highest modeled speedup; its overall speedup is total bytes over total modeled time.
@@ -27,6 +27,10 @@ SIZES = ("real", "dedup", "padded")  # message variants, in report order
 
 def speedup(cr: float, tc_bps: float, td_bps: float, bw_bps: float) -> float:
     return 1.0 / (1.0 / cr + bw_bps * (1.0 / tc_bps + 1.0 / td_bps))
+
+
+# The SC'24 reference's iteration breakdown without compression (shares of the step)
+REFERENCE_BREAKDOWN = {"fwd_a2a": 0.313, "bwd_a2a": 0.313, "allreduce": 0.229, "compute": 0.145}
 
 
 def end_to_end_speedup(fwd_share: float, bwd_share: float, fwd_speedup: float, bwd_speedup: float) -> float:

@@ -1,4 +1,4 @@
-"""`launch/train.py`: parse the contract of DESIGN.md 3b, validate, train, print the final AUC.
+"""`launch/train.py`: parse the CLI contract of docs/architecture.md, validate, train, print the final AUC.
 
 Exit status 2 for any configuration error (a bad key or value, an unusable --out, data files that
 cannot be read, a checkpoint that belongs to another run), before any work starts. SIGTERM or

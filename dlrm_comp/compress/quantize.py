@@ -1,6 +1,6 @@
 """Error-bounded uniform quantizer relative to a chunk's value range, with a verified guarantee.
 
-Why it is built this way (DESIGN.md section 2):
+Why it is built this way:
 * codes are offsets from the chunk MINIMUM, so their width depends on the bound, not the data's
   offset (zero-centred codes reached 1.77x the bound in fp32 and needed wide codes);
 * scale and division run in float64, and every parameter the receiver needs (minimum, step) is

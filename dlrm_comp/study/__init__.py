@@ -2,5 +2,5 @@
 tuner (`tune`, `predict`), and the shared readers and plots they use (`runs`, `report`, `plots`).
 
 Nothing here changes training: runs are launched through `launch/train.py` (or `Trainer`) and read
-back from their run directories (`metrics.jsonl`, `summary.json`, DESIGN.md 3b).
+back from their run directories (`metrics.jsonl`, `summary.json`, docs/architecture.md).
 """

@@ -1,4 +1,4 @@
-"""Read run directories (DESIGN.md 3b formats) into small, plot-ready structures."""
+"""Read run directories (the formats of docs/architecture.md) into small, plot-ready structures."""
 from __future__ import annotations
 
 import json

@@ -29,7 +29,7 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 class MetricsLogger:
-    """Appends `metrics.jsonl` records (DESIGN.md 3b) and mirrors numeric fields to TensorBoard."""
+    """Appends `metrics.jsonl` records (docs/architecture.md) and mirrors numeric fields to TensorBoard."""
 
     def __init__(self, out_dir: Path, tensorboard: bool = True, enabled: bool = True):
         self.enabled = enabled

@@ -115,6 +115,7 @@ class Trainer:
         self.wall_before = 0.0  # wall time of earlier (interrupted) segments of this run
         self.step_times: list[float] = []
         self.pending: dict[str, list[float]] = {"losses": [], "times": []}  # the open print interval
+        self._faults = None  # the test-only fault switches, read from the environment once
 
     def _resolve_iterations(self) -> int:
         n = self.source.num_batches("train", self.cfg.data.batch_size)
@@ -396,11 +397,14 @@ class Trainer:
         """Fault injection for the multi-process tests: DLRM_COMP_FAIL_AT=N [DLRM_COMP_FAIL_RANK=r]
         makes rank r (default 0) raise after iteration N, as a crashed worker would;
         DLRM_COMP_SIGNAL_AT=N[:INT] [DLRM_COMP_SIGNAL_RANK=r] sends rank r SIGTERM (SIGINT) after N."""
-        fail_at = os.environ.get("DLRM_COMP_FAIL_AT")
-        if fail_at and done == int(fail_at) and self.rank == int(os.environ.get("DLRM_COMP_FAIL_RANK", "0")):
+        if self._faults is None:  # read once, on the first step
+            env = os.environ
+            self._faults = (env.get("DLRM_COMP_FAIL_AT"), int(env.get("DLRM_COMP_FAIL_RANK", "0")),
+                            env.get("DLRM_COMP_SIGNAL_AT"), int(env.get("DLRM_COMP_SIGNAL_RANK", "0")))
+        fail_at, fail_rank, signal_at, signal_rank = self._faults
+        if fail_at and done == int(fail_at) and self.rank == fail_rank:
             raise RuntimeError(f"injected failure on rank {self.rank} after iteration {done} (DLRM_COMP_FAIL_AT)")
-        signal_at = os.environ.get("DLRM_COMP_SIGNAL_AT")  # N[:INT|TERM]: a scheduler's signal after N
-        if signal_at and self.rank == int(os.environ.get("DLRM_COMP_SIGNAL_RANK", "0")):
+        if signal_at and self.rank == signal_rank:  # N[:INT|TERM]: a scheduler's signal after N
             at, _, name = signal_at.partition(":")
             if done == int(at):
                 os.kill(os.getpid(), getattr(signal, f"SIG{name or 'TERM'}"))

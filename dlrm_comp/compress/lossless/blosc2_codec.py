@@ -1,5 +1,5 @@
 """Blosc2 stage (CPU). typesize is always the code width: blosc2's default of 8 is wrong for
-uint8/uint16 codes (DESIGN.md section 4), and some settings silently store the block, which is
+uint8/uint16 codes (docs/architecture.md, reference facts), and some settings silently store the block, which is
 why the codec backend falls back to identity whenever the output is not smaller.
 
 Every blosc2 codec (CODECS), filter (FILTERS; BYTEDELTA runs after SHUFFLE, as blosc2 requires),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dlrm_comp.bench.report import end_to_end_speedup, ideal_speedup, speedup
+from dlrm_comp.plotting import subplots
 
 BARS = (("fwd_a2a_s", "forward all-to-all", "#1f77b4"), ("bwd_a2a_s", "backward all-to-all", "#aec7e8"),
         ("allreduce_s", "allreduce", "#ff7f0e"), ("codec_s", "codec", "#d62728"), ("compute_s", "compute", "#7f7f7f"))
@@ -43,12 +44,9 @@ def compare(rows: list[dict]) -> None:
 
 def plot(results: list[dict], path: Path) -> Path:
     """Stacked bars of the breakdown (ms per step) per mode, one panel per (config, rate)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     groups = _groups(results)
     width = max(4.0, 1.2 + 0.8 * max(len(g) for g in groups.values()))
-    fig, axes = plt.subplots(1, len(groups), figsize=(width * len(groups), 4.8), squeeze=False)
+    fig, axes = subplots(1, len(groups), figsize=(width * len(groups), 4.8), squeeze=False)
     for ax, ((config, rate), rows) in zip(axes[0], groups.items()):
         x = range(len(rows))
         bottom = [0.0] * len(rows)
@@ -67,7 +65,6 @@ def plot(results: list[dict], path: Path) -> Path:
     fig.suptitle("Step-time breakdown (bar label: measured speedup vs off)", fontsize=9)
     fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -14,13 +14,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dlrm_comp.bench.pipeline import read_rows  # noqa: E402
+from dlrm_comp.plotting import subplots
 
 SIZES = ("real", "dedup", "padded")  # message variants, in report order
 
@@ -109,7 +107,7 @@ def _primary_eb(agg: list[dict[str, Any]]) -> float:
 def plot_ratio_bars(agg, out: Path, encoders: Sequence[str]) -> Path:
     eb = _primary_eb(agg)
     sizes = [s for s in SIZES if any(a["size"] == s for a in agg)]
-    fig, axes = plt.subplots(len(sizes), 1, figsize=(14, 3.6 * len(sizes)), squeeze=False)
+    fig, axes = subplots(len(sizes), 1, figsize=(14, 3.6 * len(sizes)), squeeze=False)
     for ax, size in zip(axes[:, 0], sizes):
         sub = [a for a in agg if a["size"] == size and a["eb_rel"] == eb]
         tables = sorted({a["table"] for a in sub})
@@ -127,7 +125,6 @@ def plot_ratio_bars(agg, out: Path, encoders: Sequence[str]) -> Path:
     fig.tight_layout()
     path = Path(out) / "ratio_per_table.png"
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -136,7 +133,7 @@ def plot_time_stacked(agg, out: Path, encoders: Sequence[str], bw_gbs: float, si
     eb = _primary_eb(agg)
     sub = [a for a in agg if a["size"] == size and a["eb_rel"] == eb]
     tables = sorted({a["table"] for a in sub})
-    fig, ax = plt.subplots(figsize=(14, 4))
+    fig, ax = subplots(figsize=(14, 4))
     w = 0.8 / len(encoders)
     colors = {"compress": "tab:orange", "transfer": "tab:blue", "decompress": "tab:green"}
     for i, enc in enumerate(encoders):
@@ -160,13 +157,12 @@ def plot_time_stacked(agg, out: Path, encoders: Sequence[str], bw_gbs: float, si
     fig.tight_layout()
     path = Path(out) / f"time_stacked_{size}.png"
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
 def plot_ratio_vs_bound(agg, out: Path, encoders: Sequence[str]) -> Path:
     sizes = [s for s in SIZES if any(a["size"] == s for a in agg)]
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
+    fig, axes = subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         ebs = sorted({a["eb_rel"] for a in agg if a["size"] == size})
         for enc in encoders:
@@ -185,7 +181,6 @@ def plot_ratio_vs_bound(agg, out: Path, encoders: Sequence[str]) -> Path:
     fig.tight_layout()
     path = Path(out) / "ratio_vs_bound.png"
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 

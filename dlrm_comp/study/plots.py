@@ -5,17 +5,17 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.artist
 import matplotlib.ticker
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dlrm_comp.study.runs import RunData  # noqa: E402
+from dlrm_comp.plotting import subplots
 
 
 def _styles(n: int):
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
     markers = "os^Dv<>pPX*h"
     return [(cmap(i % cmap.N), markers[i % len(markers)]) for i in range(n)]
 
@@ -36,7 +36,7 @@ def plot_metric_curves(runs: Sequence[RunData], path: Path, metric: str = "auc",
     curves = [(r, c) for r, c in curves if c]
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = subplots(figsize=(9, 5.5))
     cmap = _color_map(runs)
     styles = [cmap[r.name] for r, _ in curves]
     for (run, curve), (color, marker) in zip(curves, styles):
@@ -69,7 +69,6 @@ def plot_metric_curves(runs: Sequence[RunData], path: Path, metric: str = "auc",
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -79,7 +78,7 @@ def plot_cr_curves(runs: Sequence[RunData], path: Path, title: str | None = None
     curves = [(r, r.cr_curve) for r in runs if r.cr_curve]
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, ax = subplots(figsize=(9, 5))
     for (run, curve), (color, marker) in zip(curves, [cmap[r.name] for r, _ in curves]):
         xs, ys = zip(*curve)
         ax.plot(xs, ys, "-", color=color, marker=marker, ms=4, lw=1.5, label=run.name)
@@ -93,7 +92,6 @@ def plot_cr_curves(runs: Sequence[RunData], path: Path, title: str | None = None
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -106,7 +104,7 @@ def plot_per_table_cr(runs: Sequence[RunData], path: Path, title: str | None = N
     tables = sorted({int(t["table"]) for r in runs for t in r.per_table})
     n = len(runs)
     width = 0.85 / n
-    fig, ax = plt.subplots(figsize=(min(16, max(8, 0.12 * len(tables) * n + 2)), 5))
+    fig, ax = subplots(figsize=(min(16, max(8, 0.12 * len(tables) * n + 2)), 5))
     x = np.arange(len(tables))
     for k, run in enumerate(runs):
         color = cmap[run.name][0]
@@ -127,7 +125,6 @@ def plot_per_table_cr(runs: Sequence[RunData], path: Path, title: str | None = N
     ax.legend(fontsize=8, ncol=min(n, 4))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -136,7 +133,7 @@ def plot_per_table_bounds(run: RunData, path: Path) -> Path | None:
     if not run.per_table:
         return None
     tables = [int(t["table"]) for t in run.per_table]
-    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(tables) + 2), 4.5))
+    fig, ax = subplots(figsize=(max(7, 0.35 * len(tables) + 2), 4.5))
     x = np.arange(len(tables))
     ax.bar(x - 0.2, [t.get("eb_rel_base") or np.nan for t in run.per_table], 0.4, label="eb_rel base")
     ax.bar(x + 0.2, [t.get("eb_rel_last") or np.nan for t in run.per_table], 0.4, label="eb_rel last")
@@ -152,7 +149,6 @@ def plot_per_table_bounds(run: RunData, path: Path) -> Path | None:
     ax.set_title(f"{run.name}: per-table bounds and ratio")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -160,13 +156,12 @@ def plot_step_ratio(rows: Sequence[dict], path: Path) -> Path | None:
     rows = [r for r in rows if r.get("step_ratio") is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows) + 2), 4))
+    fig, ax = subplots(figsize=(max(6, 0.7 * len(rows) + 2), 4))
     ax.bar([r["variant"] for r in rows], [r["step_ratio"] for r in rows], color="tab:gray")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_ylabel("step time / uncompressed step")
     ax.set_title("step time relative to the uncompressed run (CPU, one process)")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
+    matplotlib.artist.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from dlrm_comp.plotting import subplots
 
 MODE_COLORS = {"codec": "tab:blue", "sz": "tab:purple", "simulate": "tab:cyan", "int8": "tab:orange",
                "fp8": "tab:red", "fp16": "tab:green", "bf16": "tab:olive"}
@@ -17,7 +15,7 @@ def plot_qos_vs_gain(rows, front, picks, validation, spec, path: Path) -> Path |
     done = [r for r in rows if r["state"] == "complete"]
     if not done:
         return None
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = subplots(figsize=(9, 5.5))
     for mode in sorted({r["params"].get("mode") for r in done}):
         pts = [r for r in done if r["params"].get("mode") == mode]
         ax.scatter([r["qos"] for r in pts], [r["gain"] for r in pts], s=28, alpha=0.7,
@@ -49,7 +47,6 @@ def plot_qos_vs_gain(rows, front, picks, validation, spec, path: Path) -> Path |
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -57,7 +54,7 @@ def plot_history(rows, spec, path: Path) -> Path | None:
     if not rows:
         return None
     rows = sorted(rows, key=lambda r: r["number"])
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    fig, (a1, a2) = subplots(2, 1, figsize=(9, 6), sharex=True)
     done = [r for r in rows if r["state"] == "complete"]
     pruned = [r for r in rows if r["state"] == "pruned"]
     a1.scatter([r["number"] for r in done], [r["qos"] for r in done], s=18, label="measured (short run)")
@@ -87,7 +84,6 @@ def plot_history(rows, spec, path: Path) -> Path | None:
     fig.suptitle("search history")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -95,7 +91,7 @@ def plot_predictor(pred, spec, path: Path) -> Path | None:
     if len(pred.history) < 3:
         return None
     p, y = np.array(pred.history).T
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     ax.scatter(y, p, s=18)
     lo, hi = float(min(p.min(), y.min())), float(max(p.max(), y.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
@@ -105,5 +101,4 @@ def plot_predictor(pred, spec, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

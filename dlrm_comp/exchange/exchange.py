@@ -179,14 +179,11 @@ class Exchange:
         (memoised on the plan's version: the plan bumps it whenever a coder changes)."""
         if plan.mode != "codec":
             return list(tables)
-        memo_key = (id(plan), plan.version, tuple(tables))
-        order = self._orders.get(memo_key)
-        if order is None:
+        def build() -> list[int]:
             keys = [self._coder_key(plan, t) for t in tables]
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            order = [t for _, t in sorted(zip(keys, tables), key=lambda kt: first[kt[0]])]
-            self._memo(memo_key, order)
-        return order
+            return [t for _, t in sorted(zip(keys, tables), key=lambda kt: first[kt[0]])]
+        return self._memo_get((id(plan), plan.version, tuple(tables)), build)
 
     def _memo(self, key, value) -> None:
         if len(self._orders) > 256:
@@ -208,9 +205,7 @@ class Exchange:
 
     def _sections(self, plan: DirectionPlan, tables: list[int], counts: list[int]) -> tuple[list[int], list[list]]:
         """Section index of every chunk and the coder of every section, per message."""
-        memo_key = ("sections", id(plan), plan.version, tuple(tables), tuple(counts))
-        hit = self._orders.get(memo_key)
-        if hit is None:
+        def build() -> tuple[list[int], list[list]]:
             ids, coders, c0 = [], [], 0
             for count in counts:
                 ts = tables[c0:c0 + count]
@@ -219,9 +214,8 @@ class Exchange:
                 first = [i for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
                 coders.append([plan.coders[ts[i]] if plan.mode == "codec" else _IDENTITY for i in first])
                 c0 += count
-            hit = (ids, coders)
-            self._memo(memo_key, hit)
-        return hit
+            return ids, coders
+        return self._memo_get(("sections", id(plan), plan.version, tuple(tables), tuple(counts)), build)
 
     def layout(self, index: BagIndex, plan: DirectionPlan) -> Layout:
         """Messages of both sides and the row maps of one direction, memoised on the index (per
@@ -240,7 +234,7 @@ class Exchange:
         batch = slices[-1][1]
         counts = index.counts
         owner = Messages([own] * len(slices), [counts[own, q] for q in range(len(slices))], list(slices))
-        mine_slice = [slices[q] for q in range(len(slices))] if self.loopback else [slices[self.rank]] * len(slices)
+        mine_slice = list(slices) if self.loopback else [slices[self.rank]] * len(slices)
         consumer = Messages(recv, [counts[ts, (q if self.loopback else self.rank)] for q, ts in enumerate(recv)],
                             mine_slice)
         if not index.active:
@@ -317,12 +311,15 @@ class Exchange:
     def decode(self, messages: Sequence[bytes], rows: Sequence[int | np.ndarray]) -> list[torch.Tensor]:
         """Each message's travelling rows ``[R_m, d]`` (the receiver's side of ``encode``;
         ``rows[m]``: the rows of every chunk of message m, one count or one per chunk)."""
-        dev = self.transport.device
-        out = []
-        for m, r in zip(messages, rows):
-            rec = parse(m, r, self.dim, self._codecs)
-            out.append(_unpad(self._reconstruct(rec, dev), rec.header["rows"].astype(np.int64), self.dim))
-        return out
+        return [self._decode_message(m, r) for m, r in zip(messages, rows)]
+
+    def _decode_message(self, msg, rows, tables: list[int] | None = None) -> torch.Tensor:
+        """One message's travelling rows, in the sender's dtype (``tables``: what the receiver
+        expects the message to carry, checked)."""
+        rec = parse(msg, rows, self.dim, self._codecs, expect_chunks=None if tables is None else len(tables))
+        if tables is not None and rec.header["table"].astype(np.int64).tolist() != list(tables):
+            raise CorruptPayloadError(f"message carries tables {rec.header['table'].tolist()}, expected {list(tables)}")
+        return _unpad(self._reconstruct(rec, self.transport.device), rec.header["rows"].astype(np.int64), self.dim)
 
     def start(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None) -> "PendingExchange":
         """Launch the forward exchange (async collective) and return at once: the upstream DLRM
@@ -701,16 +698,9 @@ class Exchange:
 
     def _decode_received(self, received, inc: Messages, plan, direction) -> torch.Tensor:
         t0 = time.perf_counter()
-        dev = self.transport.device
-        result = []
-        for msg, ts, rows in zip(received, inc.tables, inc.rows):
-            rec = parse(msg, rows, self.dim, self._codecs, expect_chunks=len(ts))
-            got = rec.header["table"].astype(np.int64).tolist()
-            if got != list(ts):
-                raise CorruptPayloadError(f"message carries tables {got}, expected {list(ts)}")
-            result.append(_unpad(self._reconstruct(rec, dev), rows, self.dim))  # in the sender's dtype
+        result = [self._decode_message(msg, rows, ts) for msg, ts, rows in zip(received, inc.tables, inc.rows)]
         self._add_decode(direction, inc, time.perf_counter() - t0)
-        return torch.cat(result) if result else torch.zeros(0, self.dim, device=dev)
+        return torch.cat(result) if result else torch.zeros(0, self.dim, device=self.transport.device)
 
     @staticmethod
     def _reconstruct(rec: Parsed, dev: torch.device) -> torch.Tensor:

@@ -73,15 +73,14 @@ def build_plan(cfg: CompressConfig, num_tables: int) -> CompressionPlan:
     return CompressionPlan(fwd, bwd, dedup, measure_bags=cfg.dedup == "auto")
 
 
-def decide_dedup(cfg: CompressConfig, bag_counts, num_tables: int) -> list[bool] | None:
+def decide_dedup(cfg: CompressConfig, fraction) -> list[bool] | None:
     """``auto``: deduplicate the tables whose measured distinct fraction (distinct bags over
     rows, summed over the interval's chunks) is below ``dedup_max_fraction``, plus the forced
     ones. Every rank measures the same global batches, so every rank decides alike."""
-    if cfg.dedup != "auto" or not bag_counts[:, 1].any():
+    if cfg.dedup != "auto":
         return None
     forced = set(cfg.dedup_tables)
-    fraction = bag_counts[:, 0] / bag_counts[:, 1].clip(min=1)
-    return [bool(fraction[t] < cfg.dedup_max_fraction) or t in forced for t in range(num_tables)]
+    return [bool(f < cfg.dedup_max_fraction) or t in forced for t, f in enumerate(fraction)]
 
 
 class CompressionExtension(TrainingExtension):
@@ -229,13 +228,13 @@ class CompressionExtension(TrainingExtension):
         if ex is None or not ex.bag_counts[:, 1].any():
             return
         counts, ex.bag_counts = ex.bag_counts, ex.bag_counts * 0
-        fraction = (counts[:, 0] / counts[:, 1].clip(min=1)).round(4).tolist()
-        decision = decide_dedup(self.cfg, counts, len(self.cardinalities))
+        fraction = counts[:, 0] / counts[:, 1].clip(min=1)
+        decision = decide_dedup(self.cfg, fraction)
         if decision is not None:
             self.plan.dedup[:] = decision
         if self.rank == 0:
             log("dedup", iteration, mode=self.cfg.dedup, max_fraction=self.cfg.dedup_max_fraction,
-                distinct_fraction=fraction, tables=[t for t, on in enumerate(self.plan.dedup) if on])
+                distinct_fraction=fraction.round(4).tolist(), tables=[t for t, on in enumerate(self.plan.dedup) if on])
 
     def on_interval(self, iteration: int, log: Callable[..., None], echo: Callable[[str], None]) -> None:
         self._decide_dedup(iteration, log)

@@ -132,7 +132,7 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
             for i, p in enumerate(pooled):
                 chunk = p[a:b].double()
                 eb_abs = ebs[i] * float(chunk.max() - chunk.min())
-                got = decoded[q][i].reshape(b - a, dim).double()
+                got = decoded[q].view(t, b - a, dim)[i].double()  # message q: its chunks' rows, table after table
                 worst = max(worst, float((got - chunk).abs().max()) / eb_abs)
         chunks = [p[a:b].contiguous() for a, b in ((0, half[0]), (half[0], batch)) for p in pooled]
         chunk_ebs = ebs * 2

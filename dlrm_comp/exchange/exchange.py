@@ -355,8 +355,8 @@ class Exchange:
         ts = side.tables[0]
         sizes = {hi - lo for lo, hi in side.slices}
         if len(sizes) == 1 and all(t == ts for t in side.tables):
-            x = torch.stack([tensors[t] for t in ts])  # [T, B, d]
-            return x.view(len(ts), len(side.slices), sizes.pop(), self.dim).transpose(0, 1).reshape(-1, self.dim)
+            w, r = len(side.slices), sizes.pop()  # one copy: [W, T, r, d] straight from the [B, d] tables
+            return torch.stack([tensors[t].view(w, r, self.dim) for t in ts], dim=1).view(-1, self.dim)
         return torch.cat([tensors[t][lo:hi] for tables, (lo, hi) in zip(side.tables, side.slices) for t in tables])
 
     def _owner_rows(self, pooled: list[torch.Tensor], lay: Layout) -> torch.Tensor:

@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,19 @@ def test_ablate_run_variants_skips_existing(tmp_path):
     make_fake_run(tmp_path / "runs" / "x", "x", 0.8, 5.0)
     res = run_variants([base], variants, tmp_path / "runs", jobs=1, log=lambda s: None)
     assert res["x"].status == "skipped"
+
+
+def test_children_die_with_a_terminated_parent(tmp_path):
+    """SIGTERM to the sweep raises KeyboardInterrupt in it and takes its children down; the old handler returns."""
+    import os
+    import signal
+
+    from dlrm_comp.study.children import ChildProcesses
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with ChildProcesses(grace_s=5) as children:
+            child = children.start([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "child.log")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives first
+    assert child.poll() is not None and signal.getsignal(signal.SIGTERM) is before
+    assert "$ " in (tmp_path / "child.log").read_text()

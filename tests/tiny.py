@@ -8,12 +8,14 @@ import yaml
 
 from dlrm_comp.config import yaml_load
 
-TINY_OVERRIDES = [
+TINY_SHAPE = [  # the data and the model
     "data.profile=tiny", "data.batch_size=32", "data.eval_batch_size=512", "data.num_val_samples=1024",
     "data.num_test_samples=1024", "model.emb_dim=4", "model.bottom_mlp=13-8-4", "model.top_mlp=8-1",
-    "train.iterations=40", "train.print_every=10", "train.eval_every=20", "train.checkpoint_every=10",
-    "train.progress=false", "train.lr=0.1", "train.device=cpu",  # pinned: the suite also passes on a GPU host
 ]
+TINY_OVERRIDES = [*TINY_SHAPE,  # and the run
+                  "train.iterations=40", "train.print_every=10", "train.eval_every=20", "train.checkpoint_every=10",
+                  "train.progress=false", "train.lr=0.1",
+                  "train.device=cpu"]  # pinned: the suite also passes on a GPU host
 
 
 def tiny_yaml(path: Path, *extra: str, name: str = "tiny") -> Path:

@@ -38,8 +38,8 @@ class ChildProcesses:
             if exc_type is not None:
                 self.stop()
         finally:
-            if self._installed and self._old_term is not None:
-                signal.signal(signal.SIGTERM, self._old_term)
+            if self._installed:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if self._old_term is None else self._old_term)
 
     def start(self, cmd: Sequence[str], log: Path) -> subprocess.Popen:
         """Run `cmd` with stdout and stderr appended to `log` (after a `$ cmd` line)."""

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dlrm_comp.bench.report import REFERENCE_BREAKDOWN, end_to_end_speedup, speedup  # noqa: E402
+from dlrm_comp.bench.report import REFERENCE_BREAKDOWN, end_to_end_speedup, speedup, throughput  # noqa: E402
 from dlrm_comp.config import load_config  # noqa: E402
 from dlrm_comp.distributed.sharding import place_tables, tables_of  # noqa: E402
 from dlrm_comp.exchange import Exchange, ProcessGroupTransport  # noqa: E402
@@ -225,13 +225,11 @@ def combine(per_rank: list[dict], repeat: int, bandwidths: list[float]) -> list[
         enc = sum(p["fwd"]["enc_s"] for p in parts) / repeat
         dec = sum(p["fwd"]["dec_s"] for p in parts) / repeat
         cr = raw / sent
-        tc, td = raw / enc / 1e9 if enc else float("inf"), raw / dec / 1e9 if dec else float("inf")
+        tc, td = throughput(raw, enc) / 1e9, throughput(raw, dec) / 1e9
         b_raw = sum(p["bwd"]["bytes_raw"] for p in parts)
         b_sent = sum(p["bwd"]["bytes_sent"] for p in parts)
-        b_enc = sum(p["bwd"]["enc_s"] for p in parts)
-        b_tc = b_raw / b_enc / 1e9 if b_enc else float("inf")
-        b_dec = sum(p["bwd"]["dec_s"] for p in parts)
-        b_td = b_raw / b_dec / 1e9 if b_dec else float("inf")
+        b_tc = throughput(b_raw, sum(p["bwd"]["enc_s"] for p in parts)) / 1e9
+        b_td = throughput(b_raw, sum(p["bwd"]["dec_s"] for p in parts)) / 1e9
         row = {"backend": "torch", "mode": mode, "size_exchange": "slots" if ":slots" in mode else "exact",
                "dedup": "+dedup" in mode,
                "bytes_pad": sum(p.get("bytes_pad", 0) for p in parts),
@@ -246,8 +244,8 @@ def combine(per_rank: list[dict], repeat: int, bandwidths: list[float]) -> list[
         if row["fwd"]["ideal_cr"]:
             row["fwd"]["cr_over_ideal"] = cr / row["fwd"]["ideal_cr"]
         for bw in bandwidths:
-            s_f = message_speedup(cr, tc, td, bw)
-            s_b = message_speedup(b_raw / b_sent, b_tc, b_td, bw)
+            s_f = speedup(cr, tc, td, bw)  # GB/s throughout
+            s_b = speedup(b_raw / b_sent, b_tc, b_td, bw)
             row["modeled"].append({"bandwidth_GBps": bw, "fwd_message_speedup": s_f, "bwd_message_speedup": s_b,
                                    "end_to_end_fwd_only": end_to_end(s_f, 1.0),
                                    "end_to_end_fwd_and_bwd": end_to_end(s_f, s_b)})
@@ -262,11 +260,6 @@ def _weighted(parts: list[dict], key: str) -> float | None:
     have = [p["fwd"] for p in parts if p["fwd"].get(key) is not None]
     raw = sum(f["bytes_raw"] for f in have)
     return sum(f[key] * f["bytes_raw"] for f in have) / raw if raw else None
-
-
-def message_speedup(cr: float, tc: float, td: float, bandwidth: float) -> float:
-    """The reference's model: 1 / (1/CR + B*(1/Tc + 1/Td)), all in GB/s of uncompressed bytes."""
-    return speedup(cr, tc, td, bandwidth)
 
 
 def end_to_end(s_fwd: float, s_bwd: float) -> float:

@@ -4,11 +4,13 @@
 The baseline that compression overheads are measured against: each config runs with every
 `--modes` value (default: off, then codec) in the same process, side by side, in interleaved
 blocks of `--block` steps (so a noisy moment of the machine costs every mode alike), and reports
-the median step time and its ratio to the first mode. `--backend torchrec` (or `both`) runs every
-mode on the TorchRec backend too (one process: DistributedModelParallel on a one-rank group, the
-exchange on the loopback transport), interleaved with the pure-torch runs, each row with its
-`backend` and the TorchRec rows with their step time over the pure-torch run of the same mode.
-`torchrec_qcomm:*` modes run on the TorchRec backend only.
+the median step time and its ratio to the first mode. The steps are the Trainer's own
+(`Trainer.steps`), so every mode pays what training pays: hooks, interval records, decisions.
+`--backend torchrec` (or `both`) runs every mode on the TorchRec backend too (one process:
+DistributedModelParallel on a one-rank group, the exchange on the loopback transport),
+interleaved with the pure-torch runs, each row with its `backend` and the TorchRec rows with
+their step time over the pure-torch run of the same mode. `torchrec_qcomm:*` modes run on the
+TorchRec backend only.
 
     python benchmarks/train_throughput.py [--iterations 300] [--modes off codec] [--backend torch|torchrec|both]
                                           [--set key=value ...]
@@ -34,31 +36,37 @@ from dlrm_comp.train.loop import Trainer  # noqa: E402
 
 
 class Run:
-    """One config x mode: a built trainer that steps on demand (so modes can interleave)."""
+    """One config x mode: a trainer's real steps (`Trainer.steps`: the extensions' hooks, the
+    interval records and decisions), taken on demand so modes can interleave; no evaluation or
+    checkpoint in between, and none at the end (the run is closed before its last step)."""
 
-    def __init__(self, config: Path, overrides: list[str], warmup: int):
-        self.cfg = load_config([config], [*overrides, "train.progress=false", "train.tensorboard=false"])
+    def __init__(self, config: Path, overrides: list[str], warmup: int, steps: int):
         self.config, self.overrides = config, overrides
+        self.cfg = load_config([config], [*overrides, "train.progress=false", "train.tensorboard=false",
+                                          "train.eval_every=0", "train.checkpoint_every=0",
+                                          "compress.print_tables=false"])  # stdout is the JSON
         self._tmp = tempfile.TemporaryDirectory()
         t_build = time.perf_counter()
-        self.trainer = Trainer(self.cfg, self._tmp.name)
+        self.trainer = Trainer(self.cfg, self._tmp.name, handle_signals=False)
         self.build_s = time.perf_counter() - t_build
-        self.t = 0
-        self.times: list[float] = []
-        self.step(warmup, record=False)
+        if self.trainer.iterations <= warmup + steps:
+            raise SystemExit(f"{config}: a run of {self.trainer.iterations} iterations, not more than --warmup + "
+                             f"--iterations ({warmup + steps}); raise train.iterations with --set")
+        self._steps = self.trainer.steps()
+        self.warmup = warmup
+        self.step(warmup)
 
-    def step(self, n: int, record: bool = True) -> None:
+    def step(self, n: int) -> None:
         for _ in range(n):
-            for ext in self.trainer.extensions:
-                ext.before_step(self.t)
-            s0 = time.perf_counter()
-            self.trainer.train_step(self.t)
-            if record:
-                self.times.append(time.perf_counter() - s0)
-            self.t += 1
+            next(self._steps)
+
+    @property
+    def times(self) -> list[float]:
+        return self.trainer.step_times[self.warmup:]
 
     def result(self) -> dict:
         median = statistics.median(self.times)
+        self._steps.close()
         self._tmp.cleanup()
         return {
             "config": str(self.config.relative_to(ROOT)),
@@ -101,11 +109,13 @@ def main() -> None:
     args = parser.parse_args()
     backends = ["torch"] if args.backend == "torch" else ["torch", "torchrec"]
     results = []
+    blocks = max(1, args.iterations // args.block)
     for c in args.configs:
-        runs = [Run(ROOT / c, [*args.overrides, *mode_overrides(m), f"model.backend={b}"], args.warmup)
+        runs = [Run(ROOT / c, [*args.overrides, *mode_overrides(m), f"model.backend={b}"], args.warmup,
+                    blocks * args.block)
                 for m in args.modes for b in backends if b == "torchrec" or not m.startswith("torchrec_qcomm")]
         # interleaved blocks: a noisy moment of the machine costs every mode alike
-        for _ in range(max(1, args.iterations // args.block)):
+        for _ in range(blocks):
             for run in runs:
                 run.step(args.block)
         rows = [run.result() for run in runs]

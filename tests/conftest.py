@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny, fast run config; hypothesis profile for a 2-core CI machine."""
+"""Shared fixtures: the tiny run config (`tiny.py`) as a fixture; hypothesis profile for a 2-core CI machine."""
 from __future__ import annotations
 
 import os
@@ -8,18 +8,11 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from dlrm_comp.config import load_config
+from tiny import TINY_OVERRIDES
 
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(1)  # small models: a second thread only adds contention
-
-TINY_OVERRIDES = [
-    "data.profile=tiny", "data.batch_size=32", "data.eval_batch_size=512", "data.num_val_samples=1024",
-    "data.num_test_samples=1024", "model.emb_dim=4", "model.bottom_mlp=13-8-4", "model.top_mlp=8-1",
-    "train.iterations=40", "train.print_every=10", "train.eval_every=20", "train.checkpoint_every=10",
-    "train.progress=false", "train.lr=0.1", "train.device=cpu",  # pinned: the suite also passes on a GPU host
-]
-
 
 @pytest.fixture
 def tiny_cfg():

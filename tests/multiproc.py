@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import TINY_OVERRIDES
+from tiny import TINY_OVERRIDES
 from dlrm_comp.distributed.sharding import place_tables, tables_of
 
 ROOT = Path(__file__).resolve().parents[1]

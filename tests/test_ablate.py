@@ -5,11 +5,13 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from plot_checks import assert_plot
+from tiny import tiny_yaml
 
 from dlrm_comp.config import load_config
 from dlrm_comp.study.ablate import ablate, discover_variants, ensure_baseline, run_variants, summarize
@@ -18,13 +20,8 @@ from dlrm_comp.study.report import build_table, to_markdown
 from dlrm_comp.study.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_BASE = """\
-name: tiny
-data: {profile: tiny, batch_size: 32, eval_batch_size: 512, num_val_samples: 1024, num_test_samples: 1024}
-model: {emb_dim: 4, bottom_mlp: 13-8-4, top_mlp: 8-1}
-train: {iterations: 20, print_every: 10, eval_every: 10, checkpoint_every: 10, progress: false, tensorboard: false}
-compress: {mode: codec, table_preset: "rank:top=2,bottom=3"}
-"""
+SWEEP_BASE = ("train.iterations=20", "train.eval_every=10", "train.tensorboard=false", "compress.mode=codec",
+              "compress.table_preset=rank:top=2,bottom=3")
 
 
 def _write(path: Path, text: str) -> Path:
@@ -87,7 +84,7 @@ def test_ablate_summarize_writes_table_plots_report(fake_sweep):
 
 
 def test_ablate_variants_get_names_and_an_off_baseline(tmp_path):
-    base = _write(tmp_path / "base.yaml", TINY_BASE)
+    base = tiny_yaml(tmp_path / "base.yaml", *SWEEP_BASE)
     a = _write(tmp_path / "v" / "a.yaml", "name: loose\ncompress: {base_error_bound: 0.1}\n")
     b = _write(tmp_path / "v" / "int8.yaml", "compress: {mode: int8}\n")
     c = _write(tmp_path / "v2" / "a.yaml", "name: loose\ncompress: {base_error_bound: 0.2}\n")
@@ -104,7 +101,7 @@ def test_ablate_variants_get_names_and_an_off_baseline(tmp_path):
 
 def test_ablate_resume_after_kill_and_skip_done(tmp_path, monkeypatch):
     """A run killed mid-way resumes from its checkpoint; finished variants are skipped."""
-    base = _write(tmp_path / "base.yaml", TINY_BASE)
+    base = tiny_yaml(tmp_path / "base.yaml", *SWEEP_BASE)
     variant = _write(tmp_path / "loose.yaml", "name: loose\ncompress: {base_error_bound: 0.1}\n")
     out = tmp_path / "sweep"
     logs: list[str] = []
@@ -130,7 +127,7 @@ def test_ablate_resume_after_kill_and_skip_done(tmp_path, monkeypatch):
 
 
 def test_ablate_cli_config_error_exit_2(tmp_path):
-    base = _write(tmp_path / "base.yaml", TINY_BASE)
+    base = tiny_yaml(tmp_path / "base.yaml", *SWEEP_BASE)
     bad = _write(tmp_path / "bad.yaml", "compress: {mode: zip}\n")
     proc = subprocess.run([sys.executable, str(ROOT / "launch" / "ablate.py"), "--base", str(base), "--variants",
                            str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
@@ -138,8 +135,24 @@ def test_ablate_cli_config_error_exit_2(tmp_path):
 
 
 def test_ablate_run_variants_skips_existing(tmp_path):
-    base = _write(tmp_path / "base.yaml", TINY_BASE)
+    base = tiny_yaml(tmp_path / "base.yaml", *SWEEP_BASE)
     variants = discover_variants([_write(tmp_path / "x.yaml", "name: x\n")])
     make_fake_run(tmp_path / "runs" / "x", "x", 0.8, 5.0)
     res = run_variants([base], variants, tmp_path / "runs", jobs=1, log=lambda s: None)
     assert res["x"].status == "skipped"
+
+
+def test_children_die_with_a_terminated_parent(tmp_path):
+    """SIGTERM to the sweep raises KeyboardInterrupt in it and takes its children down; the old handler returns."""
+    import os
+    import signal
+
+    from dlrm_comp.study.children import ChildProcesses
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with ChildProcesses(grace_s=5) as children:
+            child = children.start([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "child.log")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal arrives first
+    assert child.poll() is not None and signal.getsignal(signal.SIGTERM) is before
+    assert "$ " in (tmp_path / "child.log").read_text()

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from plot_checks import assert_plot
+from tiny import TINY_SHAPE
 
 from dlrm_comp.bench.cli import main
 from dlrm_comp.bench.dumps import DumpFormatError, list_dumps, load_dump, read_meta
 from dlrm_comp.bench.pipeline import quantize_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.profile=tiny", "data.batch_size=64", "data.eval_batch_size=256", "data.num_val_samples=512",
+# the tiny data and model, wider: 64 x 8 messages (the dumps' shape checked below); the bench sets the run
+TINY = [*TINY_SHAPE, "data.batch_size=64", "data.eval_batch_size=256", "data.num_val_samples=512",
         "model.emb_dim=8", "model.bottom_mlp=13-16-8", "model.top_mlp=16-1", "compress.mode=off",
         "compress.table_preset=none", "train.threads=1", "train.device=cpu"]
 

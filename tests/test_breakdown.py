@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from tiny import TINY_OVERRIDES
 from dlrm_comp.train.breakdown import PHASES, StepBreakdown
 from dlrm_comp.train.logging import read_jsonl
 from dlrm_comp.train.loop import Trainer

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_OVERRIDES
+from tiny import TINY_OVERRIDES
 from dlrm_comp.cli.train import main
 from dlrm_comp.data import criteo_cache
 from dlrm_comp.data.criteo import preprocess_criteo

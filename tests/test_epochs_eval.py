@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from tiny import TINY_OVERRIDES
 from dlrm_comp.config import ConfigError, load_config
 from dlrm_comp.data.epochs import EpochSchedule
 from dlrm_comp.train.breakdown import PHASES

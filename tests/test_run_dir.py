@@ -234,7 +234,7 @@ def test_real_sigkill_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     import time
     from pathlib import Path
 
-    from conftest import TINY_OVERRIDES
+    from tiny import TINY_OVERRIDES
     root = Path(__file__).resolve().parents[1]
     sets = [*TINY_OVERRIDES, *QUIET, "train.iterations=300", "train.eval_every=50"]
     cmd = [sys.executable, str(root / "launch/train.py"), "--set", *sets, "--out", str(tmp_path / "k")]

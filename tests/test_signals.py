@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from conftest import TINY_OVERRIDES
+from tiny import TINY_OVERRIDES
 from dlrm_comp.cli.train import main
 from dlrm_comp.train.breakdown import PHASES
 from dlrm_comp.train.extension import TrainingExtension

@@ -9,26 +9,19 @@ import optuna
 import pytest
 
 from plot_checks import assert_plot
+from tiny import tiny_yaml
 
 from dlrm_comp.config import load_config
 from dlrm_comp.study import tune
 from dlrm_comp.study.predict import QoSPredictor, features
 
-TINY_BASE = """\
-name: tiny
-data: {profile: tiny, batch_size: 32, eval_batch_size: 512, num_val_samples: 1024, num_test_samples: 1024}
-model: {emb_dim: 4, bottom_mlp: 13-8-4, top_mlp: 8-1}
-train: {iterations: 20, print_every: 10, eval_every: 10, checkpoint_every: 10, progress: false, tensorboard: false}
-compress: {mode: codec, table_preset: kaggle_ref}
-"""
+STUDY_BASE = ("train.iterations=20", "train.eval_every=10", "train.tensorboard=false", "compress.mode=codec")
 CARDS = [4096, 2048, 1000, 500, 100, 40, 10, 4]
 
 
 @pytest.fixture
 def base(tmp_path) -> Path:
-    path = tmp_path / "base.yaml"
-    path.write_text(TINY_BASE.replace("kaggle_ref", "none"))
-    return path
+    return tiny_yaml(tmp_path / "base.yaml", *STUDY_BASE, "compress.table_preset=none")
 
 
 def _spec(base: Path, out: Path, **kw) -> tune.TuneSpec:
@@ -39,8 +32,7 @@ def _spec(base: Path, out: Path, **kw) -> tune.TuneSpec:
 
 def test_tune_override_yaml_loads_for_every_sampled_config(tmp_path):
     """Sampled configs (random) become YAML overrides that load_config accepts on a base with other bounds."""
-    base = tmp_path / "base.yaml"
-    base.write_text(TINY_BASE.replace("kaggle_ref", "\"rank:top=1,bottom=1\""))
+    base = tiny_yaml(tmp_path / "base.yaml", *STUDY_BASE, "compress.table_preset=rank:top=1,bottom=1")
     spec = tune.TuneSpec(base=[str(base)], out=str(tmp_path), modes=["codec", "sz", "int8", "fp16"])
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=1))
     seen_modes, seen_rules = set(), set()

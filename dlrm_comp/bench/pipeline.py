@@ -27,7 +27,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dlrm_comp.bench.dumps import DumpFormatError, distinct_rows, dump_name, list_dumps, load_dump, read_meta, write_meta
 from dlrm_comp.compress.backends import get_backend
@@ -43,6 +42,7 @@ from dlrm_comp.compress.lossless import (
     nvcomp_available,
 )
 from dlrm_comp.compress.quantize import ChunkKind, dequantize_np, quantize_np
+from dlrm_comp.progress import progress_bar
 
 WIDTHS = ("auto", "2")
 CODE_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2")}
@@ -99,8 +99,8 @@ def quantize_dir(dumps: Path, out: Path, bounds: Sequence[float], width: str = "
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries, skipped = [], 0
-    for table, it, path in tqdm(files, desc="quantize" + (" (dedup)" if dedup else ""), unit="file",
-                                disable=not progress):
+    for table, it, path in progress_bar(files, desc="quantize" + (" (dedup)" if dedup else ""), unit="file",
+                                        enabled=progress):
         x = load_dump(path, meta["batch"], meta["dim"])
         if dedup:
             keep = distinct_rows(path, meta["batch"])
@@ -157,7 +157,7 @@ def pad_dir(codes: Path, out: Path, factor: int, progress: bool = True) -> list[
     out = Path(out)
     dumps_out = out / "dumps"
     dumps_out.mkdir(parents=True, exist_ok=True)
-    for table, it, path in tqdm(list_dumps(Path(s["dumps"])), desc="pad", unit="file", disable=not progress):
+    for table, it, path in progress_bar(list_dumps(Path(s["dumps"])), desc="pad", unit="file", enabled=progress):
         x = load_dump(path, meta["batch"], meta["dim"])
         np.concatenate([x] * int(factor)).astype("<f4").tofile(dumps_out / dump_name(table, it))
     write_meta(dumps_out, meta["batch"] * int(factor), meta["dim"], meta.get("tables", []),
@@ -202,7 +202,7 @@ def encode_codes(entries: list[dict[str, Any]], codes_dir: Path, size: str, *, t
     sz = get_backend("sz")
     rows: list[dict[str, Any]] = []
     ordered = sorted(entries, key=lambda e: (e["table"], e["eb_rel"], e["iteration"]))
-    for e in tqdm(ordered, desc=f"encode ({size})", unit="file", disable=not progress):
+    for e in progress_bar(ordered, desc=f"encode ({size})", unit="file", enabled=progress):
         dt = CODE_DTYPES[e["width"]]
         path = Path(codes_dir) / e["file"]
         if path.stat().st_size != e["n"] * e["width"]:

@@ -24,7 +24,13 @@ SIZES = ("real", "dedup", "padded")  # message variants, in report order
 
 
 def speedup(cr: float, tc_bps: float, td_bps: float, bw_bps: float) -> float:
+    """One message's modeled speedup; throughputs and bandwidth in any one unit (inf: a free codec)."""
     return 1.0 / (1.0 / cr + bw_bps * (1.0 / tc_bps + 1.0 / td_bps))
+
+
+def throughput(nbytes: float, seconds: float) -> float:
+    """Bytes per second for `speedup`; a codec that took no measurable time counts as free (inf)."""
+    return nbytes / seconds if seconds else math.inf
 
 
 # The SC'24 reference's iteration breakdown without compression (shares of the step)

@@ -14,7 +14,6 @@ ranks build it once.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -28,6 +27,7 @@ from dlrm_comp.data.criteo_files import check_tsv_file, file_identity
 from dlrm_comp.data.criteo_parse import NUM_DENSE, NUM_SPARSE, CriteoFormatError, ParsedChunk, parse_lines
 from dlrm_comp.data.npy_writer import NpyAppender
 from dlrm_comp.data.vocab import ValueCounter, Vocabulary
+from dlrm_comp.filelock import file_lock
 
 FORMAT_VERSION = 1
 IDENTITY_KEYS = ("name", "path", "size", "mtime_ns", "head_tail_sha256")
@@ -86,7 +86,7 @@ def preprocess_criteo(tsv_paths: list[str | Path], cache_dir: str | Path, *, max
     sources = [{"name": p.name, "path": str(p.resolve()), **file_identity(p)} for p in paths]
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / ".lock"):
+    with file_lock(cache / ".lock"):
         existing = _reusable(cache, settings, sources)
         if existing is not None:
             return existing
@@ -109,22 +109,6 @@ def _reusable(cache: Path, settings: dict, sources: list[dict]) -> CriteoMeta | 
     wanted = [{k: src.get(k) for k in IDENTITY_KEYS} for src in sources]
     same = meta.format_version == FORMAT_VERSION and meta.settings == settings and identity == wanted
     return meta if same else None
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive lock across processes (POSIX); a no-op where fcntl is unavailable."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _Skips:

@@ -16,20 +16,26 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 
 def parse_widths(text: str) -> list[int]:
     return [int(part) for part in text.split("-")]
 
 
-def build_mlp(widths: Sequence[int], final_activation: bool) -> nn.Sequential:
-    """Linear+ReLU layers with upstream's init: W ~ N(0, sqrt(2/(m+n))), b ~ N(0, sqrt(1/m))."""
+def build_mlp(widths: Sequence[int], final_activation: bool, generator: torch.Generator) -> nn.Sequential:
+    """Linear+ReLU layers with upstream's init: W ~ N(0, sqrt(2/(m+n))), b ~ N(0, sqrt(1/m)), drawn
+    from `generator` (the global RNG stays untouched)."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
-        linear = nn.Linear(n_in, n_out)
+        linear = skip_init(nn.Linear, n_in, n_out)
         with torch.no_grad():
-            linear.weight.normal_(0.0, math.sqrt(2.0 / (n_in + n_out)))
-            linear.bias.normal_(0.0, math.sqrt(1.0 / n_out))
+            # the draws nn.Linear's default init would make, discarded: they keep the generator's
+            # stream, and so every initial weight, what it was when the init ran on the global RNG
+            linear.weight.uniform_(generator=generator)
+            linear.bias.uniform_(generator=generator)
+            linear.weight.normal_(0.0, math.sqrt(2.0 / (n_in + n_out)), generator=generator)
+            linear.bias.normal_(0.0, math.sqrt(1.0 / n_out), generator=generator)
         layers.append(linear)
         if i < len(widths) - 2 or final_activation:
             layers.append(nn.ReLU())
@@ -77,7 +83,8 @@ class CatInteraction(nn.Module):
 class DLRM(nn.Module):
     """`owned_tables` (default: all) are the tables this process holds: a model-parallel rank
     builds only its shard, and every table is initialised from its own seeded generator, so a
-    table's initial weights do not depend on where it is placed."""
+    table's initial weights do not depend on where it is placed. The MLPs draw from one generator
+    seeded with `seed`: building a model leaves the global RNG as it was."""
 
     def __init__(self, cardinalities: Sequence[int], emb_dim: int, bottom_mlp: str, top_mlp: str,
                  interaction: str = "dot", self_interaction: bool = False, sparse: bool = False,
@@ -90,14 +97,13 @@ class DLRM(nn.Module):
         self.emb_dim = emb_dim
         self.owned_tables = list(range(len(self.cardinalities)) if owned_tables is None else owned_tables)
         self.embeddings = nn.ModuleList(
-            nn.EmbeddingBag(self.cardinalities[t], emb_dim, mode="sum", sparse=sparse) for t in self.owned_tables)
-        for t, table in zip(self.owned_tables, self.embeddings):
-            with torch.no_grad():
-                table.weight.copy_(initial_table(self.cardinalities[t], emb_dim, t, seed))
-        torch.manual_seed(seed)
-        self.bottom = build_mlp(bottom, final_activation=True)
+            nn.EmbeddingBag(self.cardinalities[t], emb_dim, mode="sum", sparse=sparse,
+                            _weight=initial_table(self.cardinalities[t], emb_dim, t, seed))
+            for t in self.owned_tables)
+        generator = torch.Generator().manual_seed(seed)  # the dense layers' own stream
+        self.bottom = build_mlp(bottom, final_activation=True, generator=generator)
         top_in = interaction_width(interaction, len(self.cardinalities), emb_dim, bottom[-1], self_interaction)
-        self.top = build_mlp([top_in, *parse_widths(top_mlp)], final_activation=False)
+        self.top = build_mlp([top_in, *parse_widths(top_mlp)], final_activation=False, generator=generator)
         self.interaction = DotInteraction(len(self.cardinalities) + 1, self_interaction) \
             if interaction == "dot" else CatInteraction()
         self.pooled_hooks = nn.ModuleList(nn.Identity() for _ in self.cardinalities)

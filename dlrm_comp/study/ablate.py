@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Callable, Sequence
 
 from dlrm_comp.config import ConfigError, load_config, yaml_load
 from dlrm_comp.study import plots
+from dlrm_comp.study.children import ChildProcesses
 from dlrm_comp.study.report import build_table, to_markdown, write_csv, write_report
 from dlrm_comp.study.runs import RunData, load_run
 
@@ -154,80 +154,57 @@ def run_variants(base: Sequence[str | Path], variants: Sequence[Variant], runs_d
         else:
             pending.append(v)
     running: dict[str, tuple[subprocess.Popen | int, float, Path]] = {}
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    old_term = signal.getsignal(signal.SIGTERM)
-
-    def _on_term(signum, frame):  # a killed sweep takes its children down (their checkpoints stay)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    in_main = True
     try:
-        signal.signal(signal.SIGTERM, _on_term)
-    except ValueError:  # not the main thread
-        in_main = False
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                v = pending.pop(0)
-                run_dir = (runs_dir / v.name).resolve()
-                run_dir.mkdir(parents=True, exist_ok=True)
-                other = _alive_elsewhere(run_dir)
-                if other is not None:
-                    log(f"[ablate] {v.name}: still running as pid {other} (an earlier sweep); waiting for it")
-                    running[v.name] = (other, time.perf_counter(), run_dir / "train.log")
-                    continue
-                resume = has_checkpoint(run_dir)
-                cmd = train_command(base, v, run_dir, overrides, resume=resume, python=python)
-                log_path = run_dir / "train.log"
-                with open(log_path, "a") as fh:
-                    fh.write(f"\n$ {' '.join(cmd)}\n")
-                    fh.flush()
-                    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-                (run_dir / ".ablate.pid").write_text(str(proc.pid))
-                running[v.name] = (proc, time.perf_counter(), log_path)
-                log(f"[ablate] {v.name}: {'resuming from checkpoint' if resume else 'started'} (pid {proc.pid})")
-            time.sleep(poll_s)
-            for name in list(running):
-                proc, t0, log_path = running[name]
-                if isinstance(proc, int):  # a process of an earlier sweep: wait until it is gone
-                    try:
-                        os.kill(proc, 0)
+        with ChildProcesses() as children:  # a killed sweep takes its children down (their checkpoints stay)
+            while pending or running:
+                while pending and len(running) < jobs:
+                    v = pending.pop(0)
+                    run_dir = (runs_dir / v.name).resolve()
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    other = _alive_elsewhere(run_dir)
+                    if other is not None:
+                        log(f"[ablate] {v.name}: still running as pid {other} (an earlier sweep); waiting for it")
+                        running[v.name] = (other, time.perf_counter(), run_dir / "train.log")
                         continue
-                    except ProcessLookupError:
-                        pass
-                    done = (runs_dir / name / "summary.json").exists()
-                    results[name] = JobResult(name, "waited" if done else "failed", None,
-                                              time.perf_counter() - t0, log_path)
+                    resume = has_checkpoint(run_dir)
+                    cmd = train_command(base, v, run_dir, overrides, resume=resume, python=python)
+                    log_path = run_dir / "train.log"
+                    proc = children.start(cmd, log_path)
+                    (run_dir / ".ablate.pid").write_text(str(proc.pid))
+                    running[v.name] = (proc, time.perf_counter(), log_path)
+                    log(f"[ablate] {v.name}: {'resuming from checkpoint' if resume else 'started'} (pid {proc.pid})")
+                time.sleep(poll_s)
+                for name in list(running):
+                    proc, t0, log_path = running[name]
+                    if isinstance(proc, int):  # a process of an earlier sweep: wait until it is gone
+                        try:
+                            os.kill(proc, 0)
+                            continue
+                        except ProcessLookupError:
+                            pass
+                        done = (runs_dir / name / "summary.json").exists()
+                        results[name] = JobResult(name, "waited" if done else "failed", None,
+                                                  time.perf_counter() - t0, log_path)
+                        del running[name]
+                        if not done:  # it died without finishing: run it here (resumes from its checkpoint)
+                            pending.append(next(v for v in variants if v.name == name))
+                            del results[name]
+                        continue
+                    rc = proc.poll()
+                    if rc is None:
+                        continue
+                    dt = time.perf_counter() - t0
                     del running[name]
-                    if not done:  # it died without finishing: run it here (resumes from its checkpoint)
-                        pending.append(next(v for v in variants if v.name == name))
-                        del results[name]
-                    continue
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                dt = time.perf_counter() - t0
-                del running[name]
-                (runs_dir / name / ".ablate.pid").unlink(missing_ok=True)
-                ok = rc == 0 and (runs_dir / name / "summary.json").exists()
-                results[name] = JobResult(name, "done" if ok else "failed", rc, dt, log_path)
-                tail = "" if ok else f"; see {log_path}: " + " | ".join(_tail(log_path, 3))
-                log(f"[ablate] {name}: {'done' if ok else f'FAILED (exit {rc})'} in {dt:.1f}s{tail}")
-    except BaseException:
-        for name, (proc, _, _) in running.items():
-            if not isinstance(proc, int) and proc.poll() is None:
-                proc.terminate()
+                    (runs_dir / name / ".ablate.pid").unlink(missing_ok=True)
+                    ok = rc == 0 and (runs_dir / name / "summary.json").exists()
+                    results[name] = JobResult(name, "done" if ok else "failed", rc, dt, log_path)
+                    tail = "" if ok else f"; see {log_path}: " + " | ".join(_tail(log_path, 3))
+                    log(f"[ablate] {name}: {'done' if ok else f'FAILED (exit {rc})'} in {dt:.1f}s{tail}")
+    except BaseException:  # the children are gone now: so are their pid files
         for name, (proc, _, _) in running.items():
             if not isinstance(proc, int):
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
                 (runs_dir / name / ".ablate.pid").unlink(missing_ok=True)
         raise
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, old_term)
     return results
 
 

@@ -15,22 +15,21 @@ modeled speedup) while the accuracy loss against the uncompressed run stays unde
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 import shutil
-import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import yaml
 
+from dlrm_comp.bench.report import speedup, throughput
 from dlrm_comp.config import load_config
 from dlrm_comp.compress.decay import DECAY_SCHEDULES
+from dlrm_comp.filelock import file_lock
+from dlrm_comp.study.children import ChildProcesses
 from dlrm_comp.study.predict import ERROR_BOUNDED, FIXED_RATE, QoSPredictor, features
 from dlrm_comp.study.runs import read_summary
 
@@ -162,9 +161,8 @@ def _gain(summary: dict, spec: TuneSpec) -> float:
         return cr
     raw = float(comp.get("bytes_raw") or 0.0)
     enc, dec = float(comp.get("enc_s") or 0.0), float(comp.get("dec_s") or 0.0)
-    bw = spec.bandwidth_gbps * 1e9
-    overhead = bw * ((enc + dec) / raw) if raw else 0.0  # B * (1/Tc + 1/Td), throughputs on raw bytes
-    return 1.0 / (1.0 / cr + overhead)
+    tc, td = (throughput(raw, enc), throughput(raw, dec)) if raw else (math.inf, math.inf)  # nothing coded: free
+    return speedup(cr, tc, td, spec.bandwidth_gbps * 1e9)
 
 
 def qos_loss(summary: dict, baseline: dict, qos: str) -> float:
@@ -180,21 +178,10 @@ def train_in_process(configs: Sequence[str | Path], overrides: Sequence[str], ou
     return summary
 
 
-@contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def short_baseline(spec: TuneSpec) -> dict:
     """The uncompressed short run every trial is compared with (computed once, shared by workers)."""
     run_dir = spec.out_dir / "baseline_short"
-    with _file_lock(spec.out_dir / ".baseline.lock"):
+    with file_lock(spec.out_dir / ".baseline.lock"):
         summary = read_summary(run_dir)
         if summary is None:
             summary = train_in_process(spec.base, [*TRIAL_OVERRIDES, *spec.overrides, "compress.mode=off",
@@ -306,34 +293,11 @@ def optimize(spec: TuneSpec, worker: int = 0, log: Callable[[str], None] = print
 def run_workers(spec: TuneSpec, jobs: int, worker_cmd: Sequence[str], log: Callable[[str], None] = print) -> None:
     """`jobs` processes share the study: this one plus `jobs - 1` subprocesses running `worker_cmd`."""
     short_baseline(spec)  # once, before the workers race for it
-    procs = []
-    import signal
-
-    def _on_term(signum, frame):  # a killed search takes its workers down; the study keeps every trial
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        old = signal.signal(signal.SIGTERM, _on_term)
-    except ValueError:  # not the main thread
-        old = None
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    try:
+    with ChildProcesses() as workers:  # a killed search takes its workers down; the study keeps every trial
         for w in range(1, jobs):
-            logf = open(spec.out_dir / f"worker{w}.log", "a")
-            procs.append((subprocess.Popen([*worker_cmd, "--worker-id", str(w)], stdout=logf,
-                                           stderr=subprocess.STDOUT, env=env), logf))
+            workers.start([*worker_cmd, "--worker-id", str(w)], spec.out_dir / f"worker{w}.log")
         optimize(spec, worker=0, log=log)
-        for p, logf in procs:
-            p.wait()
-            logf.close()
-    except BaseException:
-        for p, _ in procs:
-            if p.poll() is None:
-                p.terminate()
-        raise
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        workers.wait()
 
 
 # ----------------------------------------------------------------------------- results

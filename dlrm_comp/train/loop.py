@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Generator, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from dlrm_comp.config import ConfigError, RunConfig, dump_config
 from dlrm_comp.data.batch import concat_batches
 from dlrm_comp.data.epochs import EpochSchedule
 from dlrm_comp.distributed.env import DistEnv
+from dlrm_comp.progress import progress_bar
 from dlrm_comp.train.breakdown import StepBreakdown, TimedExchange
 from dlrm_comp.train.builders import build_model, build_optimizer, build_source, resolve_device
 from dlrm_comp.train.checkpoint import CheckpointError, CheckpointManager, checkpoint_layouts, rng_state, set_rng_state
@@ -311,8 +312,21 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- run
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train to `train.iterations`; `stop_after` (tests only) raises mid-run like a kill would.
-        SIGTERM/SIGINT: the step in progress finishes, a checkpoint is saved, RunStopped is raised."""
+        """Train to `train.iterations` and return the summary; `stop_after` (tests only) raises
+        mid-run like a kill would. SIGTERM/SIGINT: the step in progress finishes, a checkpoint is
+        saved, RunStopped is raised."""
+        steps = self.steps(stop_after)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return end.value
+
+    def steps(self, stop_after: int | None = None) -> Generator[int, None, dict[str, Any]]:
+        """The run one step at a time: yields each finished iteration count (after that step's
+        records, evaluation and checkpoint), then evaluates, saves and returns the summary.
+        `run` drives it to the end; a benchmark may step it in blocks (`step_times` holds each
+        step's time) and close it early, leaving no final evaluation or checkpoint."""
         cfg = self.cfg.train
         self._prepare_out_dir()
         if self.is_main:
@@ -323,8 +337,8 @@ class Trainer:
             ext.bind(self)
         echo = tqdm.write if cfg.progress else print
         t0 = time.perf_counter()
-        bar = tqdm(total=self.iterations, initial=self.start_iteration, disable=not (cfg.progress and self.is_main),
-                   desc="train", unit="it", dynamic_ncols=True, mininterval=1.0)
+        bar = progress_bar(total=self.iterations, initial=self.start_iteration, enabled=cfg.progress and self.is_main,
+                           desc="train", unit="it", dynamic_ncols=True, mininterval=1.0)
         stop = StopFlag(self.handle_signals)
         try:
             with stop:
@@ -366,6 +380,7 @@ class Trainer:
                     if stop_after is not None and done >= stop_after:
                         raise InterruptedRun(f"stopped after iteration {done}")
                     self._maybe_inject_failure(done)
+                    yield done
             bar.close()
             final = self.evaluate()
             logger.log("eval", self.iterations, **final)

@@ -17,9 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-
-def parse_widths(text: str) -> list[int]:
-    return [int(part) for part in text.split("-")]
+from dlrm_comp.checks import parse_widths
 
 
 def build_mlp(widths: Sequence[int], final_activation: bool) -> nn.Sequential:
@@ -83,7 +81,7 @@ class DLRM(nn.Module):
                  interaction: str = "dot", self_interaction: bool = False, sparse: bool = False,
                  owned_tables: Sequence[int] | None = None, seed: int = 0):
         super().__init__()
-        bottom = parse_widths(bottom_mlp)
+        bottom = parse_widths("model.bottom_mlp", bottom_mlp)
         if interaction == "dot" and bottom[-1] != emb_dim:
             raise ValueError(f"bottom_mlp must end in emb_dim={emb_dim} for the dot interaction, got {bottom_mlp}")
         self.cardinalities = list(cardinalities)
@@ -97,7 +95,7 @@ class DLRM(nn.Module):
         torch.manual_seed(seed)
         self.bottom = build_mlp(bottom, final_activation=True)
         top_in = interaction_width(interaction, len(self.cardinalities), emb_dim, bottom[-1], self_interaction)
-        self.top = build_mlp([top_in, *parse_widths(top_mlp)], final_activation=False)
+        self.top = build_mlp([top_in, *parse_widths("model.top_mlp", top_mlp)], final_activation=False)
         self.interaction = DotInteraction(len(self.cardinalities) + 1, self_interaction) \
             if interaction == "dot" else CatInteraction()
         self.pooled_hooks = nn.ModuleList(nn.Identity() for _ in self.cardinalities)

@@ -49,7 +49,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 import numpy as np
 

@@ -51,7 +51,7 @@ from dlrm_comp.distributed.sharding import place_tables, tables_of  # noqa: E402
 from dlrm_comp.exchange import Exchange, ProcessGroupTransport  # noqa: E402
 from dlrm_comp.recorder import CompressionRecorder  # noqa: E402
 from dlrm_comp.runtime import keep_large_allocations  # noqa: E402
-from dlrm_comp.train.compression import build_plan, build_policy  # noqa: E402
+from dlrm_comp.train.compression_plan import build_plan  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
 BREAKDOWN = REFERENCE_BREAKDOWN
@@ -90,7 +90,7 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str, b
     owners = place_tables(cards, dim, world, "contiguous")
     mine = tables_of(owners, rank)
     cfg = load_config([], ["compress.table_preset=kaggle_ref"])
-    policy = build_policy(cfg.compress, cards)  # the default bounds after the early stage (m = 1)
+    policy = cfg.compress.bounds.build(cards, cfg.compress.decay)  # the default bounds after the early stage (m = 1)
     results = {}
     a, b = [(q * len(data["grads"][0]) // world, (q + 1) * len(data["grads"][0]) // world) for q in range(world)][rank]
     for label in (MODES if "torch" in backends else []):

@@ -105,13 +105,13 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
     import subprocess
 
     from dlrm_comp.exchange import Exchange, LoopbackTransport
-    from dlrm_comp.train.compression import build_plan, build_policy
+    from dlrm_comp.train.compression_plan import build_plan
     rows, chunk_sets = [], {}
     cfg = load_config([ROOT / "configs/debug.yaml"], ["compress.mode=codec"])
     for name, (batch, dim) in STEP_SHAPES.items():
         pooled = trained_pooled_outputs(iterations, batch, dim)
         t = len(pooled)
-        policy = build_policy(cfg.compress, [10**6] * t)
+        policy = cfg.compress.bounds.build([10**6] * t, cfg.compress.decay)
         ebs = policy.all(10**9)
         plan = build_plan(cfg.compress, t)
         plan.fwd.eb_rel[:] = ebs
@@ -180,12 +180,12 @@ def coder_rows(iterations: int, repeat: int) -> list[dict]:
     the measurement behind the default (`compress.lossless.name`)."""
     from dlrm_comp.compress.lossless import get_lossless
     from dlrm_comp.exchange import Exchange, LoopbackTransport
-    from dlrm_comp.train.compression import build_plan, build_policy
+    from dlrm_comp.train.compression_plan import build_plan
     batch, dim = STEP_SHAPES["debug_step"]
     pooled = trained_pooled_outputs(iterations, batch, dim)
     cfg = load_config([ROOT / "configs/debug.yaml"], ["compress.mode=codec"])
     t = len(pooled)
-    ebs = build_policy(cfg.compress, [10**6] * t).all(10**9)
+    ebs = cfg.compress.bounds.build([10**6] * t, cfg.compress.decay).all(10**9)
     raw = sum(p.numel() * 4 for p in pooled)
     rows = []
     for name, params in CODERS:

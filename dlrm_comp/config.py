@@ -5,6 +5,7 @@ Every error names the dotted key and the accepted values, and is raised before a
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -17,9 +18,13 @@ from typing import Any, Mapping
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the CLI turns it into exit status 2."""
+from dlrm_comp.adaptive.controller import ControllerConfig
+from dlrm_comp.checks import ConfigError, parse_widths
+from dlrm_comp.checks import choice as _choice
+from dlrm_comp.checks import non_negative as _non_negative
+from dlrm_comp.checks import positive as _positive
+from dlrm_comp.compress.bounds import TableBoundSpec
+from dlrm_comp.compress.decay import DecaySchedule
 
 
 class _Loader(yaml.SafeLoader):
@@ -43,7 +48,6 @@ DATA_SOURCES = ("synthetic", "criteo")
 INTERACTIONS = ("dot", "cat")
 OPTIMIZERS = ("sgd", "adagrad")
 DEVICES = ("auto", "cpu", "cuda")
-ADAPTIVE_POLICIES = ("static", "closed_loop")
 MODEL_BACKENDS = ("torch", "torchrec")
 # TorchRec's own quantized comms (QCommsConfig) as baselines; model.backend=torchrec only
 TORCHREC_QCOMM_MODES = tuple(f"torchrec_qcomm:{p}" for p in ("fp16", "bf16", "fp8", "int8"))
@@ -129,8 +133,8 @@ class ModelConfig:
             if problem:
                 raise ConfigError(f"model.backend: 'torchrec' {problem}")
         _positive("model.emb_dim", self.emb_dim)
-        bottom = parse_mlp("model.bottom_mlp", self.bottom_mlp)
-        top = parse_mlp("model.top_mlp", self.top_mlp)
+        bottom = parse_widths("model.bottom_mlp", self.bottom_mlp)
+        top = parse_widths("model.top_mlp", self.top_mlp)
         if bottom[0] != num_dense:
             raise ConfigError(f"model.bottom_mlp: first width {bottom[0]} must equal data.num_dense={num_dense}")
         if self.interaction == "dot" and bottom[-1] != self.emb_dim:
@@ -174,13 +178,6 @@ class TrainConfig:
 
 
 @dataclass
-class DecayConfig:
-    func: str = "step"
-    constant: float = 2.0
-    early_stage: int = 65536
-
-
-@dataclass
 class LosslessConfig:
     name: str = "default"  # the measured default of dlrm_comp.compress.lossless
     params: dict[str, Any] = field(default_factory=dict)
@@ -191,18 +188,14 @@ class BackwardConfig:
     """The gradient all-to-all: exact unless `mode` is set; bounds relative to each gradient chunk's range."""
     mode: str = "off"
     error_bound: float = 0.01
-    decay: DecayConfig = field(default_factory=lambda: DecayConfig(func="none"))
+    decay: DecaySchedule = field(default_factory=lambda: DecaySchedule(func="none"))
 
 
 @dataclass
 class CompressConfig:
     mode: str = "off"
-    base_error_bound: float = 0.03
-    tighten_tables: list[int] = field(default_factory=list)
-    tighten_value: float = 0.01
-    loosen_tables: list[int] = field(default_factory=list)
-    loosen_value: float = 0.05
-    table_preset: str = "none"
+    # the table-wise bounds' keys, flat in this section (compress.base_error_bound, ...)
+    bounds: TableBoundSpec = field(default_factory=TableBoundSpec, metadata={"flat": True})
     nonfinite: str = "error"
     # Destinations emulated per table: the rows split into the chunks a W-rank all-to-all sends,
     # each compressed with its own range (1: the whole [B, d] output as one chunk).
@@ -217,7 +210,7 @@ class CompressConfig:
     dedup_max_fraction: float = 0.95
     dedup_tables: list[int] = field(default_factory=list)
     print_tables: bool = True
-    decay: DecayConfig = field(default_factory=DecayConfig)
+    decay: DecaySchedule = field(default_factory=DecaySchedule)
     lossless: LosslessConfig = field(default_factory=LosslessConfig)
     backward: BackwardConfig = field(default_factory=BackwardConfig)
 
@@ -231,39 +224,18 @@ class CompressConfig:
             raise ConfigError(f"compress.dedup_max_fraction: {self.dedup_max_fraction} must be in (0, 1]")
         if any(not isinstance(t, int) or t < 0 for t in self.dedup_tables):
             raise ConfigError(f"compress.dedup_tables: {self.dedup_tables} must be table indices (integers >= 0)")
-        for name in ("base_error_bound", "tighten_value", "loosen_value"):
-            value = getattr(self, name)
-            if not 0 < value <= 0.5:
-                raise ConfigError(f"compress.{name}: {value} must be in (0, 0.5]")
+        self.bounds.validate()
         if not 0 < self.backward.error_bound <= 0.5:
             raise ConfigError(f"compress.backward.error_bound: {self.backward.error_bound} must be in (0, 0.5]")
         _positive("compress.chunks", self.chunks)
-        from dlrm_comp.compress.decay import DecaySchedule
-        for prefix, decay in (("compress.", self.decay), ("compress.backward.", self.backward.decay)):
-            try:
-                DecaySchedule(decay.func, decay.constant, decay.early_stage)
-            except ValueError as exc:
-                raise ConfigError(f"{prefix}{exc}") from None
+        self.decay.validate("compress.decay")
+        self.backward.decay.validate("compress.backward.decay")
 
 
 @dataclass
-class AdaptiveConfig:
-    """Per-table bound control (dlrm_comp.adaptive.controller): `static` keeps the table lists x
-    decay; `closed_loop` moves each table's bound towards `target_cr` (or `budget_bytes` per
-    interval) within `[eb_min, eb_max]`, guarded by a probe of the loss drift."""
-    policy: str = "static"
-    target_cr: float = 0.0
-    budget_bytes: float = 0.0
-    eb_min: float = 1e-4
-    eb_max: float = 0.2
-    interval: int = 100  # iterations between control steps
-    gain: float = 0.6
-    max_step: float = 0.35
-    smoothing: float = 0.5
-    drift_threshold: float = 0.002  # probe loss increase (compressed - uncompressed) that tightens
-    guard_step: float = 0.3
-    probe_batch: int = 1024  # rows of the probe batch (0: no probe, no guard)
-    # lossless stage per table (codec mode): the Btune port every `tune_every` control steps
+class AdaptiveConfig(ControllerConfig):
+    """Per-table bound control (`ControllerConfig`, dlrm_comp.adaptive.controller) and the
+    lossless stage per table (codec mode): the Btune port every `tune_every` control steps."""
     lossless_tuning: bool = False
     tune_every: int = 10
     bandwidth_gbps: float = 1.25  # the link the all-to-all crosses, for the tuner's score
@@ -272,22 +244,7 @@ class AdaptiveConfig:
     hysteresis: float = 0.05  # switch only when the pick's merit beats the incumbent's by this much
 
     def validate(self) -> None:
-        _choice("adaptive.policy", self.policy, ADAPTIVE_POLICIES)
-        if not 0 < self.eb_min <= self.eb_max <= 0.5:
-            raise ConfigError(f"adaptive.eb_min/eb_max: need 0 < eb_min <= eb_max <= 0.5, got {self.eb_min}, {self.eb_max}")
-        _positive("adaptive.interval", self.interval)
-        _non_negative("adaptive.probe_batch", self.probe_batch)
-        if self.policy == "closed_loop":
-            if self.target_cr <= 0 and self.budget_bytes <= 0:
-                raise ConfigError("adaptive.target_cr: closed_loop needs a target wire ratio > 1 "
-                                  "(or adaptive.budget_bytes per interval)")
-            if 0 < self.target_cr <= 1:
-                raise ConfigError(f"adaptive.target_cr: {self.target_cr} must be > 1")
-        for name in ("gain", "max_step", "guard_step"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"adaptive.{name}: must be > 0")
-        if not 0 < self.smoothing <= 1:
-            raise ConfigError(f"adaptive.smoothing: {self.smoothing} must be in (0, 1]")
+        super().validate()
         _positive("adaptive.tune_every", self.tune_every)
         _choice("adaptive.perf_mode", self.perf_mode, ("COMP", "DECOMP", "BALANCED"))
         if not 0 <= self.tradeoff <= 1:
@@ -345,6 +302,9 @@ class RunConfig:
         if self.compress.chunks > self.data.batch_size:
             raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "
                               f"data.batch_size={self.data.batch_size} rows; use at most {self.data.batch_size}")
+        if self.adaptive.policy == "closed_loop" and 0 < self.adaptive.probe_batch < self.compress.chunks:
+            raise ConfigError(f"adaptive.probe_batch: the probe sends what training sends, {self.compress.chunks} "
+                              f"chunks per table (compress.chunks); use at least {self.compress.chunks} rows")
         return self
 
     def _check_torchrec_qcomm(self) -> None:
@@ -363,7 +323,8 @@ class RunConfig:
                               f"{modes[theirs[0]]!r}; use off or a torchrec_qcomm mode in both directions")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The sections as config.yaml spells them (flat sub-configs inlined in their section)."""
+        return _as_dict(self)
 
 
 # The reference's environment variables and the keys they set (docs/architecture.md, reference facts).
@@ -380,17 +341,6 @@ ENV_OVERRIDES: dict[str, str] = {
     "BTUNE_TRADEOFF": "adaptive.tradeoff",
     "BTUNE_PERF_MODE": "adaptive.perf_mode",
 }
-
-
-def parse_mlp(key: str, text: str) -> list[int]:
-    """`13-512-256-64-16` -> [13, 512, 256, 64, 16]."""
-    try:
-        widths = [int(part) for part in str(text).split("-")]
-    except ValueError:
-        raise ConfigError(f"{key}: {text!r} is not a dash-separated list of widths like '13-512-256-64-16'") from None
-    if len(widths) < 2 or any(w < 1 for w in widths):
-        raise ConfigError(f"{key}: {text!r} needs at least two positive widths")
-    return widths
 
 
 def load_config(paths: list[str | Path] = (), overrides: list[str] = (),
@@ -465,15 +415,33 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    fields = dataclasses.fields(cls)
+    flat = {f.name: [g.name for g in dataclasses.fields(hints[f.name])] for f in fields if f.metadata.get("flat")}
+    accepted = [key for f in fields for key in flat.get(f.name, [f.name])]
+    unknown = sorted(set(raw) - set(accepted))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key; accepted keys under "
-                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
-    kwargs = {}
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(accepted)}")
+    kwargs = {name: _build(hints[name], {k: v for k, v in raw.items() if k in keys}, prefix)
+              for name, keys in flat.items()}
     for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+        if not any(name in keys for keys in flat.values()):
+            kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _as_dict(obj: Any) -> Any:
+    """``dataclasses.asdict`` with each flat sub-config's keys inlined where its field stands."""
+    if not dataclasses.is_dataclass(obj):
+        return copy.deepcopy(obj)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = _as_dict(getattr(obj, f.name))
+        if f.metadata.get("flat"):
+            out.update(value)
+        else:
+            out[f.name] = value
+    return out
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -522,18 +490,3 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     return value
-
-
-def _choice(key: str, value: Any, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ConfigError(f"{key}: {value!r} is not one of: {', '.join(accepted)}")
-
-
-def _positive(key: str, value: int) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}: {value} must be > 0")
-
-
-def _non_negative(key: str, value: int) -> None:
-    if value < 0:
-        raise ConfigError(f"{key}: {value} must be >= 0")

@@ -88,7 +88,6 @@ plt.show()
                       "for small ones) and the decay schedule that scales them early in training."),
     new_code_cell('''\
 import numpy as np
-from dlrm_comp.compress.decay import DecaySchedule
 
 codec = runs[1]
 cfg = load_config(BASE, [*SIZES[SIZE], *COMMON, "compress.mode=codec"], env={})
@@ -103,9 +102,8 @@ ax1b.set_ylabel("compression ratio (x)")
 ax1.set_title("per-table bound and ratio")
 ax1.legend(loc="upper left"); ax1b.legend(loc="upper right")
 d = cfg.compress.decay
-sched = DecaySchedule(d.func, d.constant, d.early_stage)
 ts = np.arange(cfg.train.iterations)
-ax2.plot(ts, [sched.multiplier(int(t)) for t in ts])
+ax2.plot(ts, [d.multiplier(int(t)) for t in ts])
 ax2.set(xlabel="iteration", ylabel="bound multiplier", title=f"decay '{d.func}', C={d.constant:g}, E={d.early_stage}")
 ax2.grid(alpha=0.3)
 plt.tight_layout()

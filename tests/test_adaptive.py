@@ -147,3 +147,29 @@ def test_training_with_lossless_tuning(tiny_cfg, tmp_path):
     assert len(decisions) == section["codec_changes"]
     for r in decisions:
         assert r["reason"].startswith("btune") and r["codec"].startswith("codec:")
+
+
+def test_probe_sends_what_training_sends(tiny_cfg, tmp_path):
+    """The probe's compressed embeddings are the training exchange's: the `compress.chunks`
+    per-destination chunks (each with its own range) and the bag dedup, not one chunk per table."""
+    import torch
+    import torch.nn.functional as F
+
+    from dlrm_comp.exchange import CompressionPlan, Exchange, LoopbackTransport
+    from dlrm_comp.train.probe import probe_drift
+    trainer = Trainer(tiny_cfg(*CL, "compress.chunks=4", "compress.dedup=on"), tmp_path)
+    ext = next(e for e in trainer.extensions if e.name == "compression")
+    ext.before_step(0)
+    host = trainer.source.batch("train", 0, 256)
+    batch = host.to(trainer.device)
+    model = trainer.model
+    with torch.no_grad():
+        pooled = model.lookup(batch.indices, batch.offsets)
+        sent = ext.exchange.forward(pooled, compress=True, bags=host)
+        clean = F.binary_cross_entropy_with_logits(model.head(batch.dense, pooled), batch.labels).item()
+        lossy = F.binary_cross_entropy_with_logits(model.head(batch.dense, sent), batch.labels).item()
+        one_chunk = Exchange(LoopbackTransport(1, trainer.device), ext.exchange.owners, ext.exchange.dim,
+                             CompressionPlan(ext.plan.fwd, ext.plan.bwd)).forward(pooled, compress=True)
+    drift, sensitivity = probe_drift(trainer, ext.exchange, 256)
+    assert drift == pytest.approx(lossy - clean, abs=1e-7) and len(sensitivity) == len(pooled)
+    assert not all(torch.equal(a, b) for a, b in zip(one_chunk, sent))

@@ -25,14 +25,14 @@ def test_layers_env_and_set_precedence(tmp_path):
     base = _yaml(tmp_path, "a.yaml", "compress:\n  base_error_bound: 0.02\n  decay:\n    func: log\n")
     over = _yaml(tmp_path, "b.yaml", "compress:\n  decay:\n    constant: 3\n")
     cfg = load_config([base, over], [], env={})
-    assert cfg.compress.base_error_bound == 0.02
+    assert cfg.compress.bounds.base_error_bound == 0.02
     assert cfg.compress.decay.func == "log" and cfg.compress.decay.constant == 3.0
     env = {"DECAY_FUNC": "linear", "EB_CONSTANT": "2.5", "TIGHTEN_EB_TABLES": "2 3,9", "BASE_ERROR_BOUND": "0.04"}
     cfg = load_config([base, over], [], env=env)
     assert cfg.compress.decay.func == "linear" and cfg.compress.decay.constant == 2.5
-    assert cfg.compress.tighten_tables == [2, 3, 9] and cfg.compress.base_error_bound == 0.04
+    assert cfg.compress.bounds.tighten_tables == [2, 3, 9] and cfg.compress.bounds.base_error_bound == 0.04
     cfg = load_config([base, over], ["compress.decay.func=step", "compress.base_error_bound=0.01"], env=env)
-    assert cfg.compress.decay.func == "step" and cfg.compress.base_error_bound == 0.01
+    assert cfg.compress.decay.func == "step" and cfg.compress.bounds.base_error_bound == 0.01
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -52,6 +52,43 @@ def test_validation_errors_name_the_field(override, needle):
     with pytest.raises(ConfigError) as err:
         load_config([], [override], env={})
     assert needle in str(err.value)
+
+
+def test_table_lists_from_the_environment_and_set():
+    """The reference's list syntax (spaces or commas), for the env variables and for --set."""
+    assert load_config([], [], env={"TIGHTEN_EB_TABLES": "2,3, 9 ,11"}).compress.bounds.tighten_tables == [2, 3, 9, 11]
+    assert load_config([], [], env={"LOOSEN_EB_TABLES": "  "}).compress.bounds.loosen_tables == []
+    with pytest.raises(ConfigError, match="compress.tighten_tables: .*not a list of table indices"):
+        load_config([], [], env={"TIGHTEN_EB_TABLES": "2 x"})
+    assert load_config([], ["compress.tighten_tables=1,2"], env={}).compress.bounds.tighten_tables == [1, 2]
+    with pytest.raises(ConfigError, match="compress.loosen_tables"):
+        load_config([], ["compress.loosen_tables=[-1]"], env={})
+
+
+def test_flat_bound_keys_stay_in_the_compress_section():
+    """The table bounds' config (TableBoundSpec) is read from and written to compress.* as before."""
+    cfg = load_config([], ["compress.table_preset=kaggle_ref", "compress.loosen_value=0.1"], env={})
+    assert cfg.compress.bounds.table_preset == "kaggle_ref" and cfg.compress.bounds.loosen_value == 0.1
+    section = cfg.to_dict()["compress"]
+    assert list(section)[:8] == ["mode", "base_error_bound", "tighten_tables", "tighten_value", "loosen_tables",
+                                 "loosen_value", "table_preset", "nonfinite"]
+    assert "bounds" not in section and section["table_preset"] == "kaggle_ref"
+    with pytest.raises(ConfigError, match="compress.bogus: unknown key; .*base_error_bound.*table_preset"):
+        load_config([], ["compress.bogus=1"], env={})
+
+
+def test_decay_errors_name_their_section():
+    with pytest.raises(ConfigError, match="compress.backward.decay.func: 'x' is not one of: .*cosine"):
+        load_config([], ["compress.backward.decay.func=x"], env={})
+    with pytest.raises(ConfigError, match="compress.decay.constant: must be a finite number >= 1"):
+        load_config([], ["compress.decay.constant=0.5"], env={})
+
+
+def test_probe_batch_covers_the_chunks():
+    closed = ["adaptive.policy=closed_loop", "adaptive.target_cr=4", "compress.mode=codec", "compress.chunks=8"]
+    with pytest.raises(ConfigError, match="adaptive.probe_batch: .*at least 8 rows"):
+        load_config([], [*closed, "adaptive.probe_batch=4"], env={})
+    load_config([], [*closed, "adaptive.probe_batch=0"], env={})
 
 
 def test_missing_config_file(tmp_path):

@@ -44,9 +44,9 @@ def test_tune_override_yaml_loads_for_every_sampled_config(tmp_path):
         cfg = load_config([base, path], [])
         assert cfg.name == f"pick_{i}" and cfg.compress.mode == params["mode"]
         if params["mode"] not in ("int8", "fp16"):
-            assert cfg.compress.base_error_bound == pytest.approx(params["base_error_bound"], rel=1e-3)
-            assert cfg.compress.table_preset == params["table_preset"]
-            assert cfg.compress.tighten_tables == [] and cfg.compress.loosen_tables == []
+            assert cfg.compress.bounds.base_error_bound == pytest.approx(params["base_error_bound"], rel=1e-3)
+            assert cfg.compress.bounds.table_preset == params["table_preset"]
+            assert cfg.compress.bounds.tighten_tables == [] and cfg.compress.bounds.loosen_tables == []
             if params["decay_func"] != "none":
                 assert cfg.compress.decay.early_stage == max(1, round(params["early_frac"] * 3000))
             seen_rules.add(params["table_preset"])

@@ -1,7 +1,3 @@
-"""Adaptive parts: the Btune-style lossless-stage tuner (``btune``); the bound controller lives in
-``controller`` (a separate module)."""
-from __future__ import annotations
-
-from dlrm_comp.adaptive.btune import Btune, BtuneConfig, Candidate, SearchSpace, TunerResult, tune
-
-__all__ = ["Btune", "BtuneConfig", "Candidate", "SearchSpace", "TunerResult", "tune"]
+"""Adaptive parts: the Btune-style lossless-stage tuner (``btune``), the per-table lossless
+selector (``lossless_select``) and the bound controller (``controller``). The package imports
+none of them itself, so the config (which holds `controller.ControllerConfig`) loads without them."""

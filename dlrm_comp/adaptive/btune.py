@@ -49,10 +49,11 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 import numpy as np
 
+from dlrm_comp.checks import choice
 from dlrm_comp.compress.lossless import LosslessCodec, get_lossless
 from dlrm_comp.compress.lossless.blosc2_codec import CODECS, FILTERS
 
@@ -63,13 +64,6 @@ SPLITS = ("ALWAYS_SPLIT", "NEVER_SPLIT")
 DEFAULT_BLOCKSIZES = (0, 4096, 16384, 65536)
 TRACE_COLUMNS = ("Codec", "Filter", "Split", "C.Level", "Blocksize", "Shufflesize", "C.Threads", "D.Threads",
                  "Score", "C.Ratio", "Btune State", "Readapt", "Winner")
-
-
-def _choice(key: str, value: Any, valid: Sequence[str]) -> str:
-    v = str(value).upper()
-    if v not in valid:
-        raise ValueError(f"{key}: {value!r} is not one of {', '.join(valid)}")
-    return v
 
 
 def _tradeoff(key: str, value: Any) -> float:
@@ -141,11 +135,11 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         for c in self.codecs:
-            _choice("btune.codecs", c, CODECS)
+            choice("btune.codecs", c, CODECS, upper=True)
         for f in self.filters:
-            _choice("btune.filters", f, FILTERS)
+            choice("btune.filters", f, FILTERS, upper=True)
         for s in self.splitmodes:
-            _choice("btune.splitmodes", s, SPLITS)
+            choice("btune.splitmodes", s, SPLITS, upper=True)
         if not self.codecs or not self.filters or not self.splitmodes or not self.clevels or not self.blocksizes:
             raise ValueError("btune.space: codecs, filters, splitmodes, clevels and blocksizes must be non-empty")
         if any(not 0 <= int(c) <= 9 for c in self.clevels):
@@ -252,8 +246,8 @@ class BtuneConfig:
 
     def __post_init__(self) -> None:
         self.tradeoff = _tradeoff("btune.tradeoff", self.tradeoff)
-        self.perf_mode = _choice("btune.perf_mode", self.perf_mode, PERF_MODES)
-        self.repeat_mode = _choice("btune.repeat_mode", self.repeat_mode, REPEAT_MODES)
+        self.perf_mode = choice("btune.perf_mode", self.perf_mode, PERF_MODES, upper=True)
+        self.repeat_mode = choice("btune.repeat_mode", self.repeat_mode, REPEAT_MODES, upper=True)
         if not (isinstance(self.bandwidth_gbs, (int, float)) and math.isfinite(self.bandwidth_gbs)
                 and self.bandwidth_gbs > 0):
             raise ValueError(f"btune.bandwidth_gbs: must be a positive number of GB/s, got {self.bandwidth_gbs!r}")
@@ -274,7 +268,7 @@ class BtuneConfig:
         if env.get("BTUNE_TRADEOFF", "") != "":
             kw["tradeoff"] = _tradeoff("BTUNE_TRADEOFF", env["BTUNE_TRADEOFF"])
         if env.get("BTUNE_PERF_MODE", "") != "":
-            kw["perf_mode"] = _choice("BTUNE_PERF_MODE", env["BTUNE_PERF_MODE"], PERF_MODES)
+            kw["perf_mode"] = choice("BTUNE_PERF_MODE", env["BTUNE_PERF_MODE"], PERF_MODES, upper=True)
         if env.get("BTUNE_TRACE", "") not in ("", "0"):
             kw["trace"] = True
         return cls(**kw)

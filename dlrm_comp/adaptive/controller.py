@@ -11,6 +11,8 @@ measurements into per-table bound multipliers:
   compressed embeddings exceeds the uncompressed loss by more than `drift_threshold`, every
   table tightens, most where the probe says the error matters.
 
+`ControllerConfig` holds the controller's `adaptive.*` keys (the section adds the lossless
+tuner's), validated once at config load; `build` makes the controller its policy asks for.
 Pure logic with no torch or training imports, so tests drive it with synthetic streams.
 """
 from __future__ import annotations
@@ -18,6 +20,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
+
+from dlrm_comp.checks import ConfigError, choice, non_negative, positive
+
+POLICIES = ("static", "closed_loop")
+PRIOR_SLOPE = 0.3  # d log(cr) / d log(eb) before a table has history
+HISTORY = 8  # (log eb, log cr) points per table the slope is fitted on
 
 
 @dataclass
@@ -40,27 +48,45 @@ class Decision:
     reason: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ControllerConfig:
+    """`static` keeps the table lists x decay; `closed_loop` moves each table's bound towards
+    `target_cr` (or `budget_bytes` per interval) within `[eb_min, eb_max]`, guarded by a probe
+    of the loss drift."""
+    policy: str = "static"
     target_cr: float = 0.0  # wire ratio goal (0: use budget_bytes)
     budget_bytes: float = 0.0  # bytes per interval goal (alternative to target_cr)
     eb_min: float = 1e-4
     eb_max: float = 0.2
+    interval: int = 100  # iterations between control steps
     gain: float = 0.6  # fraction of the estimated log-error corrected per interval
     max_step: float = 0.35  # largest |change| of log(multiplier) per interval
     smoothing: float = 0.5  # EMA weight of the newest measured log-ratio
-    prior_slope: float = 0.3  # d log(cr) / d log(eb) before a table has history
-    drift_threshold: float = 0.002  # probe loss increase that triggers the guard
+    drift_threshold: float = 0.002  # probe loss increase (compressed - uncompressed) that tightens
     guard_step: float = 0.3  # log-tightening of the most sensitive table when the guard fires
-    history: int = 8
+    probe_batch: int = 1024  # rows of the probe batch (0: no probe, no guard)
 
     def validate(self) -> None:
-        if self.target_cr <= 0 and self.budget_bytes <= 0:
-            raise ValueError("adaptive.target_cr: closed_loop needs a target wire ratio (> 1) or adaptive.budget_bytes")
-        if self.target_cr and self.target_cr <= 1:
-            raise ValueError(f"adaptive.target_cr: {self.target_cr} must be > 1")
+        choice("adaptive.policy", self.policy, POLICIES)
         if not 0 < self.eb_min <= self.eb_max <= 0.5:
-            raise ValueError(f"adaptive.eb_min/eb_max: need 0 < eb_min <= eb_max <= 0.5, got {self.eb_min}, {self.eb_max}")
+            raise ConfigError(f"adaptive.eb_min/eb_max: need 0 < eb_min <= eb_max <= 0.5, got {self.eb_min}, {self.eb_max}")
+        positive("adaptive.interval", self.interval)
+        non_negative("adaptive.probe_batch", self.probe_batch)
+        if self.policy == "closed_loop":
+            if self.target_cr <= 0 and self.budget_bytes <= 0:
+                raise ConfigError("adaptive.target_cr: closed_loop needs a target wire ratio > 1 "
+                                  "(or adaptive.budget_bytes per interval)")
+            if 0 < self.target_cr <= 1:
+                raise ConfigError(f"adaptive.target_cr: {self.target_cr} must be > 1")
+        for name in ("gain", "max_step", "guard_step"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"adaptive.{name}: must be > 0")
+        if not 0 < self.smoothing <= 1:
+            raise ConfigError(f"adaptive.smoothing: {self.smoothing} must be in (0, 1]")
+
+    def build(self, num_tables: int) -> "ClosedLoopController | None":
+        """The controller of ``num_tables`` tables, or None for the static policy."""
+        return ClosedLoopController(num_tables, self) if self.policy == "closed_loop" else None
 
 
 @dataclass
@@ -73,7 +99,6 @@ class ClosedLoopController:
     changes: int = 0
 
     def __post_init__(self) -> None:
-        self.cfg.validate()
         if not self.multipliers:
             self.multipliers = [1.0] * self.num_tables
         if not self.points:
@@ -94,7 +119,7 @@ class ClosedLoopController:
             if var > 1e-4:
                 est = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
                 return min(max(est, 0.05), 1.5)
-        return self.cfg.prior_slope
+        return PRIOR_SLOPE
 
     # ------------------------------------------------------------------ update
     def update(self, observations: Sequence[TableObservation], base: Sequence[float],
@@ -106,14 +131,14 @@ class ClosedLoopController:
             return []
         for i, o in enumerate(observations):
             if o.bytes_sent > 0 and o.eb_rel > 0:
-                self.points[i] = (self.points[i] + [(math.log(o.eb_rel), math.log(o.cr))])[-self.cfg.history:]
+                self.points[i] = (self.points[i] + [(math.log(o.eb_rel), math.log(o.cr))])[-HISTORY:]
         target_log = math.log(self.cfg.target_cr) if self.cfg.target_cr > 0 else math.log(raw / self.cfg.budget_bytes)
         measured = math.log(raw / sent)
         a = self.cfg.smoothing
         self.log_cr_ema = measured if self.log_cr_ema is None else a * measured + (1 - a) * self.log_cr_ema
         error = target_log - self.log_cr_ema
         weights = [o.bytes_sent / sent for o in observations]
-        slope = sum(w * self.slope(i) for i, w in enumerate(weights)) or self.cfg.prior_slope
+        slope = sum(w * self.slope(i) for i, w in enumerate(weights)) or PRIOR_SLOPE
         step = max(-self.cfg.max_step, min(self.cfg.max_step, self.cfg.gain * error / slope))
         reason = f"cr {math.exp(self.log_cr_ema):.2f} vs target {math.exp(target_log):.2f}"
         guard = drift is not None and drift > self.cfg.drift_threshold

@@ -88,7 +88,9 @@ def parser() -> argparse.ArgumentParser:
 def _decay(args) -> DecaySchedule | None:
     if not args.decay:
         return None
-    return DecaySchedule(args.decay, args.decay_constant, args.early_stage)
+    decay = DecaySchedule(func=args.decay, constant=args.decay_constant, early_stage=args.early_stage)
+    decay.validate("decay")
+    return decay
 
 
 def _encode(args, codes: Path, padded: Path | None, out: Path, progress: bool, dedup: Path | None = None) -> int:

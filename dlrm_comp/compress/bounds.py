@@ -7,6 +7,10 @@ study) and small ones loosened. Bounds are relative to each chunk's value range 
 Composition rule: a preset (or rank rule) supplies default tighten/loosen lists; an explicit
 non-empty ``tighten_tables`` or ``loosen_tables`` REPLACES the preset's list of that kind (it
 does not add to it), so an override file can restate one list without inheriting surprises.
+
+`TableBoundSpec` is the component's config: the `compress.*` keys of the table-wise bounds,
+validated once (at config load) and built into the `ErrorBoundPolicy` with the decay schedule.
+The checks that need the table count (indices, rank rules) run when it is built.
 """
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from dlrm_comp.checks import ConfigError
 from dlrm_comp.compress.decay import DecaySchedule
 
 MAX_EB_REL = 0.5
+SECTION = "compress"  # the config section these keys live in (flat: compress.base_error_bound, ...)
 
 TABLE_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "none": ((), ()),
@@ -28,37 +34,25 @@ TABLE_PRESETS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 _RANK_RE = re.compile(r"^rank:(?P<body>.*)$")
 
 
-def parse_table_list(text: str) -> tuple[int, ...]:
-    """Parse '2 3 9', '2,3,9' or '2, 3 ,9' (env-var style) into table indices; '' -> ()."""
-    parts = [p for p in re.split(r"[\s,]+", text.strip()) if p]
-    out: list[int] = []
-    for p in parts:
-        try:
-            out.append(int(p))
-        except ValueError:
-            raise ValueError(f"table list: {p!r} is not an integer table index (in {text!r})") from None
-    return tuple(out)
-
-
 def _check_bound(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 < value <= MAX_EB_REL):
-        raise ValueError(f"{name}: relative error bound must be in (0, {MAX_EB_REL}], got {value!r}")
+        raise ConfigError(f"{SECTION}.{name}: {value!r} must be in (0, {MAX_EB_REL}] (a relative error bound)")
 
 
 def rank_rule_lists(rule: str, cardinalities: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """'rank:top=K,bottom=M' -> (K largest tables, M smallest of the rest); ties -> lower index first."""
     m = _RANK_RE.match(rule.strip())
     if not m:
-        raise ValueError(f"table_preset: {rule!r} is not a rank rule 'rank:top=K,bottom=M'")
+        raise ConfigError(f"{SECTION}.table_preset: {rule!r} is not a rank rule 'rank:top=K,bottom=M'")
     counts = {"top": 0, "bottom": 0}
     for item in [s for s in re.split(r"[\s,]+", m.group("body")) if s]:
         key, _, val = item.partition("=")
         if key not in counts or not val.isdigit():
-            raise ValueError(f"table_preset: bad rank rule item {item!r} in {rule!r}; use top=K and/or bottom=M")
+            raise ConfigError(f"{SECTION}.table_preset: bad rank rule item {item!r} in {rule!r}; use top=K and/or bottom=M")
         counts[key] = int(val)
     n = len(cardinalities)
     if counts["top"] + counts["bottom"] > n:
-        raise ValueError(f"table_preset: top+bottom = {counts['top'] + counts['bottom']} exceeds the {n} tables")
+        raise ConfigError(f"{SECTION}.table_preset: top+bottom = {counts['top'] + counts['bottom']} exceeds the {n} tables")
     by_size = sorted(range(n), key=lambda i: (-cardinalities[i], i))
     top = tuple(sorted(by_size[: counts["top"]]))
     by_small = sorted((i for i in range(n) if i not in top), key=lambda i: (cardinalities[i], i))
@@ -72,46 +66,48 @@ def preset_lists(preset: str, cardinalities: Sequence[int]) -> tuple[tuple[int, 
         return TABLE_PRESETS[preset]
     if preset.strip().startswith("rank:"):
         return rank_rule_lists(preset, cardinalities)
-    raise ValueError(
-        f"table_preset: unknown preset {preset!r}; valid: {', '.join(TABLE_PRESETS)} or 'rank:top=K,bottom=M'"
-    )
+    raise ConfigError(f"{SECTION}.table_preset: unknown preset {preset!r}; valid: {', '.join(TABLE_PRESETS)} "
+                      "or 'rank:top=K,bottom=M'")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TableBoundSpec:
     """Table-wise bound settings as the config and the reference env vars give them."""
 
     base_error_bound: float = 0.03
-    tighten_tables: tuple[int, ...] = ()
+    tighten_tables: list[int] = field(default_factory=list)
     tighten_value: float = 0.01
-    loosen_tables: tuple[int, ...] = ()
+    loosen_tables: list[int] = field(default_factory=list)
     loosen_value: float = 0.05
     table_preset: str = "none"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        for name in ("base_error_bound", "tighten_value", "loosen_value"):
+            _check_bound(name, getattr(self, name))
         for name in ("tighten_tables", "loosen_tables"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = parse_table_list(value)
-            setattr(self, name, tuple(int(v) for v in value))
-        _check_bound("base_error_bound", self.base_error_bound)
-        _check_bound("tighten_value", self.tighten_value)
-        _check_bound("loosen_value", self.loosen_value)
+            tables = getattr(self, name)
+            if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in tables):
+                raise ConfigError(f"{SECTION}.{name}: {tables} must be table indices (integers >= 0)")
+
+    def build(self, cardinalities: Sequence[int], decay: DecaySchedule) -> "ErrorBoundPolicy":
+        """The policy of a model with these tables (index ranges and rank rules checked here)."""
+        return ErrorBoundPolicy(tuple(resolve_table_bounds(self, cardinalities)), decay)
 
 
 def resolve_table_bounds(spec: TableBoundSpec, cardinalities: Sequence[int]) -> list[float]:
     """Per-table relative bounds: base, with the tighten/loosen lists applied (see module doc)."""
     n = len(cardinalities)
     p_tight, p_loose = preset_lists(spec.table_preset, cardinalities)
-    tighten = spec.tighten_tables or p_tight
-    loosen = spec.loosen_tables or p_loose
+    tighten = tuple(spec.tighten_tables) or p_tight
+    loosen = tuple(spec.loosen_tables) or p_loose
     for name, lst in (("tighten_tables", tighten), ("loosen_tables", loosen)):
         bad = [i for i in lst if not 0 <= i < n]
         if bad:
-            raise ValueError(f"{name}: table index {bad} out of range; valid indices are 0..{n - 1} ({n} tables)")
+            raise ConfigError(f"{SECTION}.{name}: table index {bad} out of range; valid indices are 0..{n - 1} "
+                              f"({n} tables)")
     both = sorted(set(tighten) & set(loosen))
     if both:
-        raise ValueError(f"tighten_tables/loosen_tables: table(s) {both} are in both lists")
+        raise ConfigError(f"{SECTION}.tighten_tables/loosen_tables: table(s) {both} are in both lists")
     bounds = [float(spec.base_error_bound)] * n
     for i in tighten:
         bounds[i] = float(spec.tighten_value)
@@ -126,17 +122,6 @@ class ErrorBoundPolicy:
 
     bounds: tuple[float, ...]
     decay: DecaySchedule = field(default_factory=DecaySchedule)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "bounds", tuple(float(b) for b in self.bounds))
-        for i, b in enumerate(self.bounds):
-            _check_bound(f"bounds[{i}]", b)
-
-    @classmethod
-    def from_spec(
-        cls, spec: TableBoundSpec, cardinalities: Sequence[int], decay: DecaySchedule | None = None
-    ) -> "ErrorBoundPolicy":
-        return cls(tuple(resolve_table_bounds(spec, cardinalities)), decay or DecaySchedule())
 
     def eb(self, t: int, i: int) -> float:
         return min(self.decay.multiplier(t) * self.bounds[i], MAX_EB_REL)

@@ -2,7 +2,8 @@
 
 Early in training the embeddings are noisy anyway, so the bound starts C times looser and decays
 to 1x at iteration E. Every schedule gives exactly 1 for t >= E. Schedules are functions of
-p = t/E in [0, 1) and C >= 1; names are validated at construction so a typo fails at start-up,
+p = t/E in [0, 1) and C >= 1. The schedule is its own config (`compress.decay`,
+`compress.backward.decay`): the config validates it once at load, so a typo fails at start-up,
 not deep inside training (a defect of the reference).
 """
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Callable
+
+from dlrm_comp.checks import ConfigError, choice
 
 
 def _linear(p: float, c: float) -> float:
@@ -55,7 +58,7 @@ DECAY_SCHEDULES: dict[str, Callable[[float, float], float]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DecaySchedule:
     """Multiplier m(t) applied to every table's base bound: eb(t, i) = m(t) * eb_table[i]."""
 
@@ -63,15 +66,13 @@ class DecaySchedule:
     constant: float = 2.0
     early_stage: int = 65536
 
-    def __post_init__(self) -> None:
-        if self.func not in DECAY_SCHEDULES:
-            raise ValueError(
-                f"decay.func: unknown schedule {self.func!r}; valid: {', '.join(sorted(DECAY_SCHEDULES))}"
-            )
+    def validate(self, key: str) -> None:
+        """Raise ConfigError naming ``{key}.func`` (etc.) for a value this schedule cannot use."""
+        choice(f"{key}.func", self.func, tuple(DECAY_SCHEDULES))
         if not math.isfinite(float(self.constant)) or float(self.constant) < 1.0:
-            raise ValueError(f"decay.constant: must be a finite number >= 1, got {self.constant!r}")
+            raise ConfigError(f"{key}.constant: must be a finite number >= 1, got {self.constant!r}")
         if isinstance(self.early_stage, bool) or int(self.early_stage) != self.early_stage or self.early_stage <= 0:
-            raise ValueError(f"decay.early_stage: must be a positive integer, got {self.early_stage!r}")
+            raise ConfigError(f"{key}.early_stage: must be a positive integer, got {self.early_stage!r}")
 
     def multiplier(self, t: int) -> float:
         """m(t): C-scaled early, exactly 1.0 from iteration early_stage on (and for t < 0 -> m(0))."""

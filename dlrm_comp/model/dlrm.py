@@ -18,9 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
-
-def parse_widths(text: str) -> list[int]:
-    return [int(part) for part in text.split("-")]
+from dlrm_comp.checks import parse_widths
 
 
 def build_mlp(widths: Sequence[int], final_activation: bool, generator: torch.Generator) -> nn.Sequential:
@@ -90,7 +88,7 @@ class DLRM(nn.Module):
                  interaction: str = "dot", self_interaction: bool = False, sparse: bool = False,
                  owned_tables: Sequence[int] | None = None, seed: int = 0):
         super().__init__()
-        bottom = parse_widths(bottom_mlp)
+        bottom = parse_widths("model.bottom_mlp", bottom_mlp)
         if interaction == "dot" and bottom[-1] != emb_dim:
             raise ValueError(f"bottom_mlp must end in emb_dim={emb_dim} for the dot interaction, got {bottom_mlp}")
         self.cardinalities = list(cardinalities)
@@ -103,7 +101,8 @@ class DLRM(nn.Module):
         generator = torch.Generator().manual_seed(seed)  # the dense layers' own stream
         self.bottom = build_mlp(bottom, final_activation=True, generator=generator)
         top_in = interaction_width(interaction, len(self.cardinalities), emb_dim, bottom[-1], self_interaction)
-        self.top = build_mlp([top_in, *parse_widths(top_mlp)], final_activation=False, generator=generator)
+        self.top = build_mlp([top_in, *parse_widths("model.top_mlp", top_mlp)], final_activation=False,
+                             generator=generator)
         self.interaction = DotInteraction(len(self.cardinalities) + 1, self_interaction) \
             if interaction == "dot" else CatInteraction()
         self.pooled_hooks = nn.ModuleList(nn.Identity() for _ in self.cardinalities)

@@ -24,11 +24,12 @@ FIXED_RATE = ("fp16", "bf16", "fp8", "int8")
 
 def effective_bounds(params: dict, cardinalities: Sequence[int], iterations: int) -> list[float]:
     """Per-table bound times the decay schedule's mean multiplier over `iterations` (capped at 0.5)."""
-    spec = TableBoundSpec(params["base_error_bound"], (), params.get("tighten_value", params["base_error_bound"]),
-                          (), params.get("loosen_value", params["base_error_bound"]), params.get("table_preset", "none"))
+    base = params["base_error_bound"]
+    spec = TableBoundSpec(base_error_bound=base, tighten_value=params.get("tighten_value", base),
+                          loosen_value=params.get("loosen_value", base), table_preset=params.get("table_preset", "none"))
     bounds = resolve_table_bounds(spec, cardinalities)
-    decay = DecaySchedule(params.get("decay_func", "none"), float(params.get("decay_constant", 1.0)),
-                          max(1, int(params.get("early_stage", 1))))
+    decay = DecaySchedule(func=params.get("decay_func", "none"), constant=float(params.get("decay_constant", 1.0)),
+                          early_stage=max(1, int(params.get("early_stage", 1))))
     ts = np.linspace(0, max(iterations - 1, 0), num=min(iterations, 200)).astype(int)
     mean_mult = float(np.mean([decay.multiplier(int(t)) for t in ts])) if len(ts) else 1.0
     return [min(b * mean_mult, 0.5) for b in bounds]

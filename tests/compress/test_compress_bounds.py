@@ -6,10 +6,10 @@ from dlrm_comp.compress.bounds import (
     TABLE_PRESETS,
     ErrorBoundPolicy,
     TableBoundSpec,
-    parse_table_list,
     rank_rule_lists,
     resolve_table_bounds,
 )
+from dlrm_comp.checks import ConfigError
 from dlrm_comp.compress.decay import DecaySchedule
 
 KAGGLE = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
@@ -34,7 +34,7 @@ def test_rank_rule_reproduces_kaggle_tighten():
 
 def test_rank_tie_break_by_index():
     assert rank_rule_lists("rank:top=2,bottom=2", [5, 5, 5, 5, 5]) == ((0, 1), (2, 3))
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ConfigError, match="compress.table_preset: top.bottom = 6 exceeds"):
         rank_rule_lists("rank:top=3,bottom=3", [5, 5, 5, 5, 5])
     assert rank_rule_lists("rank:top=1,bottom=1", [7, 9, 9, 1, 1]) == ((1,), (3,))
 
@@ -49,40 +49,34 @@ def test_presets_and_values():
 
 
 def test_explicit_lists_override_preset_list_of_same_kind():
-    spec = TableBoundSpec(table_preset="kaggle_ref", tighten_tables=(0,))
+    spec = TableBoundSpec(table_preset="kaggle_ref", tighten_tables=[0])
     b = resolve_table_bounds(spec, KAGGLE)
     assert b[0] == 0.01 and b[2] == 0.03  # preset tighten list replaced
     assert b[8] == 0.05  # preset loosen list kept
 
 
-def test_parse_table_list():
-    assert parse_table_list("2 3 9") == (2, 3, 9)
-    assert parse_table_list("2,3, 9 ,11") == (2, 3, 9, 11)
-    assert parse_table_list("  ") == ()
-    with pytest.raises(ValueError, match="not an integer"):
-        parse_table_list("2 x")
-    assert TableBoundSpec(tighten_tables="1,2").tighten_tables == (1, 2)
-
-
 def test_validation_errors():
-    with pytest.raises(ValueError, match=r"tighten_tables.*valid indices are 0\.\.2"):
-        resolve_table_bounds(TableBoundSpec(tighten_tables=(3,)), [1, 2, 3])
-    with pytest.raises(ValueError, match="both lists"):
-        resolve_table_bounds(TableBoundSpec(tighten_tables=(1,), loosen_tables=(1,)), [1, 2, 3])
-    with pytest.raises(ValueError, match="table_preset.*kaggle_ref"):
+    with pytest.raises(ConfigError, match=r"compress.tighten_tables.*valid indices are 0\.\.2"):
+        resolve_table_bounds(TableBoundSpec(tighten_tables=[3]), [1, 2, 3])
+    with pytest.raises(ConfigError, match="both lists"):
+        resolve_table_bounds(TableBoundSpec(tighten_tables=[1], loosen_tables=[1]), [1, 2, 3])
+    with pytest.raises(ConfigError, match="compress.table_preset.*kaggle_ref"):
         resolve_table_bounds(TableBoundSpec(table_preset="kagle"), [1])
     for bad in (0.0, -0.1, 0.6, float("nan")):
-        with pytest.raises(ValueError, match="base_error_bound"):
-            TableBoundSpec(base_error_bound=bad)
-    with pytest.raises(ValueError, match="loosen_value"):
-        TableBoundSpec(loosen_value=1.0)
+        with pytest.raises(ConfigError, match="compress.base_error_bound"):
+            TableBoundSpec(base_error_bound=bad).validate()
+    with pytest.raises(ConfigError, match="compress.loosen_value"):
+        TableBoundSpec(loosen_value=1.0).validate()
+    with pytest.raises(ConfigError, match="compress.loosen_tables"):
+        TableBoundSpec(loosen_tables=[-1]).validate()
+    TableBoundSpec(table_preset="kaggle_ref").validate()
 
 
 def test_policy():
-    pol = ErrorBoundPolicy.from_spec(TableBoundSpec(table_preset="kaggle_ref"), KAGGLE, DecaySchedule("linear", 2.0, 100))
+    pol = TableBoundSpec(table_preset="kaggle_ref").build(KAGGLE, DecaySchedule(func="linear", constant=2.0, early_stage=100))
     assert pol.eb(0, 2) == pytest.approx(0.02)
     assert pol.eb(100, 2) == pytest.approx(0.01)
     assert pol.eb(50, 0) == pytest.approx(0.03 * 1.5)
     assert pol.all(100)[8] == 0.05
-    capped = ErrorBoundPolicy((0.4,), DecaySchedule("constant", 2.0, 10))
+    capped = ErrorBoundPolicy((0.4,), DecaySchedule(func="constant", constant=2.0, early_stage=10))
     assert capped.eb(0, 0) == 0.5

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlrm_comp.compress import decode_payload, get_backend
+from dlrm_comp.compress.backends import get_backend
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless import (
     HAVE_CONSTRICTION,
@@ -19,6 +19,7 @@ from dlrm_comp.compress.lossless import (
     get_lossless,
     nvcomp_available,
 )
+from dlrm_comp.compress.payload import decode_payload
 from dlrm_comp.compress.lossless.blosc2_codec import CODECS, FILTERS, SPLITMODES
 
 

@@ -13,19 +13,13 @@ from typing import Any
 
 import blosc2
 
+from dlrm_comp.checks import choice
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
 
 CODECS = ("BLOSCLZ", "LZ4", "LZ4HC", "ZLIB", "ZSTD")
 FILTERS = ("NOFILTER", "SHUFFLE", "BITSHUFFLE", "BYTEDELTA")
 SPLITMODES = ("ALWAYS_SPLIT", "NEVER_SPLIT", "AUTO_SPLIT", "FORWARD_COMPAT_SPLIT")
-
-
-def _choice(field: str, value: str, valid: tuple[str, ...]) -> str:
-    v = str(value).upper()
-    if v not in valid:
-        raise ValueError(f"lossless.{field}: {value!r} is not one of {', '.join(valid)}")
-    return v
 
 
 @register
@@ -43,9 +37,9 @@ class Blosc2Codec(LosslessCodec):
         nthreads: int = 1,
         dthreads: int | None = None,
     ) -> None:
-        self.codec = _choice("codec", codec, CODECS)
-        self.filter = _choice("filter", filter, FILTERS)
-        self.splitmode = _choice("splitmode", splitmode, SPLITMODES)
+        self.codec = choice("lossless.codec", codec, CODECS, upper=True)
+        self.filter = choice("lossless.filter", filter, FILTERS, upper=True)
+        self.splitmode = choice("lossless.splitmode", splitmode, SPLITMODES, upper=True)
         if isinstance(clevel, bool) or int(clevel) != clevel or not 0 <= int(clevel) <= 9:
             raise ValueError(f"lossless.clevel: must be an integer 0..9, got {clevel!r}")
         bs = int(blocksize)

@@ -1,0 +1,40 @@
+"""`ConfigError` and the value checks that every config section and every component owning a
+config (decay schedule, table bounds, bound controller, Blosc2 stage, Btune) shares, so that one
+wording names the key and the accepted values everywhere. No project imports: any layer may use it."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the CLI turns it into exit status 2."""
+
+
+def choice(key: str, value: Any, accepted: Sequence[str], *, upper: bool = False) -> Any:
+    """``value`` if it is one of ``accepted`` (compared upper-cased with ``upper``: Blosc2's and
+    Btune's names are case-insensitive), which is returned."""
+    v = str(value).upper() if upper else value
+    if v not in accepted:
+        raise ConfigError(f"{key}: {value!r} is not one of: {', '.join(accepted)}")
+    return v
+
+
+def positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: {value} must be > 0")
+
+
+def non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}: {value} must be >= 0")
+
+
+def parse_widths(key: str, text: str) -> list[int]:
+    """An MLP in upstream's dash notation: `13-512-256-64-16` -> [13, 512, 256, 64, 16]."""
+    try:
+        widths = [int(part) for part in str(text).split("-")]
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not a dash-separated list of widths like '13-512-256-64-16'") from None
+    if len(widths) < 2 or any(w < 1 for w in widths):
+        raise ConfigError(f"{key}: {text!r} needs at least two positive widths")
+    return widths

@@ -42,11 +42,11 @@ from dlrm_comp.compress.lossless import (
     get_lossless,
     nvcomp_available,
 )
+from dlrm_comp.compress.modes import FIXED_RATE
 from dlrm_comp.compress.quantize import ChunkKind, dequantize_np, quantize_np
 
 WIDTHS = ("auto", "2")
 CODE_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2")}
-FIXED = ("fp16", "bf16", "fp8", "int8")
 
 # lossless stages measured on every code file (name, label, params); Btune's pick and 'ans' are added
 LOSSLESS_SET: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -198,7 +198,7 @@ def encode_codes(entries: list[dict[str, Any]], codes_dir: Path, size: str, *, t
     store = SymbolModelStore()
     tuned: dict[tuple, LosslessCodec] = {}
     history: dict[tuple, list[np.ndarray]] = {}
-    fixed = {m: get_backend(m) for m in FIXED}
+    fixed = {m: get_backend(m) for m in FIXED_RATE}
     sz = get_backend("sz")
     rows: list[dict[str, Any]] = []
     ordered = sorted(entries, key=lambda e: (e["table"], e["eb_rel"], e["iteration"]))

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress.backend_base import Backend, BaseBackend, ChunkStats, Encoded, error_ratio, max_abs_error
-from dlrm_comp.compress.fixed import FIXED_MODES, encode_fixed
+from dlrm_comp.compress.fixed import encode_fixed
 from dlrm_comp.compress.frame import FrameHeader, encode_frame, frame_overhead
 from dlrm_comp.compress.lossless import LosslessCodec, default_lossless, entropy_bytes, get_lossless
 from dlrm_comp.compress.lossless.entropy import entropy_bytes_np
 from dlrm_comp.compress.lossless.identity import IdentityCodec
+from dlrm_comp.compress.modes import BACKEND_MODES, FIXED_RATE
 from dlrm_comp.compress.payload import decode_body
 from dlrm_comp.compress.quantize import (
     NONFINITE_POLICIES,
@@ -36,9 +37,6 @@ from dlrm_comp.compress.quantize import (
     tensor_to_bytes,
 )
 from dlrm_comp.compress.sz import sz_compress
-
-MODES = ("simulate", "sz", "codec", "fp16", "bf16", "fp8", "int8")
-
 
 def _raw_nbytes(x: torch.Tensor) -> int:
     return x.numel() * x.element_size()
@@ -249,8 +247,8 @@ class FixedRateBackend(BaseBackend):
     error_bounded, fixed_rate = False, True
 
     def __init__(self, mode: str, nonfinite: str = "raise"):
-        if mode not in FIXED_MODES:
-            raise ValueError(f"fixed-rate mode must be one of {FIXED_MODES}, got {mode!r}")
+        if mode not in FIXED_RATE:
+            raise ValueError(f"fixed-rate mode must be one of {FIXED_RATE}, got {mode!r}")
         self.name = mode
         self.nonfinite = _check_policy(nonfinite)
 
@@ -294,10 +292,10 @@ def get_backend(mode: str, **options: Any) -> Backend:
         return CodecBackend(**options)
     if mode == "sz":
         return SzBackend(**options)
-    if mode in FIXED_MODES:
+    if mode in FIXED_RATE:
         return FixedRateBackend(mode, **options)
-    raise ValueError(f"compress.mode: unknown backend {mode!r}; valid: {', '.join(MODES)}")
+    raise ValueError(f"compress.mode: unknown backend {mode!r}; valid: {', '.join(BACKEND_MODES)}")
 
 
-__all__ = ["MODES", "Backend", "ChunkStats", "Encoded", "get_backend", "SimulateBackend", "CodecBackend",
+__all__ = ["Backend", "ChunkStats", "Encoded", "get_backend", "SimulateBackend", "CodecBackend",
            "SzBackend", "FixedRateBackend"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.modes import MODES
 
 MAGIC = 0xDC
 VERSION = 1
@@ -30,7 +31,7 @@ MAX_NDIM = 8
 MAX_NUMEL = 1 << 28  # 1 GiB of float32: far above any chunk, blocks decompression bombs
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 WIDTHS = (0, 1, 2, 4)
-MODE_IDS = {"simulate": 1, "sz": 2, "codec": 3, "fp16": 4, "bf16": 5, "fp8": 6, "int8": 7}
+MODE_IDS = {m.name: m.frame_id for m in MODES if m.frame_id}
 MODE_NAMES = {v: k for k, v in MODE_IDS.items()}
 
 

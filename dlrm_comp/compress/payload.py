@@ -5,9 +5,10 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.fixed import FIXED_MODES, decode_fixed
+from dlrm_comp.compress.fixed import decode_fixed
 from dlrm_comp.compress.frame import FrameHeader, decode_frame
 from dlrm_comp.compress.lossless import codec_from_header
+from dlrm_comp.compress.modes import FIXED_RATE
 from dlrm_comp.compress.quantize import (
     ChunkKind,
     QuantizedChunk,
@@ -34,7 +35,7 @@ def _check(h: FrameHeader, body: bytes) -> None:
         raise CorruptPayloadError(f"raw body of {len(body)} bytes does not match shape {h.shape} of {h.dtype}")
     if kind == ChunkKind.QUANT and h.width == 0:
         raise CorruptPayloadError("quantized chunk with code width 0")
-    if kind == ChunkKind.FIXED and h.mode not in FIXED_MODES:
+    if kind == ChunkKind.FIXED and h.mode not in FIXED_RATE:
         raise CorruptPayloadError(f"fixed-rate chunk in mode {h.mode!r}")
 
 

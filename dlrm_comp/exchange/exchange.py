@@ -303,7 +303,7 @@ class Exchange:
         """The forward messages of one step (codec and sz modes), without a transport: what the
         benchmarks time as the encoder. Statistics are recorded as in a real exchange."""
         plan = self.plan.fwd
-        if plan.mode not in ("codec", "sz"):
+        if not plan.byte_messages:
             raise ValueError(f"encode: only byte modes build messages, not {plan.mode!r}")
         lay = self.layout(self.bag_index(pooled[0].shape[0], bags), plan)
         return self._encode(self._owner_rows(list(pooled), lay), lay.owner, plan, "fwd")

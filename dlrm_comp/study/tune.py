@@ -31,7 +31,8 @@ import yaml
 
 from dlrm_comp.config import load_config
 from dlrm_comp.compress.decay import DECAY_SCHEDULES
-from dlrm_comp.study.predict import ERROR_BOUNDED, FIXED_RATE, QoSPredictor, features
+from dlrm_comp.compress.modes import ERROR_BOUNDED, FIXED_RATE
+from dlrm_comp.study.predict import QoSPredictor, features
 from dlrm_comp.study.runs import read_summary
 
 QOS_KINDS = {  # name: (summary final_eval key, sign: loss = sign * (trial - baseline))

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from compress_strategies import EBS, chunks
 
-from dlrm_comp.compress.backends import MODES, get_backend
+from dlrm_comp.compress.backends import get_backend
+from dlrm_comp.compress.modes import BACKEND_MODES as MODES
 from dlrm_comp.compress.errors import NonFiniteError
 from dlrm_comp.compress.frame import decode_frame
 from dlrm_comp.compress.lossless import get_lossless

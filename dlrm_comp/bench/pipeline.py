@@ -168,7 +168,7 @@ def pad_dir(codes: Path, out: Path, factor: int, progress: bool = True) -> list[
 
 # ------------------------------------------------------------------------------------------ encode
 def _overhead(entry: dict[str, Any], codec: LosslessCodec, body_len: int) -> int:
-    h = FrameHeader("codec", 2, torch.float32, (entry.get("rows", entry["batch"]), entry["dim"]), entry["width"],
+    h = FrameHeader("codec", ChunkKind.QUANT, torch.float32, (entry.get("rows", entry["batch"]), entry["dim"]), entry["width"],
                     codec.codec_id,
                     codec.header_params(), entry["eb_eff"], entry["eb_abs"], (entry["minimum"], entry["step"]))
     return frame_overhead(h, body_len)

@@ -10,9 +10,10 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from dlrm_comp.compress.payload import decode_payload
+from dlrm_comp.compress.quantize import ChunkKind
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Encoded:
     """One encoded chunk. ``payload`` is the wire bytes (None for simulate, which keeps
     ``tensor``, the decoded values, instead). ``nbytes`` is exact (header and CRC included)
@@ -25,7 +26,7 @@ class Encoded:
     eb_rel: float | None
     eb_abs: float | None
     ideal_nbytes: float | None
-    kind: str
+    kind: ChunkKind
     payload: bytes | None = None
     tensor: torch.Tensor | None = None
 
@@ -34,12 +35,12 @@ class Encoded:
         return self.raw_nbytes / self.nbytes if self.nbytes else float("inf")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ChunkStats:
-    """Per-chunk statistics of a round trip (what the recorder aggregates)."""
+    """Per-chunk statistics of a round trip (what the recorder aggregates); built by ``of``."""
 
     mode: str
-    kind: str
+    kind: ChunkKind
     raw_nbytes: int
     nbytes: int
     estimated: bool
@@ -54,6 +55,15 @@ class ChunkStats:
     @property
     def cr(self) -> float:
         return self.raw_nbytes / self.nbytes if self.nbytes else float("inf")
+
+    @classmethod
+    def of(cls, backend: "Backend", enc: Encoded, max_abs_err: float, enc_s: float, dec_s: float) -> "ChunkStats":
+        """The statistics of one encoded chunk: the error ratio only for error-bounded backends."""
+        return cls(mode=backend.name, kind=enc.kind, raw_nbytes=enc.raw_nbytes, nbytes=enc.nbytes,
+                   estimated=enc.estimated, ideal_nbytes=enc.ideal_nbytes, eb_rel=enc.eb_rel, eb_abs=enc.eb_abs,
+                   max_abs_err=max_abs_err,
+                   err_ratio=error_ratio(max_abs_err, enc.eb_abs) if backend.error_bounded else None,
+                   enc_s=enc_s, dec_s=dec_s)
 
 
 @runtime_checkable
@@ -118,12 +128,8 @@ class BaseBackend:
         t0 = time.perf_counter()
         enc = self.encode(x, eb_rel)
         enc_s = time.perf_counter() - t0
-        err, ratio = 0.0, None
-        if self.error_bounded:
-            err = max_abs_error(x, self.decode(enc, x.device))
-            ratio = error_ratio(err, enc.eb_abs)
-        return enc, ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, enc.estimated, enc.ideal_nbytes,
-                               enc.eb_rel, enc.eb_abs, err, ratio, enc_s, 0.0)
+        err = max_abs_error(x, self.decode(enc, x.device)) if self.error_bounded else 0.0
+        return enc, ChunkStats.of(self, enc, err, enc_s, 0.0)
 
     def roundtrip(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[torch.Tensor, ChunkStats]:
         """Encode then decode as a receiver would; x_hat on x's device and dtype, plus stats."""
@@ -135,10 +141,4 @@ class BaseBackend:
         x_hat = self.decode(enc, x.device)
         _sync(x)
         t2 = time.perf_counter()
-        err = max_abs_error(x, x_hat)
-        ratio = None
-        if self.error_bounded:
-            ratio = error_ratio(err, enc.eb_abs)
-        stats = ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, enc.estimated, enc.ideal_nbytes,
-                           enc.eb_rel, enc.eb_abs, err, ratio, t1 - t0, t2 - t1)
-        return x_hat, stats
+        return x_hat, ChunkStats.of(self, enc, max_abs_error(x, x_hat), t1 - t0, t2 - t1)

@@ -25,10 +25,7 @@ _PARAMS_PER_KIND = {ChunkKind.RAW: 0, ChunkKind.CONST: 1, ChunkKind.QUANT: 2, Ch
 
 
 def _check(h: FrameHeader, body: bytes) -> None:
-    try:
-        kind = ChunkKind(h.kind)
-    except ValueError:
-        raise CorruptPayloadError(f"unknown chunk kind {h.kind}") from None
+    kind = h.kind
     if kind in _PARAMS_PER_KIND and len(h.params) != _PARAMS_PER_KIND[kind]:
         raise CorruptPayloadError(f"{kind.name} chunk carries {len(h.params)} parameters")
     if kind == ChunkKind.RAW and len(body) != h.numel * torch.empty((), dtype=h.dtype).element_size():
@@ -54,7 +51,7 @@ def _codec(codec_id: int, params: bytes):
 
 def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None = None) -> torch.Tensor:
     """Reconstruct the tensor a validated header + body describe, on ``device`` (default CPU)."""
-    if h.kind == 2 and len(h.params) == 2 and h.width in _NP_CODE:  # QUANT, fast path
+    if h.kind == ChunkKind.QUANT and len(h.params) == 2 and h.width in _NP_CODE:  # QUANT, fast path
         npd = _NP_DTYPES.get(h.dtype)
         if npd is not None:  # bit-identical to dequantize()
             codec = _codec(h.codec_id, h.codec_params)
@@ -64,7 +61,7 @@ def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None =
             return y if device is None or torch.device(device).type == "cpu" else y.to(device)
     _check(h, body)
     dev = torch.device(device or "cpu")
-    kind = ChunkKind(h.kind)
+    kind = h.kind
     if kind == ChunkKind.RAW:
         return tensor_from_bytes(body, h.dtype, h.shape).to(dev)
     if kind == ChunkKind.CONST:

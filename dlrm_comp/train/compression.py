@@ -14,7 +14,7 @@ from dlrm_comp.adaptive.lossless_select import LosslessSelector
 from dlrm_comp.compress.batch_quant import quantize_batch
 from dlrm_comp.compress.bounds import ErrorBoundPolicy, TableBoundSpec
 from dlrm_comp.compress.lossless import LosslessCodec, get_lossless
-from dlrm_comp.compress.wire import KIND_QUANT
+from dlrm_comp.compress.quantize import ChunkKind
 from dlrm_comp.exchange.exchange import Exchange
 from dlrm_comp.exchange.plan import DEFAULT_CODER, CompressionPlan, DirectionPlan
 from dlrm_comp.exchange.transport import LoopbackTransport
@@ -166,7 +166,7 @@ class CompressionExtension(TrainingExtension):
         for table, chunk in sorted(samples.items()):
             x = chunk.reshape(1, -1)
             q = quantize_batch(x, torch.tensor([self.bound(table)], dtype=torch.float64))
-            if int(q.kind[0]) != KIND_QUANT:
+            if int(q.kind[0]) != ChunkKind.QUANT:
                 continue
             wide = int(q.bits[0]) > 8
             codes = q.codes[0].to(torch.int16 if wide else torch.uint8).cpu().numpy().tobytes()

@@ -61,7 +61,7 @@ def measure(quick: bool = False, seed: int = 0) -> dict[str, Any]:
     for kind, eb, n in itertools.product(("gaussian", "student_t3", "laplace"), EBS, SIZES):
         q = quantize(_data(kind, n, gen), eb)
         assert q.kind == ChunkKind.QUANT and q.width == 1
-        hdr = FrameHeader("codec", int(q.kind), torch.float32, (n // 32, 32), 1, 2, b"xxx", eb, q.eb_abs, (0.0, 0.0))
+        hdr = FrameHeader("codec", q.kind, torch.float32, (n // 32, 32), 1, 2, b"xxx", eb, q.eb_abs, (0.0, 0.0))
         cases.append({"data": kind, "eb": eb, "n": n, "buf": codes_to_bytes(q), "overhead": frame_overhead(hdr, n),
                       "ideal_cr": 4 * n / (entropy_bytes(q.codes) + frame_overhead(hdr, n))})
     results = []

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -44,6 +43,7 @@ from dlrm_comp.compress.lossless import (
 )
 from dlrm_comp.compress.modes import FIXED_RATE
 from dlrm_comp.compress.quantize import ChunkKind, dequantize_np, quantize_np
+from dlrm_comp.compress.timing import best_time
 
 WIDTHS = ("auto", "2")
 CODE_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2")}
@@ -64,16 +64,9 @@ def _fmt_eb(eb: float) -> str:
     return f"{eb:.0e}".replace("e-0", "e-")
 
 
-def _timed(fn: Callable[[], Any], min_s: float = 0.002, max_reps: int = 50) -> tuple[Any, float]:
-    """(result, best seconds per call) repeating until ``min_s`` elapsed (at least 2 calls)."""
-    out = fn()
-    best, total, reps = float("inf"), 0.0, 0
-    while reps < 2 or (total < min_s and reps < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        best, total, reps = min(best, dt), total + dt, reps + 1
-    return out, best
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, best seconds per call): at least 3 calls, more until 2 ms were spent."""
+    return best_time(fn, reps=3, min_s=0.002, max_reps=50)
 
 
 # ------------------------------------------------------------------------------------------ quantize

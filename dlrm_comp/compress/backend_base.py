@@ -9,8 +9,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from dlrm_comp.compress.lossless import CodecCache
+from dlrm_comp.compress.modes import BY_NAME
 from dlrm_comp.compress.payload import decode_payload
-from dlrm_comp.compress.quantize import ChunkKind
+from dlrm_comp.compress.quantize import NONFINITE_POLICIES, ChunkKind
 
 
 @dataclass(kw_only=True)
@@ -99,11 +101,25 @@ def error_ratio(err: float, eb_abs: float | None) -> float:
 
 
 class BaseBackend:
-    """Common decode and roundtrip; subclasses implement encode."""
+    """Common decode and roundtrip; subclasses implement encode. What a backend is (bounded,
+    fixed-rate) is its mode's entry in compress/modes.py. Each backend owns the codec cache it
+    decodes with (and the model store of its lossless stage, where that needs one)."""
 
     name: str = ""
-    error_bounded: bool = True
-    fixed_rate: bool = False
+
+    def __init__(self, nonfinite: str = "raise", store=None) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite: must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.codecs = CodecCache(store)
+
+    @property
+    def error_bounded(self) -> bool:
+        return BY_NAME[self.name].error_bounded
+
+    @property
+    def fixed_rate(self) -> bool:
+        return BY_NAME[self.name].fixed_rate
 
     def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:  # pragma: no cover
         raise NotImplementedError
@@ -120,7 +136,7 @@ class BaseBackend:
                     raise ValueError("Encoded carries neither payload nor tensor")
                 return enc.tensor if device is None else enc.tensor.to(device)
             enc = enc.payload
-        return decode_payload(enc, device)
+        return decode_payload(enc, device, self.codecs)
 
     def encode_measured(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[Encoded, ChunkStats]:
         """Encode for a real transfer, with the chunk's statistics (the error is the sender's own

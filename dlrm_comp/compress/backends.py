@@ -22,7 +22,6 @@ from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.modes import BACKEND_MODES, FIXED_RATE
 from dlrm_comp.compress.payload import decode_body
 from dlrm_comp.compress.quantize import (
-    NONFINITE_POLICIES,
     ChunkKind,
     QuantizedChunk,
     check_input,
@@ -38,14 +37,9 @@ from dlrm_comp.compress.quantize import (
 )
 from dlrm_comp.compress.sz import sz_compress
 
+
 def _raw_nbytes(x: torch.Tensor) -> int:
     return x.numel() * x.element_size()
-
-
-def _check_policy(nonfinite: str) -> str:
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite: must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-    return nonfinite
 
 
 def _chunk_header(mode: str, q: QuantizedChunk, codec: LosslessCodec | None = None) -> FrameHeader:
@@ -67,10 +61,10 @@ def _raw_body(q: QuantizedChunk) -> bytes:
 class SimulateBackend(BaseBackend):
     """Quantize-dequantize on the tensor's device; bytes estimated from the codes' entropy."""
 
-    name, error_bounded, fixed_rate = "simulate", True, False
+    name = "simulate"
 
     def __init__(self, nonfinite: str = "raise", lossless: str | LosslessCodec | None = None, **lossless_params: Any):
-        self.nonfinite = _check_policy(nonfinite)
+        super().__init__(nonfinite)
         self.lossless = _make_lossless(lossless, lossless_params)  # only for the header-size estimate
 
     def describe(self) -> str:
@@ -93,14 +87,14 @@ class CodecBackend(BaseBackend):
     """Quantize, then a lossless stage on the codes; exact bytes. Falls back to identity when the
     lossless stage does not shrink the codes (e.g. a blosc2 setting that stores the block)."""
 
-    name, error_bounded, fixed_rate = "codec", True, False
+    name = "codec"
 
     def __init__(self, nonfinite: str = "raise", lossless: str | LosslessCodec | None = None, ideal: bool = True,
                  verify_decode: bool = False, **lossless_params: Any):
-        self.nonfinite = _check_policy(nonfinite)
+        self.lossless = _make_lossless(lossless, lossless_params)
+        super().__init__(nonfinite, self.lossless.store if self.lossless.needs_store else None)
         self.ideal = bool(ideal)
         self.verify_decode = bool(verify_decode)  # entropy of the codes for ideal_nbytes (about a third of small-chunk encode time)
-        self.lossless = _make_lossless(lossless, lossless_params)
 
     def describe(self) -> str:
         args = ",".join(f"{k}={v}" for k, v in self.lossless.params.items() if k != "nthreads")
@@ -199,10 +193,7 @@ class SzBackend(BaseBackend):
     """Real SZ3 (pysz) in ABS mode with eb_abs = eb_rel * chunk range; verified after decoding
     (raw on violation); constant chunks never reach SZ3."""
 
-    name, error_bounded, fixed_rate = "sz", True, False
-
-    def __init__(self, nonfinite: str = "raise"):
-        self.nonfinite = _check_policy(nonfinite)
+    name = "sz"
 
     def _sz_chunk(self, x: torch.Tensor, eb_rel: float) -> tuple[QuantizedChunk | None, FrameHeader | None, bytes]:
         """(fallback chunk, None, b'') for RAW/CONST, or (None, SZ header, SZ body)."""
@@ -239,13 +230,11 @@ class SzBackend(BaseBackend):
 class FixedRateBackend(BaseBackend):
     """fp16 / bf16 / fp8 / int8 casts (see fixed.py); eb_rel is ignored."""
 
-    error_bounded, fixed_rate = False, True
-
     def __init__(self, mode: str, nonfinite: str = "raise"):
         if mode not in FIXED_RATE:
             raise ValueError(f"fixed-rate mode must be one of {FIXED_RATE}, got {mode!r}")
         self.name = mode
-        self.nonfinite = _check_policy(nonfinite)
+        super().__init__(nonfinite)
 
     def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:
         check_input(x)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.lossless import LosslessCodec, codec_from_header
+from dlrm_comp.compress.lossless import CodecCache, LosslessCodec
 from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.quantize import ChunkKind
 
@@ -221,12 +221,13 @@ class Parsed:
     bitpacked: np.ndarray | None  # [C, 2N] uint8 packed codes of bitpack chunks (unpacked on the device)
 
 
-def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = None,
+def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = None,
           expect_chunks: int | None = None) -> Parsed:
     """Validate one message and split it into codes and raw values: magic, version, lengths,
     the chunk-table checksum, every coder's exact output size and every section's checksum.
     ``rows`` (one count, or one per chunk: the receiver knows them) and ``expect_chunks`` are
-    checked before anything is allocated."""
+    checked before anything is allocated. ``codecs``: the receiver's codec cache and model store
+    (None: a fresh cache without models, for one message)."""
     buf = memoryview(msg)
     size = len(buf)
     if size < PREAMBLE:
@@ -281,6 +282,7 @@ def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = N
     raw = np.zeros((n_chunks, width * item), dtype=np.uint8)
     packed = np.zeros((n_chunks, 2 * width), dtype=np.uint8) if np.any((layout == 1) & (kind == ChunkKind.QUANT)) else None
     sz_bodies: dict[int, bytes] = {}
+    codecs = codecs if codecs is not None else CodecCache()
     pos, lo = table_end, 0
     for s in range(n_sections):
         if pos + SECTION_HEADER > size:
@@ -297,13 +299,7 @@ def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = N
         coded = buf[pos:pos + coded_n]
         pos += coded_n
         if codec_id:
-            key = (codec_id, params)
-            codec = codec_cache.get(key) if codec_cache is not None else None
-            if codec is None:
-                codec = codec_from_header(codec_id, params)
-                if codec_cache is not None:
-                    codec_cache[key] = codec
-            stream = codec.decompress(bytes(coded), raw_n)
+            stream = codecs.get(codec_id, params).decompress(bytes(coded), raw_n)
         else:
             if coded_n != raw_n:
                 raise CorruptPayloadError(f"section {s}: stored {coded_n} bytes, header says {raw_n}")

@@ -33,6 +33,7 @@ import torch
 from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_planes, error_ratios, quantize_batch
 from dlrm_comp.compress.errors import CorruptPayloadError, NonFiniteError
 from dlrm_comp.compress.fixed_batch import chunk_nbytes, decode_fixed, encode_fixed, row_nbytes
+from dlrm_comp.compress.lossless import CodecCache, SymbolModelStore
 from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.quantize import ChunkKind
 from dlrm_comp.compress.wire import (
@@ -116,10 +117,11 @@ class Layout:
 
 class Exchange:
     """Holds the plan by reference; returns its statistics through the recorder's device
-    accumulators (never mutating the training extension)."""
+    accumulators (never mutating the training extension). Owns its receiver's codec cache and
+    the model store ('ans' sections) it decodes with: nothing is shared with other exchanges."""
 
     def __init__(self, transport, owners: Sequence[int], dim: int, plan: CompressionPlan | None = None,
-                 recorder=None, size_exchange: str = "exact"):
+                 recorder=None, size_exchange: str = "exact", store: SymbolModelStore | None = None):
         self.transport = transport
         self.owners = list(owners)
         self.dim = dim
@@ -144,7 +146,7 @@ class Exchange:
         self.last_sample: dict[int, torch.Tensor] = {}  # a forward chunk per owned table (lossless tuning)
         self.host_syncs = 0  # host reads of the exchange itself (tests count them)
         self.bag_counts = np.zeros((len(self.owners), 2), np.int64)  # [distinct bags, rows] per table, every step
-        self._codecs: dict = {}  # receiver-side coder cache, per exchange (not process-wide)
+        self.codecs = CodecCache(store)  # receiver-side coders, per exchange (not process-wide)
         self._inflight = None  # (finish, compress, layout) of a started forward (Req/Wait)
         self._indices: dict = {}  # device index tensors of table lists (built once)
         self._host_indices: dict = {}
@@ -314,7 +316,7 @@ class Exchange:
     def _decode_message(self, msg, rows, tables: list[int] | None = None) -> torch.Tensor:
         """One message's travelling rows, in the sender's dtype (``tables``: what the receiver
         expects the message to carry, checked)."""
-        rec = parse(msg, rows, self.dim, self._codecs, expect_chunks=None if tables is None else len(tables))
+        rec = parse(msg, rows, self.dim, self.codecs, expect_chunks=None if tables is None else len(tables))
         if tables is not None and rec.header["table"].astype(np.int64).tolist() != list(tables):
             raise CorruptPayloadError(f"message carries tables {rec.header['table'].tolist()}, expected {list(tables)}")
         return _unpad(self._reconstruct(rec, self.transport.device), rec.header["rows"].astype(np.int64), self.dim)

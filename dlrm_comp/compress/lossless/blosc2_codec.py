@@ -14,7 +14,7 @@ from typing import Any
 import blosc2
 
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
+from dlrm_comp.compress.lossless.base import LosslessCodec, check_size
 
 CODECS = ("BLOSCLZ", "LZ4", "LZ4HC", "ZLIB", "ZSTD")
 FILTERS = ("NOFILTER", "SHUFFLE", "BITSHUFFLE", "BYTEDELTA")
@@ -28,7 +28,6 @@ def _choice(field: str, value: str, valid: tuple[str, ...]) -> str:
     return v
 
 
-@register
 class Blosc2Codec(LosslessCodec):
     name = "blosc2"
     codec_id = 2

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 import numpy as np
 
-from dlrm_comp.compress.lossless import LosslessCodec, SymbolModelStore, get_lossless
+from dlrm_comp.compress.lossless import LosslessCodec, LosslessSpec, SymbolModelStore, get_lossless
 from dlrm_comp.compress.lossless.blosc2_codec import CODECS, FILTERS
 from dlrm_comp.compress.timing import Measurement, measure_codec
 
@@ -120,7 +120,7 @@ class Candidate:
     def to_codec(self, store: SymbolModelStore | None = None) -> LosslessCodec:
         """The codec (``store``: the model store of an 'ans' candidate)."""
         if self.extra:
-            return get_lossless(self.extra, store=store, **dict(self.extra_params))
+            return LosslessSpec(self.extra, self.extra_params).build(store)
         return get_lossless("blosc2", codec=self.codec, clevel=self.clevel, filter=self.filter,
                             blocksize=self.blocksize, splitmode=self.splitmode, nthreads=self.nthreads,
                             dthreads=self.dthreads)
@@ -322,8 +322,8 @@ class TunerResult:
         return self.unique_trials / self.grid_size if self.grid_size else float("nan")
 
     @property
-    def params(self) -> dict[str, Any]:
-        return {"name": self.codec.name, **self.codec.params}
+    def spec(self) -> LosslessSpec:
+        return self.codec.spec
 
 
 # --------------------------------------------------------------------------------------------- engine

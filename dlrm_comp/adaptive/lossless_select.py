@@ -42,7 +42,7 @@ class LosslessSelector:
         sample = make_sample(codes, self.sample_bytes, typesize)
         incumbent_merit = scorer.merit(measure_codec(incumbent, sample, typesize))
         better = result.merit > incumbent_merit * (1.0 + self.hysteresis)
-        same = result.codec.name == incumbent.name and result.codec.params == incumbent.params
+        same = result.codec.spec == incumbent.spec
         switched = better and not same
         reason = (f"btune: merit {result.merit:.4g} vs incumbent {incumbent_merit:.4g} "
                   f"({'switch' if switched else 'keep'}, hysteresis {self.hysteresis:.0%}, "

@@ -223,7 +223,7 @@ def encode_codes(entries: list[dict[str, Any]], codes_dir: Path, size: str, *, t
             res = tune(codes, e["width"], bandwidth_gbs=tune_bandwidth_gbs, tradeoff=tune_tradeoff,
                        space=SearchSpace(), extras=("zlib",), max_trials=tune_max_trials, use_env=False)
             tuned[key] = res.codec
-        add("btune", tuned[key], json.dumps(tuned[key].params, sort_keys=True))
+        add("btune", tuned[key], json.dumps(tuned[key].spec.to_dict(), sort_keys=True))
         # model-based ANS: model learned from the earlier dumps of the same (table, bound)
         hist = history.setdefault(key, [])
         if HAVE_CONSTRICTION and hist:

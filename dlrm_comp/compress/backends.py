@@ -97,8 +97,7 @@ class CodecBackend(BaseBackend):
         self.verify_decode = bool(verify_decode)  # entropy of the codes for ideal_nbytes (about a third of small-chunk encode time)
 
     def describe(self) -> str:
-        args = ",".join(f"{k}={v}" for k, v in self.lossless.params.items() if k != "nthreads")
-        return f"{self.name}:{self.lossless.name}({args})"
+        return f"{self.name}:{self.lossless.spec.label()}"
 
     def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:
         return self._encode(x, eb_rel)[0]

@@ -62,9 +62,7 @@ class DirectionPlan:
     def codec_name(self, table: int) -> str:
         if self.mode != "codec":
             return self.mode
-        c = self.coders[table]
-        args = ",".join(f"{k}={v}" for k, v in c.params.items() if k != "nthreads")
-        return f"codec:{'bitpack+' if self.bitpack[table] else ''}{c.name}({args})"
+        return f"codec:{'bitpack+' if self.bitpack[table] else ''}{self.coders[table].spec.label()}"
 
     def codec_names(self) -> list[str]:
         return [self.codec_name(t) for t in range(self.num_tables)]

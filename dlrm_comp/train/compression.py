@@ -13,7 +13,7 @@ from dlrm_comp.adaptive.controller import ClosedLoopController, ControllerConfig
 from dlrm_comp.adaptive.lossless_select import LosslessSelector
 from dlrm_comp.compress.batch_quant import quantize_batch
 from dlrm_comp.compress.bounds import ErrorBoundPolicy, TableBoundSpec
-from dlrm_comp.compress.lossless import LosslessCodec, get_lossless
+from dlrm_comp.compress.lossless import LosslessCodec, LosslessSpec, get_lossless
 from dlrm_comp.compress.quantize import ChunkKind
 from dlrm_comp.exchange.exchange import Exchange
 from dlrm_comp.exchange.plan import DEFAULT_CODER, CompressionPlan, DirectionPlan
@@ -97,7 +97,7 @@ class CompressionExtension(TrainingExtension):
         self.current: list[float] = []
         self.trainer = None
         self.selector = build_selector(self.adaptive_cfg) if cfg.mode == "codec" else None
-        self.table_codecs: dict[int, dict] = {}  # table -> lossless {name, **params} once tuned
+        self.table_codecs: dict[int, LosslessSpec] = {}  # table -> its lossless stage once tuned
         self.control_steps = 0
         self.codec_changes = 0
         self.bytes_meta = 0  # size-exchange bytes of all ranks (rank 0 sums them at each interval)
@@ -173,7 +173,7 @@ class CompressionExtension(TrainingExtension):
             incumbent = self.plan.fwd.coders[table]
             choice = self.selector.choose(table, codes, 2 if wide else 1, incumbent)
             if choice.switched:
-                decisions.append((table, {"name": choice.codec.name, **choice.codec.params}, choice.reason))
+                decisions.append((table, choice.codec.spec, choice.reason))
         if self.world_size > 1:
             import torch.distributed as dist
             everyone = [None] * self.world_size
@@ -190,8 +190,8 @@ class CompressionExtension(TrainingExtension):
         self.codec_changes += len(decisions)
 
     def _apply_table_codec(self, table: int) -> None:
-        params = dict(self.table_codecs[table])
-        self.plan.fwd.set_coder(table, build_coder(params.pop("name"), params))
+        spec = self.table_codecs[table]
+        self.plan.fwd.set_coder(table, build_coder(spec.name, dict(spec.params)))
 
     # ------------------------------------------------------------------ closed loop
     def _window_observations(self) -> list[TableObservation]:
@@ -301,7 +301,7 @@ class CompressionExtension(TrainingExtension):
     def state_dict(self) -> dict[str, Any]:
         state = {"recorder": self.recorder.state_dict(), "bytes_meta": self.bytes_meta, "bytes_pad": self.bytes_pad,
                  "iteration": self.iteration,
-                 "table_codecs": dict(self.table_codecs), "control_steps": self.control_steps,
+                 "table_codecs": {t: s.to_dict() for t, s in self.table_codecs.items()}, "control_steps": self.control_steps,
                  "codec_changes": self.codec_changes, "dedup": list(self.plan.dedup),
                  "bag_counts": self.exchange.bag_counts.tolist() if self.exchange is not None else None}
         if self.controller is not None:
@@ -321,7 +321,7 @@ class CompressionExtension(TrainingExtension):
             self._refresh_bounds()
         self.control_steps = state.get("control_steps", 0)
         self.codec_changes = state.get("codec_changes", 0)
-        self.table_codecs = {int(k): v for k, v in state.get("table_codecs", {}).items()}
+        self.table_codecs = {int(k): LosslessSpec.from_dict(v) for k, v in state.get("table_codecs", {}).items()}
         if self.cfg.dedup == "auto" and "dedup" in state:  # auto's per-table decision and its open window
             self.plan.dedup[:] = [bool(v) for v in state["dedup"]]
             if self.exchange is not None and state.get("bag_counts") is not None:

@@ -43,18 +43,18 @@ from dlrm_comp.compress.lossless.model_coder import (
     SymbolModelStore,
 )
 from dlrm_comp.compress.lossless.nvcomp_codec import nvcomp_available
+from dlrm_comp.compress.lossless.spec import LosslessSpec
 
-DEFAULT_LOSSLESS: dict = {"name": "zlib", "level": 1, "strategy": "auto"}
+DEFAULT_LOSSLESS = LosslessSpec.of("zlib", {"level": 1, "strategy": "auto"})
 
 
 def default_lossless() -> LosslessCodec:
-    params = dict(DEFAULT_LOSSLESS)
-    return get_lossless(params.pop("name"), **params)
+    return DEFAULT_LOSSLESS.build()
 
 
 __all__ = [
     "AnsModelCodec", "CodecCache", "HAVE_CONSTRICTION", "SymbolModel", "SymbolModelStore",
     "efficiency_report", "entropy_bytes_np", "nvcomp_available",
-    "DEFAULT_LOSSLESS", "LosslessCodec", "codec_from_header", "default_lossless", "entropy_bits_per_symbol",
+    "DEFAULT_LOSSLESS", "LosslessCodec", "LosslessSpec", "codec_from_header", "default_lossless", "entropy_bits_per_symbol",
     "entropy_bytes", "get_lossless", "lossless_names",
 ]

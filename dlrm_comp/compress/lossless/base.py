@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.lossless.spec import LosslessSpec
 
 
 class LosslessCodec(ABC):
@@ -25,6 +26,11 @@ class LosslessCodec(ABC):
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """The settings as plain values (for logs, configs and the tuner)."""
+
+    @property
+    def spec(self) -> LosslessSpec:
+        """This setting by value (hashable; ``spec.build()`` makes an equal codec)."""
+        return LosslessSpec.of(self.name, self.params)
 
     @abstractmethod
     def compress(self, buf: bytes, typesize: int) -> bytes: ...

@@ -55,3 +55,26 @@ def test_training_with_the_toy_stage(toy, tiny_cfg, tmp_path):
     summary = Trainer(cfg, tmp_path).run()
     assert summary["compression"]["codec"].startswith("codec:toy(")
     assert summary["compression"]["max_err_ratio"] <= 1.0 and summary["compression"]["cr"] > 1
+
+
+def test_ans_sections_decode_with_the_receivers_own_store():
+    from dlrm_comp.compress.errors import CorruptPayloadError
+    from dlrm_comp.compress.lossless import HAVE_CONSTRICTION, SymbolModelStore
+    from dlrm_comp.exchange import CompressionPlan, DirectionPlan
+    if not HAVE_CONSTRICTION:
+        pytest.skip("constriction not installed")
+    store = SymbolModelStore()
+    version = store.learn(0, np.arange(64, dtype=np.uint8).repeat(4), 1)  # a flat model over small codes
+    coder = get_lossless("ans", table=0, version=version, store=store)
+    plan = CompressionPlan(DirectionPlan("codec", TABLES, eb_rel=[0.05] * TABLES, coders=[coder] * TABLES),
+                           DirectionPlan("off", TABLES))
+    g = torch.Generator().manual_seed(1)
+    pooled = [torch.randn(BATCH, DIM, generator=g) * 0.05 for _ in range(TABLES)]
+    messages = Exchange(LoopbackTransport(1), [0] * TABLES, DIM, plan, store=store).encode(pooled)
+    assert messages[0][PREAMBLE + TABLES * CHUNK_HEADER] == 3  # coded by 'ans'
+    got = Exchange(LoopbackTransport(1), [0] * TABLES, DIM, store=store).decode(messages, [BATCH])[0]
+    for t, p in enumerate(pooled):
+        err = float((got.view(TABLES, BATCH, DIM)[t].double() - p.double()).abs().max())
+        assert err <= 0.05 * float(p.max() - p.min())
+    with pytest.raises(CorruptPayloadError, match="no model store"):  # nothing process-wide to fall back on
+        Exchange(LoopbackTransport(1), [0] * TABLES, DIM).decode(messages, [BATCH])

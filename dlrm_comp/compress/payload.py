@@ -36,15 +36,18 @@ def _check(h: FrameHeader, body: bytes) -> None:
         raise CorruptPayloadError(f"fixed-rate chunk in mode {h.mode!r}")
 
 
+def _codec(codecs: CodecCache | None, h: FrameHeader):
+    return (codecs if codecs is not None else CodecCache()).get(h.codec_id, h.codec_params)
+
+
 def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None = None,
                 codecs: CodecCache | None = None) -> torch.Tensor:
     """Reconstruct the tensor a validated header + body describe, on ``device`` (default CPU);
     ``codecs``: the receiver's codec cache and model store (None: a fresh one without models)."""
-    codecs = codecs if codecs is not None else CodecCache()
     if h.kind == ChunkKind.QUANT and len(h.params) == 2 and h.width in _NP_CODE:  # QUANT, fast path
         npd = _NP_DTYPES.get(h.dtype)
         if npd is not None:  # bit-identical to dequantize()
-            codec = codecs.get(h.codec_id, h.codec_params)
+            codec = _codec(codecs, h)
             w = h.width
             codes = np.frombuffer(codec.decompress(body, h.numel * w), dtype=_NP_CODE[w])
             y = torch.from_numpy(dequantize_np(codes, h.params[0], h.params[1], npd)).reshape(h.shape)
@@ -57,7 +60,7 @@ def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None =
     if kind == ChunkKind.CONST:
         return torch.full(h.shape, h.params[0], dtype=h.dtype, device=dev)
     if kind == ChunkKind.QUANT:
-        codec = codecs.get(h.codec_id, h.codec_params)
+        codec = _codec(codecs, h)
         codes = codes_from_bytes(codec.decompress(body, h.numel * h.width), h.width, h.numel, dev)
         q = QuantizedChunk(kind, h.shape, h.dtype, h.eb_rel or 0.0, h.eb_abs or 0.0, h.params[0], h.params[1],
                            h.width, codes, device=dev)

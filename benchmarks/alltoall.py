@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlrm_comp.bench.report import REFERENCE_BREAKDOWN, end_to_end_speedup, speedup, throughput  # noqa: E402
+from dlrm_comp.compress.modes import BYTE_MESSAGES, FIXED_RATE, TORCHREC_QCOMM_MODES  # noqa: E402
 from dlrm_comp.config import load_config  # noqa: E402
 from dlrm_comp.distributed.sharding import place_tables, tables_of  # noqa: E402
 from dlrm_comp.exchange import Exchange, ProcessGroupTransport  # noqa: E402
@@ -56,8 +57,8 @@ from dlrm_comp.train.loop import Trainer  # noqa: E402
 
 BREAKDOWN = REFERENCE_BREAKDOWN
 # :slots = dist.size_exchange=slots; +dedup = compress.dedup=on (one row per distinct bag, both directions)
-MODES = ["off", "off+dedup", "fp16", "bf16", "fp8", "int8", "sz", "codec", "codec+dedup", "codec:slots"]
-TORCHREC_MODES = ["off", "torchrec_qcomm:fp16", "torchrec_qcomm:bf16", "torchrec_qcomm:int8", "codec"]
+MODES = ["off", "off+dedup", *FIXED_RATE, *BYTE_MESSAGES, "codec+dedup", "codec:slots"]  # simulate sends no bytes
+TORCHREC_MODES = ["off", *(m for m in TORCHREC_QCOMM_MODES if m != "torchrec_qcomm:fp8"), "codec"]  # fp8: no CPU kernel
 
 
 def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:

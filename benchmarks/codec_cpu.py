@@ -25,7 +25,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlrm_comp.compress.backends import get_backend  # noqa: E402
+from dlrm_comp.compress.timing import best_time  # noqa: E402
 from dlrm_comp.config import load_config  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
@@ -56,18 +56,11 @@ def trained_pooled_outputs(iterations: int, rows: int, dim: int = 32) -> list[to
 
 def measure(backend, chunks: list[torch.Tensor], eb_rel: float, repeat: int) -> dict:
     raw = sum(c.numel() * 4 for c in chunks)
-    best_enc, best_dec, sent, worst = float("inf"), float("inf"), 0, 0.0
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        encoded = [backend.encode(c, eb_rel) for c in chunks]
-        t1 = time.perf_counter()
-        decoded = [backend.decode(e) for e in encoded]
-        t2 = time.perf_counter()
-        best_enc, best_dec = min(best_enc, t1 - t0), min(best_dec, t2 - t1)
-        sent = sum(e.nbytes for e in encoded)
-        for c, d, e in zip(chunks, decoded, encoded):
-            if e.eb_abs:
-                worst = max(worst, float((c - d).abs().max()) / e.eb_abs)
+    encoded, best_enc = best_time(lambda: [backend.encode(c, eb_rel) for c in chunks], repeat)
+    decoded, best_dec = best_time(lambda: [backend.decode(e) for e in encoded], repeat)
+    sent = sum(e.nbytes for e in encoded)
+    worst = max((float((c - d).abs().max()) / e.eb_abs for c, d, e in zip(chunks, decoded, encoded) if e.eb_abs),
+                default=0.0)
     return {"cr": raw / sent, "encode_GBps": raw / best_enc / 1e9, "decode_GBps": raw / best_dec / 1e9,
             "bytes_raw": raw, "bytes_sent": sent, "max_err_ratio": worst}
 
@@ -117,14 +110,8 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
         plan.fwd.eb_rel[:] = ebs
         ex = Exchange(LoopbackTransport(2), [0] * t, dim, plan)
         half = [batch // 2, batch - batch // 2]
-        enc = dec = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            messages = ex.encode(pooled)
-            t1 = time.perf_counter()
-            decoded = ex.decode(messages, half)
-            t2 = time.perf_counter()
-            enc, dec = min(enc, t1 - t0), min(dec, t2 - t1)
+        messages, enc = best_time(lambda: ex.encode(pooled), repeat)
+        decoded, dec = best_time(lambda: ex.decode(messages, half), repeat)
         raw = sum(p.numel() * 4 for p in pooled)
         sent = sum(len(m) for m in messages)
         worst = 0.0
@@ -137,14 +124,8 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
         chunks = [p[a:b].contiguous() for a, b in ((0, half[0]), (half[0], batch)) for p in pooled]
         chunk_ebs = ebs * 2
         sz = get_backend("sz")
-        sz_enc = sz_dec = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            encoded = [sz.encode(c, e) for c, e in zip(chunks, chunk_ebs)]
-            t1 = time.perf_counter()
-            [sz.decode(e) for e in encoded]
-            t2 = time.perf_counter()
-            sz_enc, sz_dec = min(sz_enc, t1 - t0), min(sz_dec, t2 - t1)
+        encoded, sz_enc = best_time(lambda: [sz.encode(c, e) for c, e in zip(chunks, chunk_ebs)], repeat)
+        _, sz_dec = best_time(lambda: [sz.decode(e) for e in encoded], repeat)
         sz_sent = sum(e.nbytes for e in encoded)
         chunk_sets[name] = (chunks, chunk_ebs)
         rows.append({"size": name, "shape": f"{t} tables x 2 destinations x {half[0]}x{dim}", "chunks": 2 * t,
@@ -195,14 +176,8 @@ def coder_rows(iterations: int, repeat: int) -> list[dict]:
         for i in range(t):
             plan.fwd.set_coder(i, coder)
         ex = Exchange(LoopbackTransport(2), [0] * t, dim, plan)
-        enc = dec = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            messages = ex.encode(pooled)
-            t1 = time.perf_counter()
-            ex.decode(messages, [batch // 2, batch - batch // 2])
-            t2 = time.perf_counter()
-            enc, dec = min(enc, t1 - t0), min(dec, t2 - t1)
+        messages, enc = best_time(lambda: ex.encode(pooled), repeat)
+        _, dec = best_time(lambda: ex.decode(messages, [batch // 2, batch - batch // 2]), repeat)
         sent = sum(len(m) for m in messages)
         rows.append({"coder": name, "params": params, "cr": raw / sent, "encode_GBps": raw / enc / 1e9,
                      "decode_GBps": raw / dec / 1e9, "bytes_sent": sent})

@@ -25,6 +25,7 @@ from dlrm_comp.checks import non_negative as _non_negative
 from dlrm_comp.checks import positive as _positive
 from dlrm_comp.compress.bounds import TableBoundSpec
 from dlrm_comp.compress.decay import DecaySchedule
+from dlrm_comp.compress.modes import EXCHANGE_MODES, TORCHREC_QCOMM_MODES
 
 
 class _Loader(yaml.SafeLoader):
@@ -43,14 +44,12 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-COMPRESS_MODES = ("off", "simulate", "sz", "codec", "fp16", "bf16", "fp8", "int8")
+COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
 DATA_SOURCES = ("synthetic", "criteo")
 INTERACTIONS = ("dot", "cat")
 OPTIMIZERS = ("sgd", "adagrad")
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_BACKENDS = ("torch", "torchrec")
-# TorchRec's own quantized comms (QCommsConfig) as baselines; model.backend=torchrec only
-TORCHREC_QCOMM_MODES = tuple(f"torchrec_qcomm:{p}" for p in ("fp16", "bf16", "fp8", "int8"))
 TORCHREC_PLANS = ("ours", "planner")
 NONFINITE_POLICIES = ("error", "passthrough")
 DEDUP_MODES = ("off", "on", "auto")

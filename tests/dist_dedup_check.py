@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from dlrm_comp.distributed.sharding import place_tables, tables_of
 from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, ProcessGroupTransport
-from dlrm_comp.exchange.plan import MODES
+from dlrm_comp.compress.modes import EXCHANGE_MODES as MODES
 
 BATCH, DIM, TABLES, EB = 36, 8, 5, 0.02
 

@@ -139,7 +139,14 @@ def test_lossless_selector_switches_only_past_hysteresis():
 def test_training_with_lossless_tuning(tiny_cfg, tmp_path):
     cfg = tiny_cfg("compress.mode=codec", "adaptive.lossless_tuning=true", "adaptive.interval=5",
                    "adaptive.tune_every=2", "compress.print_tables=false", "adaptive.hysteresis=0")
-    summary = Trainer(cfg, tmp_path).run()
+    trainer = Trainer(cfg, tmp_path)
+    summary = trainer.run()
+    ext = next(e for e in trainer.extensions if e.name == "compression")
+    state = json.loads(json.dumps(ext.state_dict()["table_codecs"]))  # plain {name, **params} objects in checkpoints
+    assert bool(state) == bool(summary["adaptive"]["codec_changes"])
+    assert all(isinstance(v, dict) and "name" in v for v in state.values())
+    ext.load_state_dict({"table_codecs": state})
+    assert {str(t): s.to_dict() for t, s in ext.table_codecs.items()} == state
     section = summary["adaptive"]
     assert section["lossless_tuning"] is True and len(section["codec"]) == len(summary["data"]["cardinalities"])
     assert summary["compression"]["max_err_ratio"] <= 1.0

@@ -138,3 +138,17 @@ def test_extras_compete():
     res = tune(data, 1, tradeoff=1.0, space=SearchSpace(codecs=("LZ4",), filters=("NOFILTER",), blocksizes=(0,)),
                extras=["zlib"], use_env=False)
     assert res.candidate.extra == "zlib"  # LZ4 barely compresses random 2-bit symbols; Huffman does
+
+
+def test_ans_extra_codes_with_the_store_it_is_given():
+    from dlrm_comp.compress.lossless import HAVE_CONSTRICTION, SymbolModelStore
+    if not HAVE_CONSTRICTION:
+        pytest.skip("constriction not installed")
+    data = np.random.default_rng(0).integers(0, 4, 4096).astype(np.uint8).tobytes()
+    store = SymbolModelStore()
+    store.learn(7, np.frombuffer(data, np.uint8), 1)
+    space = SearchSpace(codecs=("LZ4",), filters=("NOFILTER",), blocksizes=(0,))
+    res = tune(data, 1, tradeoff=1.0, space=space, extras=["ans"], ans_table=7, store=store, use_env=False)
+    assert res.candidate.extra == "ans" and res.codec.store is store  # the model coder wins on its own model
+    with pytest.raises(ValueError, match="ans.store"):  # no process-wide store to fall back on
+        tune(data, 1, tradeoff=1.0, space=space, extras=["ans"], ans_table=7, use_env=False)

@@ -16,7 +16,7 @@ from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.config import ConfigError
 from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, LoopbackTransport, destination_rows
 from dlrm_comp.exchange.dedup import bag_codes, build_bag_index
-from dlrm_comp.exchange.plan import MODES
+from dlrm_comp.compress.modes import EXCHANGE_MODES as MODES
 from dlrm_comp.recorder import CompressionRecorder
 from dlrm_comp.train.logging import read_jsonl
 from dlrm_comp.train.loop import Trainer

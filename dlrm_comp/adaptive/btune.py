@@ -42,6 +42,7 @@ API for the adaptive controller::
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -54,8 +55,9 @@ from typing import Any, Callable, Iterable, TextIO
 import numpy as np
 
 from dlrm_comp.checks import choice
-from dlrm_comp.compress.lossless import LosslessCodec, get_lossless
+from dlrm_comp.compress.lossless import LosslessCodec, LosslessSpec, SymbolModelStore, get_lossless
 from dlrm_comp.compress.lossless.blosc2_codec import CODECS, FILTERS
+from dlrm_comp.compress.timing import Measurement, measure_codec
 
 PERF_MODES = ("COMP", "DECOMP", "BALANCED")
 REPEAT_MODES = ("STOP", "REPEAT_SOFT", "REPEAT_ALL")
@@ -109,9 +111,10 @@ class Candidate:
         """Everything but clevel and threads: what CODEC_FILTER chooses."""
         return (self.extra, self.extra_params) if self.extra else (self.codec, self.filter, self.splitmode, self.blocksize)
 
-    def to_codec(self) -> LosslessCodec:
+    def to_codec(self, store: SymbolModelStore | None = None) -> LosslessCodec:
+        """The codec (``store``: the model store of an 'ans' candidate)."""
         if self.extra:
-            return get_lossless(self.extra, **dict(self.extra_params))
+            return LosslessSpec(self.extra, self.extra_params).build(store)
         return get_lossless("blosc2", codec=self.codec, clevel=self.clevel, filter=self.filter,
                             blocksize=self.blocksize, splitmode=self.splitmode, nthreads=self.nthreads,
                             dthreads=self.dthreads)
@@ -166,7 +169,7 @@ class SearchSpace:
 
 def extra_candidates(names: Iterable[str] = ("zlib",), ans_table: int | None = None) -> tuple[Candidate, ...]:
     """Non-blosc2 candidates: 'zlib' (auto and Huffman-only, level 1) and 'ans' (needs a model for
-    ``ans_table`` in the default SymbolModelStore)."""
+    ``ans_table`` in the store the tuner is given)."""
     out: list[Candidate] = []
     for n in names:
         if n == "zlib":
@@ -181,37 +184,14 @@ def extra_candidates(names: Iterable[str] = ("zlib",), ans_table: int | None = N
 
 
 # --------------------------------------------------------------------------------------------- trials
-@dataclass
-class Measurement:
-    nbytes: int       # uncompressed bytes of the sample
-    csize: int        # compressed bytes
-    ctime: float      # seconds to compress the sample
-    dtime: float      # seconds to decompress it
-
-    @property
-    def cratio(self) -> float:
-        return self.nbytes / self.csize if self.csize else float("inf")
-
-
 TrialFn = Callable[[Candidate, bytes, int], Measurement]
 
 
 def measure_trial(cand: Candidate, sample: bytes, typesize: int, reps: int = 3,
-                  timer: Callable[[], float] = time.perf_counter, verify: bool = True) -> Measurement:
+                  timer: Callable[[], float] = time.perf_counter, verify: bool = True,
+                  store: SymbolModelStore | None = None) -> Measurement:
     """Compress/decompress ``sample`` with ``cand``: best of ``reps`` timings (round trip checked)."""
-    codec = cand.to_codec()
-    comp = codec.compress(sample, typesize)
-    if verify and codec.decompress(comp, len(sample)) != sample:
-        raise AssertionError(f"btune: {cand.label()} does not round-trip")
-    ct = dt = float("inf")
-    for _ in range(max(1, reps)):
-        t0 = timer()
-        codec.compress(sample, typesize)
-        t1 = timer()
-        codec.decompress(comp, len(sample))
-        t2 = timer()
-        ct, dt = min(ct, t1 - t0), min(dt, t2 - t1)
-    return Measurement(len(sample), len(comp), ct, dt)
+    return measure_codec(cand.to_codec(store), sample, typesize, reps, verify, timer)
 
 
 def make_sample(data: bytes, sample_bytes: int, typesize: int, parts: int = 4) -> bytes:
@@ -336,8 +316,8 @@ class TunerResult:
         return self.unique_trials / self.grid_size if self.grid_size else float("nan")
 
     @property
-    def params(self) -> dict[str, Any]:
-        return {"name": self.codec.name, **self.codec.params}
+    def spec(self) -> LosslessSpec:
+        return self.codec.spec
 
 
 # --------------------------------------------------------------------------------------------- engine
@@ -345,10 +325,12 @@ class Btune:
     """The state machine. ``run(data, typesize)`` drives it to STOP (or ``max_trials``)."""
 
     def __init__(self, config: BtuneConfig | None = None, space: SearchSpace | None = None,
-                 trial: TrialFn | None = None, sample_bytes: int = 65536, out: TextIO | None = None) -> None:
+                 trial: TrialFn | None = None, sample_bytes: int = 65536, out: TextIO | None = None,
+                 store: SymbolModelStore | None = None) -> None:
         self.config = config or BtuneConfig()
         self.space = space or SearchSpace.for_tradeoff(self.config.tradeoff, self.config.perf_mode)
-        self.trial = trial or measure_trial
+        self.store = store  # the model store 'ans' candidates code with
+        self.trial = trial or functools.partial(measure_trial, store=store)
         self.sample_bytes = int(sample_bytes)
         self.out = out
         self._meas: dict[Candidate, list[Measurement]] = {}
@@ -534,7 +516,7 @@ class Btune:
                   f"{self.best.label() if self.best else None}", file=self.out or sys.stdout)
         assert self.best is not None
         m = self.summary(self.best)
-        return TunerResult(self.best, self.best.to_codec(), self.score(m), m.cratio, self.merit(m), self.trials,
+        return TunerResult(self.best, self.best.to_codec(self.store), self.score(m), m.cratio, self.merit(m), self.trials,
                            len(self._meas), len(self.space.grid()), [r.as_dict() for r in self.trace], self.config,
                            {c: self.summary(c) for c in self._meas})
 
@@ -543,11 +525,11 @@ def tune(codes: bytes | np.ndarray, typesize: int | None = None, bandwidth_gbs: 
          perf_mode: str = "BALANCED", tradeoff: float = 0.5, *, space: SearchSpace | None = None,
          extras: Iterable[str] = (), ans_table: int | None = None, max_threads: int = 1,
          sample_bytes: int = 65536, trial: TrialFn | None = None, out: TextIO | None = None,
-         use_env: bool = True, **config: Any) -> TunerResult:
+         use_env: bool = True, store: SymbolModelStore | None = None, **config: Any) -> TunerResult:
     """Tune the lossless stage for ``codes``. Environment variables BTUNE_TRADEOFF, BTUNE_PERF_MODE
     and BTUNE_TRACE override the arguments (``use_env=False`` ignores them). ``space`` defaults to
     Btune's codec set for the tradeoff, every filter, both split modes, clevels 1-9, block sizes
-    DEFAULT_BLOCKSIZES and 1..max_threads threads, plus ``extras`` ('zlib', 'ans')."""
+    DEFAULT_BLOCKSIZES and 1..max_threads threads, plus ``extras`` ('zlib', 'ans': its models in ``store``)."""
     kw = dict(tradeoff=tradeoff, perf_mode=perf_mode, bandwidth_gbs=bandwidth_gbs, **config)
     cfg = BtuneConfig.from_env(**kw) if use_env else BtuneConfig(**kw)
     if space is None:
@@ -555,7 +537,7 @@ def tune(codes: bytes | np.ndarray, typesize: int | None = None, bandwidth_gbs: 
                                          extras=extra_candidates(extras, ans_table))
     elif extras:
         space = replace(space, extras=space.extras + extra_candidates(extras, ans_table))
-    return Btune(cfg, space, trial, sample_bytes, out).run(codes, typesize)
+    return Btune(cfg, space, trial, sample_bytes, out, store).run(codes, typesize)
 
 
 __all__ = [

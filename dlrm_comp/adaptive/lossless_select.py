@@ -7,11 +7,11 @@ merit is better by more than `hysteresis`, so a table does not flip between near
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
-from dlrm_comp.adaptive.btune import Btune, Measurement, make_sample, tune
+from dlrm_comp.adaptive.btune import Btune, make_sample, tune
 from dlrm_comp.compress.lossless import LosslessCodec
+from dlrm_comp.compress.timing import measure_codec
 
 
 @dataclass
@@ -22,20 +22,6 @@ class LosslessChoice:
     incumbent_merit: float
     switched: bool
     reason: str
-
-
-def measure_codec(codec: LosslessCodec, sample: bytes, typesize: int, reps: int = 3) -> Measurement:
-    """Best-of-`reps` compress and decompress times of one codec on `sample` (as Btune times its trials)."""
-    comp = codec.compress(sample, typesize)
-    ct = dt = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        codec.compress(sample, typesize)
-        t1 = time.perf_counter()
-        codec.decompress(comp, len(sample))
-        t2 = time.perf_counter()
-        ct, dt = min(ct, t1 - t0), min(dt, t2 - t1)
-    return Measurement(len(sample), len(comp), ct, dt)
 
 
 @dataclass
@@ -56,7 +42,7 @@ class LosslessSelector:
         sample = make_sample(codes, self.sample_bytes, typesize)
         incumbent_merit = scorer.merit(measure_codec(incumbent, sample, typesize))
         better = result.merit > incumbent_merit * (1.0 + self.hysteresis)
-        same = result.codec.name == incumbent.name and result.codec.params == incumbent.params
+        same = result.codec.spec == incumbent.spec
         switched = better and not same
         reason = (f"btune: merit {result.merit:.4g} vs incumbent {incumbent_merit:.4g} "
                   f"({'switch' if switched else 'keep'}, hysteresis {self.hysteresis:.0%}, "

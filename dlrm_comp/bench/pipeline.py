@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -41,12 +40,13 @@ from dlrm_comp.compress.lossless import (
     get_lossless,
     nvcomp_available,
 )
+from dlrm_comp.compress.modes import FIXED_RATE
 from dlrm_comp.compress.quantize import ChunkKind, dequantize_np, quantize_np
+from dlrm_comp.compress.timing import best_time
 from dlrm_comp.progress import progress_bar
 
 WIDTHS = ("auto", "2")
 CODE_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2")}
-FIXED = ("fp16", "bf16", "fp8", "int8")
 
 # lossless stages measured on every code file (name, label, params); Btune's pick and 'ans' are added
 LOSSLESS_SET: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -64,16 +64,9 @@ def _fmt_eb(eb: float) -> str:
     return f"{eb:.0e}".replace("e-0", "e-")
 
 
-def _timed(fn: Callable[[], Any], min_s: float = 0.002, max_reps: int = 50) -> tuple[Any, float]:
-    """(result, best seconds per call) repeating until ``min_s`` elapsed (at least 2 calls)."""
-    out = fn()
-    best, total, reps = float("inf"), 0.0, 0
-    while reps < 2 or (total < min_s and reps < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        best, total, reps = min(best, dt), total + dt, reps + 1
-    return out, best
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, best seconds per call): at least 3 calls, more until 2 ms were spent."""
+    return best_time(fn, reps=3, min_s=0.002, max_reps=50)
 
 
 # ------------------------------------------------------------------------------------------ quantize
@@ -168,7 +161,7 @@ def pad_dir(codes: Path, out: Path, factor: int, progress: bool = True) -> list[
 
 # ------------------------------------------------------------------------------------------ encode
 def _overhead(entry: dict[str, Any], codec: LosslessCodec, body_len: int) -> int:
-    h = FrameHeader("codec", 2, torch.float32, (entry.get("rows", entry["batch"]), entry["dim"]), entry["width"],
+    h = FrameHeader("codec", ChunkKind.QUANT, torch.float32, (entry.get("rows", entry["batch"]), entry["dim"]), entry["width"],
                     codec.codec_id,
                     codec.header_params(), entry["eb_eff"], entry["eb_abs"], (entry["minimum"], entry["step"]))
     return frame_overhead(h, body_len)
@@ -198,7 +191,7 @@ def encode_codes(entries: list[dict[str, Any]], codes_dir: Path, size: str, *, t
     store = SymbolModelStore()
     tuned: dict[tuple, LosslessCodec] = {}
     history: dict[tuple, list[np.ndarray]] = {}
-    fixed = {m: get_backend(m) for m in FIXED}
+    fixed = {m: get_backend(m) for m in FIXED_RATE}
     sz = get_backend("sz")
     rows: list[dict[str, Any]] = []
     ordered = sorted(entries, key=lambda e: (e["table"], e["eb_rel"], e["iteration"]))
@@ -230,7 +223,7 @@ def encode_codes(entries: list[dict[str, Any]], codes_dir: Path, size: str, *, t
             res = tune(codes, e["width"], bandwidth_gbs=tune_bandwidth_gbs, tradeoff=tune_tradeoff,
                        space=SearchSpace(), extras=("zlib",), max_trials=tune_max_trials, use_env=False)
             tuned[key] = res.codec
-        add("btune", tuned[key], json.dumps(tuned[key].params, sort_keys=True))
+        add("btune", tuned[key], json.dumps(tuned[key].spec.to_dict(), sort_keys=True))
         # model-based ANS: model learned from the earlier dumps of the same (table, bound)
         hist = history.setdefault(key, [])
         if HAVE_CONSTRICTION and hist:

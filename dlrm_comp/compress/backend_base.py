@@ -9,10 +9,13 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from dlrm_comp.compress.lossless import CodecCache
+from dlrm_comp.compress.modes import BY_NAME
 from dlrm_comp.compress.payload import decode_payload
+from dlrm_comp.compress.quantize import NONFINITE_POLICIES, ChunkKind
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Encoded:
     """One encoded chunk. ``payload`` is the wire bytes (None for simulate, which keeps
     ``tensor``, the decoded values, instead). ``nbytes`` is exact (header and CRC included)
@@ -25,7 +28,7 @@ class Encoded:
     eb_rel: float | None
     eb_abs: float | None
     ideal_nbytes: float | None
-    kind: str
+    kind: ChunkKind
     payload: bytes | None = None
     tensor: torch.Tensor | None = None
 
@@ -34,12 +37,12 @@ class Encoded:
         return self.raw_nbytes / self.nbytes if self.nbytes else float("inf")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ChunkStats:
-    """Per-chunk statistics of a round trip (what the recorder aggregates)."""
+    """Per-chunk statistics of a round trip (what the recorder aggregates); built by ``of``."""
 
     mode: str
-    kind: str
+    kind: ChunkKind
     raw_nbytes: int
     nbytes: int
     estimated: bool
@@ -54,6 +57,15 @@ class ChunkStats:
     @property
     def cr(self) -> float:
         return self.raw_nbytes / self.nbytes if self.nbytes else float("inf")
+
+    @classmethod
+    def of(cls, backend: "Backend", enc: Encoded, max_abs_err: float, enc_s: float, dec_s: float) -> "ChunkStats":
+        """The statistics of one encoded chunk: the error ratio only for error-bounded backends."""
+        return cls(mode=backend.name, kind=enc.kind, raw_nbytes=enc.raw_nbytes, nbytes=enc.nbytes,
+                   estimated=enc.estimated, ideal_nbytes=enc.ideal_nbytes, eb_rel=enc.eb_rel, eb_abs=enc.eb_abs,
+                   max_abs_err=max_abs_err,
+                   err_ratio=error_ratio(max_abs_err, enc.eb_abs) if backend.error_bounded else None,
+                   enc_s=enc_s, dec_s=dec_s)
 
 
 @runtime_checkable
@@ -89,11 +101,25 @@ def error_ratio(err: float, eb_abs: float | None) -> float:
 
 
 class BaseBackend:
-    """Common decode and roundtrip; subclasses implement encode."""
+    """Common decode and roundtrip; subclasses implement encode. What a backend is (bounded,
+    fixed-rate) is its mode's entry in compress/modes.py. Each backend owns the codec cache it
+    decodes with (and the model store of its lossless stage, where that needs one)."""
 
     name: str = ""
-    error_bounded: bool = True
-    fixed_rate: bool = False
+
+    def __init__(self, nonfinite: str = "raise", store=None) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite: must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.codecs = CodecCache(store)
+
+    @property
+    def error_bounded(self) -> bool:
+        return BY_NAME[self.name].error_bounded
+
+    @property
+    def fixed_rate(self) -> bool:
+        return BY_NAME[self.name].fixed_rate
 
     def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:  # pragma: no cover
         raise NotImplementedError
@@ -110,7 +136,7 @@ class BaseBackend:
                     raise ValueError("Encoded carries neither payload nor tensor")
                 return enc.tensor if device is None else enc.tensor.to(device)
             enc = enc.payload
-        return decode_payload(enc, device)
+        return decode_payload(enc, device, self.codecs)
 
     def encode_measured(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[Encoded, ChunkStats]:
         """Encode for a real transfer, with the chunk's statistics (the error is the sender's own
@@ -118,12 +144,8 @@ class BaseBackend:
         t0 = time.perf_counter()
         enc = self.encode(x, eb_rel)
         enc_s = time.perf_counter() - t0
-        err, ratio = 0.0, None
-        if self.error_bounded:
-            err = max_abs_error(x, self.decode(enc, x.device))
-            ratio = error_ratio(err, enc.eb_abs)
-        return enc, ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, enc.estimated, enc.ideal_nbytes,
-                               enc.eb_rel, enc.eb_abs, err, ratio, enc_s, 0.0)
+        err = max_abs_error(x, self.decode(enc, x.device)) if self.error_bounded else 0.0
+        return enc, ChunkStats.of(self, enc, err, enc_s, 0.0)
 
     def roundtrip(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[torch.Tensor, ChunkStats]:
         """Encode then decode as a receiver would; x_hat on x's device and dtype, plus stats."""
@@ -135,10 +157,4 @@ class BaseBackend:
         x_hat = self.decode(enc, x.device)
         _sync(x)
         t2 = time.perf_counter()
-        err = max_abs_error(x, x_hat)
-        ratio = None
-        if self.error_bounded:
-            ratio = error_ratio(err, enc.eb_abs)
-        stats = ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, enc.estimated, enc.ideal_nbytes,
-                           enc.eb_rel, enc.eb_abs, err, ratio, t1 - t0, t2 - t1)
-        return x_hat, stats
+        return x_hat, ChunkStats.of(self, enc, max_abs_error(x, x_hat), t1 - t0, t2 - t1)

@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlrm_comp.compress.backend_base import Backend, BaseBackend, ChunkStats, Encoded, error_ratio, max_abs_error
-from dlrm_comp.compress.fixed import FIXED_MODES, encode_fixed
+from dlrm_comp.compress.backend_base import Backend, BaseBackend, ChunkStats, Encoded, max_abs_error
+from dlrm_comp.compress.fixed import encode_fixed
 from dlrm_comp.compress.frame import FrameHeader, encode_frame, frame_overhead
 from dlrm_comp.compress.lossless import LosslessCodec, default_lossless, entropy_bytes, get_lossless
 from dlrm_comp.compress.lossless.entropy import entropy_bytes_np
 from dlrm_comp.compress.lossless.identity import IdentityCodec
+from dlrm_comp.compress.modes import BACKEND_MODES, FIXED_RATE
 from dlrm_comp.compress.payload import decode_body
 from dlrm_comp.compress.quantize import (
-    NONFINITE_POLICIES,
     ChunkKind,
     QuantizedChunk,
     check_input,
@@ -37,17 +37,9 @@ from dlrm_comp.compress.quantize import (
 )
 from dlrm_comp.compress.sz import sz_compress
 
-MODES = ("simulate", "sz", "codec", "fp16", "bf16", "fp8", "int8")
-
 
 def _raw_nbytes(x: torch.Tensor) -> int:
     return x.numel() * x.element_size()
-
-
-def _check_policy(nonfinite: str) -> str:
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"nonfinite: must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-    return nonfinite
 
 
 def _chunk_header(mode: str, q: QuantizedChunk, codec: LosslessCodec | None = None) -> FrameHeader:
@@ -58,7 +50,7 @@ def _chunk_header(mode: str, q: QuantizedChunk, codec: LosslessCodec | None = No
     elif q.kind == ChunkKind.QUANT:
         params = (q.minimum, q.step)
     codec = codec or IdentityCodec()
-    return FrameHeader(mode, int(q.kind), q.dtype, q.shape, q.width, codec.codec_id, codec.header_params(),
+    return FrameHeader(mode, q.kind, q.dtype, q.shape, q.width, codec.codec_id, codec.header_params(),
                        q.eb_rel, q.eb_abs, params)
 
 
@@ -69,10 +61,10 @@ def _raw_body(q: QuantizedChunk) -> bytes:
 class SimulateBackend(BaseBackend):
     """Quantize-dequantize on the tensor's device; bytes estimated from the codes' entropy."""
 
-    name, error_bounded, fixed_rate = "simulate", True, False
+    name = "simulate"
 
     def __init__(self, nonfinite: str = "raise", lossless: str | LosslessCodec | None = None, **lossless_params: Any):
-        self.nonfinite = _check_policy(nonfinite)
+        super().__init__(nonfinite)
         self.lossless = _make_lossless(lossless, lossless_params)  # only for the header-size estimate
 
     def describe(self) -> str:
@@ -87,26 +79,25 @@ class SimulateBackend(BaseBackend):
         else:
             nbytes = frame_overhead(h, _raw_nbytes(x) if q.is_raw else 0) + (_raw_nbytes(x) if q.is_raw else 0)
             ideal = float(nbytes)
-        return Encoded(self.name, nbytes, _raw_nbytes(x), True, float(eb_rel), q.eb_abs, ideal, q.kind.name,
-                       tensor=dequantize(q))
+        return Encoded(mode=self.name, nbytes=nbytes, raw_nbytes=_raw_nbytes(x), estimated=True, eb_rel=float(eb_rel),
+                       eb_abs=q.eb_abs, ideal_nbytes=ideal, kind=q.kind, tensor=dequantize(q))
 
 
 class CodecBackend(BaseBackend):
     """Quantize, then a lossless stage on the codes; exact bytes. Falls back to identity when the
     lossless stage does not shrink the codes (e.g. a blosc2 setting that stores the block)."""
 
-    name, error_bounded, fixed_rate = "codec", True, False
+    name = "codec"
 
     def __init__(self, nonfinite: str = "raise", lossless: str | LosslessCodec | None = None, ideal: bool = True,
                  verify_decode: bool = False, **lossless_params: Any):
-        self.nonfinite = _check_policy(nonfinite)
+        self.lossless = _make_lossless(lossless, lossless_params)
+        super().__init__(nonfinite, self.lossless.store if self.lossless.needs_store else None)
         self.ideal = bool(ideal)
         self.verify_decode = bool(verify_decode)  # entropy of the codes for ideal_nbytes (about a third of small-chunk encode time)
-        self.lossless = _make_lossless(lossless, lossless_params)
 
     def describe(self) -> str:
-        args = ",".join(f"{k}={v}" for k, v in self.lossless.params.items() if k != "nthreads")
-        return f"{self.name}:{self.lossless.name}({args})"
+        return f"{self.name}:{self.lossless.spec.label()}"
 
     def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:
         return self._encode(x, eb_rel)[0]
@@ -128,21 +119,23 @@ class CodecBackend(BaseBackend):
             codec, body = self.lossless, self.lossless.compress(codes, fq.width)
             if len(body) >= len(codes):
                 codec, body = _IDENTITY, codes
-            h = FrameHeader(self.name, 2, fq.dtype, fq.shape, fq.width, codec.codec_id, codec.header_params(),
+            h = FrameHeader(self.name, kind, fq.dtype, fq.shape, fq.width, codec.codec_id, codec.header_params(),
                             eb, fq.eb_abs, (fq.minimum, fq.step))
             payload = encode_frame(h, body)
             ideal = entropy_bytes_np(fq.codes) + len(payload) - len(body) if self.ideal else None
-            return (Encoded(self.name, len(payload), raw_n, False, eb, fq.eb_abs, ideal, "QUANT", payload=payload),
-                    fq.y, fq.err, fq.deq_s)
+            return self._encoded(payload, raw_n, eb, fq.eb_abs, ideal, kind), fq.y, fq.err, fq.deq_s
         if kind == ChunkKind.CONST:
-            h = FrameHeader(self.name, 1, fq.dtype, fq.shape, 0, 0, b"", eb, 0.0, (fq.minimum,))
+            h = FrameHeader(self.name, kind, fq.dtype, fq.shape, 0, 0, b"", eb, 0.0, (fq.minimum,))
             payload = encode_frame(h, b"")
-            return (Encoded(self.name, len(payload), raw_n, False, eb, 0.0, float(len(payload)), "CONST",
-                            payload=payload), fq.y, 0.0, 0.0)
-        h = FrameHeader(self.name, 0, fq.dtype, fq.shape, 0, 0, b"", eb, fq.eb_abs, ())
+            return self._encoded(payload, raw_n, eb, 0.0, float(len(payload)), kind), fq.y, 0.0, 0.0
+        h = FrameHeader(self.name, ChunkKind.RAW, fq.dtype, fq.shape, 0, 0, b"", eb, fq.eb_abs, ())
         payload = encode_frame(h, tensor_to_bytes(fq.raw))
-        return (Encoded(self.name, len(payload), raw_n, False, eb, fq.eb_abs, float(len(payload)), "RAW",
-                        payload=payload), None, 0.0, 0.0)
+        return self._encoded(payload, raw_n, eb, fq.eb_abs, float(len(payload)), ChunkKind.RAW), None, 0.0, 0.0
+
+    def _encoded(self, payload: bytes, raw_n: int, eb: float, eb_abs: float, ideal: float | None,
+                 kind: ChunkKind) -> Encoded:
+        return Encoded(mode=self.name, nbytes=len(payload), raw_nbytes=raw_n, estimated=False, eb_rel=eb,
+                       eb_abs=eb_abs, ideal_nbytes=ideal, kind=kind, payload=payload)
 
     def _encode_general(self, x: torch.Tensor, eb: float) -> Encoded:
         q = quantize(x.detach(), eb, nonfinite=self.nonfinite)
@@ -161,8 +154,7 @@ class CodecBackend(BaseBackend):
             ideal = entropy_bytes(q.codes) + frame_overhead(h, len(body)) if self.ideal else None
         else:
             ideal = float(len(payload))
-        return Encoded(self.name, len(payload), _raw_nbytes(x), False, eb, q.eb_abs, ideal, q.kind.name,
-                       payload=payload)
+        return self._encoded(payload, _raw_nbytes(x), eb, q.eb_abs, ideal, q.kind)
 
     def encode_measured(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[Encoded, ChunkStats]:
         """As BaseBackend.encode_measured, with the error the encoder already verified (no decode)."""
@@ -171,9 +163,7 @@ class CodecBackend(BaseBackend):
         enc_s = time.perf_counter() - t0
         if y is None:
             err = max_abs_error(x, self.decode(enc, x.device))
-        ratio = error_ratio(err, enc.eb_abs)
-        return enc, ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, False, enc.ideal_nbytes,
-                               enc.eb_rel, enc.eb_abs, err, ratio, enc_s, 0.0)
+        return enc, ChunkStats.of(self, enc, err, enc_s, 0.0)
 
     def roundtrip(self, x: torch.Tensor, eb_rel: float | None = None) -> tuple[torch.Tensor, ChunkStats]:
         """As BaseBackend.roundtrip, without a second decode where the encoder already verified the
@@ -192,10 +182,7 @@ class CodecBackend(BaseBackend):
                 raise AssertionError("codec: receiver decode differs from the verified reconstruction")
         else:
             x_hat, dec_s = y, deq_s
-        ratio = error_ratio(err, enc.eb_abs)
-        stats = ChunkStats(self.name, enc.kind, enc.raw_nbytes, enc.nbytes, False, enc.ideal_nbytes,
-                           enc.eb_rel, enc.eb_abs, err, ratio, t1 - t0, dec_s)
-        return x_hat, stats
+        return x_hat, ChunkStats.of(self, enc, err, t1 - t0, dec_s)
 
 
 _IDENTITY = IdentityCodec()
@@ -205,10 +192,7 @@ class SzBackend(BaseBackend):
     """Real SZ3 (pysz) in ABS mode with eb_abs = eb_rel * chunk range; verified after decoding
     (raw on violation); constant chunks never reach SZ3."""
 
-    name, error_bounded, fixed_rate = "sz", True, False
-
-    def __init__(self, nonfinite: str = "raise"):
-        self.nonfinite = _check_policy(nonfinite)
+    name = "sz"
 
     def _sz_chunk(self, x: torch.Tensor, eb_rel: float) -> tuple[QuantizedChunk | None, FrameHeader | None, bytes]:
         """(fallback chunk, None, b'') for RAW/CONST, or (None, SZ header, SZ body)."""
@@ -227,7 +211,7 @@ class SzBackend(BaseBackend):
         np_dtype = np.float64 if x.dtype == torch.float64 else np.float32
         body = sz_compress(x.detach().cpu().numpy().astype(np_dtype, copy=False) if x.dtype != torch.bfloat16
                            else x.detach().cpu().float().numpy(), eb_v)
-        h = FrameHeader(self.name, int(ChunkKind.SZ), x.dtype, tuple(x.shape), 0, 0, b"", eb_rel, eb_v, ())
+        h = FrameHeader(self.name, ChunkKind.SZ, x.dtype, tuple(x.shape), 0, 0, b"", eb_rel, eb_v, ())
         y = decode_body(h, body).reshape(-1).to(torch.float64)  # exactly what the receiver computes
         ok = bool(torch.isfinite(y).all().item()) and float((y - x64.cpu()).abs().max().item()) <= eb_v
         return (None, h, body) if ok else (raw, None, b"")
@@ -238,21 +222,18 @@ class SzBackend(BaseBackend):
         if q is not None:
             h, body = _chunk_header(self.name, q), _raw_body(q)
         payload = encode_frame(h, body)
-        kind = ChunkKind(h.kind).name
-        return Encoded(self.name, len(payload), _raw_nbytes(x), False, float(eb_rel), h.eb_abs, None, kind,
-                       payload=payload)
+        return Encoded(mode=self.name, nbytes=len(payload), raw_nbytes=_raw_nbytes(x), estimated=False,
+                       eb_rel=float(eb_rel), eb_abs=h.eb_abs, ideal_nbytes=None, kind=h.kind, payload=payload)
 
 
 class FixedRateBackend(BaseBackend):
     """fp16 / bf16 / fp8 / int8 casts (see fixed.py); eb_rel is ignored."""
 
-    error_bounded, fixed_rate = False, True
-
     def __init__(self, mode: str, nonfinite: str = "raise"):
-        if mode not in FIXED_MODES:
-            raise ValueError(f"fixed-rate mode must be one of {FIXED_MODES}, got {mode!r}")
+        if mode not in FIXED_RATE:
+            raise ValueError(f"fixed-rate mode must be one of {FIXED_RATE}, got {mode!r}")
         self.name = mode
-        self.nonfinite = _check_policy(nonfinite)
+        super().__init__(nonfinite)
 
     def encode(self, x: torch.Tensor, eb_rel: float | None = None) -> Encoded:
         check_input(x)
@@ -264,10 +245,10 @@ class FixedRateBackend(BaseBackend):
             h = FrameHeader(h.mode, h.kind, h.dtype, h.shape)
         else:
             params, body = encode_fixed(self.name, x)
-            h = FrameHeader(self.name, int(ChunkKind.FIXED), x.dtype, tuple(x.shape), params=params)
+            h = FrameHeader(self.name, ChunkKind.FIXED, x.dtype, tuple(x.shape), params=params)
         payload = encode_frame(h, body)
-        return Encoded(self.name, len(payload), _raw_nbytes(x), False, None, None, None, ChunkKind(h.kind).name,
-                       payload=payload)
+        return Encoded(mode=self.name, nbytes=len(payload), raw_nbytes=_raw_nbytes(x), estimated=False, eb_rel=None,
+                       eb_abs=None, ideal_nbytes=None, kind=h.kind, payload=payload)
 
 
 def _make_lossless(lossless: str | LosslessCodec | None, params: dict[str, Any]) -> LosslessCodec:
@@ -294,10 +275,10 @@ def get_backend(mode: str, **options: Any) -> Backend:
         return CodecBackend(**options)
     if mode == "sz":
         return SzBackend(**options)
-    if mode in FIXED_MODES:
+    if mode in FIXED_RATE:
         return FixedRateBackend(mode, **options)
-    raise ValueError(f"compress.mode: unknown backend {mode!r}; valid: {', '.join(MODES)}")
+    raise ValueError(f"compress.mode: unknown backend {mode!r}; valid: {', '.join(BACKEND_MODES)}")
 
 
-__all__ = ["MODES", "Backend", "ChunkStats", "Encoded", "get_backend", "SimulateBackend", "CodecBackend",
+__all__ = ["Backend", "ChunkStats", "Encoded", "get_backend", "SimulateBackend", "CodecBackend",
            "SzBackend", "FixedRateBackend"]

@@ -30,7 +30,6 @@ from dlrm_comp.compress.quantize import ChunkKind, check_input
 
 MAX_BITS = 16
 _F32_MAX = float(torch.finfo(torch.float32).max)
-_KIND_RAW, _KIND_CONST, _KIND_QUANT = int(ChunkKind.RAW), int(ChunkKind.CONST), int(ChunkKind.QUANT)
 
 
 @dataclass
@@ -227,7 +226,7 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: n
     y = (codes.to(torch.float64) * safe_step[:, None] + col["min"][:, None]).to(x.dtype)
     err_w = (y.to(wd) - xw).abs().amax(dim=1) if n else torch.zeros(c, dtype=wd, device=dev)
     ok = col["valid"] & (err_w < col["eb_abs"].to(wd))
-    kind = torch.where(ok, _KIND_QUANT, torch.where(col["const"], _KIND_CONST, _KIND_RAW)).to(torch.uint8)
+    kind = torch.where(ok, ChunkKind.QUANT, torch.where(col["const"], ChunkKind.CONST, ChunkKind.RAW)).to(torch.uint8)
     codes = codes.to(torch.int32)
     return BatchQuant(
         kind=kind,
@@ -263,7 +262,7 @@ def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> 
     ok, err = cpu_kernels.quantize_rows(xn, p["valid"], p["min"], p["safe_step"], p["max_code"], p["eb_abs"],
                                         low, high, hist, entropy, sent)
     const = p["const"]
-    kind = np.where(ok, _KIND_QUANT, np.where(const, _KIND_CONST, _KIND_RAW)).astype(np.uint8)
+    kind = np.where(ok, ChunkKind.QUANT, np.where(const, ChunkKind.CONST, ChunkKind.RAW)).astype(np.uint8)
     t = torch.from_numpy
     return BatchQuant(kind=t(kind), bits=t(np.where(ok, p["bits"], 0).astype(np.int64)), minimum=t(p["min"]),
                       step=t(np.where(ok, p["step"], 0.0)), eb_abs=t(p["eb_abs"]), low=t(low), high=t(high),
@@ -279,7 +278,7 @@ def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tens
     m = minimum.to(torch.float64)[:, None]
     y = (codes.to(torch.float64) * step.to(torch.float64)[:, None] + m).to(dtype)
     k = kind.to(torch.int64)[:, None]
-    return torch.where(k == _KIND_QUANT, y, torch.where(k == _KIND_CONST, m.to(dtype).expand_as(y), raw.to(dtype)))
+    return torch.where(k == ChunkKind.QUANT, y, torch.where(k == ChunkKind.CONST, m.to(dtype).expand_as(y), raw.to(dtype)))
 
 
 def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, bits: torch.Tensor,

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlrm_comp.compress.quantize import ChunkKind
+
+_QUANT, _CONST = int(ChunkKind.QUANT), int(ChunkKind.CONST)  # plain ints: numba compiles them in
+
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency; the torch path stays correct without it
@@ -83,7 +87,7 @@ if numba is not None:
         constant for CONST rows, the travelled values for RAW rows."""
         c, n = out.shape
         for r in range(c):
-            if kind[r] == 2:
+            if kind[r] == _QUANT:
                 s64 = step[r]
                 m64 = minimum[r]
                 if wide[r]:
@@ -92,7 +96,7 @@ if numba is not None:
                 else:
                     for i in range(n):
                         out[r, i] = np.float32(np.float64(low[r, i]) * s64 + m64)
-            elif kind[r] == 1:
+            elif kind[r] == _CONST:
                 v = np.float32(minimum[r])
                 for i in range(n):
                     out[r, i] = v

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dlrm_comp.compress.modes import FIXED_RATE
 from dlrm_comp.compress.quantize import tensor_from_bytes, tensor_to_bytes
 
-FIXED_MODES = ("fp16", "bf16", "fp8", "int8")
 _F32_MAX = float(np.finfo(np.float32).max)
 _FP16_MAX = 65504.0
 _BF16_MAX = float(torch.finfo(torch.bfloat16).max)
@@ -48,7 +48,7 @@ def encode_fixed(mode: str, x: torch.Tensor) -> tuple[tuple[float, ...], bytes]:
         codes = torch.where(s64[:, None] > 0, torch.round((m - bias.to(torch.float64)[:, None]) / s64.clamp_min(1e-300)[:, None]), torch.zeros_like(m))
         codes = codes.clamp(0, 255).to(torch.uint8)
         return (), codes.cpu().numpy().tobytes() + tensor_to_bytes(scale) + tensor_to_bytes(bias)
-    raise ValueError(f"fixed-rate mode must be one of {FIXED_MODES}, got {mode!r}")
+    raise ValueError(f"fixed-rate mode must be one of {FIXED_RATE}, got {mode!r}")
 
 
 def fixed_body_nbytes(mode: str, shape: tuple[int, ...]) -> int:
@@ -76,4 +76,4 @@ def decode_fixed(mode: str, params: tuple[float, ...], body: bytes, dtype: torch
         scale = tensor_from_bytes(body[n:n + 4 * rows], torch.float32, (rows,)).to(torch.float64)
         bias = tensor_from_bytes(body[n + 4 * rows:], torch.float32, (rows,)).to(torch.float64)
         return (codes * scale[:, None] + bias[:, None]).to(dtype).reshape(shape)
-    raise ValueError(f"fixed-rate mode must be one of {FIXED_MODES}, got {mode!r}")
+    raise ValueError(f"fixed-rate mode must be one of {FIXED_RATE}, got {mode!r}")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-FIXED_MODES = ("fp16", "bf16", "fp8", "int8")
+from dlrm_comp.compress.modes import FIXED_RATE
+
 _FP16_MAX = 65504.0
 _BF16_MAX = float(torch.finfo(torch.bfloat16).max)
 _FP8_MAX = 448.0
@@ -20,8 +21,8 @@ _F32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _check(mode: str) -> None:
-    if mode not in FIXED_MODES:
-        raise ValueError(f"fixed-rate mode must be one of {FIXED_MODES}, got {mode!r}")
+    if mode not in FIXED_RATE:
+        raise ValueError(f"fixed-rate mode must be one of {FIXED_RATE}, got {mode!r}")
 
 
 def row_nbytes(mode: str, dim: int) -> int:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.modes import MODES
+from dlrm_comp.compress.quantize import ChunkKind
 
 MAGIC = 0xDC
 VERSION = 1
@@ -30,8 +32,9 @@ MAX_NDIM = 8
 MAX_NUMEL = 1 << 28  # 1 GiB of float32: far above any chunk, blocks decompression bombs
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 WIDTHS = (0, 1, 2, 4)
-MODE_IDS = {"simulate": 1, "sz": 2, "codec": 3, "fp16": 4, "bf16": 5, "fp8": 6, "int8": 7}
+MODE_IDS = {m.name: m.frame_id for m in MODES if m.frame_id}
 MODE_NAMES = {v: k for k, v in MODE_IDS.items()}
+_KINDS = frozenset(int(k) for k in ChunkKind)
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class FrameHeader:
     """Decoded header fields; ``params`` are kind-specific floats (e.g. minimum, step)."""
 
     mode: str
-    kind: int
+    kind: ChunkKind
     dtype: torch.dtype
     shape: tuple[int, ...]
     width: int = 0
@@ -171,6 +174,8 @@ def decode_frame(payload: bytes | bytearray | memoryview) -> tuple[FrameHeader, 
     dtype_id, width_code, nfloats = b3 >> 6, b3 >> 4 & 3, b3 & 15
     if mode_id not in MODE_NAMES or nfloats > 3:
         raise CorruptPayloadError(f"unknown mode id {mode_id} or {nfloats} parameters")
+    if kind not in _KINDS:
+        raise CorruptPayloadError(f"unknown chunk kind {kind}")
     pos = 6 + plen
     if pos + 1 > end:
         raise CorruptPayloadError(f"payload truncated: need {plen + 1} bytes at offset 6, have {end - 6}")
@@ -204,6 +209,6 @@ def decode_frame(payload: bytes | bytearray | memoryview) -> tuple[FrameHeader, 
     if pos + body_len != end:
         raise CorruptPayloadError(f"{end - pos - body_len} unexpected trailing bytes after the body")
     body = buf[pos:end]
-    header = FrameHeader(MODE_NAMES[mode_id], kind, dtype, shape, WIDTHS[width_code], codec_id,
+    header = FrameHeader(MODE_NAMES[mode_id], ChunkKind(kind), dtype, shape, WIDTHS[width_code], codec_id,
                          codec_params, eb_rel, eb_abs, params)
     return header, body

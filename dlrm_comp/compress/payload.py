@@ -5,9 +5,10 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.fixed import FIXED_MODES, decode_fixed
+from dlrm_comp.compress.fixed import decode_fixed
 from dlrm_comp.compress.frame import FrameHeader, decode_frame
-from dlrm_comp.compress.lossless import codec_from_header
+from dlrm_comp.compress.lossless import CodecCache
+from dlrm_comp.compress.modes import FIXED_RATE
 from dlrm_comp.compress.quantize import (
     ChunkKind,
     QuantizedChunk,
@@ -24,52 +25,42 @@ _PARAMS_PER_KIND = {ChunkKind.RAW: 0, ChunkKind.CONST: 1, ChunkKind.QUANT: 2, Ch
 
 
 def _check(h: FrameHeader, body: bytes) -> None:
-    try:
-        kind = ChunkKind(h.kind)
-    except ValueError:
-        raise CorruptPayloadError(f"unknown chunk kind {h.kind}") from None
+    kind = h.kind
     if kind in _PARAMS_PER_KIND and len(h.params) != _PARAMS_PER_KIND[kind]:
         raise CorruptPayloadError(f"{kind.name} chunk carries {len(h.params)} parameters")
     if kind == ChunkKind.RAW and len(body) != h.numel * torch.empty((), dtype=h.dtype).element_size():
         raise CorruptPayloadError(f"raw body of {len(body)} bytes does not match shape {h.shape} of {h.dtype}")
     if kind == ChunkKind.QUANT and h.width == 0:
         raise CorruptPayloadError("quantized chunk with code width 0")
-    if kind == ChunkKind.FIXED and h.mode not in FIXED_MODES:
+    if kind == ChunkKind.FIXED and h.mode not in FIXED_RATE:
         raise CorruptPayloadError(f"fixed-rate chunk in mode {h.mode!r}")
 
 
-_CODECS: dict[tuple[int, bytes], object] = {}  # receiver-side cache: codecs are stateless
+def _codec(codecs: CodecCache | None, h: FrameHeader):
+    return (codecs if codecs is not None else CodecCache()).get(h.codec_id, h.codec_params)
 
 
-def _codec(codec_id: int, params: bytes):
-    key = (codec_id, params)
-    c = _CODECS.get(key)
-    if c is None:
-        c = codec_from_header(codec_id, params)
-        if len(_CODECS) < 256:
-            _CODECS[key] = c
-    return c
-
-
-def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None = None) -> torch.Tensor:
-    """Reconstruct the tensor a validated header + body describe, on ``device`` (default CPU)."""
-    if h.kind == 2 and len(h.params) == 2 and h.width in _NP_CODE:  # QUANT, fast path
+def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None = None,
+                codecs: CodecCache | None = None) -> torch.Tensor:
+    """Reconstruct the tensor a validated header + body describe, on ``device`` (default CPU);
+    ``codecs``: the receiver's codec cache and model store (None: a fresh one without models)."""
+    if h.kind == ChunkKind.QUANT and len(h.params) == 2 and h.width in _NP_CODE:  # QUANT, fast path
         npd = _NP_DTYPES.get(h.dtype)
         if npd is not None:  # bit-identical to dequantize()
-            codec = _codec(h.codec_id, h.codec_params)
+            codec = _codec(codecs, h)
             w = h.width
             codes = np.frombuffer(codec.decompress(body, h.numel * w), dtype=_NP_CODE[w])
             y = torch.from_numpy(dequantize_np(codes, h.params[0], h.params[1], npd)).reshape(h.shape)
             return y if device is None or torch.device(device).type == "cpu" else y.to(device)
     _check(h, body)
     dev = torch.device(device or "cpu")
-    kind = ChunkKind(h.kind)
+    kind = h.kind
     if kind == ChunkKind.RAW:
         return tensor_from_bytes(body, h.dtype, h.shape).to(dev)
     if kind == ChunkKind.CONST:
         return torch.full(h.shape, h.params[0], dtype=h.dtype, device=dev)
     if kind == ChunkKind.QUANT:
-        codec = _codec(h.codec_id, h.codec_params)
+        codec = _codec(codecs, h)
         codes = codes_from_bytes(codec.decompress(body, h.numel * h.width), h.width, h.numel, dev)
         q = QuantizedChunk(kind, h.shape, h.dtype, h.eb_rel or 0.0, h.eb_abs or 0.0, h.params[0], h.params[1],
                            h.width, codes, device=dev)
@@ -83,7 +74,9 @@ def decode_body(h: FrameHeader, body: bytes, device: torch.device | str | None =
         raise CorruptPayloadError(str(e)) from None
 
 
-def decode_payload(payload: bytes, device: torch.device | str | None = None) -> torch.Tensor:
-    """Validate (magic, version, CRC, lengths) and decode any dlrm_comp payload."""
+def decode_payload(payload: bytes, device: torch.device | str | None = None,
+                   codecs: CodecCache | None = None) -> torch.Tensor:
+    """Validate (magic, version, CRC, lengths) and decode any dlrm_comp payload (``codecs``: as
+    for ``decode_body``)."""
     h, body = decode_frame(payload)
-    return decode_body(h, body, device)
+    return decode_body(h, body, device, codecs)

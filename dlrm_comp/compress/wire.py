@@ -30,15 +30,13 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.lossless import LosslessCodec, codec_from_header
+from dlrm_comp.compress.lossless import CodecCache, LosslessCodec
 from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.quantize import ChunkKind
 
 MAGIC, VERSION = 0xDB, 3
 PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 22, 16
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-KIND_RAW, KIND_CONST, KIND_QUANT, KIND_SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT,
-                                                              ChunkKind.SZ))
 HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("section", "u1"), ("layout", "u1"),
                          ("rows", "<u4"), ("minimum", "<f4"), ("step", "<f4"), ("nbytes", "<u4")])
 assert HEADER_DTYPE.itemsize == CHUNK_HEADER
@@ -93,11 +91,11 @@ def body_sizes(h: np.ndarray, cols: int, itemsize: int, sz: list[bytes] | None =
     kind, bits, layout = h["kind"].astype(np.int64), h["bits"].astype(np.int64), h["layout"].astype(np.int64)
     n = h["rows"].astype(np.int64) * cols
     quant = np.where(layout == 1, (n * bits + 7) // 8, np.where(bits > 8, 2 * n, n))
-    size = np.where(kind == KIND_QUANT, quant, np.where(kind == KIND_RAW, n * itemsize,
+    size = np.where(kind == ChunkKind.QUANT, quant, np.where(kind == ChunkKind.RAW, n * itemsize,
                                                          np.where(layout == 1, 0, n)))
     if sz is not None:
         szs = np.array([len(b) for b in sz], dtype=np.int64)
-        size = np.where(kind == KIND_SZ, szs, size)
+        size = np.where(kind == ChunkKind.SZ, szs, size)
     return size
 
 
@@ -136,26 +134,26 @@ def _section_raw(hc: HostChunks, lo: int, hi: int) -> tuple[bytes, list[int]]:
     n = h["rows"].astype(np.int64) * hc.cols
     item = hc.raw.shape[1] // max(hc.rows * hc.cols, 1) if hc.raw is not None else 0
     parts = []
-    raw_rows = np.flatnonzero(kind == KIND_RAW)
+    raw_rows = np.flatnonzero(kind == ChunkKind.RAW)
     if h["layout"][0] == 1:
-        lengths = np.where(kind == KIND_QUANT, (n * bits + 7) // 8, 0)
+        lengths = np.where(kind == ChunkKind.QUANT, (n * bits + 7) // 8, 0)
         parts.append(_take(hc.low[lo:hi], 0, lengths))
     else:
         primary = hc.low[lo:hi].copy()
         if raw_rows.size:
             primary[raw_rows] = hc.raw[lo + raw_rows, :primary.shape[1]]
-        primary[kind == KIND_CONST] = 0
+        primary[kind == ChunkKind.CONST] = 0
         if hc.sz is not None:
-            primary[kind == KIND_SZ] = 0
+            primary[kind == ChunkKind.SZ] = 0
         parts.append(_take(primary, 0, n))
-        wide = np.flatnonzero((kind == KIND_QUANT) & (bits > 8))
+        wide = np.flatnonzero((kind == ChunkKind.QUANT) & (bits > 8))
         if wide.size:
             parts.append(_take(hc.high[lo + wide], 0, n[wide]))
     if raw_rows.size:
         start = np.zeros(raw_rows.size, np.int64) if h["layout"][0] == 1 else n[raw_rows]
         parts.append(_take(hc.raw[lo + raw_rows], start, n[raw_rows] * item))
     if hc.sz is not None:
-        parts += [np.frombuffer(hc.sz[lo + c], dtype=np.uint8) for c in np.flatnonzero(kind == KIND_SZ)]
+        parts += [np.frombuffer(hc.sz[lo + c], dtype=np.uint8) for c in np.flatnonzero(kind == ChunkKind.SZ)]
     raw = b"".join(p.tobytes() for p in parts)
     if h["layout"][0] == 1 or not n.sum():
         return raw, [len(raw)]
@@ -223,12 +221,13 @@ class Parsed:
     bitpacked: np.ndarray | None  # [C, 2N] uint8 packed codes of bitpack chunks (unpacked on the device)
 
 
-def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = None,
+def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = None,
           expect_chunks: int | None = None) -> Parsed:
     """Validate one message and split it into codes and raw values: magic, version, lengths,
     the chunk-table checksum, every coder's exact output size and every section's checksum.
     ``rows`` (one count, or one per chunk: the receiver knows them) and ``expect_chunks`` are
-    checked before anything is allocated."""
+    checked before anything is allocated. ``codecs``: the receiver's codec cache and model store
+    (None: a fresh cache without models, for one message)."""
     buf = memoryview(msg)
     size = len(buf)
     if size < PREAMBLE:
@@ -267,22 +266,23 @@ def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = N
     width = m_rows * cols
     n = chunk_rows * cols
     kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
-    if n_chunks and (np.any(kind > KIND_SZ) or np.any(bits > 16) or np.any(layout > 1)
+    if n_chunks and (np.any(kind > ChunkKind.SZ) or np.any(bits > 16) or np.any(layout > 1)
                      or np.any(np.diff(sec) < 0) or sec[0] != 0 or sec[-1] != n_sections - 1
                      or np.any(np.diff(sec) > 1)
                      or np.any((np.diff(layout.astype(np.int64)) != 0) & (np.diff(sec) == 0))):
         raise CorruptPayloadError("chunk table has out-of-range fields")
-    if np.any((kind == KIND_SZ) & ((layout != 1) | (h["nbytes"] > n * item))):
+    if np.any((kind == ChunkKind.SZ) & ((layout != 1) | (h["nbytes"] > n * item))):
         raise CorruptPayloadError("SZ chunk with a bad layout or a body larger than its raw size")
     expect = body_sizes(h, cols, item)
-    fixed = kind != KIND_SZ
+    fixed = kind != ChunkKind.SZ
     if np.any(h["nbytes"][fixed] != expect[fixed]):
         raise CorruptPayloadError("chunk body sizes do not match their kinds and widths")
     low = np.zeros((n_chunks, width), dtype=np.uint8)
     high = np.zeros((n_chunks, width), dtype=np.uint8)
     raw = np.zeros((n_chunks, width * item), dtype=np.uint8)
-    packed = np.zeros((n_chunks, 2 * width), dtype=np.uint8) if np.any((layout == 1) & (kind == KIND_QUANT)) else None
+    packed = np.zeros((n_chunks, 2 * width), dtype=np.uint8) if np.any((layout == 1) & (kind == ChunkKind.QUANT)) else None
     sz_bodies: dict[int, bytes] = {}
+    codecs = codecs if codecs is not None else CodecCache()
     pos, lo = table_end, 0
     for s in range(n_sections):
         if pos + SECTION_HEADER > size:
@@ -299,13 +299,7 @@ def parse(msg: bytes | memoryview, rows, cols: int, codec_cache: dict | None = N
         coded = buf[pos:pos + coded_n]
         pos += coded_n
         if codec_id:
-            key = (codec_id, params)
-            codec = codec_cache.get(key) if codec_cache is not None else None
-            if codec is None:
-                codec = codec_from_header(codec_id, params)
-                if codec_cache is not None:
-                    codec_cache[key] = codec
-            stream = codec.decompress(bytes(coded), raw_n)
+            stream = codecs.get(codec_id, params).decompress(bytes(coded), raw_n)
         else:
             if coded_n != raw_n:
                 raise CorruptPayloadError(f"section {s}: stored {coded_n} bytes, header says {raw_n}")
@@ -345,9 +339,9 @@ def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: np.ndarray, it
     """Inverse of ``_section_raw``: the stream of one section into the planes (``n`` values per chunk)."""
     kind, bits = h["kind"], h["bits"].astype(np.int64)
     k = len(h)
-    raw_rows = np.flatnonzero(kind == KIND_RAW)
+    raw_rows = np.flatnonzero(kind == ChunkKind.RAW)
     if h["layout"][0] == 1:
-        lengths = np.where(kind == KIND_QUANT, (n * bits + 7) // 8, 0)
+        lengths = np.where(kind == ChunkKind.QUANT, (n * bits + 7) // 8, 0)
         used = int(lengths.sum())
         if used:  # bit-packed codes (SZ and RAW chunks of this layout carry none)
             _put(packed[lo:lo + k], 0, lengths, stream[:used])
@@ -357,7 +351,7 @@ def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: np.ndarray, it
         used = int(n.sum())
         _put(low[lo:lo + k], 0, n, stream[:used])
         pos = used
-        wide = np.flatnonzero((kind == KIND_QUANT) & (bits > 8))
+        wide = np.flatnonzero((kind == ChunkKind.QUANT) & (bits > 8))
         if wide.size:
             block = high[lo + wide]
             take = int(n[wide].sum())
@@ -376,7 +370,7 @@ def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: np.ndarray, it
         _put(block, start, stop, stream[pos:pos + take])
         raw[lo + raw_rows] = block
         pos += take
-    for c in np.flatnonzero(kind == KIND_SZ):
+    for c in np.flatnonzero(kind == ChunkKind.SZ):
         nb = int(h["nbytes"][c])
         sz_bodies[lo + int(c)] = stream[pos:pos + nb].tobytes()
         pos += nb

@@ -33,13 +33,12 @@ import torch
 from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_planes, error_ratios, quantize_batch
 from dlrm_comp.compress.errors import CorruptPayloadError, NonFiniteError
 from dlrm_comp.compress.fixed_batch import chunk_nbytes, decode_fixed, encode_fixed, row_nbytes
+from dlrm_comp.compress.lossless import CodecCache, SymbolModelStore
 from dlrm_comp.compress.lossless.identity import IdentityCodec
+from dlrm_comp.compress.quantize import ChunkKind
 from dlrm_comp.compress.wire import (
     CHUNK_HEADER,
     HEADER_DTYPE,
-    KIND_QUANT,
-    KIND_RAW,
-    KIND_SZ,
     PREAMBLE,
     SECTION_HEADER,
     HostChunks,
@@ -118,10 +117,11 @@ class Layout:
 
 class Exchange:
     """Holds the plan by reference; returns its statistics through the recorder's device
-    accumulators (never mutating the training extension)."""
+    accumulators (never mutating the training extension). Owns its receiver's codec cache and
+    the model store ('ans' sections) it decodes with: nothing is shared with other exchanges."""
 
     def __init__(self, transport, owners: Sequence[int], dim: int, plan: CompressionPlan | None = None,
-                 recorder=None, size_exchange: str = "exact"):
+                 recorder=None, size_exchange: str = "exact", store: SymbolModelStore | None = None):
         self.transport = transport
         self.owners = list(owners)
         self.dim = dim
@@ -146,7 +146,7 @@ class Exchange:
         self.last_sample: dict[int, torch.Tensor] = {}  # a forward chunk per owned table (lossless tuning)
         self.host_syncs = 0  # host reads of the exchange itself (tests count them)
         self.bag_counts = np.zeros((len(self.owners), 2), np.int64)  # [distinct bags, rows] per table, every step
-        self._codecs: dict = {}  # receiver-side coder cache, per exchange (not process-wide)
+        self.codecs = CodecCache(store)  # receiver-side coders, per exchange (not process-wide)
         self._inflight = None  # (finish, compress, layout) of a started forward (Req/Wait)
         self._indices: dict = {}  # device index tensors of table lists (built once)
         self._host_indices: dict = {}
@@ -303,7 +303,7 @@ class Exchange:
         """The forward messages of one step (codec and sz modes), without a transport: what the
         benchmarks time as the encoder. Statistics are recorded as in a real exchange."""
         plan = self.plan.fwd
-        if plan.mode not in ("codec", "sz"):
+        if not plan.byte_messages:
             raise ValueError(f"encode: only byte modes build messages, not {plan.mode!r}")
         lay = self.layout(self.bag_index(pooled[0].shape[0], bags), plan)
         return self._encode(self._owner_rows(list(pooled), lay), lay.owner, plan, "fwd")
@@ -316,7 +316,7 @@ class Exchange:
     def _decode_message(self, msg, rows, tables: list[int] | None = None) -> torch.Tensor:
         """One message's travelling rows, in the sender's dtype (``tables``: what the receiver
         expects the message to carry, checked)."""
-        rec = parse(msg, rows, self.dim, self._codecs, expect_chunks=None if tables is None else len(tables))
+        rec = parse(msg, rows, self.dim, self.codecs, expect_chunks=None if tables is None else len(tables))
         if tables is not None and rec.header["table"].astype(np.int64).tolist() != list(tables):
             raise CorruptPayloadError(f"message carries tables {rec.header['table'].tolist()}, expected {list(tables)}")
         return _unpad(self._reconstruct(rec, self.transport.device), rec.header["rows"].astype(np.int64), self.dim)
@@ -468,10 +468,10 @@ class Exchange:
         q = quantize_batch(x, self._eb(plan, out.chunk_tables, x.device), counts)
         self._check_finite(q.nonfinite, plan, x)
         n = to_device(torch.from_numpy((rows * self.dim).astype(np.float64)), x.device)
-        quant = q.kind == KIND_QUANT
+        quant = q.kind == ChunkKind.QUANT
         ideal = q.entropy_bytes() + CHUNK_HEADER
         raw_body = n * x.element_size()
-        est = torch.where(quant, ideal, torch.where(q.kind == KIND_RAW, raw_body, 0.0) + CHUNK_HEADER)
+        est = torch.where(quant, ideal, torch.where(q.kind == ChunkKind.RAW, raw_body, 0.0) + CHUNK_HEADER)
         est = est + (PREAMBLE + SECTION_HEADER) / max(len(rows), 1) * len(out.counts)
         self._record(direction, plan, out, x.element_size(), est, est, q.error_ratio(), time.perf_counter() - t0)
         return _unpad(q.received(), rows, self.dim)
@@ -557,7 +557,7 @@ class Exchange:
             low = torch.where(torch.from_numpy(bp).to(x.device)[:, None], packed,
                               torch.nn.functional.pad(low, (0, n)))
         high = q.high.cpu().numpy() if (bits > 8).any() else None
-        raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).cpu().numpy() if (kind == KIND_RAW).any() else None
+        raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).cpu().numpy() if (kind == ChunkKind.RAW).any() else None
         h["nbytes"] = body_sizes(h, self.dim, x.element_size())
         return HostChunks(h, n // self.dim if self.dim else 0, self.dim, low.cpu().numpy(), high, raw), q
 
@@ -573,7 +573,7 @@ class Exchange:
         else:
             hc, q = self._host_chunks(x, counts, rows, tables, sections, plan)
             ratio = q.error_ratio()
-            ideal_body = torch.where(q.kind == KIND_QUANT, q.entropy_bytes(),
+            ideal_body = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes(),
                                      torch.from_numpy(hc.header["nbytes"].astype(np.float64)).to(q.kind.device))
         weights = None if ideal_body is None else ideal_body.cpu().numpy()
         messages, sent, framing = assemble(hc, x.dtype, out.counts, coders, weights)
@@ -614,7 +614,7 @@ class Exchange:
                 got = torch.from_numpy(np.ascontiguousarray(y)).to(x.dtype).to(torch.float64).numpy()
                 err = float(np.abs(got - ref[c, :m]).max()) if y.size else 0.0
                 if err <= eb and len(blob) < m * item:
-                    bodies[c], h["kind"][c], errs[c] = blob, KIND_SZ, err
+                    bodies[c], h["kind"][c], errs[c] = blob, ChunkKind.SZ, err
         h["nbytes"] = body_sizes(h, self.dim, item, bodies)
         ratio = error_ratios(torch.from_numpy(errs), eb_abs)
         raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).numpy()
@@ -707,7 +707,7 @@ class Exchange:
         h = rec.header
         n = rec.low.shape[1]
         t = torch.from_numpy
-        kind = np.where(h["kind"] == KIND_SZ, KIND_RAW, h["kind"]).astype(np.int64)
+        kind = np.where(h["kind"] == ChunkKind.SZ, ChunkKind.RAW, h["kind"]).astype(np.int64)
         bits = h["bits"].astype(np.int64)
         low, high = t(rec.low), t(rec.high)
         if rec.bitpacked is not None:  # bit-packed chunks: unpack (torch, on the device) into the planes

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dlrm_comp.compress.fixed_batch import FIXED_MODES
 from dlrm_comp.compress.lossless import LosslessCodec, get_lossless
+from dlrm_comp.compress.modes import BY_NAME, Mode, mode
 
-MODES = ("off", "simulate", "sz", "codec") + FIXED_MODES
-ERROR_BOUNDED = ("simulate", "sz", "codec")
 DEFAULT_CODER = "zstd"  # measured default for a destination's stream on the CPU (benchmarks/codec_cpu.py)
 
 
@@ -25,8 +23,7 @@ class DirectionPlan:
     version: int = 0  # bumped by set_coder: the exchange memoises message layouts on it
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"compress.mode: unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
+        mode(self.mode)  # ValueError naming the valid modes
         n = self.num_tables
         self.eb_rel = list(self.eb_rel) or [0.01] * n
         self.coders = list(self.coders) or [get_lossless(DEFAULT_CODER) for _ in range(n)]
@@ -38,27 +35,34 @@ class DirectionPlan:
         self.version += 1
 
     @property
+    def info(self) -> Mode:
+        """What the mode is (compress/modes.py)."""
+        return BY_NAME[self.mode]
+
+    @property
     def enabled(self) -> bool:
         return self.mode != "off"
 
     @property
     def error_bounded(self) -> bool:
-        return self.mode in ERROR_BOUNDED
+        return self.info.error_bounded
 
     @property
     def fixed_rate(self) -> bool:
-        return self.mode in FIXED_MODES
+        return self.info.fixed_rate
 
     @property
     def estimated(self) -> bool:
-        return self.mode == "simulate"
+        return self.info.estimated
+
+    @property
+    def byte_messages(self) -> bool:
+        return self.info.byte_messages
 
     def codec_name(self, table: int) -> str:
         if self.mode != "codec":
             return self.mode
-        c = self.coders[table]
-        args = ",".join(f"{k}={v}" for k, v in c.params.items() if k != "nthreads")
-        return f"codec:{'bitpack+' if self.bitpack[table] else ''}{c.name}({args})"
+        return f"codec:{'bitpack+' if self.bitpack[table] else ''}{self.coders[table].spec.label()}"
 
     def codec_names(self) -> list[str]:
         return [self.codec_name(t) for t in range(self.num_tables)]

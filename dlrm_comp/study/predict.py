@@ -17,9 +17,7 @@ import numpy as np
 
 from dlrm_comp.compress.bounds import TableBoundSpec, resolve_table_bounds
 from dlrm_comp.compress.decay import DecaySchedule
-
-ERROR_BOUNDED = ("codec", "sz", "simulate")
-FIXED_RATE = ("fp16", "bf16", "fp8", "int8")
+from dlrm_comp.compress.modes import FIXED_RATE
 
 
 def effective_bounds(params: dict, cardinalities: Sequence[int], iterations: int) -> list[float]:

@@ -28,9 +28,10 @@ import yaml
 from dlrm_comp.bench.report import speedup, throughput
 from dlrm_comp.config import load_config
 from dlrm_comp.compress.decay import DECAY_SCHEDULES
+from dlrm_comp.compress.modes import ERROR_BOUNDED, FIXED_RATE
 from dlrm_comp.filelock import file_lock
 from dlrm_comp.study.children import ChildProcesses
-from dlrm_comp.study.predict import ERROR_BOUNDED, FIXED_RATE, QoSPredictor, features
+from dlrm_comp.study.predict import QoSPredictor, features
 from dlrm_comp.study.runs import read_summary
 
 QOS_KINDS = {  # name: (summary final_eval key, sign: loss = sign * (trial - baseline))

@@ -10,7 +10,8 @@ import torch
 
 from dlrm_comp.adaptive.lossless_select import LosslessSelector
 from dlrm_comp.compress.batch_quant import quantize_batch
-from dlrm_comp.compress.wire import KIND_QUANT
+from dlrm_comp.compress.lossless import LosslessSpec
+from dlrm_comp.compress.quantize import ChunkKind
 from dlrm_comp.config import AdaptiveConfig
 from dlrm_comp.exchange.plan import DirectionPlan
 from dlrm_comp.train.compression_plan import build_coder
@@ -24,7 +25,7 @@ class TableCodecs:
         self.selector = LosslessSelector(bandwidth_gbps=adaptive.bandwidth_gbps, perf_mode=adaptive.perf_mode,
                                          tradeoff=adaptive.tradeoff, hysteresis=adaptive.hysteresis) \
             if tuning and adaptive.lossless_tuning else None
-        self.specs: dict[int, dict] = {}  # table -> lossless {name, **params} once tuned
+        self.specs: dict[int, LosslessSpec] = {}  # table -> its lossless stage once tuned
         self.control_steps = 0
         self.changes = 0
 
@@ -46,13 +47,13 @@ class TableCodecs:
         for table, chunk in sorted(samples.items()):
             x = chunk.reshape(1, -1)
             q = quantize_batch(x, torch.tensor([bound(table)], dtype=torch.float64))
-            if int(q.kind[0]) != KIND_QUANT:
+            if int(q.kind[0]) != ChunkKind.QUANT:
                 continue
             wide = int(q.bits[0]) > 8
             codes = q.codes[0].to(torch.int16 if wide else torch.uint8).cpu().numpy().tobytes()
             choice = self.selector.choose(table, codes, 2 if wide else 1, self.plan.coders[table])
             if choice.switched:
-                decisions.append((table, {"name": choice.codec.name, **choice.codec.params}, choice.reason))
+                decisions.append((table, choice.codec.spec, choice.reason))
         if self.world_size > 1:
             import torch.distributed as dist
             everyone = [None] * self.world_size
@@ -67,13 +68,13 @@ class TableCodecs:
         self.changes += len(decisions)
 
     def apply(self, table: int) -> None:
-        params = dict(self.specs[table])
-        self.plan.set_coder(table, build_coder(params.pop("name"), params))
+        spec = self.specs[table]
+        self.plan.set_coder(table, build_coder(spec.name, dict(spec.params)))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"table_codecs": dict(self.specs), "control_steps": self.control_steps, "codec_changes": self.changes}
+        return {"table_codecs": {t: s.to_dict() for t, s in self.specs.items()}, "control_steps": self.control_steps, "codec_changes": self.changes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.control_steps = state.get("control_steps", 0)
         self.changes = state.get("codec_changes", 0)
-        self.specs = {int(k): v for k, v in state.get("table_codecs", {}).items()}
+        self.specs = {int(k): LosslessSpec.from_dict(v) for k, v in state.get("table_codecs", {}).items()}

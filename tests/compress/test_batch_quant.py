@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_batch, quantize_batch, round_down_f32
-from dlrm_comp.compress.wire import KIND_CONST, KIND_QUANT, KIND_RAW
+from dlrm_comp.compress.quantize import ChunkKind
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -21,7 +21,7 @@ def _check(x: torch.Tensor, eb_rel: np.ndarray, q: BatchQuant) -> None:
     for c in range(x.shape[0]):
         kind = int(q.kind[c])
         row = x64[c]
-        if kind == KIND_RAW:
+        if kind == ChunkKind.RAW:
             assert torch.equal(y[c], x[c]) or (torch.isnan(row).any())
             continue
         rng = float(row.max() - row.min())
@@ -29,10 +29,10 @@ def _check(x: torch.Tensor, eb_rel: np.ndarray, q: BatchQuant) -> None:
         assert eb_abs <= eb_rel[c] * rng
         err = float((y64[c] - row).abs().max())
         assert err <= eb_abs
-        if kind == KIND_CONST:
+        if kind == ChunkKind.CONST:
             assert err == 0.0
         else:
-            assert kind == KIND_QUANT
+            assert kind == ChunkKind.QUANT
             assert int(q.codes[c].min()) >= 0 and int(q.codes[c].max()) < 2 ** int(q.bits[c])
 
 
@@ -90,7 +90,7 @@ def test_chunks_are_independent_of_their_neighbours():
 def test_tiny_range_falls_back_to_raw_without_error():
     x = torch.tensor([[0.0, 1e-38, 2e-38, 5e-39]], dtype=torch.float32)
     q = quantize_batch(x, torch.tensor([0.01], dtype=torch.float64))
-    assert int(q.kind[0]) == KIND_RAW  # the bound 1e-40 is not a usable step: raw, not OverflowError
+    assert int(q.kind[0]) == ChunkKind.RAW  # the bound 1e-40 is not a usable step: raw, not OverflowError
     _check(x, np.array([0.01]), q)
 
 
@@ -98,10 +98,10 @@ def test_near_overflow_and_constant_and_empty():
     fmax = float(torch.finfo(torch.float32).max)
     x = torch.tensor([[-fmax, fmax, 0.0, 1.0], [3.0, 3.0, 3.0, 3.0]], dtype=torch.float32)
     q = quantize_batch(x, torch.tensor([0.01, 0.01], dtype=torch.float64))
-    assert int(q.kind[1]) == KIND_CONST
+    assert int(q.kind[1]) == ChunkKind.CONST
     _check(x, np.array([0.01, 0.01]), q)
     empty = quantize_batch(torch.zeros(3, 0), torch.full((3,), 0.01, dtype=torch.float64))
-    assert empty.kind.tolist() == [KIND_RAW] * 3
+    assert empty.kind.tolist() == [ChunkKind.RAW] * 3
 
 
 def test_nonfinite_chunks_are_counted_and_raw():
@@ -109,7 +109,7 @@ def test_nonfinite_chunks_are_counted_and_raw():
     x[1, 3] = float("nan")
     x[2, 0] = float("inf")
     q = quantize_batch(x, torch.full((3,), 0.01, dtype=torch.float64))
-    assert q.kind.tolist() == [KIND_QUANT, KIND_RAW, KIND_RAW] and int(q.nonfinite) == 2
+    assert q.kind.tolist() == [ChunkKind.QUANT, ChunkKind.RAW, ChunkKind.RAW] and int(q.nonfinite) == 2
 
 
 def test_round_down_f32():

@@ -7,11 +7,13 @@ from hypothesis import strategies as st
 
 from compress_strategies import EBS, chunks
 
-from dlrm_comp.compress.backends import MODES, get_backend
+from dlrm_comp.compress.backends import get_backend
+from dlrm_comp.compress.modes import BACKEND_MODES as MODES
 from dlrm_comp.compress.errors import NonFiniteError
 from dlrm_comp.compress.frame import decode_frame
 from dlrm_comp.compress.lossless import get_lossless
 from dlrm_comp.compress.payload import decode_payload
+from dlrm_comp.compress.quantize import ChunkKind
 
 BOUNDED = ["simulate", "codec", "sz"]
 FIXED = ["fp16", "bf16", "fp8", "int8"]
@@ -51,7 +53,7 @@ def test_simulate_estimate_close_to_codec():
     x = torch.randn(256, 32, generator=torch.Generator().manual_seed(1)) * 0.05
     sim = get_backend("simulate").encode(x, 1e-2)
     real = get_backend("codec").encode(x, 1e-2)
-    assert sim.kind == real.kind == "QUANT"
+    assert sim.kind == real.kind == ChunkKind.QUANT
     assert real.ideal_nbytes == pytest.approx(sim.nbytes, rel=0.02)
     assert sim.nbytes <= real.nbytes < 1.15 * sim.nbytes
     assert torch.equal(get_backend("simulate").decode(sim), get_backend("codec").decode(real))
@@ -86,7 +88,7 @@ def test_nonfinite(mode):
         get_backend(mode).encode(x, 1e-2)
     b = get_backend(mode, nonfinite="passthrough")
     x_hat, s = b.roundtrip(x, 1e-2)
-    assert s.kind == "RAW" and torch.equal(torch.nan_to_num(x_hat), torch.nan_to_num(x))
+    assert s.kind == ChunkKind.RAW and torch.equal(torch.nan_to_num(x_hat), torch.nan_to_num(x))
 
 
 @pytest.mark.parametrize("mode", FIXED)
@@ -152,5 +154,5 @@ def test_codec_roundtrip_without_second_decode_is_bit_identical(x, eb):
     assert torch.equal(y1, y2) and s1.nbytes == s2.nbytes and s1.kind == s2.kind
     assert torch.equal(decode_payload(fast.encode(x, eb).payload), y1)
     assert s1.max_abs_err <= s1.eb_abs and s2.max_abs_err <= s2.eb_abs
-    if s1.kind == "QUANT":
+    if s1.kind == ChunkKind.QUANT:
         assert s1.max_abs_err == pytest.approx(s2.max_abs_err, rel=1e-6, abs=1e-30)

@@ -7,6 +7,7 @@ from dlrm_comp.compress.backends import get_backend
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.frame import MAX_NUMEL, FrameHeader, decode_frame, encode_frame, pack_header
 from dlrm_comp.compress.payload import decode_payload
+from dlrm_comp.compress.quantize import ChunkKind
 
 
 def _small_payload(mode="codec"):
@@ -15,7 +16,7 @@ def _small_payload(mode="codec"):
 
 
 def test_header_roundtrip_and_size():
-    h = FrameHeader("codec", 2, torch.float32, (32, 32), 1, 1, b"\x01", 0.01, 0.002, (-0.1, 0.004))
+    h = FrameHeader("codec", ChunkKind.QUANT, torch.float32, (32, 32), 1, 1, b"\x01", 0.01, 0.002, (-0.1, 0.004))
     h2, body = decode_frame(encode_frame(h, b"abc"))
     assert body == b"abc" and h2.shape == (32, 32) and h2.width == 1 and h2.codec_params == b"\x01"
     assert h2.params == pytest.approx((-0.1, 0.004)) and h2.eb_abs == pytest.approx(0.002)
@@ -52,9 +53,9 @@ def test_not_a_payload():
 
 def test_decompression_bomb_rejected():
     with pytest.raises(ValueError):
-        pack_header(FrameHeader("codec", 0, torch.float32, (MAX_NUMEL + 1,)), 0)
+        pack_header(FrameHeader("codec", ChunkKind.RAW, torch.float32, (MAX_NUMEL + 1,)), 0)
     # forge a valid-CRC frame claiming a huge shape: rejected before any allocation
-    h = FrameHeader("codec", 0, torch.float32, (1,))
+    h = FrameHeader("codec", ChunkKind.RAW, torch.float32, (1,))
     good = bytearray(encode_frame(h, b"\x00" * 4))
     import struct
     import zlib

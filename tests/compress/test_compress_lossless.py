@@ -63,7 +63,7 @@ def test_registry_errors():
 def test_default_compresses_codes_well():
     """The default must never be a setting that stores codes uncompressed; near entropy on 1 KiB."""
     codec = default_lossless()
-    assert codec.name == DEFAULT_LOSSLESS["name"]
+    assert codec.name == DEFAULT_LOSSLESS.name
     for n in (1024, 32768):
         q, buf = _codes(n)
         comp = codec.compress(buf, q.width)
@@ -98,3 +98,16 @@ def test_auto_uses_matches_on_repeated_rows_and_huffman_otherwise():
     assert len(auto.compress(buf, 1)) <= len(huff.compress(buf, 1))
     for b in (rep, buf):
         assert auto.decompress(auto.compress(b, 1), len(b)) == b
+
+
+def test_spec_is_a_hashable_value_with_the_json_of_a_dict():
+    import json
+
+    from dlrm_comp.compress.lossless import LosslessSpec
+    codec = get_lossless("zlib", level=1, strategy="huffman")
+    spec = codec.spec
+    assert spec == get_lossless("zlib", level=1, strategy="huffman").spec and len({spec, codec.spec}) == 1
+    assert spec != get_lossless("zlib", level=6, strategy="huffman").spec
+    assert json.dumps(spec.to_dict()) == json.dumps({"name": "zlib", **codec.params})  # what checkpoints hold
+    assert LosslessSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert spec.build().spec == spec and spec.label() == "zlib(level=1,strategy=huffman)"

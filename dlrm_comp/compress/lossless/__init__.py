@@ -28,14 +28,8 @@ message the chosen stage fails to shrink.
 """
 from __future__ import annotations
 
-from dlrm_comp.compress.lossless import blosc2_codec, identity, model_coder, nvcomp_codec, zlib_codec, zstd_codec  # noqa: F401  (register)
-from dlrm_comp.compress.lossless.base import (
-    LosslessCodec,
-    codec_from_header,
-    get_lossless,
-    lossless_names,
-    register,
-)
+from dlrm_comp.compress.lossless.base import LosslessCodec
+from dlrm_comp.compress.lossless.registry import CodecCache, codec_from_header, get_lossless, lossless_names
 from dlrm_comp.compress.lossless.entropy import (
     efficiency_report,
     entropy_bits_per_symbol,
@@ -47,21 +41,20 @@ from dlrm_comp.compress.lossless.model_coder import (
     AnsModelCodec,
     SymbolModel,
     SymbolModelStore,
-    default_model_store,
 )
 from dlrm_comp.compress.lossless.nvcomp_codec import nvcomp_available
+from dlrm_comp.compress.lossless.spec import LosslessSpec
 
-DEFAULT_LOSSLESS: dict = {"name": "zlib", "level": 1, "strategy": "auto"}
+DEFAULT_LOSSLESS = LosslessSpec.of("zlib", {"level": 1, "strategy": "auto"})
 
 
 def default_lossless() -> LosslessCodec:
-    params = dict(DEFAULT_LOSSLESS)
-    return get_lossless(params.pop("name"), **params)
+    return DEFAULT_LOSSLESS.build()
 
 
 __all__ = [
-    "AnsModelCodec", "HAVE_CONSTRICTION", "SymbolModel", "SymbolModelStore", "default_model_store",
+    "AnsModelCodec", "CodecCache", "HAVE_CONSTRICTION", "SymbolModel", "SymbolModelStore",
     "efficiency_report", "entropy_bytes_np", "nvcomp_available",
-    "DEFAULT_LOSSLESS", "LosslessCodec", "codec_from_header", "default_lossless", "entropy_bits_per_symbol",
-    "entropy_bytes", "get_lossless", "lossless_names", "register",
+    "DEFAULT_LOSSLESS", "LosslessCodec", "LosslessSpec", "codec_from_header", "default_lossless", "entropy_bits_per_symbol",
+    "entropy_bytes", "get_lossless", "lossless_names",
 ]

@@ -1,8 +1,10 @@
-"""The lossless-stage interface and its registry.
+"""The lossless-stage interface (the stages are listed in ``registry.py``).
 
 A codec is identified on the wire by a one-byte id plus a few parameter bytes, so a receiver in
 another process rebuilds it from the payload alone. Parameters that do not change the format
-(thread counts) are not serialized.
+(thread counts) are not serialized. A stage whose payloads decode only with state the receiver
+holds (the 'ans' coder's symbol models) says so with ``needs_store``: it is then built with,
+and rebuilt from headers with, the owner's ``SymbolModelStore`` (never a process-wide one).
 """
 from __future__ import annotations
 
@@ -10,18 +12,25 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.lossless.spec import LosslessSpec
 
 
 class LosslessCodec(ABC):
     """compress(buf, typesize) -> bytes; decompress(buf, nbytes) -> exactly nbytes bytes."""
 
     name: ClassVar[str]
-    codec_id: ClassVar[int]
+    codec_id: ClassVar[int]  # the wire's u8 codec id, unique
+    needs_store: ClassVar[bool] = False  # built with store=, rebuilt by from_header_params(blob, store)
 
     @property
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """The settings as plain values (for logs, configs and the tuner)."""
+
+    @property
+    def spec(self) -> LosslessSpec:
+        """This setting by value (hashable; ``spec.build()`` makes an equal codec)."""
+        return LosslessSpec.of(self.name, self.params)
 
     @abstractmethod
     def compress(self, buf: bytes, typesize: int) -> bytes: ...
@@ -42,6 +51,7 @@ class LosslessCodec(ABC):
 
     @classmethod
     def from_header_params(cls, blob: bytes) -> "LosslessCodec":
+        """Rebuild from ``header_params`` (a ``needs_store`` stage also takes the receiver's store)."""
         if blob:
             raise CorruptPayloadError(f"codec {cls.name!r} takes no header parameters, got {len(blob)} bytes")
         return cls()
@@ -49,38 +59,6 @@ class LosslessCodec(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
-
-
-_BY_NAME: dict[str, type[LosslessCodec]] = {}
-_BY_ID: dict[int, type[LosslessCodec]] = {}
-
-
-def register(cls: type[LosslessCodec]) -> type[LosslessCodec]:
-    """Class decorator adding a codec to the registry (name and id must be unique)."""
-    if cls.name in _BY_NAME or cls.codec_id in _BY_ID:
-        raise ValueError(f"lossless codec {cls.name!r} / id {cls.codec_id} registered twice")
-    _BY_NAME[cls.name] = cls
-    _BY_ID[cls.codec_id] = cls
-    return cls
-
-
-def lossless_names() -> list[str]:
-    return sorted(_BY_NAME)
-
-
-def get_lossless(name: str, **params: Any) -> LosslessCodec:
-    """Build a registered codec by name; unknown names raise ValueError listing the valid ones."""
-    if name not in _BY_NAME:
-        raise ValueError(f"lossless: unknown codec {name!r}; valid: {', '.join(lossless_names())}")
-    return _BY_NAME[name](**params)
-
-
-def codec_from_header(codec_id: int, blob: bytes) -> LosslessCodec:
-    """Rebuild the codec a payload names (receiver side)."""
-    cls = _BY_ID.get(codec_id)
-    if cls is None:
-        raise CorruptPayloadError(f"unknown lossless codec id {codec_id}")
-    return cls.from_header_params(blob)
 
 
 def check_size(name: str, out: bytes, nbytes: int) -> bytes:

@@ -15,14 +15,13 @@ import blosc2
 
 from dlrm_comp.checks import choice
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
+from dlrm_comp.compress.lossless.base import LosslessCodec, check_size
 
 CODECS = ("BLOSCLZ", "LZ4", "LZ4HC", "ZLIB", "ZSTD")
 FILTERS = ("NOFILTER", "SHUFFLE", "BITSHUFFLE", "BYTEDELTA")
 SPLITMODES = ("ALWAYS_SPLIT", "NEVER_SPLIT", "AUTO_SPLIT", "FORWARD_COMPAT_SPLIT")
 
 
-@register
 class Blosc2Codec(LosslessCodec):
     name = "blosc2"
     codec_id = 2

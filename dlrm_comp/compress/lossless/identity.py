@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
+from dlrm_comp.compress.lossless.base import LosslessCodec, check_size
 
 
-@register
 class IdentityCodec(LosslessCodec):
     name = "identity"
     codec_id = 0

@@ -16,7 +16,8 @@ Model lifecycle (the contract the adaptive controller and the all-to-all rely on
   ``install(table, version, model)`` registers a model received from elsewhere under its sender's
   version. A version is immutable: installing different counts under an existing key raises, so a
   message is never decoded with the wrong model. ``retire(table, keep)`` drops old versions once no
-  message in flight can name them. The process-wide store is ``default_model_store()``.
+  message in flight can name them. There is no process-wide store: the sender builds the codec
+  with its store, and a receiver's ``CodecCache`` (registry.py) holds the store it decodes with.
 * ``AnsModelCodec(table, version)`` (registry name ``"ans"``, header id 3) codes with exactly one
   model; its header parameters are ``table`` (uint16), ``version`` (uint32) and the code width, so a
   receiver rebuilds the codec from the payload and looks the model up in its own store; a missing
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
+from dlrm_comp.compress.lossless.base import LosslessCodec, check_size
 
 try:  # optional dependency: pip install constriction
     import constriction  # type: ignore
@@ -200,29 +201,23 @@ def _check_key(table: int, version: int) -> tuple[int, int]:
     return int(table), int(version)
 
 
-_DEFAULT_STORE = SymbolModelStore()
-
-
-def default_model_store() -> SymbolModelStore:
-    """The process-wide store receivers consult when rebuilding an 'ans' codec from a header."""
-    return _DEFAULT_STORE
-
-
-@register
 class AnsModelCodec(LosslessCodec):
     """ANS coding of codes with the model (table, version) of a SymbolModelStore."""
 
     name = "ans"
     codec_id = 3
+    needs_store = True
 
     def __init__(self, table: int = 0, version: int | None = None, store: SymbolModelStore | None = None) -> None:
         _require_constriction()
-        self.store = store or default_model_store()
+        if store is None:
+            raise ValueError("ans.store: the 'ans' coder needs the SymbolModelStore holding its models (store=...)")
+        self.store = store
         if version is None:
             version = self.store.latest_version(table)
             if version == 0:
                 raise ValueError(f"ans.version: no model learned for table {table}; call "
-                                 "default_model_store().learn(table, codes, width) first")
+                                 "store.learn(table, codes, width) first")
         self.table, self.version = _check_key(table, version)
         try:
             self.model = self.store.get(self.table, self.version)
@@ -268,11 +263,13 @@ class AnsModelCodec(LosslessCodec):
         return struct.pack("<HIB", self.table, self.version, self.model.width)
 
     @classmethod
-    def from_header_params(cls, blob: bytes) -> "AnsModelCodec":
+    def from_header_params(cls, blob: bytes, store: SymbolModelStore | None) -> "AnsModelCodec":
         if len(blob) != 7:
             raise CorruptPayloadError("ans: bad header parameters")
         table, version, width = struct.unpack("<HIB", blob)
-        store = default_model_store()
+        if store is None:
+            raise CorruptPayloadError(f"ans: this receiver has no model store to decode table {table} version "
+                                      f"{version} with (give its CodecCache the SymbolModelStore)")
         try:
             model = store.get(table, version)
         except KeyError:

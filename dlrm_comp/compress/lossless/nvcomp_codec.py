@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
+from dlrm_comp.compress.lossless.base import LosslessCodec, check_size
 
 ALGORITHMS = ("ANS", "Bitcomp", "Cascaded", "LZ4", "Zstd")
 
@@ -31,7 +31,6 @@ def nvcomp_available() -> bool:
         return False
 
 
-@register
 class NvcompCodec(LosslessCodec):
     name = "nvcomp"
     codec_id = 4

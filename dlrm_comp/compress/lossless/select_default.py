@@ -13,7 +13,6 @@ import argparse
 import itertools
 import json
 import math
-import time
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from dlrm_comp.compress.frame import FrameHeader, frame_overhead
 from dlrm_comp.compress.lossless import get_lossless
 from dlrm_comp.compress.lossless.entropy import entropy_bytes
 from dlrm_comp.compress.quantize import ChunkKind, codes_to_bytes, quantize
+from dlrm_comp.compress.timing import best_time
 
 SIZES = (1024, 4096, 32768)
 EBS = (1e-2, 3e-2)
@@ -48,20 +48,13 @@ def candidates(quick: bool) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _time(fn, reps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
-
-
 def measure(quick: bool = False, seed: int = 0) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     cases = []
     for kind, eb, n in itertools.product(("gaussian", "student_t3", "laplace"), EBS, SIZES):
         q = quantize(_data(kind, n, gen), eb)
         assert q.kind == ChunkKind.QUANT and q.width == 1
-        hdr = FrameHeader("codec", int(q.kind), torch.float32, (n // 32, 32), 1, 2, b"xxx", eb, q.eb_abs, (0.0, 0.0))
+        hdr = FrameHeader("codec", q.kind, torch.float32, (n // 32, 32), 1, 2, b"xxx", eb, q.eb_abs, (0.0, 0.0))
         cases.append({"data": kind, "eb": eb, "n": n, "buf": codes_to_bytes(q), "overhead": frame_overhead(hdr, n),
                       "ideal_cr": 4 * n / (entropy_bytes(q.codes) + frame_overhead(hdr, n))})
     results = []
@@ -72,8 +65,8 @@ def measure(quick: bool = False, seed: int = 0) -> dict[str, Any]:
             comp = codec.compress(c["buf"], 1)
             assert codec.decompress(comp, c["n"]) == c["buf"]
             reps = max(3, 200_000 // c["n"]) if not quick else 3
-            enc_t += _time(lambda: codec.compress(c["buf"], 1), reps)
-            dec_t += _time(lambda: codec.decompress(comp, c["n"]), reps)
+            enc_t += best_time(lambda: codec.compress(c["buf"], 1), reps)[1]
+            dec_t += best_time(lambda: codec.decompress(comp, c["n"]), reps)[1]
             raw += 4 * c["n"]
             ratios.append(4 * c["n"] / (len(comp) + c["overhead"]))
         stored = any(len(codec.compress(c["buf"], 1)) >= 0.97 * c["n"] for c in cases) and name != "identity"

@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
+from dlrm_comp.compress.lossless.base import LosslessCodec, check_size
 
 
-@register
 class ZlibCodec(LosslessCodec):
     name = "zlib"
     codec_id = 1

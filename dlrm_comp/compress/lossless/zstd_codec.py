@@ -13,7 +13,7 @@ from typing import Any
 import zstandard
 
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.lossless.base import LosslessCodec, check_size, register
+from dlrm_comp.compress.lossless.base import LosslessCodec, check_size
 
 BLOCK_LIMIT = 16384  # mean chunk bytes above which a block per chunk no longer pays (see compress_blocks)
 _LOCAL = threading.local()  # zstd contexts are not thread-safe: one per thread and level
@@ -31,7 +31,6 @@ def _contexts(level: int) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecom
     return ctx
 
 
-@register
 class ZstdCodec(LosslessCodec):
     name = "zstd"
     codec_id = 6

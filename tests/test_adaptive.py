@@ -146,7 +146,7 @@ def test_training_with_lossless_tuning(tiny_cfg, tmp_path):
     assert bool(state) == bool(summary["adaptive"]["codec_changes"])
     assert all(isinstance(v, dict) and "name" in v for v in state.values())
     ext.load_state_dict({"table_codecs": state})
-    assert {str(t): s.to_dict() for t, s in ext.table_codecs.items()} == state
+    assert {str(t): s.to_dict() for t, s in ext.codecs.specs.items()} == state
     section = summary["adaptive"]
     assert section["lossless_tuning"] is True and len(section["codec"]) == len(summary["data"]["cardinalities"])
     assert summary["compression"]["max_err_ratio"] <= 1.0

@@ -110,6 +110,21 @@ def width_for(max_code: int) -> int:
     return 0
 
 
+def candidate_steps(eb_v: float, cast_err: float, rng: float, ftype):
+    """The bin widths to try, widest first: 2*(eb - worst cast error), then eb as the cast-proof
+    retry; each as (step, largest code, code width), skipping steps that are not finite and
+    positive or whose codes would not fit. The caller verifies each against the bound."""
+    first = eb_v - cast_err
+    for half_width in ([first] if first > 0.5 * eb_v else []) + [0.5 * eb_v]:
+        step = round_down(2.0 * half_width * _SHRINK, ftype)
+        if not (math.isfinite(step) and step > 0.0):
+            continue
+        max_code = round(rng / step)
+        width = width_for(max_code)
+        if width:
+            yield step, max_code, width
+
+
 def max_cast_error(dtype: torch.dtype, magnitude: float) -> float:
     """Upper bound on |v - dtype(v)| for float64 v up to 2*magnitude: half an ulp at 2*magnitude
     (eps*magnitude), plus the subnormal spacing; 0 for float64 (no cast)."""
@@ -177,15 +192,7 @@ def _quantize_torch(x: torch.Tensor, eb_rel: float, nonfinite: str) -> Quantized
         return raw_chunk(x, eb_rel, eb_v)
     # Bin width 2*(eb - worst cast error) first; bin width eb as the cast-proof retry.
     cast_err = max_cast_error(dtype, max(abs(mn), abs(mx)))
-    first = eb_v - cast_err
-    for half_width in ([first] if first > 0.5 * eb_v else []) + [0.5 * eb_v]:
-        step = round_down(2.0 * half_width * _SHRINK, ftype)
-        if not (math.isfinite(step) and step > 0.0):
-            continue
-        max_code = round(rng / step)
-        width = width_for(max_code)
-        if width == 0:
-            continue
+    for step, max_code, width in candidate_steps(eb_v, cast_err, rng, ftype):
         codes = torch.round((x64 - mn) / step).clamp_(0, max_code).to(_CODE_TORCH[width])
         q = QuantizedChunk(ChunkKind.QUANT, shape, dtype, eb_rel, eb_v, mn, step, width, codes, device=x.device)
         err = (dequantize(q).reshape(-1).to(torch.float64) - x64).abs().max().item()
@@ -299,14 +306,7 @@ def quantize_np(x: torch.Tensor, eb_rel: float, nonfinite: str = "raise") -> NpQ
         return NpQuant(ChunkKind.RAW, shape, dtype, eb_rel, eb_v, raw=x.detach().reshape(-1).clone())
     mag = max(abs(mn), abs(mx))
     cast_err = (_EPS32 * mag + _CAST32_TINY) if f32 else 0.0
-    first = eb_v - cast_err
-    for half_width in ([first] if first > 0.5 * eb_v else []) + [0.5 * eb_v]:
-        step = round_down(2.0 * half_width * _SHRINK, ftype)
-        if not (math.isfinite(step) and step > 0.0):
-            continue
-        max_code = round(rng / step)
-        if width_for(max_code) == 0:
-            continue
+    for step, max_code, _ in candidate_steps(eb_v, cast_err, rng, ftype):
         attempts = ("f32", "f64") if f32 and max_code < (1 << 22) and rng < 1e38 else ("f64",)
         for how in attempts:
             if how == "f32":

@@ -302,7 +302,7 @@ class RunConfig:
             raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "
                               f"data.batch_size={self.data.batch_size} rows; use at most {self.data.batch_size}")
         if self.adaptive.policy == "closed_loop" and 0 < self.adaptive.probe_batch < self.compress.chunks:
-            raise ConfigError(f"adaptive.probe_batch: the probe sends what training sends, {self.compress.chunks} "
+            raise ConfigError(f"adaptive.probe_batch: the probe (one process) sends what training sends, {self.compress.chunks} "
                               f"chunks per table (compress.chunks); use at least {self.compress.chunks} rows")
         return self
 

@@ -30,7 +30,9 @@ def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 240
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
     out = Path(args[args.index("--out") + 1]) if "--out" in args else None
-    if proc.returncode and NATIVE_ABORT in proc.stderr and out is not None and "--resume" not in args:
+    injected = any(key in full_env for key in ("DLRM_COMP_FAIL_AT", "DLRM_COMP_SIGNAL_AT"))  # meant to fail
+    if proc.returncode and NATIVE_ABORT in proc.stderr and out is not None and "--resume" not in args \
+            and not injected:
         kept = out.with_name(out.name + ".native-abort.log")
         kept.write_text(proc.stdout + "\n----- stderr -----\n" + proc.stderr)
         warnings.warn(f"a rank aborted natively ({NATIVE_ABORT!r}); output kept in {kept}; running again")

@@ -156,3 +156,32 @@ def test_children_die_with_a_terminated_parent(tmp_path):
             time.sleep(5)  # the signal arrives first
     assert child.poll() is not None and signal.getsignal(signal.SIGTERM) is before
     assert "$ " in (tmp_path / "child.log").read_text()
+
+
+def test_a_second_sigterm_does_not_cut_the_clean_up_short(tmp_path):
+    """A child that ignores SIGTERM is killed after the grace time even when a second SIGTERM
+    reaches the parent while it waits (schedulers send several)."""
+    import os
+    import signal
+    import threading
+
+    from dlrm_comp.study.children import ChildProcesses
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('IGNORING' .lower(), flush=True); time.sleep(60)")
+    log = tmp_path / "child.log"
+    outer = signal.signal(signal.SIGTERM, lambda *_: None)  # a late signal must never reach pytest's default
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ChildProcesses(grace_s=2) as children:
+                child = children.start([sys.executable, "-c", stubborn], log)
+                deadline = time.time() + 30
+                while "\nignoring\n" not in log.read_text() and time.time() < deadline:
+                    time.sleep(0.05)
+                second = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM))  # in the grace wait
+                second.start()
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+        second.join()
+        assert child.poll() == -signal.SIGKILL  # it ignored the terminate: killed after the grace time
+    finally:
+        signal.signal(signal.SIGTERM, outer)

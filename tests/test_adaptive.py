@@ -180,3 +180,11 @@ def test_probe_sends_what_training_sends(tiny_cfg, tmp_path):
     drift, sensitivity = probe_drift(trainer, ext.exchange, 256)
     assert drift == pytest.approx(lossy - clean, abs=1e-7) and len(sensitivity) == len(pooled)
     assert not all(torch.equal(a, b) for a, b in zip(one_chunk, sent))
+
+
+def test_a_controller_without_a_target_is_refused_at_construction():
+    from dlrm_comp.checks import ConfigError
+    with pytest.raises(ConfigError, match="adaptive.target_cr"):
+        ClosedLoopController(4, ControllerConfig())
+    with pytest.raises(ConfigError, match="adaptive.smoothing"):
+        ClosedLoopController(4, ControllerConfig(target_cr=10.0, smoothing=0.0))

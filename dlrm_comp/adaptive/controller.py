@@ -18,7 +18,7 @@ Pure logic with no torch or training imports, so tests drive it with synthetic s
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 from dlrm_comp.checks import ConfigError, choice, non_negative, positive
@@ -73,16 +73,20 @@ class ControllerConfig:
         positive("adaptive.interval", self.interval)
         non_negative("adaptive.probe_batch", self.probe_batch)
         if self.policy == "closed_loop":
-            if self.target_cr <= 0 and self.budget_bytes <= 0:
-                raise ConfigError("adaptive.target_cr: closed_loop needs a target wire ratio > 1 "
-                                  "(or adaptive.budget_bytes per interval)")
-            if 0 < self.target_cr <= 1:
-                raise ConfigError(f"adaptive.target_cr: {self.target_cr} must be > 1")
+            self.validate_target()
         for name in ("gain", "max_step", "guard_step"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"adaptive.{name}: must be > 0")
         if not 0 < self.smoothing <= 1:
             raise ConfigError(f"adaptive.smoothing: {self.smoothing} must be in (0, 1]")
+
+    def validate_target(self) -> None:
+        """What the closed loop steers to: a wire ratio above 1, or a byte budget per interval."""
+        if self.target_cr <= 0 and self.budget_bytes <= 0:
+            raise ConfigError("adaptive.target_cr: closed_loop needs a target wire ratio > 1 "
+                              "(or adaptive.budget_bytes per interval)")
+        if 0 < self.target_cr <= 1:
+            raise ConfigError(f"adaptive.target_cr: {self.target_cr} must be > 1")
 
     def build(self, num_tables: int) -> "ClosedLoopController | None":
         """The controller of ``num_tables`` tables, or None for the static policy."""
@@ -99,6 +103,8 @@ class ClosedLoopController:
     changes: int = 0
 
     def __post_init__(self) -> None:
+        self.cfg.validate()  # also for a controller built without the config loader
+        self.cfg.validate_target()
         if not self.multipliers:
             self.multipliers = [1.0] * self.num_tables
         if not self.points:
@@ -164,7 +170,8 @@ class ClosedLoopController:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {"multipliers": list(self.multipliers), "log_cr_ema": self.log_cr_ema,
-                "points": [list(p) for p in self.points], "changes": self.changes, "cfg": asdict(self.cfg)}
+                "points": [list(p) for p in self.points], "changes": self.changes,
+                "cfg": {f.name: getattr(self.cfg, f.name) for f in fields(ControllerConfig)}}  # informational
 
     def load_state_dict(self, state: dict) -> None:
         self.multipliers = list(state["multipliers"])

@@ -88,9 +88,14 @@ class TableBoundSpec:
             tables = getattr(self, name)
             if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in tables):
                 raise ConfigError(f"{SECTION}.{name}: {tables} must be table indices (integers >= 0)")
+        if self.table_preset not in TABLE_PRESETS and not self.table_preset.strip().startswith("rank:"):
+            preset_lists(self.table_preset, ())  # its error names the key and the accepted values
 
     def build(self, cardinalities: Sequence[int], decay: DecaySchedule) -> "ErrorBoundPolicy":
-        """The policy of a model with these tables (index ranges and rank rules checked here)."""
+        """The policy of a model with these tables (index ranges and rank rules checked here; the
+        values again, for callers that built the spec without the config loader)."""
+        self.validate()
+        decay.validate("decay")
         return ErrorBoundPolicy(tuple(resolve_table_bounds(self, cardinalities)), decay)
 
 

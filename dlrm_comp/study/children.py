@@ -34,12 +34,12 @@ class ChildProcesses:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is not None:
-                self.stop()
-        finally:
-            if self._installed:  # None: a handler not set from Python, which cannot be put back
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if self._old_term is None else self._old_term)
+        if exc_type is not None:
+            if self._installed:  # a second SIGTERM (schedulers send several) must not cut the clean-up short
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.stop()
+        if self._installed:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._old_term is None else self._old_term)
 
     def start(self, cmd: Sequence[str], log: Path) -> subprocess.Popen:
         """Run `cmd` with stdout and stderr appended to `log` (after a `$ cmd` line)."""
@@ -47,8 +47,13 @@ class ChildProcesses:
         with open(log, "a") as fh:
             fh.write(f"\n$ {' '.join(cmd)}\n")
             fh.flush()
-            proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=env)
-        self.procs.append(proc)
+            # SIGTERM held off between the start and the bookkeeping, so no child is ever untracked
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            try:
+                proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=env)
+                self.procs.append(proc)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return proc
 
     def wait(self) -> None:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dlrm_comp.compress.bounds import TableBoundSpec, resolve_table_bounds
+from dlrm_comp.compress.bounds import TableBoundSpec
 from dlrm_comp.compress.decay import DecaySchedule
 from dlrm_comp.compress.modes import FIXED_RATE
 
@@ -25,9 +25,9 @@ def effective_bounds(params: dict, cardinalities: Sequence[int], iterations: int
     base = params["base_error_bound"]
     spec = TableBoundSpec(base_error_bound=base, tighten_value=params.get("tighten_value", base),
                           loosen_value=params.get("loosen_value", base), table_preset=params.get("table_preset", "none"))
-    bounds = resolve_table_bounds(spec, cardinalities)
     decay = DecaySchedule(func=params.get("decay_func", "none"), constant=float(params.get("decay_constant", 1.0)),
                           early_stage=max(1, int(params.get("early_stage", 1))))
+    bounds = spec.build(cardinalities, decay).bounds
     ts = np.linspace(0, max(iterations - 1, 0), num=min(iterations, 200)).astype(int)
     mean_mult = float(np.mean([decay.multiplier(int(t)) for t in ts])) if len(ts) else 1.0
     return [min(b * mean_mult, 0.5) for b in bounds]

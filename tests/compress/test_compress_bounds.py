@@ -80,3 +80,16 @@ def test_policy():
     assert pol.all(100)[8] == 0.05
     capped = ErrorBoundPolicy((0.4,), DecaySchedule(func="constant", constant=2.0, early_stage=10))
     assert capped.eb(0, 0) == 0.5
+
+
+def test_a_spec_built_without_the_config_loader_is_still_checked():
+    """Library callers (the study tools, notebooks) get the config's errors at build, not a KeyError later."""
+    from dlrm_comp.checks import ConfigError
+    from dlrm_comp.compress.bounds import TableBoundSpec
+    from dlrm_comp.compress.decay import DecaySchedule
+    with pytest.raises(ConfigError, match="decay.func"):
+        TableBoundSpec().build([10, 20], DecaySchedule(func="bogus"))
+    with pytest.raises(ConfigError, match="decay.early_stage"):
+        TableBoundSpec().build([10, 20], DecaySchedule(early_stage=0))
+    with pytest.raises(ConfigError, match="base_error_bound"):
+        TableBoundSpec(base_error_bound=-1.0).build([10, 20], DecaySchedule())

@@ -10,7 +10,8 @@ the Huffman-only size. The earlier selection on i.i.d. data:
 DEFAULT_LOSSLESS = raw DEFLATE, Huffman-only (zlib level 1, Z_HUFFMAN_ONLY), chosen by
 ``select_default.py`` (full grid: identity, 12 zlib and 180 blosc2 settings; Gaussian, Student-t3
 and Laplace values quantized at eb 1e-2 / 3e-2; 1, 4 and 32 KiB of uint8 codes; ratio vs fp32
-with our frame header + CRC included). Measured on this project's CPU machine (one core):
+with our frame header + CRC included). Measured on this project's CPU machine (one core; the
+throughputs are means over repetitions, as the script timed then: it now reports the best of n):
 
     setting                          geomean CR  min CR  enc MB/s  dec MB/s  (fp32-equivalent)
     zlib huffman (any level)            10.28      5.97     ~770     ~1410

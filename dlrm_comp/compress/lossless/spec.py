@@ -1,7 +1,8 @@
 """A lossless stage by value: its registry name and parameters.
 
-Frozen and hashable, so a spec is a dict key or a set member and two specs compare by value
-(the tuner's "same setting?" test); serialized as the JSON object ``{"name": ..., **params}``
+Frozen and hashable, so a spec is a dict key or a set member. Two specs are equal when name and
+parameters are, in the same order: compare the ``spec`` of built codecs (each stage lists its
+parameters in its own order), as the tuner's "same setting?" test does. Serialized as the JSON object ``{"name": ..., **params}``
 that configs, checkpoints and summaries hold.
 """
 from __future__ import annotations

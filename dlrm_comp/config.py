@@ -423,10 +423,20 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
                           f"{prefix.rstrip('.') or 'the top level'}: {', '.join(accepted)}")
     kwargs = {name: _build(hints[name], {k: v for k, v in raw.items() if k in keys}, prefix)
               for name, keys in flat.items()}
+    defaults = {f.name: f for f in fields}
     for name, value in raw.items():
         if not any(name in keys for keys in flat.values()):
+            if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+                value = {**_as_dict(_default(defaults[name])), **value}  # a partial section keeps the field's own defaults
             kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (e.g. `compress.backward.decay` defaults to func none, not the class's step)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 def _as_dict(obj: Any) -> Any:

@@ -144,3 +144,12 @@ def test_btune_variables_are_read_at_the_cli_layer_and_shown_in_the_config(monke
     with pytest.raises(Seen):
         lossless_select.LosslessSelector(tradeoff=0.5).choose(0, bytes(64), 1, None)
     assert seen["use_env"] is False and seen["tradeoff"] == 0.5
+
+
+def test_a_partial_section_keeps_the_fields_own_defaults():
+    """`compress.backward.decay` defaults to no decay; setting only its constant must not bring in
+    the class default (step decay)."""
+    from dlrm_comp.config import load_config
+    cfg = load_config([ROOT / "configs/debug.yaml"], ["compress.backward.decay.constant=3"])
+    assert cfg.compress.backward.decay.func == "none" and cfg.compress.backward.decay.constant == 3.0
+    assert load_config([ROOT / "configs/debug.yaml"], ["compress.decay.constant=3"]).compress.decay.func == "step"

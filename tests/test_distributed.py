@@ -125,7 +125,7 @@ def test_slot_size_exchange_trains_exactly_like_the_size_all_to_all(tmp_path):
 
 
 def test_slot_sizer_is_the_same_on_both_sides():
-    from dlrm_comp.exchange.exchange import SlotSizer
+    from dlrm_comp.exchange.sizes import SlotSizer
     sender, receiver = SlotSizer(2), SlotSizer(2)
     assert sender.send_caps() == [0, 0]
     for sizes in ([100, 3000], [90, 3500], [130, 2000]):

@@ -253,7 +253,7 @@ def test_decode_time_of_tables_owned_elsewhere_is_kept():
 
 
 def test_int8_rows_wider_than_the_float32_range_stay_finite():
-    from dlrm_comp.compress.fixed_batch import decode_fixed, encode_fixed
+    from dlrm_comp.compress.codecs.fixed import Int8Codec
     x = torch.tensor([[-3e38, 3e38, 1.0, 2.0]])
-    y = decode_fixed("int8", *encode_fixed("int8", x, None, 1), None, torch.float32)
+    y = Int8Codec().decode_rows(*Int8Codec().encode_rows(x, None, 1), None)
     assert torch.isfinite(y).all() and float(y[0, 1]) > 2.9e38

@@ -83,7 +83,7 @@ def frame_headers(draw):
 def test_frame_round_trip_over_generated_headers(header, body):
     from dlrm_comp.compress.errors import CorruptPayloadError
     from dlrm_comp.compress.frame import decode_frame, encode_frame
-    from dlrm_comp.compress.quantize import ChunkKind
+    from dlrm_comp.compress.kinds import ChunkKind
     if header.kind not in set(ChunkKind):  # the 3-bit field holds more values than there are kinds
         with pytest.raises(CorruptPayloadError, match="unknown chunk kind"):
             decode_frame(encode_frame(header, body))

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress import cpu_kernels
+from dlrm_comp.compress.kinds import SUPPORTED_DTYPES, ChunkKind
 from dlrm_comp.runtime import to_device
-from dlrm_comp.compress.quantize import ChunkKind, check_input
 
 MAX_BITS = 16
 _F32_MAX = float(torch.finfo(torch.float32).max)
@@ -173,6 +173,11 @@ def chunk_params(xp, mn, mx, eb_rel, n: int, dtype: torch.dtype) -> dict:
             "step": xp.where(valid, step, 0.0), "safe_step": safe_step, "max_code": max_code,
             "eb_abs": xp.where(finite, xp.where(eb_abs > _F32_MAX, _F32_MAX, eb_abs), 0.0),
             "bits": xp.where(valid, xp.bits(max_code), 0)}
+
+
+def check_input(x: torch.Tensor) -> None:
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype {x.dtype} not supported; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrm_comp.compress.quantize import ChunkKind
+from dlrm_comp.compress.kinds import ChunkKind
 
 _QUANT, _CONST = int(ChunkKind.QUANT), int(ChunkKind.CONST)  # plain ints: numba compiles them in
 

@@ -32,7 +32,7 @@ import torch
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless import CodecCache, LosslessCodec
 from dlrm_comp.compress.lossless.identity import IdentityCodec
-from dlrm_comp.compress.quantize import ChunkKind
+from dlrm_comp.compress.kinds import ChunkKind
 
 MAGIC, VERSION = 0xDB, 3
 PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 22, 16

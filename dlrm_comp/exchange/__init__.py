@@ -1,5 +1,6 @@
 """The embedding all-to-all: a per-table plan, batched codecs and one exchange over a transport."""
-from dlrm_comp.exchange.exchange import Exchange, destination_rows
+from dlrm_comp.exchange.exchange import Exchange
+from dlrm_comp.exchange.layout import destination_rows
 from dlrm_comp.exchange.plan import CompressionPlan, DirectionPlan
 from dlrm_comp.exchange.transport import LoopbackTransport, ProcessGroupTransport
 

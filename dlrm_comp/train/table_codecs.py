@@ -11,7 +11,7 @@ import torch
 from dlrm_comp.adaptive.lossless_select import LosslessSelector
 from dlrm_comp.compress.batch_quant import quantize_batch
 from dlrm_comp.compress.lossless import LosslessSpec
-from dlrm_comp.compress.quantize import ChunkKind
+from dlrm_comp.compress.kinds import ChunkKind
 from dlrm_comp.config import AdaptiveConfig
 from dlrm_comp.exchange.plan import DirectionPlan
 from dlrm_comp.train.compression_plan import build_coder

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_batch, quantize_batch, round_down_f32
-from dlrm_comp.compress.quantize import ChunkKind
+from dlrm_comp.compress.kinds import ChunkKind
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 

@@ -1,0 +1,16 @@
+"""How a chunk travels (the wire's ``kind`` field) and the dtypes the quantizer takes: shared by
+the quantizer, its CPU kernels and the wire format, so it lives apart from all three."""
+from __future__ import annotations
+
+from enum import IntEnum
+
+import torch
+
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class ChunkKind(IntEnum):
+    RAW = 0  # the values as they are (no usable bound, NaN/Inf, or the check failed)
+    CONST = 1  # one value, exact
+    QUANT = 2  # quantization codes
+    SZ = 3  # an SZ3 body

@@ -1,0 +1,73 @@
+"""The exchange as autograd functions: the forward exchange of the pooled outputs, whose
+backward is the gradient exchange back to each table's owner (straight through the
+compression: d x_hat / d x = I); and the upstream DLRM Req/Wait split of the same, so the
+forward's collective overlaps the bottom MLP."""
+from __future__ import annotations
+
+import torch
+
+
+def zero_grads(ex, index, grads):
+    """Outputs that got no gradient get zeros of their shape and dtype."""
+    slices = index.slices
+    n_rows = slices[-1][1] if ex.loopback else slices[ex.rank][1] - slices[ex.rank][0]
+    dev = ex.transport.device
+    dtype = next((g.dtype for g in grads if g is not None), torch.float32)
+    return [g.contiguous() if g is not None else torch.zeros(n_rows, ex.dim, device=dev, dtype=dtype) for g in grads]
+
+
+class ExchangeFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, exchange, compress: bool, bags, *pooled: torch.Tensor):
+        ctx.exchange, ctx.compress = exchange, compress
+        finish, ctx.index = exchange.begin_forward([p.detach() for p in pooled], compress, bags=bags)
+        return tuple(finish())
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        ex = ctx.exchange
+        return (None, None, None, *ex.backward(zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index))
+
+
+class Request(torch.autograd.Function):
+    """Req half of the Req/Wait pair: launches the forward exchange (async); its backward hands
+    the pooled outputs the gradients that the Wait half's backward exchanged."""
+
+    @staticmethod
+    def forward(ctx, exchange, compress: bool, bags, *pooled: torch.Tensor):
+        ctx.exchange = exchange
+        if exchange._inflight is not None:
+            raise RuntimeError("Exchange.start: the previous exchange was never waited on")
+        finish, index = exchange.begin_forward([p.detach() for p in pooled], compress, async_op=True, bags=bags)
+        exchange._inflight = (finish, compress, index)
+        return pooled[0].new_zeros(0)
+
+    @staticmethod
+    def backward(ctx, _token_grad):
+        grads, ctx.exchange._pooled_grads = ctx.exchange._pooled_grads, None
+        return (None, None, None, *grads)
+
+
+class Wait(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, exchange, token: torch.Tensor):
+        finish, ctx.compress, ctx.index = exchange._inflight
+        exchange._inflight = None
+        ctx.exchange = exchange
+        return tuple(finish())
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        ex = ctx.exchange
+        ex._pooled_grads = ex.backward(zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index)
+        return None, torch.zeros(0, device=ex.transport.device)
+
+
+class PendingExchange:
+    """A forward exchange in flight (torchrec's Awaitable): ``wait()`` -> the received tables."""
+
+    def __init__(self, exchange, token: torch.Tensor):
+        self.exchange, self.token = exchange, token
+
+    def wait(self) -> list[torch.Tensor]:
+        return list(Wait.apply(self.exchange, self.token))

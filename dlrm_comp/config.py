@@ -25,6 +25,7 @@ from dlrm_comp.checks import non_negative as _non_negative
 from dlrm_comp.checks import positive as _positive
 from dlrm_comp.compress.bounds import TableBoundSpec
 from dlrm_comp.compress.decay import DecaySchedule
+from dlrm_comp.compress.errors import NONFINITE_POLICIES
 from dlrm_comp.compress.modes import EXCHANGE_MODES, TORCHREC_QCOMM_MODES
 
 
@@ -51,7 +52,6 @@ OPTIMIZERS = ("sgd", "adagrad")
 DEVICES = ("auto", "cpu", "cuda")
 MODEL_BACKENDS = ("torch", "torchrec")
 TORCHREC_PLANS = ("ours", "planner")
-NONFINITE_POLICIES = ("error", "passthrough")
 DEDUP_MODES = ("off", "on", "auto")
 
 

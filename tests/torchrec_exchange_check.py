@@ -16,7 +16,8 @@ from dlrm_comp.config import load_config
 from dlrm_comp.distributed.env import DistEnv
 from dlrm_comp.model.torchrec_backend import batch_to_kjt, feature_name
 from dlrm_comp.train.builders import build_optimizer, build_source
-from dlrm_comp.train.torchrec_parallel import TorchrecModelParallel, extensions_from_config
+from dlrm_comp.train.compression import extensions_from_config
+from dlrm_comp.train.torchrec_parallel import TorchrecModelParallel
 
 OVERRIDES = ["data.profile=kaggle", "data.max_ind_range=500", "data.batch_size=64", "model.emb_dim=8",
              "model.bottom_mlp=13-16-8", "model.top_mlp=16-1", "model.backend=torchrec", "train.device=cpu",

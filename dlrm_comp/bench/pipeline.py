@@ -2,16 +2,21 @@
 
 Layout (every step reads the previous one's directory):
 
-* ``quantize``: ``codes/Q_{table}_iter_{k}_eb{eb}.bin`` (uint8 or uint16 little-endian codes of our
-  error-bounded quantizer, relative to the chunk minimum, so always non-negative) and ``codes.json``
+* ``quantize``: ``codes/Q_{table}_iter_{k}_eb{eb}.bin`` (uint8 or uint16 little-endian codes of the
+  training quantizer ``batch_quant.quantize_batch``, one step per chunk, up to 16 bits, relative to
+  the chunk minimum, so always non-negative) and ``codes.json``
   (one entry per file: table, iteration, eb_rel, effective bound after decay, width, minimum, step,
   n, quant_s, dequant_s, the source dump and its batch/dim, plus the settings used).
 * ``pad``: floats concatenated ``factor`` times (``dumps/`` + ``meta.json`` with batch x factor) and
   quantized with the same settings (the codes are the real codes repeated: same min and max), so
   padded messages emulate the large messages the reference measured.
 * ``encode``: ``results.csv`` / ``results.json``: one row per (code file, encoder) with the wire
-  size (frame header and CRC included), ratio vs fp32, encode/decode seconds and fp32-equivalent
-  throughputs, the entropy ideal and efficiency, and ``size`` = ``real``, ``padded`` or ``dedup``.
+  size, ratio vs fp32, encode/decode seconds and fp32-equivalent throughputs, the entropy ideal
+  and efficiency, and ``size`` = ``real``, ``padded`` or ``dedup``. Every encoder is the training
+  codec (``codecs/offline.py``) on the file's floats as one message: a lossless stage is the
+  ``codec`` mode with that stage (preamble, chunk table and section header included; the codes
+  files are what the stage sees for codes of up to 8 bits), ``sz3`` and the fixed-rate rows their
+  modes; times are whole encodes and decodes, quantization and reconstruction included.
 * ``quantize --dedup``: the real dumps' distinct bags only (one row per distinct bag, from the
   ``BAGS_*`` files the dump writes), quantized with the same range: what a deduplicated chunk
   sends. Their ratios are against the whole dump's fp32 bytes, so they count both savings.
@@ -28,20 +33,19 @@ import numpy as np
 import torch
 
 from dlrm_comp.bench.dumps import DumpFormatError, distinct_rows, dump_name, list_dumps, load_dump, read_meta, write_meta
-from dlrm_comp.compress.backends import get_backend
+from dlrm_comp.compress.batch_quant import dequantize_planes
+from dlrm_comp.compress.codecs.offline import chunk_codes, roundtrip
 from dlrm_comp.compress.decay import DecaySchedule
-from dlrm_comp.compress.frame import FrameHeader, frame_overhead
 from dlrm_comp.compress.lossless import (
     HAVE_CONSTRICTION,
+    AnsModelCodec,
+    CodecCache,
     LosslessCodec,
     SymbolModelStore,
-    AnsModelCodec,
-    efficiency_report,
     get_lossless,
     nvcomp_available,
 )
 from dlrm_comp.compress.modes import FIXED_RATE
-from dlrm_comp.compress.quantize import ChunkKind, dequantize_np, quantize_np
 from dlrm_comp.compress.timing import best_time
 from dlrm_comp.progress import progress_bar
 
@@ -64,9 +68,11 @@ def _fmt_eb(eb: float) -> str:
     return f"{eb:.0e}".replace("e-0", "e-")
 
 
+TIMING = {"reps": 3, "min_s": 0.002}  # best of at least 3 calls, more until 2 ms were spent
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """(result, best seconds per call): at least 3 calls, more until 2 ms were spent."""
-    return best_time(fn, reps=3, min_s=0.002, max_reps=50)
+    return best_time(fn, **TIMING)
 
 
 # ------------------------------------------------------------------------------------------ quantize
@@ -101,29 +107,22 @@ def quantize_dir(dumps: Path, out: Path, bounds: Sequence[float], width: str = "
                 raise DumpFormatError(f"{path.name}: no bag file next to it (dumps of this version write "
                                       "BAGS_{table}_iter_{k}.bin); rerun the dump step")
             x = x[keep]
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        flat = torch.from_numpy(np.ascontiguousarray(x)).reshape(1, -1)
         for eb in bounds:
-            eff = eb * (decay.multiplier(it) if decay is not None else 1.0)
-            eff = min(eff, 0.5)
-            q, qs = _timed(lambda: quantize_np(x, eff))
-            if q is None or q.kind != ChunkKind.QUANT:
+            eff = min(eb * (decay.multiplier(it) if decay is not None else 1.0), 0.5)
+            (q, codes), qs = _timed(lambda: chunk_codes(flat, eff))
+            if codes is None:
                 skipped += 1
                 continue
-            codes = q.codes
-            w = q.width
-            if width == "2" and w == 1:
-                codes, w = codes.astype("<u2"), 2
-            if w not in CODE_DTYPES:
-                skipped += 1
-                continue
-            _, dqs = _timed(lambda: dequantize_np(q.codes, q.minimum, q.step, np.dtype(np.float32)))
+            w = 2 if width == "2" else codes.dtype.itemsize
+            _, dqs = _timed(lambda: dequantize_planes(q.kind, q.minimum, q.step, q.bits, q.low, q.high, flat, flat.dtype))
             name = f"Q_{table}_iter_{it}_eb{_fmt_eb(eb)}.bin"
-            codes.astype(CODE_DTYPES[w], copy=False).tofile(out / name)
+            codes.astype(CODE_DTYPES[w]).tofile(out / name)
             entries.append({"file": name, "table": table, "iteration": it, "eb_rel": eb, "eb_eff": eff, "width": w,
-                            "minimum": q.minimum, "step": q.step, "eb_abs": q.eb_abs, "n": int(codes.size),
-                            "n_full": meta["batch"] * meta["dim"], "rows": int(x.shape[0]), "dedup": dedup,
-                            "batch": meta["batch"], "dim": meta["dim"], "quant_s": qs, "dequant_s": dqs,
-                            "source": str(Path(path).resolve())})
+                            "minimum": float(q.minimum[0]), "step": float(q.step[0]), "eb_abs": float(q.eb_abs[0]),
+                            "n": int(codes.size), "n_full": meta["batch"] * meta["dim"], "rows": int(x.shape[0]),
+                            "dedup": dedup, "batch": meta["batch"], "dim": meta["dim"], "quant_s": qs,
+                            "dequant_s": dqs, "source": str(Path(path).resolve())})
     index = {"settings": {"bounds": bounds, "width": width, "dumps": str(Path(dumps).resolve()), "dedup": dedup,
                           "decay": None if decay is None else {"func": decay.func, "constant": decay.constant,
                                                                "early_stage": decay.early_stage}},
@@ -160,13 +159,6 @@ def pad_dir(codes: Path, out: Path, factor: int, progress: bool = True) -> list[
 
 
 # ------------------------------------------------------------------------------------------ encode
-def _overhead(entry: dict[str, Any], codec: LosslessCodec, body_len: int) -> int:
-    h = FrameHeader("codec", ChunkKind.QUANT, torch.float32, (entry.get("rows", entry["batch"]), entry["dim"]), entry["width"],
-                    codec.codec_id,
-                    codec.header_params(), entry["eb_eff"], entry["eb_abs"], (entry["minimum"], entry["step"]))
-    return frame_overhead(h, body_len)
-
-
 def _row(entry: dict[str, Any], size: str, encoder: str, nbytes: int, enc_s: float, dec_s: float,
          ideal: float | None, params: str = "") -> dict[str, Any]:
     raw = 4 * entry.get("n_full", entry["n"])  # a dedup entry stands for its whole dump
@@ -182,61 +174,74 @@ def _row(entry: dict[str, Any], size: str, encoder: str, nbytes: int, enc_s: flo
 def encode_codes(entries: list[dict[str, Any]], codes_dir: Path, size: str, *, tune_bandwidth_gbs: float = 12.5,
                  tune_tradeoff: float = 0.5, tune_max_trials: int = 300, floats: bool = True,
                  progress: bool = True) -> list[dict[str, Any]]:
-    """Rows for every encoder on every code file of one directory (``size`` labels them)."""
+    """Rows for every encoder on every code file of one directory (``size`` labels them). The
+    files of one dump iteration and bound are one step: an encoder codes them in one call, one
+    message per table, as training codes a step (one call, a message per destination), and each
+    file's share of the call's times is its share of the raw bytes."""
     from dlrm_comp.adaptive.btune import SearchSpace, tune
 
     lossless = [(label, get_lossless(name, **params)) for name, label, params in LOSSLESS_SET]
     if nvcomp_available():  # pragma: no cover - GPU machines only
         lossless += [(f"nvcomp-{a}", get_lossless("nvcomp", algorithm=a)) for a in ("ANS", "Cascaded", "LZ4")]
     store = SymbolModelStore()
+    cache = CodecCache(store)  # the receiver's: it decodes the ans-model rows
     tuned: dict[tuple, LosslessCodec] = {}
     history: dict[tuple, list[np.ndarray]] = {}
-    fixed = {m: get_backend(m) for m in FIXED_RATE}
-    sz = get_backend("sz")
+    steps: dict[tuple, list[dict[str, Any]]] = {}
+    for e in sorted(entries, key=lambda e: (e["iteration"], e["eb_rel"], e["table"])):
+        steps.setdefault((e["iteration"], e["eb_rel"]), []).append(e)
     rows: list[dict[str, Any]] = []
-    ordered = sorted(entries, key=lambda e: (e["table"], e["eb_rel"], e["iteration"]))
-    for e in progress_bar(ordered, desc=f"encode ({size})", unit="file", enabled=progress):
-        dt = CODE_DTYPES[e["width"]]
-        path = Path(codes_dir) / e["file"]
-        if path.stat().st_size != e["n"] * e["width"]:
-            raise DumpFormatError(f"{path.name}: {path.stat().st_size} bytes, expected n * width = "
-                                  f"{e['n']} * {e['width']}")
-        codes = np.fromfile(path, dtype=dt)
-        buf = codes.tobytes()
-        ent = efficiency_report(codes, 0)
-        ideal_body = ent["ideal_nbytes"]
+    for step in progress_bar(list(steps.values()), desc=f"encode ({size})", unit="step", enabled=progress):
+        codes = [read_codes(Path(codes_dir), e) for e in step]
+        xs = [torch.from_numpy(np.ascontiguousarray(load_rows(e))) for e in step]
+        keys = [(e["table"], e["eb_rel"], e["width"]) for e in step]
 
-        def add(label: str, codec: LosslessCodec, params: str = "") -> None:
-            body, cs = _timed(lambda: codec.compress(buf, e["width"]))
-            back, ds = _timed(lambda: codec.decompress(body, len(buf)))
-            if back != buf:
-                raise AssertionError(f"{label} does not round-trip on {e['file']}")
-            oh = _overhead(e, codec, len(body))
-            rows.append(_row(e, size, label, len(body) + oh, e["quant_s"] + cs, e["dequant_s"] + ds,
-                             ideal_body + oh, params))
+        def add(label: str, mode: str, coders: list | None = None, params: list[str] | None = None,
+                only: list[int] | None = None) -> None:
+            only = list(range(len(step))) if only is None else only
+            r = roundtrip(mode, [xs[i] for i in only], [step[i]["eb_eff"] for i in only], coder=coders,
+                          counts=[1] * len(only), cache=cache, **TIMING)
+            if r.max_err_ratio is not None and r.max_err_ratio > 1.0:
+                raise AssertionError(f"{label} exceeds the bound at iteration {step[0]['iteration']}")
+            for j, i in enumerate(only):
+                share = r.raw[j] / r.bytes_raw
+                rows.append(_row(step[i], size, label, round(r.sent[j]), r.enc_s * share, r.dec_s * share,
+                                 r.ideal[j] if mode == "codec" else None, params[j] if params else ""))
 
         for label, codec in lossless:
-            add(label, codec)
-        key = (e["table"], e["eb_rel"], e["width"])
+            add(label, "codec", [codec] * len(step))
         # Btune: tuned once per (table, bound) on the first dump, reused for later ones (as in training)
-        if key not in tuned:
-            res = tune(codes, e["width"], bandwidth_gbs=tune_bandwidth_gbs, tradeoff=tune_tradeoff,
-                       space=SearchSpace(), extras=("zlib",), max_trials=tune_max_trials, use_env=False)
-            tuned[key] = res.codec
-        add("btune", tuned[key], json.dumps(tuned[key].spec.to_dict(), sort_keys=True))
-        # model-based ANS: model learned from the earlier dumps of the same (table, bound)
-        hist = history.setdefault(key, [])
-        if HAVE_CONSTRICTION and hist:
-            version = store.learn(e["table"], np.concatenate(hist[-4:]), e["width"])
-            add("ans-model", AnsModelCodec(e["table"], version, store), f"version={version}")
-        hist.append(codes)
+        for key, c, e in zip(keys, codes, step):
+            if key not in tuned:
+                tuned[key] = tune(c, e["width"], bandwidth_gbs=tune_bandwidth_gbs, tradeoff=tune_tradeoff,
+                                  space=SearchSpace(), extras=("zlib",), max_trials=tune_max_trials,
+                                  use_env=False).codec
+        picks = [tuned[k] for k in keys]
+        add("btune", "codec", picks, [json.dumps(p.spec.to_dict(), sort_keys=True) for p in picks])
+        # model-based ANS: a model of the stream's bytes (the coder's symbols) learned from the
+        # earlier dumps of the same (table, bound)
+        known = [i for i, k in enumerate(keys) if history.get(k)]
+        if HAVE_CONSTRICTION and known:
+            versions = [store.learn(step[i]["table"], np.concatenate(history[keys[i]][-4:]).view(np.uint8), 1)
+                        for i in known]
+            add("ans-model", "codec", [AnsModelCodec(step[i]["table"], v, store) for i, v in zip(known, versions)],
+                [f"version={v}" for v in versions], known)
+        for k, c in zip(keys, codes):
+            history.setdefault(k, []).append(c)
         if floats:
-            x = torch.from_numpy(np.ascontiguousarray(load_rows(e)))
-            for label, be, eb in [("sz3", sz, e["eb_eff"])] + [(m, b, None) for m, b in fixed.items()]:
-                enc, cs = _timed(lambda: be.encode(x, eb))
-                _, ds = _timed(lambda: be.decode(enc))
-                rows.append(_row(e, size, label, enc.nbytes, cs, ds, None))
+            for label, mode in [("sz3", "sz")] + [(m, m) for m in FIXED_RATE]:
+                add(label, mode)
+    rows.sort(key=lambda r: (r["table"], r["eb_rel"], r["iteration"]))  # stable: encoders in order
     return rows
+
+
+def read_codes(codes_dir: Path, entry: dict[str, Any]) -> np.ndarray:
+    """One code file, its size checked against its entry."""
+    path = codes_dir / entry["file"]
+    if path.stat().st_size != entry["n"] * entry["width"]:
+        raise DumpFormatError(f"{path.name}: {path.stat().st_size} bytes, expected n * width = "
+                              f"{entry['n']} * {entry['width']}")
+    return np.fromfile(path, dtype=CODE_DTYPES[entry["width"]])
 
 
 ROW_FIELDS = ("table", "iteration", "eb_rel", "eb_eff", "width", "size", "message_bytes", "encoder", "params",

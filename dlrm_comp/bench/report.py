@@ -237,13 +237,14 @@ def make_report(results: Path, out: Path, bandwidths_gbs: Sequence[float] = (12.
                "plots": [p.name for p in plots], "rows": len(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     md = ["# Offline compression benchmark", "",
-          f"Source: `{Path(results).resolve()}`, {len(rows)} measurements. Ratios are fp32 bytes over wire bytes "
-          "(frame header and CRC included). **real** = one table's pooled output of one mini-batch as dumped "
+          f"Source: `{Path(results).resolve()}`, {len(rows)} measurements of the training codec. Ratios are fp32 "
+          "bytes over wire bytes (one message per table, its framing included). **real** = one table's pooled output of one mini-batch as dumped "
           "(the message size of the run); **dedup** = the same messages with one row per distinct bag (bag "
           "deduplication: ratios against the whole message's fp32 bytes, side by side with **real**); "
           "**padded** = the same data repeated to emulate large messages "
           "(the reference's method; those ratios do not transfer to the wire). Throughputs are GB/s of fp32 "
-          "input and include quantization/reconstruction. Speedup = 1/(1/CR + B(1/Tc + 1/Td)).", ""]
+          "input and include quantization/reconstruction (a dump's tables coded in one call, as a training "
+          "step is; each table's share by its bytes). Speedup = 1/(1/CR + B(1/Tc + 1/Td)).", ""]
     for size in SIZES:
         sub = [o for o in overall if o["size"] == size]
         if sub:

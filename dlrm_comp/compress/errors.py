@@ -5,6 +5,8 @@ code that must tell "bad data" from "bad wire bytes" can catch the specific clas
 """
 from __future__ import annotations
 
+NONFINITE_POLICIES = ("error", "passthrough")  # compress.nonfinite: stop the run, or send such chunks raw
+
 
 class NonFiniteError(ValueError):
     """A chunk holds NaN or Inf values: an error bound relative to the range is meaningless."""

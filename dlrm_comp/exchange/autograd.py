@@ -18,15 +18,16 @@ def zero_grads(ex, index, grads):
 
 class ExchangeFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, exchange, compress: bool, bags, *pooled: torch.Tensor):
-        ctx.exchange, ctx.compress = exchange, compress
-        finish, ctx.index = exchange.begin_forward([p.detach() for p in pooled], compress, bags=bags)
+    def forward(ctx, exchange, compress: bool, bags, bounds, *pooled: torch.Tensor):
+        ctx.exchange, ctx.compress, ctx.bounds = exchange, compress, bounds
+        finish, ctx.index = exchange.begin_forward([p.detach() for p in pooled], compress, bags=bags, bounds=bounds)
         return tuple(finish())
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
         ex = ctx.exchange
-        return (None, None, None, *ex.backward(zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index))
+        return (None, None, None, None,
+                *ex.backward(zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index, ctx.bounds))
 
 
 class Request(torch.autograd.Function):
@@ -34,24 +35,25 @@ class Request(torch.autograd.Function):
     the pooled outputs the gradients that the Wait half's backward exchanged."""
 
     @staticmethod
-    def forward(ctx, exchange, compress: bool, bags, *pooled: torch.Tensor):
+    def forward(ctx, exchange, compress: bool, bags, bounds, *pooled: torch.Tensor):
         ctx.exchange = exchange
         if exchange._inflight is not None:
             raise RuntimeError("Exchange.start: the previous exchange was never waited on")
-        finish, index = exchange.begin_forward([p.detach() for p in pooled], compress, async_op=True, bags=bags)
-        exchange._inflight = (finish, compress, index)
+        finish, index = exchange.begin_forward([p.detach() for p in pooled], compress, async_op=True, bags=bags,
+                                               bounds=bounds)
+        exchange._inflight = (finish, compress, index, bounds)
         return pooled[0].new_zeros(0)
 
     @staticmethod
     def backward(ctx, _token_grad):
         grads, ctx.exchange._pooled_grads = ctx.exchange._pooled_grads, None
-        return (None, None, None, *grads)
+        return (None, None, None, None, *grads)
 
 
 class Wait(torch.autograd.Function):
     @staticmethod
     def forward(ctx, exchange, token: torch.Tensor):
-        finish, ctx.compress, ctx.index = exchange._inflight
+        finish, ctx.compress, ctx.index, ctx.bounds = exchange._inflight
         exchange._inflight = None
         ctx.exchange = exchange
         return tuple(finish())
@@ -59,7 +61,7 @@ class Wait(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
         ex = ctx.exchange
-        ex._pooled_grads = ex.backward(zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index)
+        ex._pooled_grads = ex.backward(zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index, ctx.bounds)
         return None, torch.zeros(0, device=ex.transport.device)
 
 

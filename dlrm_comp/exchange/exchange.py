@@ -27,7 +27,7 @@ from dlrm_comp.compress.modes import build_codec
 from dlrm_comp.exchange.autograd import ExchangeFn, PendingExchange, Request
 from dlrm_comp.exchange.dedup import BagIndex, build_bag_index, identity_index, sum_by_bag
 from dlrm_comp.exchange.layout import Layout, build_layout, destination_rows
-from dlrm_comp.exchange.plan import CompressionPlan, DirectionPlan
+from dlrm_comp.exchange.plan import CompressionPlan, DirectionPlan, StepBounds
 from dlrm_comp.exchange.sizes import MessageSender
 from dlrm_comp.runtime import to_device
 
@@ -128,16 +128,20 @@ class Exchange:
         return hit
 
     # -------------------------------------------------------------------------- entry points
-    def __call__(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None) -> list[torch.Tensor]:
+    def __call__(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None,
+                 bounds: StepBounds | None = None) -> list[torch.Tensor]:
         """Owned tables' ``[B, d]`` -> every table's rows for this process (``[B_rank, d]``; all
         ``[B, d]`` in loopback). Differentiable: the backward is the gradient exchange. ``bags``
-        (the global batch's ids) enables deduplication where the plan asks for it."""
-        return list(ExchangeFn.apply(self, compress, bags, *pooled))
+        (the global batch's ids) enables deduplication where the plan asks for it; ``bounds`` the
+        step's per-table bounds (None: the plan's configured ones)."""
+        return list(ExchangeFn.apply(self, compress, bags, bounds, *pooled))
 
-    def forward(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None) -> list[torch.Tensor]:
-        return self.begin_forward(pooled, compress, bags=bags)[0]()
+    def forward(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None,
+                bounds: StepBounds | None = None) -> list[torch.Tensor]:
+        return self.begin_forward(pooled, compress, bags=bags, bounds=bounds)[0]()
 
-    def begin_forward(self, pooled: Sequence[torch.Tensor], compress: bool, async_op: bool = False, bags=None):
+    def begin_forward(self, pooled: Sequence[torch.Tensor], compress: bool, async_op: bool = False, bags=None,
+                      bounds: StepBounds | None = None):
         """Encode and launch the forward exchange; returns ``(finish, index)``: ``finish()`` ->
         the received tables, and the step's bag index (the backward uses the same). With
         ``async_op`` the data collective is in flight until ``finish`` waits on it."""
@@ -153,7 +157,7 @@ class Exchange:
                 rows = index.sent_rows(t, 0)
                 self.last_sample[t] = pooled[i].detach()[int(rows[0]):int(rows[-1]) + 1] if not index.dedup[t] \
                     else pooled[i].detach()[to_device(torch.from_numpy(rows), pooled[i].device)]
-        finish = self._run(flat, lay.owner, lay.consumer, plan, "fwd", async_op)
+        finish = self._run(flat, lay.owner, lay.consumer, plan, "fwd", async_op, bounds)
 
         def received() -> list[torch.Tensor]:
             rows = finish()
@@ -169,14 +173,14 @@ class Exchange:
             return [parts[0] if len(parts) == 1 else torch.cat(parts) for _, parts in sorted(out.items())]
         return received, index
 
-    def encode(self, pooled: Sequence[torch.Tensor], bags=None) -> list[bytes]:
+    def encode(self, pooled: Sequence[torch.Tensor], bags=None, bounds: StepBounds | None = None) -> list[bytes]:
         """The forward messages of one step (byte-message modes), without a transport: what the
         benchmarks time as the encoder. Statistics are recorded as in a real exchange."""
         plan = self.plan.fwd
         if not plan.byte_messages:
             raise ValueError(f"encode: only byte modes build messages, not {plan.mode!r}")
         lay = self.layout(self.bag_index(pooled[0].shape[0], bags), plan)
-        return self._encode(self._owner_rows(list(pooled), lay), lay.owner, plan, "fwd").messages
+        return self._encode(self._owner_rows(list(pooled), lay), lay.owner, plan, "fwd", bounds).messages
 
     def decode(self, messages: Sequence[bytes], rows: Sequence[int | np.ndarray]) -> list[torch.Tensor]:
         """Each message's travelling rows ``[R_m, d]`` (the receiver's side of ``encode``;
@@ -184,13 +188,15 @@ class Exchange:
         codec = self.codec(self.plan.fwd)
         return [codec.decode_message(m, r, self.dim) for m, r in zip(messages, rows)]
 
-    def start(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None) -> PendingExchange:
+    def start(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None,
+              bounds: StepBounds | None = None) -> PendingExchange:
         """Launch the forward exchange (async collective) and return at once: the upstream DLRM
         Req/Wait split. ``wait()`` on the result gives the received tables, differentiable."""
-        token = Request.apply(self, compress, bags, *pooled)
+        token = Request.apply(self, compress, bags, bounds, *pooled)
         return PendingExchange(self, token)
 
-    def backward(self, grads: Sequence[torch.Tensor], compress: bool, index: BagIndex) -> list[torch.Tensor]:
+    def backward(self, grads: Sequence[torch.Tensor], compress: bool, index: BagIndex,
+                 bounds: StepBounds | None = None) -> list[torch.Tensor]:
         plan = self.plan.bwd if compress and self.plan.bwd.enabled else None
         if plan is None and self.loopback and not index.active:  # one process, exact gradients: the identity
             return list(grads)
@@ -202,7 +208,7 @@ class Exchange:
             rows = sum_by_bag(rows, lay.expand, int(lay.consumer.chunk_rows.sum()), lay.bag_order)
         if scale != 1.0:
             rows = rows * scale
-        got = self._run(rows, lay.consumer, lay.owner, plan, "bwd")()
+        got = self._run(rows, lay.consumer, lay.owner, plan, "bwd", False, bounds)()
         return self._owner_grads(got, lay)
 
     # -------------------------------------------------------------------------- rows
@@ -255,24 +261,27 @@ class Exchange:
         return [by_table[t] for t in self.mine]
 
     # -------------------------------------------------------------------------- one direction
-    def _encode(self, flat: torch.Tensor, side: ChunkLayout, plan: DirectionPlan, direction: str) -> Encoded:
+    def _encode(self, flat: torch.Tensor, side: ChunkLayout, plan: DirectionPlan, direction: str,
+                bounds: StepBounds | None = None) -> Encoded:
         """``plan``'s codec over the travelling rows, its statistics recorded, the NaN/Inf policy applied."""
         t0 = time.perf_counter()
-        eb = self._eb(plan, side.chunk_tables, flat.device) if plan.error_bounded else None
+        table_bounds = bounds.direction(direction) if bounds is not None else \
+            torch.tensor(plan.eb_rel, dtype=torch.float64)
+        eb = to_device(table_bounds[self._index(side.chunk_tables, None)], flat.device) if plan.error_bounded else None
         enc = self.codec(plan).encode(flat, eb, side)
         if enc.nonfinite is not None:
             self._check_finite(enc.nonfinite, plan, flat)
         if enc.sent is not None:
-            self._record(direction, plan, side, flat.element_size(), enc, time.perf_counter() - t0)
+            self._record(direction, plan, side, flat.element_size(), enc, time.perf_counter() - t0, table_bounds)
         return enc
 
     def _run(self, flat: torch.Tensor, out: ChunkLayout, inc: ChunkLayout, plan: DirectionPlan | None,
-             direction: str, async_op: bool = False):
+             direction: str, async_op: bool = False, bounds: StepBounds | None = None):
         """Send the travelling rows ``flat`` as ``out``'s messages; returns ``finish()`` -> the
         received messages' travelling rows, message after message (waiting on the collective)."""
         plan = plan or self._off
         codec = self.codec(plan)
-        enc = self._encode(flat, out, plan, direction)
+        enc = self._encode(flat, out, plan, direction, bounds)
         if codec.byte_messages:
             receive = self.sender.send(enc.messages, direction, async_op)
         else:
@@ -288,9 +297,6 @@ class Exchange:
                                               time.perf_counter() - t0)
             return rows
         return finish
-
-    def _eb(self, plan: DirectionPlan, tables: list[int], device) -> torch.Tensor:
-        return to_device(torch.tensor([plan.eb_rel[t] for t in tables], dtype=torch.float64), device)
 
     def _index(self, tables: list[int], device) -> torch.Tensor | np.ndarray:
         """The table list as a device index (``device`` None: a host array), built once."""
@@ -320,7 +326,7 @@ class Exchange:
             raise NonFiniteError(int(pending), -1)
 
     def _record(self, direction: str, plan: DirectionPlan, side: ChunkLayout, item: int, enc: Encoded,
-                enc_s: float) -> None:
+                enc_s: float, table_bounds: torch.Tensor) -> None:
         """One direction's chunk statistics: raw bytes are the chunks' whole slices (what an
         exchange without dedup or compression moves), so the ratio counts both savings."""
         if self.recorder is None:
@@ -329,9 +335,10 @@ class Exchange:
         full = side.full_rows()
         self.recorder.record_batch(direction, self._index(tables, None), self._index(tables, enc.sent.device),
                                    full * self.dim * item, enc.sent, enc.ideal, enc.err_ratio, enc_s, 0.0,
-                                   lambda: _labels(plan), plan.estimated, rows=full, distinct=side.chunk_rows)
+                                   lambda: _labels(plan, table_bounds), plan.estimated, rows=full,
+                                   distinct=side.chunk_rows)
 
 
-def _labels(plan: DirectionPlan) -> tuple[list, list[str]]:
-    """Per-table bound and codec name, as the plan holds them now (read when statistics are)."""
-    return (list(plan.eb_rel) if plan.error_bounded else [None] * plan.num_tables), plan.codec_names()
+def _labels(plan: DirectionPlan, table_bounds: torch.Tensor) -> tuple[list, list[str]]:
+    """Per-table bound of the step recorded and codec name (read when statistics are)."""
+    return (table_bounds.tolist() if plan.error_bounded else [None] * plan.num_tables), plan.codec_names()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dlrm_comp.compress.lossless import LosslessCodec, get_lossless
-from dlrm_comp.compress.modes import BY_NAME, Mode, mode
+import torch
 
-DEFAULT_CODER = "zstd"  # measured default for a destination's stream on the CPU (benchmarks/codec_cpu.py)
+from dlrm_comp.compress.errors import NONFINITE_POLICIES
+from dlrm_comp.compress.lossless import DEFAULT_LOSSLESS, LosslessCodec
+from dlrm_comp.compress.modes import BY_NAME, Mode, mode
 
 
 @dataclass
@@ -16,17 +17,19 @@ class DirectionPlan:
 
     mode: str = "off"
     num_tables: int = 0
-    eb_rel: list[float] = field(default_factory=list)  # current bound per table (set every step)
+    eb_rel: list[float] = field(default_factory=list)  # configured bound per table (when a call gives no StepBounds)
     coders: list[LosslessCodec] = field(default_factory=list)  # lossless stage per table (codec mode)
     bitpack: list[bool] = field(default_factory=list)  # codes bit-packed before the coder, per table
-    nonfinite: str = "raise"
+    nonfinite: str = "error"  # NONFINITE_POLICIES: "error" stops the run, "passthrough" sends such chunks raw
     version: int = 0  # bumped by set_coder: the exchange memoises message layouts on it
 
     def __post_init__(self) -> None:
         mode(self.mode)  # ValueError naming the valid modes
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"compress.nonfinite: must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
         n = self.num_tables
         self.eb_rel = list(self.eb_rel) or [0.01] * n
-        self.coders = list(self.coders) or [get_lossless(DEFAULT_CODER) for _ in range(n)]
+        self.coders = list(self.coders) or [DEFAULT_LOSSLESS.build() for _ in range(n)]
         self.bitpack = list(self.bitpack) or [False] * n
 
     def set_coder(self, table: int, coder: LosslessCodec) -> None:
@@ -81,3 +84,20 @@ class CompressionPlan:
     @classmethod
     def off(cls, num_tables: int) -> "CompressionPlan":
         return cls(DirectionPlan("off", num_tables), DirectionPlan("off", num_tables))
+
+
+@dataclass(frozen=True)
+class StepBounds:
+    """One step's relative error bounds per table, both directions: computed once by the bound
+    controller (``BoundControl.step_bounds``) and passed into the exchange call as a value, so no
+    shared list carries them and every statistic records the bounds its step really used."""
+
+    fwd: torch.Tensor  # [T] float64, host
+    bwd: torch.Tensor  # [T] float64, host
+
+    @classmethod
+    def of(cls, fwd, bwd) -> "StepBounds":
+        return cls(torch.as_tensor(fwd, dtype=torch.float64), torch.as_tensor(bwd, dtype=torch.float64))
+
+    def direction(self, name: str) -> torch.Tensor:
+        return self.fwd if name == "fwd" else self.bwd

@@ -13,6 +13,7 @@ import torch
 from dlrm_comp.adaptive.controller import TableObservation
 from dlrm_comp.compress.bounds import MAX_EB_REL
 from dlrm_comp.config import AdaptiveConfig, CompressConfig
+from dlrm_comp.exchange.plan import StepBounds
 from dlrm_comp.recorder import CompressionRecorder
 from dlrm_comp.train.probe import probe_drift
 
@@ -40,15 +41,20 @@ class BoundControl:
     def backward_bound(self, iteration: int) -> float:
         return min(self.backward.decay.multiplier(iteration) * self.backward.error_bound, MAX_EB_REL)
 
+    def step_bounds(self, iteration: int) -> StepBounds:
+        """Both directions' per-table bounds of one step, computed once: the value the trainer
+        passes into the exchange call."""
+        return StepBounds.of(self.forward_bounds(iteration), [self.backward_bound(iteration)] * self.num_tables)
+
     def final(self, iteration: int) -> list[float]:
         return self.current or self.policy.all(iteration)
 
     def control_step(self, iteration: int, recorder: CompressionRecorder, trainer, exchange,
-                     log: Callable[..., None] | None, codec_name: str) -> None:
+                     log: Callable[..., None] | None, codec_name: str, bounds: StepBounds | None = None) -> None:
         observations = self._window_observations(recorder, trainer, iteration)
         drift, sensitivity = (None, None)
         if self.guard and trainer is not None and exchange is not None:
-            drift, sensitivity = probe_drift(trainer, exchange, self.adaptive.probe_batch)
+            drift, sensitivity = probe_drift(trainer, exchange, self.adaptive.probe_batch, bounds)
         decisions = self.controller.update(observations, self.policy.all(iteration), drift, sensitivity)
         if log is not None:
             if drift is not None:

@@ -8,8 +8,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dlrm_comp.config import AdaptiveConfig, CompressConfig
+from dlrm_comp.config import TORCHREC_QCOMM_MODES, AdaptiveConfig, CompressConfig
 from dlrm_comp.exchange.exchange import Exchange
+from dlrm_comp.exchange.plan import StepBounds
 from dlrm_comp.train.bound_control import BoundControl
 from dlrm_comp.train.compression_plan import build_plan, decide_dedup
 from dlrm_comp.train.compression_stats import CompressionStats
@@ -34,15 +35,15 @@ class CompressionExtension(TrainingExtension):
         self.trainer = None
         self.iteration = 0
         self.exchange: Exchange | None = None
+        self.step_bounds: StepBounds | None = None  # this step's bounds, both directions (the trainer passes them on)
 
     def bound(self, table: int) -> float:
-        if not self.bounds.current:
+        if self.step_bounds is None:
             self._refresh_bounds()
-        return self.bounds.current[table]
+        return float(self.step_bounds.fwd[table])
 
     def _refresh_bounds(self) -> None:
-        self.plan.fwd.eb_rel[:] = self.bounds.forward_bounds(self.iteration)
-        self.plan.bwd.eb_rel[:] = [self.bounds.backward_bound(self.iteration)] * len(self.cardinalities)
+        self.step_bounds = self.bounds.step_bounds(self.iteration)
 
     def build_exchange(self, transport, owners: list[int], dim: int, size_exchange: str = "exact") -> Exchange:
         """The exchange of this run (loopback in one process, the process group in several)."""
@@ -59,7 +60,8 @@ class CompressionExtension(TrainingExtension):
         if iteration > 0 and iteration % self.adaptive.interval == 0:
             log = getattr(self.trainer, "log", None)
             if self.bounds.controller is not None:
-                self.bounds.control_step(iteration, self.recorder, self.trainer, self.exchange, log, self.codecs.name(0))
+                self.bounds.control_step(iteration, self.recorder, self.trainer, self.exchange, log, self.codecs.name(0),
+                                         self.step_bounds)
             samples = dict(self.exchange.last_sample) if self.exchange is not None else {}
             self.codecs.control_step(iteration, samples, self.bound, log)
         self._refresh_bounds()
@@ -107,7 +109,7 @@ class CompressionExtension(TrainingExtension):
         self.stats.load_state_dict(state)
         if self.bounds.controller is not None and "controller" in state:
             self.bounds.controller.load_state_dict(state["controller"])
-        self.bounds.current = []
+        self.bounds.current, self.step_bounds = [], None
         if "iteration" in state:  # the bounds of the last step run, as an uninterrupted run holds them
             self.iteration = state["iteration"]
             self._refresh_bounds()
@@ -120,8 +122,12 @@ class CompressionExtension(TrainingExtension):
 
 def extensions_from_config(cfg, cardinalities: list[int], world_size: int = 1,
                            rank: int = 0) -> list[TrainingExtension]:
-    """The extensions a run's config switches on."""
+    """The extensions a run's config switches on: ours for our modes, a byte counter around
+    TorchRec's own codecs for ``torchrec_qcomm:*`` (``model.backend=torchrec``)."""
     c = cfg.compress
+    if {c.mode, c.backward.mode} & set(TORCHREC_QCOMM_MODES):
+        from dlrm_comp.train.torchrec_qcomm import QCommExtension
+        return [QCommExtension(c.mode, c.backward.mode, world_size, rank)]
     if c.mode == "off" and c.backward.mode == "off" and c.dedup == "off" and not c.dedup_tables:
         return []
     return [CompressionExtension(cfg.compress, cardinalities, world_size, rank, cfg.adaptive)]

@@ -3,16 +3,18 @@ mode, the lossless stage and the code layout, and the bag-deduplication switches
 re-decision from the measured distinct fractions)."""
 from __future__ import annotations
 
-from dlrm_comp.compress.lossless import LosslessCodec, get_lossless
+from dlrm_comp.compress.lossless import DEFAULT_LOSSLESS, LosslessCodec, get_lossless
 from dlrm_comp.config import CompressConfig, ConfigError
-from dlrm_comp.exchange.plan import DEFAULT_CODER, CompressionPlan, DirectionPlan
+from dlrm_comp.exchange.plan import CompressionPlan, DirectionPlan
 
 
 def build_coder(name: str, params: dict | None = None) -> LosslessCodec:
     """A lossless stage for a destination's code stream; ``default`` is the measured default.
     The registry does not know the key its name and parameters came from: the error names it."""
     try:
-        return get_lossless(DEFAULT_CODER if name == "default" else name, **dict(params or {}))
+        if name == "default":
+            return DEFAULT_LOSSLESS.build() if not params else get_lossless(DEFAULT_LOSSLESS.name, **dict(params))
+        return get_lossless(name, **dict(params or {}))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"compress.lossless: {exc}") from None
 
@@ -22,7 +24,7 @@ def build_plan(cfg: CompressConfig, num_tables: int) -> CompressionPlan:
     coder = build_coder(cfg.lossless.name, cfg.lossless.params)
     bitpack = cfg.layout == "bitpack"
     fwd = DirectionPlan(cfg.mode, num_tables, coders=[coder] * num_tables, bitpack=[bitpack] * num_tables,
-                        nonfinite="passthrough" if cfg.nonfinite == "passthrough" else "raise")
+                        nonfinite=cfg.nonfinite)
     bwd = DirectionPlan(cfg.backward.mode, num_tables, coders=[coder] * num_tables,
                         bitpack=[bitpack] * num_tables, nonfinite=fwd.nonfinite)
     bad = [t for t in cfg.dedup_tables if t >= num_tables]

@@ -73,12 +73,10 @@ class Trainer:
         self.schedule = EpochSchedule(self.source.num_batches("train", cfg.data.batch_size), cfg.train.seed)
         torchrec = cfg.model.backend == "torchrec"
         if extensions is None:
-            if torchrec:  # TorchRec's own codecs are extensions of their own
-                from dlrm_comp.train.torchrec_parallel import extensions_from_config
-            else:
-                from dlrm_comp.train.compression import extensions_from_config
+            from dlrm_comp.train.compression import extensions_from_config
             extensions = extensions_from_config(cfg, self.source.cardinalities, self.world_size, self.rank)
         self.extensions = list(extensions)
+        self.compression = next((e for e in self.extensions if e.name == "compression"), None)
         self.parallel = None
         if torchrec:  # DistributedModelParallel, also in one process (a one-rank group)
             from dlrm_comp.train.torchrec_parallel import TorchrecModelParallel
@@ -87,13 +85,12 @@ class Trainer:
             self.model = self.parallel.model
         elif self.env.distributed:
             from dlrm_comp.train.parallel import ModelParallel
-            compression = next((e for e in self.extensions if e.name == "compression"), None)
-            self.parallel = ModelParallel(cfg, self.env, self.source.cardinalities, self.device, compression)
+            self.parallel = ModelParallel(cfg, self.env, self.source.cardinalities, self.device, self.compression)
             self.model = self.parallel.model
         else:
             self.model = build_model(cfg, self.source.cardinalities).to(self.device)
         self.exchange = None  # one process: the same exchange as several, over W virtual destinations
-        compression = next((e for e in self.extensions if e.name == "compression"), None)
+        compression = self.compression
         if self.parallel is None and compression is not None:
             from dlrm_comp.exchange.transport import LoopbackTransport
             self.exchange = compression.build_exchange(LoopbackTransport(cfg.compress.chunks, self.device),
@@ -265,11 +262,12 @@ class Trainer:
 
     def _forward(self, batch, training: bool, bags=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``bags``: the batch's ids on the host, for bag deduplication (no device read)."""
+        bounds = getattr(self.compression, "step_bounds", None) if training else None  # this step's, as a value
         if self.parallel is not None:
-            return self.parallel.forward(batch, training, bags)
+            return self.parallel.forward(batch, training, bags, bounds)
         if self.exchange is not None and training:  # evaluation batches are never compressed
             pooled = self.exchange(self.model.tap(self.model.lookup(batch.indices, batch.offsets)), compress=True,
-                                   bags=bags)
+                                   bags=bags, bounds=bounds)
             return self.model.head(batch.dense, pooled), batch.labels
         return self.model(batch.dense, batch.indices, batch.offsets), batch.labels
 

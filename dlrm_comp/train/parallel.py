@@ -63,15 +63,17 @@ class ModelParallel:
         else:
             self.exchange = Exchange(transport, self.owners, cfg.model.emb_dim, size_exchange=cfg.dist.size_exchange)
 
-    def forward(self, batch: Batch, training: bool, bags: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, training: bool, bags: Batch | None = None,
+                bounds=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of this rank's slice of the global batch (``bags``: its ids on the
-        host, for bag deduplication)."""
+        host, for bag deduplication; ``bounds``: the step's ``StepBounds``)."""
         start, stop = self.exchange.slice_rows(batch.batch_size)[self.env.rank]
         local = batch.slice(start, stop)
         pooled = self.model.tap(self.model.lookup(batch.indices, batch.offsets))
         if not self.overlap:
-            return self.head(local.dense, self.exchange(pooled, compress=training, bags=bags)), local.labels
-        pending = self.exchange.start(pooled, compress=training, bags=bags)  # async: in flight during the bottom MLP
+            return self.head(local.dense, self.exchange(pooled, compress=training, bags=bags,
+                                                             bounds=bounds)), local.labels
+        pending = self.exchange.start(pooled, compress=training, bags=bags, bounds=bounds)  # async: in flight during the bottom MLP
         return self.head(local.dense, pending.wait), local.labels
 
     def wrap_exchange(self, wrap) -> None:

@@ -46,6 +46,7 @@ class ExchangeOutputDist(nn.Module):
                              f"the exchange expects {list(exchange.mine)}")
         self.compress = True  # set per step by the caller: evaluation batches are never compressed
         self.bags = None  # the global batch's ids on the host, set per step: bag deduplication
+        self.bounds = None  # the step's StepBounds, set per step
 
     def forward(self, local_embs: torch.Tensor, sharding_ctx=None):
         if sharding_ctx is not None and getattr(sharding_ctx, "variable_batch_per_feature", False):
@@ -53,9 +54,10 @@ class ExchangeOutputDist(nn.Module):
         by_table = dict(zip(self.local_tables, local_embs.split(self.dim, dim=1)))
         pooled = [by_table[t] for t in self.exchange.mine]
         if self.overlap:
-            return _Received(self.exchange.start(pooled, compress=self.compress, bags=self.bags).wait,
+            return _Received(self.exchange.start(pooled, compress=self.compress, bags=self.bags,
+                                                  bounds=self.bounds).wait,
                              self.out_tables)
-        return NoWait(_assemble(self.exchange(pooled, compress=self.compress, bags=self.bags), self.out_tables))
+        return NoWait(_assemble(self.exchange(pooled, compress=self.compress, bags=self.bags, bounds=self.bounds), self.out_tables))
 
 
 def _assemble(received: list[torch.Tensor], order: list[int]) -> torch.Tensor:

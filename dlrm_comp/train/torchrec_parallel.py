@@ -56,16 +56,6 @@ class Embeddings(nn.Module):
         return self.ebc(kjt)
 
 
-def extensions_from_config(cfg: RunConfig, cardinalities: list[int], world_size: int = 1, rank: int = 0):
-    """Ours for our modes; a byte counter around TorchRec's codecs for `torchrec_qcomm:*`."""
-    from dlrm_comp.config import TORCHREC_QCOMM_MODES
-    if {cfg.compress.mode, cfg.compress.backward.mode} & set(TORCHREC_QCOMM_MODES):
-        from dlrm_comp.train.torchrec_qcomm import QCommExtension
-        return [QCommExtension(cfg.compress.mode, cfg.compress.backward.mode, world_size, rank)]
-    from dlrm_comp.train.compression import extensions_from_config as ours
-    return ours(cfg, cardinalities, world_size, rank)
-
-
 def fused_params(cfg: RunConfig) -> dict[str, Any]:
     """fbgemm's fused optimizer with torch's arithmetic: exact (not row-wise) SGD or Adagrad."""
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -166,9 +156,10 @@ class TorchrecModelParallel(ModelParallel):
         self.output_dist = install_exchange(getattr(self.dmp.module, EBC), self.exchange, cfg.model.emb_dim,
                                             cfg.dist.overlap)
 
-    def forward(self, batch: Batch, training: bool, bags: Batch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, training: bool, bags: Batch | None = None,
+                bounds=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of this rank's slice (``bags``: the global batch's ids on the host,
-        for bag deduplication in our exchange)."""
+        for bag deduplication in our exchange; ``bounds``: the step's ``StepBounds``)."""
         rows = destination_rows(batch.batch_size, self.env.world_size)
         if len(rows) != self.env.world_size:
             raise ValueError(f"batch of {batch.batch_size} rows cannot be split over {self.env.world_size} ranks")
@@ -177,6 +168,7 @@ class TorchrecModelParallel(ModelParallel):
         if self.output_dist is not None:  # evaluation batches are never compressed
             self.output_dist.compress = training
             self.output_dist.bags = bags if training else None
+            self.output_dist.bounds = bounds if training else None
         if self.qcomm is not None:
             self.qcomm.set_training(training)
         keyed = self.dmp(batch_to_kjt(local))  # lazy: waited on when the dense part reads it

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Btune's pick vs an exhaustive grid over the same space, on dumped embedding codes; prints JSON.
 
-For each message (one table's pooled output of one dump, quantized at ``--eb``; optionally
+For each message (one table's pooled output of one dump, quantized at ``--eb`` by the training
+quantizer; optionally
 padded), every point of the search space is measured once (real timings, best of ``--reps``), then
 the tuner runs with those measurements as its trial function, so both are judged on the same
 numbers: ``gap`` = 1 - merit(tuner's pick) / merit(grid's best) (merit = cratio**tradeoff /
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from dlrm_comp.adaptive.btune import Btune, BtuneConfig, SearchSpace, extra_candidates, measure_trial  # noqa: E402
 from dlrm_comp.bench.dumps import list_dumps, load_dump, read_meta, run_dump  # noqa: E402
 from dlrm_comp.compress.lossless import efficiency_report  # noqa: E402
-from dlrm_comp.compress.quantize import quantize_np  # noqa: E402
+from dlrm_comp.compress.codecs.offline import chunk_codes  # noqa: E402
 
 
 def main() -> None:
@@ -60,20 +61,20 @@ def main() -> None:
     cases = []
     for table in args.tables:
         x = load_dump(files[(table, last)], meta["batch"], meta["dim"])
-        q = quantize_np(torch.from_numpy(np.concatenate([x] * args.pad)), args.eb)
-        codes = q.codes
+        _, codes = chunk_codes(torch.from_numpy(np.concatenate([x] * args.pad)), args.eb)  # the training quantizer
+        width = codes.dtype.itemsize
         buf = codes.tobytes()
         t0 = time.perf_counter()
-        table_meas = {c: measure_trial(c, buf, q.width, reps=args.reps) for c in grid}
+        table_meas = {c: measure_trial(c, buf, width, reps=args.reps) for c in grid}
         grid_s = time.perf_counter() - t0
         engine = Btune(cfg, space, trial=lambda c, s, ts: table_meas[c], sample_bytes=len(buf))
-        res = engine.run(buf, q.width)
+        res = engine.run(buf, width)
         best_grid = max(grid, key=lambda c: engine.merit(table_meas[c]))
         gm = engine.merit(table_meas[best_grid])
         eff = efficiency_report(codes, table_meas[res.candidate].csize)
         best_ratio = max(grid, key=lambda c: table_meas[c].cratio)
         cases.append({
-            "table": table, "message_bytes_fp32": 4 * codes.size, "width": q.width,
+            "table": table, "message_bytes_fp32": 4 * codes.size, "width": width,
             "grid_size": len(grid), "grid_s": round(grid_s, 2),
             "tuner_unique_trials": res.unique_trials, "tuner_trials": res.trials,
             "fraction_of_grid": round(res.unique_trials / len(grid), 4),

@@ -4,15 +4,17 @@
 Trains the debug config briefly (uncompressed, emb dim 32 so a Kaggle-like 32 x 32 chunk exists),
 takes every table's pooled output for a batch, and measures side by side, at each relative bound
 and at two message sizes (a 32 x 32 chunk = 4 KiB of fp32, and 256 KiB), the wire ratio (headers
-included) and the encode and decode throughput in GB/s of fp32 input, on this machine's cores.
+included) and the encode and decode throughput in GB/s of fp32 input, on this machine's cores:
+the training codec (``codecs/offline.py``), one message per chunk.
 
 `steps` rows: a whole step of the batched exchange codec (every table x destination in one
 call; messages with their preambles and chunk tables), at the debug shape (26 tables x 2
 destinations x 64x16) and the Terabyte shape (dim 64, batch 2048: 26 x 2 x 1024x64), at the
 reference's Kaggle bounds, side by side with SZ3 (one call per chunk), `coders` rows (the debug
 step under each stream coder: the measurement behind the default) and, with
-`--baseline-tree DIR` (a git worktree of an earlier commit), that tree's per-chunk codec on the
-very same chunks, run in a subprocess in the same invocation.
+`--baseline-tree DIR` (a git worktree of an earlier commit that has ``codecs/offline.py``), that
+tree's training codec on the very same chunks (one message per destination), run in a
+subprocess in the same invocation.
 
     python benchmarks/codec_cpu.py [--iterations 600] [--bounds 1e-2 3e-2 1e-3] [--repeat 3]
         [--threads 1] [--baseline-tree ../old]
@@ -32,9 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dlrm_comp.compress.backends import get_backend  # noqa: E402
+from dlrm_comp.compress.codecs.offline import roundtrip  # noqa: E402
 from dlrm_comp.compress.timing import best_time  # noqa: E402
 from dlrm_comp.config import load_config  # noqa: E402
+from dlrm_comp.exchange.plan import DirectionPlan  # noqa: E402
 from dlrm_comp.train.loop import Trainer  # noqa: E402
 
 SIZES = {"32x32": (32, 32), "256KiB": (2048, 32)}
@@ -54,51 +57,39 @@ def trained_pooled_outputs(iterations: int, rows: int, dim: int = 32) -> list[to
         return [p.contiguous() for p in trainer.model.lookup(batch.indices, batch.offsets)]
 
 
-def measure(backend, chunks: list[torch.Tensor], eb_rel: float, repeat: int) -> dict:
-    raw = sum(c.numel() * 4 for c in chunks)
-    encoded, best_enc = best_time(lambda: [backend.encode(c, eb_rel) for c in chunks], repeat)
-    decoded, best_dec = best_time(lambda: [backend.decode(e) for e in encoded], repeat)
-    sent = sum(e.nbytes for e in encoded)
-    worst = max((float((c - d).abs().max()) / e.eb_abs for c, d, e in zip(chunks, decoded, encoded) if e.eb_abs),
-                default=0.0)
-    return {"cr": raw / sent, "encode_GBps": raw / best_enc / 1e9, "decode_GBps": raw / best_dec / 1e9,
-            "bytes_raw": raw, "bytes_sent": sent, "max_err_ratio": worst}
+def measure(mode: str, chunks: list[torch.Tensor], eb_rel, repeat: int, counts: list[int] | None = None) -> dict:
+    """Mode ``mode``'s training codec on ``chunks`` (one message per chunk unless ``counts``)."""
+    r = roundtrip(mode, chunks, eb_rel, counts=counts or [1] * len(chunks), reps=repeat)
+    return {"cr": r.cr, "encode_GBps": r.bytes_raw / r.enc_s / 1e9, "decode_GBps": r.bytes_raw / r.dec_s / 1e9,
+            "bytes_raw": r.bytes_raw, "bytes_sent": r.bytes_sent, "max_err_ratio": r.max_err_ratio}
 
 
 STEP_SHAPES = {"debug_step": (128, 16), "terabyte_step": (2048, 64)}  # (batch, dim), 2 destinations
 
 BASELINE = r"""
-import ctypes, json, sys, time, torch
+import ctypes, json, sys, torch
 ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 30); ctypes.CDLL("libc.so.6").mallopt(-1, 1 << 30)  # as the new side
 sys.path.insert(0, sys.argv[1])
-from dlrm_comp.compress.backends import get_backend
 data = torch.load(sys.argv[2], weights_only=False)
-backend = get_backend("codec", ideal=False)
 out = {}
+from dlrm_comp.compress.codecs.offline import roundtrip
 for name, (chunks, ebs) in data.items():
     raw = sum(c.numel() * 4 for c in chunks)
-    enc = dec = float("inf")
-    for _ in range(int(sys.argv[3])):
-        t0 = time.perf_counter()
-        encoded = [backend.encode(c, e) for c, e in zip(chunks, ebs)]
-        t1 = time.perf_counter()
-        decoded = [backend.decode(x) for x in encoded]
-        t2 = time.perf_counter()
-        enc, dec = min(enc, t1 - t0), min(dec, t2 - t1)
-    sent = sum(x.nbytes for x in encoded)
-    out[name] = {"cr": raw / sent, "encode_GBps": raw / enc / 1e9, "decode_GBps": raw / dec / 1e9,
-                 "bytes_raw": raw, "bytes_sent": sent, "codec": backend.describe()}
+    r = roundtrip("codec", chunks, ebs, counts=[len(chunks) // 2] * 2, reps=int(sys.argv[3]))
+    out[name] = {"cr": r.cr, "encode_GBps": raw / r.enc_s / 1e9, "decode_GBps": raw / r.dec_s / 1e9,
+                 "bytes_raw": raw, "bytes_sent": r.bytes_sent, "codec": "codec"}
 print(json.dumps(out))
 """
 
 
 def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
     """A whole exchange step through the batched codec, vs SZ3 and (optionally) an older tree's
-    per-chunk codec on the same chunks."""
+    codec on the same chunks."""
     import subprocess
 
     from dlrm_comp.exchange import Exchange, LoopbackTransport
     from dlrm_comp.train.compression_plan import build_plan
+    from dlrm_comp.exchange.plan import StepBounds
     rows, chunk_sets = [], {}
     cfg = load_config([ROOT / "configs/debug.yaml"], ["compress.mode=codec"])
     for name, (batch, dim) in STEP_SHAPES.items():
@@ -106,11 +97,9 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
         t = len(pooled)
         policy = cfg.compress.bounds.build([10**6] * t, cfg.compress.decay)
         ebs = policy.all(10**9)
-        plan = build_plan(cfg.compress, t)
-        plan.fwd.eb_rel[:] = ebs
-        ex = Exchange(LoopbackTransport(2), [0] * t, dim, plan)
+        ex = Exchange(LoopbackTransport(2), [0] * t, dim, build_plan(cfg.compress, t))
         half = [batch // 2, batch - batch // 2]
-        messages, enc = best_time(lambda: ex.encode(pooled), repeat)
+        messages, enc = best_time(lambda: ex.encode(pooled, bounds=StepBounds.of(ebs, ebs)), repeat)
         decoded, dec = best_time(lambda: ex.decode(messages, half), repeat)
         raw = sum(p.numel() * 4 for p in pooled)
         sent = sum(len(m) for m in messages)
@@ -123,18 +112,14 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
                 worst = max(worst, float((got - chunk).abs().max()) / eb_abs)
         chunks = [p[a:b].contiguous() for a, b in ((0, half[0]), (half[0], batch)) for p in pooled]
         chunk_ebs = ebs * 2
-        sz = get_backend("sz")
-        encoded, sz_enc = best_time(lambda: [sz.encode(c, e) for c, e in zip(chunks, chunk_ebs)], repeat)
-        _, sz_dec = best_time(lambda: [sz.decode(e) for e in encoded], repeat)
-        sz_sent = sum(e.nbytes for e in encoded)
+        sz = measure("sz", chunks, chunk_ebs, repeat, counts=[t, t])  # one message per destination
         chunk_sets[name] = (chunks, chunk_ebs)
         rows.append({"size": name, "shape": f"{t} tables x 2 destinations x {half[0]}x{dim}", "chunks": 2 * t,
                      "eb_rel": "kaggle_ref (0.01 / 0.03 / 0.05)",
                      "codec": {"cr": raw / sent, "encode_GBps": raw / enc / 1e9, "decode_GBps": raw / dec / 1e9,
                                "bytes_raw": raw, "bytes_sent": sent, "max_err_ratio": worst,
-                               "describe": plan.fwd.codec_name(0)},
-                     "sz": {"cr": raw / sz_sent, "encode_GBps": raw / sz_enc / 1e9, "decode_GBps": raw / sz_dec / 1e9,
-                            "bytes_raw": raw, "bytes_sent": sz_sent}})
+                               "describe": ex.plan.fwd.codec_name(0)},
+                     "sz": {k: sz[k] for k in ("cr", "encode_GBps", "decode_GBps", "bytes_raw", "bytes_sent")}})
     if baseline:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "chunks.pt"
@@ -161,6 +146,7 @@ def coder_rows(iterations: int, repeat: int) -> list[dict]:
     the measurement behind the default (`compress.lossless.name`)."""
     from dlrm_comp.compress.lossless import get_lossless
     from dlrm_comp.exchange import Exchange, LoopbackTransport
+    from dlrm_comp.exchange.plan import StepBounds
     from dlrm_comp.train.compression_plan import build_plan
     batch, dim = STEP_SHAPES["debug_step"]
     pooled = trained_pooled_outputs(iterations, batch, dim)
@@ -171,12 +157,11 @@ def coder_rows(iterations: int, repeat: int) -> list[dict]:
     rows = []
     for name, params in CODERS:
         plan = build_plan(cfg.compress, t)
-        plan.fwd.eb_rel[:] = ebs
         coder = get_lossless(name, **params)
         for i in range(t):
             plan.fwd.set_coder(i, coder)
         ex = Exchange(LoopbackTransport(2), [0] * t, dim, plan)
-        messages, enc = best_time(lambda: ex.encode(pooled), repeat)
+        messages, enc = best_time(lambda: ex.encode(pooled, bounds=StepBounds.of(ebs, ebs)), repeat)
         _, dec = best_time(lambda: ex.decode(messages, [batch // 2, batch - batch // 2]), repeat)
         sent = sum(len(m) for m in messages)
         rows.append({"coder": name, "params": params, "cr": raw / sent, "encode_GBps": raw / enc / 1e9,
@@ -191,20 +176,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--baseline-tree", default=None,
-                        help="a git worktree of an earlier commit: its per-chunk codec on the step rows' chunks")
+                        help="a git worktree of an earlier commit: its codec on the step rows' chunks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from dlrm_comp.runtime import keep_large_allocations
     keep_large_allocations()  # as training does (train.keep_allocations); the baseline subprocess too
     pooled = trained_pooled_outputs(args.iterations, SIZES["256KiB"][0])
-    backends = {"codec": get_backend("codec", ideal=False), "sz": get_backend("sz")}
     results = []
     for size, (rows, _) in SIZES.items():
         chunks = [p[:rows] for p in pooled]
         for eb in args.bounds:
             row = {"size": size, "eb_rel": eb, "chunks": len(chunks)}
-            for name, backend in backends.items():
-                row[name] = measure(backend, chunks, eb, args.repeat)
+            for mode in ("codec", "sz"):
+                row[mode] = measure(mode, chunks, eb, args.repeat)
             c, s = row["codec"], row["sz"]
             row["codec_vs_sz"] = {"cr": c["cr"] / s["cr"], "encode_speed": c["encode_GBps"] / s["encode_GBps"],
                                   "decode_speed": c["decode_GBps"] / s["decode_GBps"]}
@@ -212,7 +196,7 @@ def main() -> None:
     steps = step_rows(args.iterations, max(args.repeat, 5), args.baseline_tree)
     coders = coder_rows(args.iterations, max(args.repeat, 5))
     print(json.dumps({"benchmark": "codec_cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "machine": platform.machine(), "codec": backends["codec"].describe(),
+                      "machine": platform.machine(), "codec": DirectionPlan("codec", 1).codec_name(0),
                       "trained_iterations": args.iterations, "results": results, "steps": steps,
                       "coders": coders}, indent=2))
 

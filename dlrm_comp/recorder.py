@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dlrm_comp.stopwatch import Span
 
 
 @dataclass
@@ -67,14 +70,15 @@ class CompressionRecorder:
         self._pending: dict[str, dict[str, Any]] = {}  # device accumulators of batched exchanges
 
     def record_batch(self, direction: str, tables: np.ndarray, table_index: Any, raw: int, sent: Any,
-                     ideal: Any, err_ratio: Any, enc_s: float, dec_s: float,
+                     ideal: Any, err_ratio: Any, enc_s: "float | Span", dec_s: "float | Span",
                      labels: Callable[[], tuple[list, list[str]]], estimated: bool,
                      rows: np.ndarray | None = None, distinct: np.ndarray | None = None) -> None:
         """One batched exchange's chunks (``tables`` on the host, ``table_index`` the same on the
         device, ``raw`` bytes per chunk; ``sent``/``ideal``/``err_ratio`` device tensors or None):
         accumulated on the device without a host sync and folded into the per-table totals when
         they are read. ``labels()`` gives the per-table bound and codec name at that point (the
-        plan's current ones). Times are the batched call's, split evenly over its chunks.
+        plan's current ones). Times are the batched call's, split evenly over its chunks: seconds,
+        or a stopwatch ``Span`` (device spans are read when the statistics are, never here).
         ``rows``/``distinct`` (host, per chunk): its slice's rows and the rows that travelled;
         the raw bytes of the rest are what deduplication saved."""
         import torch
@@ -90,7 +94,7 @@ class CompressionRecorder:
                 "err": torch.full((self.num_tables,), -1.0, dtype=torch.float64, device=dev),
                 "chunks": np.zeros(self.num_tables, np.int64), "raw": np.zeros(self.num_tables, np.int64),
                 "enc": np.zeros(self.num_tables),
-                "dec": np.zeros(self.num_tables), "estimated": False,
+                "dec": np.zeros(self.num_tables), "estimated": False, "spans": [],
                 "rows": np.zeros(self.num_tables, np.int64), "distinct": np.zeros(self.num_tables, np.int64),
                 "dedup": np.zeros(self.num_tables, np.int64)}
         p["sent"].index_add_(0, table_index, sent.to(torch.float64))
@@ -103,29 +107,46 @@ class CompressionRecorder:
             np.add.at(p["rows"], tables, rows)
             np.add.at(p["distinct"], tables, distinct)
             np.add.at(p["dedup"], tables, (np.asarray(raw) * (rows - distinct)) // np.maximum(rows, 1))
-        if enc_s:
-            np.add.at(p["enc"], tables, enc_s / len(tables))
-        if dec_s:
-            np.add.at(p["dec"], tables, dec_s / len(tables))
+        self._add_time(p, "enc", tables, enc_s)
+        self._add_time(p, "dec", tables, dec_s)
         p["labels"] = labels
         p["estimated"] = p["estimated"] or estimated
 
-    def add_decode_time(self, direction: str, tables: np.ndarray, seconds: float) -> None:
+    def add_decode_time(self, direction: str, tables: np.ndarray, seconds: "float | Span") -> None:
         """Receiver side of a batched exchange: its decode time, split over the chunks it decoded."""
         p = self._pending.get(direction)
         if p is not None and len(tables):
-            np.add.at(p["dec"], tables, seconds / len(tables))
+            self._add_time(p, "dec", tables, seconds)
+
+    @staticmethod
+    def _add_time(p: dict[str, Any], key: str, tables: np.ndarray, seconds: "float | Span") -> None:
+        if not isinstance(seconds, (int, float)):
+            if not seconds.on_host:  # a device span: read with the statistics
+                p["spans"].append((key, tables, seconds))
+                return
+            seconds = seconds.seconds()
+        if seconds and len(tables):
+            np.add.at(p[key], tables, seconds / len(tables))
+
+    @staticmethod
+    def _resolve_spans(p: dict[str, Any]) -> None:
+        spans, p["spans"] = p["spans"], []
+        for key, tables, span in spans:
+            np.add.at(p[key], tables, span.seconds() / len(tables))
 
     def interval_seconds(self, direction: str) -> float:
         """This process's encode + decode seconds of one direction in the open print interval
         (host sums only, no device read, before any merge): the step-time breakdown's codec part."""
         p = self._pending.get(direction)
+        if p is not None:
+            self._resolve_spans(p)
         pending = float(p["enc"].sum() + p["dec"].sum()) if p is not None else 0.0
         return pending + sum(t.enc_s + t.dec_s for (_, d), t in self.interval.items() if d == direction)
 
     def _settle(self) -> None:
         """Fold the device accumulators into the interval totals (the one read of them)."""
         for direction, p in self._pending.items():
+            self._resolve_spans(p)
             sent, ideal, err = p["sent"].tolist(), p["ideal"].tolist(), p["err"].tolist()
             ebs, codecs = p["labels"]()
             for t in np.flatnonzero((p["chunks"] > 0) | (p["dec"] > 0)).tolist():

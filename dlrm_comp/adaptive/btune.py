@@ -48,14 +48,13 @@ import math
 import os
 import statistics
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, TextIO
 
 import numpy as np
 
 from dlrm_comp.checks import choice
-from dlrm_comp.compress.lossless import LosslessCodec, LosslessSpec, SymbolModelStore, get_lossless
+from dlrm_comp.compress.lossless import LosslessCodec, LosslessSpec, SymbolModelStore, build_lossless, get_lossless
 from dlrm_comp.compress.lossless.blosc2_codec import CODECS, FILTERS
 from dlrm_comp.compress.timing import Measurement, measure_codec
 
@@ -114,7 +113,7 @@ class Candidate:
     def to_codec(self, store: SymbolModelStore | None = None) -> LosslessCodec:
         """The codec (``store``: the model store of an 'ans' candidate)."""
         if self.extra:
-            return LosslessSpec(self.extra, self.extra_params).build(store)
+            return build_lossless(LosslessSpec(self.extra, self.extra_params), store)
         return get_lossless("blosc2", codec=self.codec, clevel=self.clevel, filter=self.filter,
                             blocksize=self.blocksize, splitmode=self.splitmode, nthreads=self.nthreads,
                             dthreads=self.dthreads)
@@ -188,7 +187,7 @@ TrialFn = Callable[[Candidate, bytes, int], Measurement]
 
 
 def measure_trial(cand: Candidate, sample: bytes, typesize: int, reps: int = 3,
-                  timer: Callable[[], float] = time.perf_counter, verify: bool = True,
+                  timer: Callable[[], float] | None = None, verify: bool = True,
                   store: SymbolModelStore | None = None) -> Measurement:
     """Compress/decompress ``sample`` with ``cand``: best of ``reps`` timings (round trip checked)."""
     return measure_codec(cand.to_codec(store), sample, typesize, reps, verify, timer)

@@ -14,7 +14,6 @@ gradient of the global-batch mean (world_size is 1 in loopback).
 """
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +29,7 @@ from dlrm_comp.exchange.layout import Layout, build_layout, destination_rows
 from dlrm_comp.exchange.plan import CompressionPlan, DirectionPlan, StepBounds
 from dlrm_comp.exchange.sizes import MessageSender
 from dlrm_comp.runtime import to_device
+from dlrm_comp.stopwatch import Stopwatch
 
 __all__ = ["Exchange", "PendingExchange", "destination_rows"]
 
@@ -57,6 +57,7 @@ class Exchange:
             self.mine = [t for t, o in enumerate(self.owners) if o == transport.rank]
             self.by_source = [[t for t, o in enumerate(self.owners) if o == p] for p in range(w)]
         self.sender = MessageSender(transport, size_exchange)  # the byte messages' size protocol
+        self.stopwatch = Stopwatch(transport.device)  # codec time: events on a GPU, read with the statistics
         self.last_sample: dict[int, torch.Tensor] = {}  # a forward chunk per owned table (lossless tuning)
         self.bag_counts = np.zeros((len(self.owners), 2), np.int64)  # [distinct bags, rows] per table, every step
         self.codecs = CodecCache(store)  # receiver-side coders, per exchange (not process-wide)
@@ -264,7 +265,7 @@ class Exchange:
     def _encode(self, flat: torch.Tensor, side: ChunkLayout, plan: DirectionPlan, direction: str,
                 bounds: StepBounds | None = None) -> Encoded:
         """``plan``'s codec over the travelling rows, its statistics recorded, the NaN/Inf policy applied."""
-        t0 = time.perf_counter()
+        t0 = self.stopwatch.now()
         table_bounds = bounds.direction(direction) if bounds is not None else \
             torch.tensor(plan.eb_rel, dtype=torch.float64)
         eb = to_device(table_bounds[self._index(side.chunk_tables, None)], flat.device) if plan.error_bounded else None
@@ -272,7 +273,7 @@ class Exchange:
         if enc.nonfinite is not None:
             self._check_finite(enc.nonfinite, plan, flat)
         if enc.sent is not None:
-            self._record(direction, plan, side, flat.element_size(), enc, time.perf_counter() - t0, table_bounds)
+            self._record(direction, plan, side, flat.element_size(), enc, self.stopwatch.span(t0), table_bounds)
         return enc
 
     def _run(self, flat: torch.Tensor, out: ChunkLayout, inc: ChunkLayout, plan: DirectionPlan | None,
@@ -290,11 +291,10 @@ class Exchange:
 
         def finish() -> torch.Tensor:
             got = receive()
-            t0 = time.perf_counter()
+            t0 = self.stopwatch.now()
             rows = codec.decode(got, inc).to(dtype)
             if enc.sent is not None and self.recorder is not None:
-                self.recorder.add_decode_time(direction, self._index(inc.chunk_tables, None),
-                                              time.perf_counter() - t0)
+                self.recorder.add_decode_time(direction, self._index(inc.chunk_tables, None), self.stopwatch.span(t0))
             return rows
         return finish
 
@@ -326,7 +326,7 @@ class Exchange:
             raise NonFiniteError(int(pending), -1)
 
     def _record(self, direction: str, plan: DirectionPlan, side: ChunkLayout, item: int, enc: Encoded,
-                enc_s: float, table_bounds: torch.Tensor) -> None:
+                enc_s, table_bounds: torch.Tensor) -> None:
         """One direction's chunk statistics: raw bytes are the chunks' whole slices (what an
         exchange without dedup or compression moves), so the ratio counts both savings."""
         if self.recorder is None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dlrm_comp.compress.errors import NONFINITE_POLICIES
-from dlrm_comp.compress.lossless import DEFAULT_LOSSLESS, LosslessCodec
+from dlrm_comp.compress.lossless import DEFAULT_LOSSLESS, LosslessCodec, build_lossless
 from dlrm_comp.compress.modes import BY_NAME, Mode, mode
 
 
@@ -29,7 +29,7 @@ class DirectionPlan:
             raise ValueError(f"compress.nonfinite: must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
         n = self.num_tables
         self.eb_rel = list(self.eb_rel) or [0.01] * n
-        self.coders = list(self.coders) or [DEFAULT_LOSSLESS.build() for _ in range(n)]
+        self.coders = list(self.coders) or [build_lossless(DEFAULT_LOSSLESS) for _ in range(n)]
         self.bitpack = list(self.bitpack) or [False] * n
 
     def set_coder(self, table: int, coder: LosslessCodec) -> None:

@@ -23,46 +23,13 @@ the first interval covers the steps run since.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Sequence
 
 import torch
 
+from dlrm_comp.stopwatch import Stopwatch
+
 PHASES = ("fwd_a2a_s", "bwd_a2a_s", "allreduce_s", "compute_s", "codec_s")
-
-
-class _HostClock:
-    name = "perf_counter"
-
-    @staticmethod
-    def now() -> float:
-        return time.perf_counter()
-
-    @staticmethod
-    def seconds(a: float, b: float) -> float:
-        return b - a
-
-    @staticmethod
-    def settle() -> None:
-        pass
-
-
-class _CudaClock:
-    name = "cuda_events"
-
-    @staticmethod
-    def now():
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    @staticmethod
-    def seconds(a, b) -> float:
-        return a.elapsed_time(b) / 1e3
-
-    @staticmethod
-    def settle() -> None:
-        torch.cuda.synchronize()
 
 
 class StepBreakdown:
@@ -72,7 +39,7 @@ class StepBreakdown:
                  reduce: Callable[[list[float]], list[float]] | None = None):
         """``codec_seconds(direction)``: this rank's encode + decode seconds of the open print
         interval (the recorder's); ``reduce``: the mean of a vector over the ranks."""
-        self.clock = _CudaClock() if torch.device(device).type == "cuda" else _HostClock()
+        self.clock = Stopwatch(device)
         self.codec_seconds = codec_seconds
         self.reduce = reduce
         self._spans: list[tuple[str, Any, Any]] = []  # the open step's

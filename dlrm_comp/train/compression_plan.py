@@ -3,7 +3,7 @@ mode, the lossless stage and the code layout, and the bag-deduplication switches
 re-decision from the measured distinct fractions)."""
 from __future__ import annotations
 
-from dlrm_comp.compress.lossless import DEFAULT_LOSSLESS, LosslessCodec, get_lossless
+from dlrm_comp.compress.lossless import DEFAULT_LOSSLESS, LosslessCodec, build_lossless, get_lossless
 from dlrm_comp.config import CompressConfig, ConfigError
 from dlrm_comp.exchange.plan import CompressionPlan, DirectionPlan
 
@@ -13,7 +13,7 @@ def build_coder(name: str, params: dict | None = None) -> LosslessCodec:
     The registry does not know the key its name and parameters came from: the error names it."""
     try:
         if name == "default":
-            return DEFAULT_LOSSLESS.build() if not params else get_lossless(DEFAULT_LOSSLESS.name, **dict(params))
+            return build_lossless(DEFAULT_LOSSLESS) if not params else get_lossless(DEFAULT_LOSSLESS.name, **dict(params))
         return get_lossless(name, **dict(params or {}))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"compress.lossless: {exc}") from None

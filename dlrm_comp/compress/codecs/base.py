@@ -11,7 +11,7 @@ it from the per-message payloads. The exchange routes and records; it never look
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np
 import torch
 
@@ -68,7 +68,6 @@ class Encoded:
     err_ratio: torch.Tensor | None = None
     nonfinite: torch.Tensor | None = None
     messages: list[bytes] | None = None
-    host_syncs: int = 0  # host reads the encode itself made (tests count them)
 
 
 class ModeCodec:
@@ -133,14 +132,3 @@ def unpad_chunks(x: torch.Tensor, rows: np.ndarray, dim: int) -> torch.Tensor:
     take = (np.arange(len(rows)) * u).repeat(rows) + (np.arange(int(rows.sum())) - np.repeat(
         np.concatenate([[0], np.cumsum(rows)[:-1]]), rows))
     return x.reshape(-1, dim).index_select(0, to_device(torch.from_numpy(take), x.device))
-
-
-@dataclass
-class Stats:
-    """Statistics of one offline encode (``roundtrip``), as the recorder would sum them."""
-
-    bytes_raw: int
-    bytes_sent: float
-    ideal_bytes: float
-    max_err_ratio: float | None
-    per_chunk_sent: list[float] = field(default_factory=list)

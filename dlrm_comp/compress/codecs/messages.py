@@ -79,7 +79,7 @@ class ByteMessageCodec(ModeCodec):
         payload = torch.frombuffer(bytearray(b"".join(messages)), dtype=torch.uint8) if any(messages) \
             else torch.zeros(0, dtype=torch.uint8)
         return Encoded(payload, [len(m) for m in messages], sent=torch.from_numpy(sent), ideal=ideal,
-                       err_ratio=ratio.cpu(), nonfinite=nonfinite, messages=messages, host_syncs=1)
+                       err_ratio=ratio.cpu(), nonfinite=nonfinite, messages=messages)
 
     def decode(self, received: Sequence, layout: ChunkLayout) -> torch.Tensor:
         out = [self.decode_message(msg, rows, layout.dim, ts)

@@ -11,7 +11,13 @@ pick another stage per table; ``compress.lossless.name`` picks one for all.
 from __future__ import annotations
 
 from dlrm_comp.compress.lossless.base import LosslessCodec
-from dlrm_comp.compress.lossless.registry import CodecCache, codec_from_header, get_lossless, lossless_names
+from dlrm_comp.compress.lossless.registry import (
+    CodecCache,
+    build_lossless,
+    codec_from_header,
+    get_lossless,
+    lossless_names,
+)
 from dlrm_comp.compress.lossless.entropy import (
     efficiency_report,
     entropy_bits_per_symbol,
@@ -31,11 +37,11 @@ DEFAULT_LOSSLESS = LosslessSpec.of("zstd")
 
 
 def default_lossless() -> LosslessCodec:
-    return DEFAULT_LOSSLESS.build()
+    return build_lossless(DEFAULT_LOSSLESS)
 
 
 __all__ = [
-    "AnsModelCodec", "CodecCache", "HAVE_CONSTRICTION", "SymbolModel", "SymbolModelStore",
+    "AnsModelCodec", "CodecCache", "build_lossless", "HAVE_CONSTRICTION", "SymbolModel", "SymbolModelStore",
     "efficiency_report", "entropy_bytes_np", "nvcomp_available",
     "DEFAULT_LOSSLESS", "LosslessCodec", "LosslessSpec", "codec_from_header", "default_lossless", "entropy_bits_per_symbol",
     "entropy_bytes", "get_lossless", "lossless_names",

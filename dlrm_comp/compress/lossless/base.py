@@ -29,7 +29,7 @@ class LosslessCodec(ABC):
 
     @property
     def spec(self) -> LosslessSpec:
-        """This setting by value (hashable; ``spec.build()`` makes an equal codec)."""
+        """This setting by value (hashable; ``build_lossless(spec)`` makes an equal codec)."""
         return LosslessSpec.of(self.name, self.params)
 
     @abstractmethod

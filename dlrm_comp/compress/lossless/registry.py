@@ -17,6 +17,7 @@ from typing import Any
 
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless.base import LosslessCodec
+from dlrm_comp.compress.lossless.spec import LosslessSpec
 
 STAGES: tuple[str, ...] = (
     "dlrm_comp.compress.lossless.identity:IdentityCodec",
@@ -54,6 +55,11 @@ def get_lossless(name: str, store: Any = None, **params: Any) -> LosslessCodec:
     if cls is None:
         raise ValueError(f"lossless: unknown codec {name!r}; valid: {', '.join(lossless_names())}")
     return cls(store=store, **params) if cls.needs_store else cls(**params)
+
+
+def build_lossless(spec: LosslessSpec, store: Any = None) -> LosslessCodec:
+    """The codec of a spec (``store``: the SymbolModelStore of a stage that needs one)."""
+    return get_lossless(spec.name, store=store, **dict(spec.params))
 
 
 def codec_from_header(codec_id: int, blob: bytes, store: Any = None) -> LosslessCodec:

@@ -3,7 +3,8 @@
 Frozen and hashable, so a spec is a dict key or a set member. Two specs are equal when name and
 parameters are, in the same order: compare the ``spec`` of built codecs (each stage lists its
 parameters in its own order), as the tuner's "same setting?" test does. Serialized as the JSON object ``{"name": ..., **params}``
-that configs, checkpoints and summaries hold.
+that configs, checkpoints and summaries hold. ``registry.build_lossless(spec)`` makes its codec
+(a spec knows nothing of the registry: the stages' base class imports it).
 """
 from __future__ import annotations
 
@@ -33,7 +34,3 @@ class LosslessSpec:
         """``name(k=v,...)`` without thread counts (they do not change the format)."""
         return f"{self.name}({','.join(f'{k}={v}' for k, v in self.params if k != 'nthreads')})"
 
-    def build(self, store: Any = None):
-        """The codec (``store``: the SymbolModelStore of a stage that needs one)."""
-        from dlrm_comp.compress.lossless.registry import get_lossless
-        return get_lossless(self.name, store=store, **dict(self.params))

@@ -87,7 +87,8 @@ def test_tune_predictor_fits_and_prunes_confidently():
     assert pred.should_prune(tight, limit=0.002)[0] is False
     assert QoSPredictor().fit(X[:5], y[:5]).should_prune(loose, 0.002, min_fit=8)[0] is False  # too few to trust
     fixed = features({"mode": "int8"}, CARDS, 100)
-    assert fixed[4:].tolist() == [0, 0, 0, 1]
+    from dlrm_comp.compress.modes import FIXED_RATE
+    assert fixed[4:].tolist() == [float(m == "int8") for m in FIXED_RATE]
 
 
 def test_tune_study_resumes_after_kill(base, tmp_path, monkeypatch):

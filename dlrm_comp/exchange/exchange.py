@@ -185,8 +185,9 @@ class Exchange:
 
     def decode(self, messages: Sequence[bytes], rows: Sequence[int | np.ndarray]) -> list[torch.Tensor]:
         """Each message's travelling rows ``[R_m, d]`` (the receiver's side of ``encode``;
-        ``rows[m]``: the rows of every chunk of message m, one count or one per chunk)."""
-        codec = self.codec(self.plan.fwd)
+        ``rows[m]``: the rows of every chunk of message m, one count or one per chunk). Wire
+        messages describe themselves: any exchange decodes them, whatever its own plan's mode."""
+        codec = build_codec("codec", None, self.codecs, self.transport.device)
         return [codec.decode_message(m, r, self.dim) for m, r in zip(messages, rows)]
 
     def start(self, pooled: Sequence[torch.Tensor], compress: bool, bags=None,

@@ -83,34 +83,30 @@ def _row_chunk(chunk: torch.Tensor | None, r: int, device) -> torch.Tensor:
     return chunk if chunk is not None else torch.zeros(r, dtype=torch.int64, device=device)
 
 
-class Fp16Codec(RowFormatCodec):
-    name = "fp16"
+class HalfCodec(RowFormatCodec):
+    """A 16-bit float per value, saturated at the format's maximum (what both halves share)."""
+
+    dtype: torch.dtype
+    limit: float
 
     def row_bytes(self, dim: int) -> int:
         return 2 * dim
 
     def encode_rows(self, x, chunk, num_chunks):
         r, d = x.shape
-        return x.clamp(-_FP16_MAX, _FP16_MAX).to(torch.float16).view(torch.uint8).reshape(r, 2 * d), \
+        return x.clamp(-self.limit, self.limit).to(self.dtype).view(torch.uint8).reshape(r, 2 * d), \
             x.new_zeros((num_chunks, 0), dtype=torch.uint8)
 
     def decode_rows(self, records, trailers, chunk):
-        return records.contiguous().view(torch.float16).to(torch.float32)
+        return records.contiguous().view(self.dtype).to(torch.float32)
 
 
-class Bf16Codec(RowFormatCodec):
-    name = "bf16"
+class Fp16Codec(HalfCodec):
+    name, dtype, limit = "fp16", torch.float16, _FP16_MAX
 
-    def row_bytes(self, dim: int) -> int:
-        return 2 * dim
 
-    def encode_rows(self, x, chunk, num_chunks):
-        r, d = x.shape
-        return x.clamp(-_BF16_MAX, _BF16_MAX).to(torch.bfloat16).view(torch.uint8).reshape(r, 2 * d), \
-            x.new_zeros((num_chunks, 0), dtype=torch.uint8)
-
-    def decode_rows(self, records, trailers, chunk):
-        return records.contiguous().view(torch.bfloat16).to(torch.float32)
+class Bf16Codec(HalfCodec):
+    name, dtype, limit = "bf16", torch.bfloat16, _BF16_MAX
 
 
 class Fp8Codec(RowFormatCodec):

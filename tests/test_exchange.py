@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dlrm_comp.compress.errors import NonFiniteError
+from dlrm_comp.compress.modes import ERROR_BOUNDED, EXCHANGE_MODES
 from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, LoopbackTransport, destination_rows
 from dlrm_comp.exchange import transport as transport_mod
 from dlrm_comp.recorder import CompressionRecorder
@@ -105,15 +106,19 @@ def test_request_wait_equals_one_call():
     assert all(torch.equal(x.grad, y.grad) for x, y in zip(a, b))
 
 
-def test_nonfinite_policy():
+@pytest.mark.parametrize("mode", [m for m in EXCHANGE_MODES if m != "off"])
+def test_nonfinite_policy(mode):
+    """Every codec counts NaN/Inf chunks and the exchange applies the one policy: 'error' stops,
+    'passthrough' sends them (the error-bounded modes raw, so every other value arrives exactly)."""
     pooled = _pooled()
     pooled[1][3, 2] = float("nan")
     with pytest.raises(NonFiniteError):
-        _exchange("codec").forward(pooled, compress=True)
-    out = _exchange("codec", nonfinite="passthrough").forward(pooled, compress=True)
+        _exchange(mode).forward(pooled, compress=True)
+    out = _exchange(mode, nonfinite="passthrough").forward(pooled, compress=True)
     assert torch.isnan(out[1][3, 2])
-    chunk, sent = pooled[1][:12], out[1][:12]  # the chunk holding the NaN travels raw, exactly
-    assert torch.equal(sent[~torch.isnan(sent)], chunk[~torch.isnan(chunk)])
+    if mode in ERROR_BOUNDED:
+        chunk, sent = pooled[1][:12], out[1][:12]  # the chunk holding the NaN travels raw, exactly
+        assert torch.equal(sent[~torch.isnan(sent)], chunk[~torch.isnan(chunk)])
 
 
 class _Reads:

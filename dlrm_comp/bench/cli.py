@@ -28,7 +28,8 @@ DEFAULT_BOUNDS = (1e-2, 3e-2, 5e-2)
 
 def _add_quant(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bounds", type=float, nargs="+", default=list(DEFAULT_BOUNDS), help="relative error bounds")
-    p.add_argument("--width", choices=("auto", "2"), default="auto", help="code width: auto (uint8 when it fits) or 2 (int16)")
+    p.add_argument("--width", choices=("auto", "2"), default="auto",
+                   help="width of the codes files: auto (uint8 up to 8 bits, else uint16) or 2 (uint16)")
     p.add_argument("--decay", default=None, help="decay schedule applied by the dump's iteration (linear, log, step, ...)")
     p.add_argument("--decay-constant", type=float, default=2.0)
     p.add_argument("--early-stage", type=int, default=65536)

@@ -13,7 +13,7 @@ Layout (every step reads the previous one's directory):
 * ``encode``: ``results.csv`` / ``results.json``: one row per (code file, encoder) with the wire
   size, ratio vs fp32, encode/decode seconds and fp32-equivalent throughputs, the entropy ideal
   and efficiency, and ``size`` = ``real``, ``padded`` or ``dedup``. Every encoder is the training
-  codec (``codecs/offline.py``) on the file's floats as one message: a lossless stage is the
+  codec (``codecs/offline.py``) on the file's floats, a message per file: a lossless stage is the
   ``codec`` mode with that stage (preamble, chunk table and section header included; the codes
   files are what the stage sees for codes of up to 8 bits), ``sz3`` and the fixed-rate rows their
   modes; times are whole encodes and decodes, quantization and reconstruction included.
@@ -115,7 +115,8 @@ def quantize_dir(dumps: Path, out: Path, bounds: Sequence[float], width: str = "
                 skipped += 1
                 continue
             w = 2 if width == "2" else codes.dtype.itemsize
-            _, dqs = _timed(lambda: dequantize_planes(q.kind, q.minimum, q.step, q.bits, q.low, q.high, flat, flat.dtype))
+            _, dqs = _timed(lambda: dequantize_planes(q.kind, q.minimum, q.step, q.bits, q.low, q.high, flat,
+                                                      flat.dtype))
             name = f"Q_{table}_iter_{it}_eb{_fmt_eb(eb)}.bin"
             codes.astype(CODE_DTYPES[w]).tofile(out / name)
             entries.append({"file": name, "table": table, "iteration": it, "eb_rel": eb, "eb_eff": eff, "width": w,

@@ -238,7 +238,8 @@ def make_report(results: Path, out: Path, bandwidths_gbs: Sequence[float] = (12.
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     md = ["# Offline compression benchmark", "",
           f"Source: `{Path(results).resolve()}`, {len(rows)} measurements of the training codec. Ratios are fp32 "
-          "bytes over wire bytes (one message per table, its framing included). **real** = one table's pooled output of one mini-batch as dumped "
+          "bytes over wire bytes (one message per table, its framing included). **real** = one table's pooled "
+          "output of one mini-batch as dumped "
           "(the message size of the run); **dedup** = the same messages with one row per distinct bag (bag "
           "deduplication: ratios against the whole message's fp32 bytes, side by side with **real**); "
           "**padded** = the same data repeated to emulate large messages "

@@ -5,7 +5,7 @@ Every (table x destination) chunk of a step is a row of ``x [C, n]`` with its ow
 call has no Python loop over chunks and no host sync; it runs on the tensors' device with the
 same arithmetic on CPU and CUDA (no device-dependent shortcut).
 
-The guarantee is the one of ``quantize.py``, proved per chunk:
+The guarantee, proved per chunk:
 * codes are offsets from the chunk minimum rounded DOWN to float32 (the header float), so codes
   are >= 0 and their width depends on the bound, not on the data's offset;
 * the bound ``eb_abs = eb_rel * (max - min)`` is rounded down to float32, the step leaves room
@@ -93,8 +93,7 @@ class BatchQuant:
 
 
 def error_ratios(err: torch.Tensor, eb_abs: torch.Tensor) -> torch.Tensor:
-    """Per-chunk max error / bound, as ``backend_base.error_ratio`` for one chunk: a zero bound
-    (a constant chunk) is met only by an exact copy."""
+    """Per-chunk max error / bound: a zero bound (a constant chunk) is met only by an exact copy."""
     return torch.where(eb_abs > 0, err / eb_abs.clamp_min(1e-300), torch.where(err > 0, math.inf, 0.0))
 
 

@@ -222,7 +222,7 @@ class Parsed:
 
 
 def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = None,
-          expect_chunks: int | None = None) -> Parsed:
+          expect_chunks: int | None = None, expect_dtype: torch.dtype | None = None) -> Parsed:
     """Validate one message and split it into codes and raw values: magic, version, lengths,
     the chunk-table checksum, every coder's exact output size and every section's checksum.
     ``rows`` (one count, or one per chunk: the receiver knows them) and ``expect_chunks`` are
@@ -262,6 +262,8 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
         raise CorruptPayloadError(f"message chunks hold {chunk_rows.tolist()} rows (of at most {m_rows}), "
                                   f"expected {want.tolist()}")
     dtype = DTYPES[dtype_id]
+    if expect_dtype is not None and dtype != expect_dtype:  # the dtype byte is outside the table's checksum
+        raise CorruptPayloadError(f"message carries {dtype} values, expected {expect_dtype}")
     item = _ITEMSIZE[dtype]
     width = m_rows * cols
     n = chunk_rows * cols

@@ -293,7 +293,7 @@ class Exchange:
         def finish() -> torch.Tensor:
             got = receive()
             t0 = self.stopwatch.now()
-            rows = codec.decode(got, inc).to(dtype)
+            rows = codec.decode(got, inc, dtype).to(dtype)
             if enc.sent is not None and self.recorder is not None:
                 self.recorder.add_decode_time(direction, self._index(inc.chunk_tables, None), self.stopwatch.span(t0))
             return rows

@@ -8,6 +8,7 @@ import torch
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless import (
     DEFAULT_LOSSLESS,
+    build_lossless,
     codec_from_header,
     default_lossless,
     entropy_bits_per_symbol,
@@ -111,4 +112,4 @@ def test_spec_is_a_hashable_value_with_the_json_of_a_dict():
     assert spec != get_lossless("zlib", level=6, strategy="huffman").spec
     assert json.dumps(spec.to_dict()) == json.dumps({"name": "zlib", **codec.params})  # what checkpoints hold
     assert LosslessSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    assert spec.build().spec == spec and spec.label() == "zlib(level=1,strategy=huffman)"
+    assert build_lossless(spec).spec == spec and spec.label() == "zlib(level=1,strategy=huffman)"

@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dlrm_comp.compress.backends import get_backend
-from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.frame import decode_frame
-from dlrm_comp.compress.quantize import quantize_np
 from dlrm_comp.compress.lossless import (
     HAVE_CONSTRICTION,
-    CodecCache,
     SymbolModel,
     SymbolModelStore,
     codec_from_header,
@@ -21,7 +16,6 @@ from dlrm_comp.compress.lossless import (
     get_lossless,
     nvcomp_available,
 )
-from dlrm_comp.compress.payload import decode_payload
 from dlrm_comp.compress.lossless.blosc2_codec import CODECS, FILTERS, SPLITMODES
 
 
@@ -93,32 +87,6 @@ class TestAns:
         assert comp[0] == 1 and c.decompress(comp, len(out_of_alphabet)) == out_of_alphabet
         empty = b""
         assert c.decompress(c.compress(empty, width), 0) == empty
-
-    def test_versioned_through_payload(self):
-        store = SymbolModelStore()  # the sender's and this receiver's store, passed explicitly
-        x = torch.randn(32, 32) * 0.05
-        be0 = get_backend("codec")
-        codes = np.frombuffer(be0.encode(x, 0.03).payload, np.uint8)  # any codes: only the model's alphabet matters
-        v1 = store.learn(777, np.clip(codes, 0, 40), 1)
-        be = get_backend("codec", lossless="ans", table=777, version=v1, store=store)
-        enc = be.encode(x, 0.03)
-        y = decode_payload(enc.payload, codecs=CodecCache(store))
-        assert (y - x).abs().max() <= enc.eb_abs * (1 + 1e-6)
-        assert torch.equal(be.decode(enc), y)  # the backend decodes with its own cache and store
-        v2 = store.learn(777, np.zeros(100, np.uint8), 1)
-        assert v2 == v1 + 1
-        # the payload names v1, so it still decodes with v1 after the refresh
-        assert torch.equal(decode_payload(enc.payload, codecs=CodecCache(store)), y)
-        # a receiver without a store, or without the model, refuses instead of decoding garbage
-        learned = get_backend("codec", lossless="ans", table=778, store=store,
-                              version=store.learn(778, quantize_np(x, 0.03).codes, 1)).encode(x, 0.03)
-        assert decode_frame(learned.payload)[0].codec_id == 3  # really coded by 'ans'
-        with pytest.raises(CorruptPayloadError, match="no model store"):
-            decode_payload(learned.payload)
-        hdr = get_lossless("ans", table=777, version=v1, store=store).header_params()
-        store.retire(777, keep=0)
-        with pytest.raises(CorruptPayloadError, match="table 777 version"):
-            codec_from_header(3, hdr, store)
 
     def test_needs_a_store(self):
         with pytest.raises(ValueError, match="ans.store"):

@@ -95,9 +95,10 @@ class ModeCodec:
     def encode(self, x: torch.Tensor, eb: torch.Tensor | None, layout: ChunkLayout) -> Encoded:
         raise NotImplementedError
 
-    def decode(self, received, layout: ChunkLayout) -> torch.Tensor:
+    def decode(self, received, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The travelling rows ``[R, d]``, message after message, of what arrived: the flat
-        receive buffer (sizes known from the layout) or, for byte messages, the list of them."""
+        receive buffer (sizes known from the layout) or, for byte messages, the list of them.
+        ``dtype``: the values' dtype the receiver expects, checked where a payload names one."""
         raise NotImplementedError
 
 

@@ -14,5 +14,5 @@ class OffCodec(ModeCodec):
         sent = rows_bytes(layout, layout.dim * x.element_size(), 0, x.device) if layout.deduplicated else None
         return Encoded(x.reshape(-1), self.sizes(layout), sent=sent)
 
-    def decode(self, received: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype=None) -> torch.Tensor:
         return received.view(-1, layout.dim)

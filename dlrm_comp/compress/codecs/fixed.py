@@ -68,7 +68,7 @@ class RowFormatCodec(ModeCodec):
         return Encoded(send, self.sizes(layout), sent=rows_bytes(layout, self.row_bytes(layout.dim), cb, x.device),
                        nonfinite=nonfinite_count(x))
 
-    def decode(self, received: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype=None) -> torch.Tensor:
         """float32 rows (the exchange casts them to its model's dtype)."""
         rb, cb, d = self.row_bytes(layout.dim), self.trailer_bytes, layout.dim
         if not cb:
@@ -203,7 +203,7 @@ class Mx4Codec(ModeCodec):
         sent = to_device(torch.from_numpy((self._groups(layout) * GROUP_BYTES).astype(np.float64)), x.device)
         return Encoded(packed.reshape(-1), self.sizes(layout), sent=sent, nonfinite=nonfinite_count(x))
 
-    def decode(self, received: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype=None) -> torch.Tensor:
         slot_of_value, _ = self._slots(layout)
         values = dequantize_mx4(received.view(-1, GROUP_BYTES)).reshape(-1)
         return values[to_device(torch.from_numpy(slot_of_value), values.device)].view(-1, layout.dim)

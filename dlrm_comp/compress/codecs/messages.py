@@ -81,15 +81,18 @@ class ByteMessageCodec(ModeCodec):
         return Encoded(payload, [len(m) for m in messages], sent=torch.from_numpy(sent), ideal=ideal,
                        err_ratio=ratio.cpu(), nonfinite=nonfinite, messages=messages)
 
-    def decode(self, received: Sequence, layout: ChunkLayout) -> torch.Tensor:
-        out = [self.decode_message(msg, rows, layout.dim, ts)
+    def decode(self, received: Sequence, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
+        out = [self.decode_message(msg, rows, layout.dim, ts, dtype)
                for msg, ts, rows in zip(received, layout.tables, layout.rows)]
         return torch.cat(out) if out else torch.zeros(0, layout.dim, device=self.device)
 
-    def decode_message(self, msg, rows, dim: int, tables: list[int] | None = None) -> torch.Tensor:
+    def decode_message(self, msg, rows, dim: int, tables: list[int] | None = None,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
         """One message's travelling rows ``[R, dim]``, in the sender's dtype (``rows``: of each
-        chunk, or one count for all; ``tables``: what the receiver expects it to carry, checked)."""
-        rec = parse(msg, rows, dim, self.cache, expect_chunks=None if tables is None else len(tables))
+        chunk, or one count for all; ``tables`` and ``dtype``: what the receiver expects it to
+        carry, checked)."""
+        rec = parse(msg, rows, dim, self.cache, expect_chunks=None if tables is None else len(tables),
+                    expect_dtype=dtype)
         if tables is not None and rec.header["table"].astype(np.int64).tolist() != list(tables):
             raise CorruptPayloadError(f"message carries tables {rec.header['table'].tolist()}, expected {list(tables)}")
         return unpad_chunks(reconstruct(rec, self.device), rec.header["rows"].astype(np.int64), dim)

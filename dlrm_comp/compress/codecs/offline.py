@@ -6,7 +6,7 @@ exchange runs, so their ratios, ideals, errors and times are those of training.
 lossless stage; only what a codec reads of a direction's plan, so this layer imports no
 exchange), sends them as one message or as runs of consecutive chunks (a message per chunk, or
 per destination, where a tool needs those figures), and times both sides with
-``timing.best_time``.
+``timing.best_time`` (the device's stopwatch).
 """
 from __future__ import annotations
 
@@ -94,17 +94,6 @@ def chunk_codes(x: torch.Tensor, eb_rel: float) -> tuple[BatchQuant, np.ndarray 
     return q, q.codes[0].cpu().numpy().astype("<u1" if int(q.bits[0]) <= 8 else "<u2")
 
 
-def _synced(fn, device: torch.device):
-    """``fn`` that waits for the device's work to finish (what a stopwatch around it must see)."""
-    if device.type != "cuda":
-        return fn
-    def run():
-        out = fn()
-        torch.cuda.synchronize(device)
-        return out
-    return run
-
-
 def roundtrip(mode: str, chunks: Sequence[torch.Tensor], eb_rel: Sequence[float] | float | None = None,
               coder: LosslessCodec | Sequence[LosslessCodec] | None = None, bitpack: bool = False,
               counts: Sequence[int] | None = None, cache: CodecCache | None = None, reps: int = 1,
@@ -125,9 +114,9 @@ def roundtrip(mode: str, chunks: Sequence[torch.Tensor], eb_rel: Sequence[float]
     order = layout.chunk_tables
     x = torch.cat([chunks[c] for c in order]) if chunks else torch.zeros(0, 0)
     eb = torch.tensor([ebs[c] for c in order], dtype=torch.float64, device=device)
-    enc, enc_s = best_time(_synced(lambda: codec.encode(x, eb, layout), device), reps, min_s)
+    enc, enc_s = best_time(lambda: codec.encode(x, eb, layout), reps, min_s, device=device)
     received = enc.messages if enc.messages is not None else enc.payload
-    y, dec_s = best_time(_synced(lambda: codec.decode(received, layout), device), reps, min_s)
+    y, dec_s = best_time(lambda: codec.decode(received, layout), reps, min_s, device=device)
     back = dict(zip(order, y.to(x.dtype).split([chunks[c].shape[0] for c in order])))
     pos = {c: i for i, c in enumerate(order)}
 

@@ -29,5 +29,5 @@ class SimulateCodec(ModeCodec):
         return Encoded(y.reshape(-1), self.sizes(layout), sent=est, ideal=est, err_ratio=q.error_ratio(),
                        nonfinite=q.nonfinite)
 
-    def decode(self, received: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype=None) -> torch.Tensor:
         return received.view(-1, layout.dim)

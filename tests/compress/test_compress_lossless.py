@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,6 @@ from dlrm_comp.compress.lossless import (
     build_lossless,
     codec_from_header,
     default_lossless,
-    entropy_bits_per_symbol,
     entropy_bytes,
     get_lossless,
     lossless_names,
@@ -73,11 +73,25 @@ def test_default_compresses_codes_well():
         assert len(comp) < 1.15 * entropy_bytes(torch.from_numpy(codes.astype("int64"))) + 64
 
 
-def test_entropy():
-    assert entropy_bits_per_symbol(torch.zeros(100, dtype=torch.uint8)) == 0.0
-    assert entropy_bits_per_symbol(torch.arange(256)) == pytest.approx(8.0)
+def test_entropy_is_the_wire_planes_order0():
+    assert entropy_bytes(torch.zeros(100, dtype=torch.uint8)) == 0.0
+    assert entropy_bytes(torch.arange(256)) == pytest.approx(256.0)
     assert entropy_bytes(torch.tensor([0, 1] * 50)) == pytest.approx(100 / 8)
-    assert entropy_bits_per_symbol(torch.tensor([0, 2**31])) == pytest.approx(1.0)
+    assert entropy_bytes(bytes([0, 1] * 50)) == pytest.approx(100 / 8)
+    assert entropy_bytes(np.array([0, 256] * 50)) == pytest.approx(100 / 8)  # the high plane carries it
+    with pytest.raises(ValueError, match="16 bits"):
+        entropy_bytes(torch.tensor([0, 2**31]))
+
+
+@pytest.mark.parametrize("eb", [0.05, 1e-4])  # 8-bit and 16-bit codes
+def test_training_and_offline_ideal_are_one_definition(eb):
+    from dlrm_comp.compress.batch_quant import quantize_batch
+    x = torch.randn(3, 4096, generator=torch.Generator().manual_seed(2))
+    for q in (quantize_batch(x, torch.full((3,), eb, dtype=torch.float64)),  # fused CPU loops
+              quantize_batch(x.double(), torch.full((3,), eb, dtype=torch.float64))):  # torch path
+        ideal = q.entropy_bytes()
+        for c in range(3):
+            assert float(ideal[c]) == pytest.approx(entropy_bytes(q.codes[c]), rel=1e-9)
 
 
 @pytest.mark.skipif(not os.environ.get("DLRM_COMP_SLOW"), reason="measurement script; set DLRM_COMP_SLOW=1")

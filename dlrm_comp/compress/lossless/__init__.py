@@ -18,12 +18,7 @@ from dlrm_comp.compress.lossless.registry import (
     get_lossless,
     lossless_names,
 )
-from dlrm_comp.compress.lossless.entropy import (
-    efficiency_report,
-    entropy_bits_per_symbol,
-    entropy_bytes,
-    entropy_bytes_np,
-)
+from dlrm_comp.compress.lossless.entropy import efficiency_report, entropy_bytes
 from dlrm_comp.compress.lossless.model_coder import (
     HAVE_CONSTRICTION,
     AnsModelCodec,
@@ -42,7 +37,7 @@ def default_lossless() -> LosslessCodec:
 
 __all__ = [
     "AnsModelCodec", "CodecCache", "build_lossless", "HAVE_CONSTRICTION", "SymbolModel", "SymbolModelStore",
-    "efficiency_report", "entropy_bytes_np", "nvcomp_available",
-    "DEFAULT_LOSSLESS", "LosslessCodec", "LosslessSpec", "codec_from_header", "default_lossless", "entropy_bits_per_symbol",
+    "efficiency_report", "nvcomp_available",
+    "DEFAULT_LOSSLESS", "LosslessCodec", "LosslessSpec", "codec_from_header", "default_lossless",
     "entropy_bytes", "get_lossless", "lossless_names",
 ]

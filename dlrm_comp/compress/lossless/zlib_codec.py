@@ -4,10 +4,9 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-import numpy as np
-
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless.base import LosslessCodec, check_size
+from dlrm_comp.compress.lossless.entropy import entropy_bytes
 
 
 class ZlibCodec(LosslessCodec):
@@ -59,21 +58,13 @@ _STRATEGIES = {"default": zlib.Z_DEFAULT_STRATEGY, "filtered": zlib.Z_FILTERED, 
 _AUTO_SLACK = 16  # bytes: DEFLATE block header / code-length table
 
 
-def _byte_entropy_bytes(buf: bytes) -> float:
-    """Order-0 entropy of the bytes (what a Huffman-only pass can reach), in bytes."""
-    n = len(buf)
-    c = np.bincount(np.frombuffer(buf, dtype=np.uint8), minlength=1)
-    c = c[c > 0]
-    return float(n * np.log2(n) - (c * np.log2(c)).sum()) / 8.0
-
-
 def _compress_auto(buf: bytes, level: int) -> bytes:
     """Raw DEFLATE with matches (level ``level``, default strategy): embedding outputs repeat whole
     rows (popular and small-cardinality categories), which LZ77 matches turn into a few bytes.
     When the matches did not beat what Huffman-only coding reaches (the order-0 byte entropy),
     also run Huffman-only and keep the smaller. Both are plain raw DEFLATE: decoding is the same."""
     out = zlib.compress(buf, level, -15)
-    if len(out) > _byte_entropy_bytes(buf) + _AUTO_SLACK:
+    if len(out) > entropy_bytes(buf) + _AUTO_SLACK:  # the order-0 byte entropy: what Huffman-only reaches
         c = zlib.compressobj(level or 1, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
         alt = c.compress(buf) + c.flush()
         if len(alt) < len(out):

@@ -29,12 +29,13 @@ def non_negative(key: str, value: float) -> None:
         raise ConfigError(f"{key}: {value} must be >= 0")
 
 
-def parse_widths(key: str, text: str) -> list[int]:
-    """An MLP in upstream's dash notation: `13-512-256-64-16` -> [13, 512, 256, 64, 16]."""
+def parse_widths(key: str, text: str, example: str = "13-512-256-64-16") -> list[int]:
+    """An MLP in upstream's dash notation: `13-512-256-64-16` -> [13, 512, 256, 64, 16]; `example`
+    is one of this key's own (a top MLP ends in 1)."""
     try:
         widths = [int(part) for part in str(text).split("-")]
     except ValueError:
-        raise ConfigError(f"{key}: {text!r} is not a dash-separated list of widths like '13-512-256-64-16'") from None
+        raise ConfigError(f"{key}: {text!r} is not a dash-separated list of widths like {example!r}") from None
     if len(widths) < 2 or any(w < 1 for w in widths):
         raise ConfigError(f"{key}: {text!r} needs at least two positive widths")
     return widths

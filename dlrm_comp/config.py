@@ -117,11 +117,14 @@ class DataConfig:
         if self.source == "criteo":
             if not self.path:
                 raise ConfigError("data.path: source=criteo needs one or more Criteo TSV files")
-            from dlrm_comp.data.criteo_files import check_tsv_file
+            from dlrm_comp.data.criteo_files import check_tsv_file, repeated_file
             for item in self.path:
                 problem = check_tsv_file(item)
                 if problem:
                     raise ConfigError(f"data.path: {problem}")
+            problem = repeated_file(self.path)
+            if problem:
+                raise ConfigError(f"data.path: {problem}")
         else:
             from dlrm_comp.data.synthetic import PROFILES
             _choice("data.profile", self.profile, (*PROFILES, "custom"))

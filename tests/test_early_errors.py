@@ -152,3 +152,31 @@ def test_torchrec_backend_without_torchrec_is_exit_2_naming_the_install(capsys, 
 def test_torchrec_codec_needs_the_torchrec_backend(capsys, tmp_path):
     code, err = cli(capsys, sets=("compress.mode=torchrec_qcomm:fp16",), out=tmp_path / "run")
     assert code == 2 and "needs model.backend=torchrec" in err
+
+
+# ----------------------------------------------------------------------------- issue 24: the data checked
+def _criteo_sets(tmp_path: Path, *paths: Path) -> tuple[str, ...]:
+    return ("data.source=criteo", f"data.path=[{', '.join(map(str, paths))}]", "data.max_ind_range=50",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=16")
+
+
+def test_the_same_criteo_file_twice_is_refused(capsys, tmp_path):
+    src = write_tsv(tmp_path / "s.tsv", make_rows(200))
+    code, err = cli(capsys, sets=_criteo_sets(tmp_path, src, src), out=tmp_path / "run")
+    assert code == 2 and "data.path" in err and "the same file" in err and "list each file once" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("rows,sets", [(200, ("data.val_fraction=0",)), (15, ())])
+def test_an_empty_validation_split_is_refused_before_training(capsys, tmp_path, rows, sets):
+    src = write_tsv(tmp_path / "s.tsv", make_rows(rows))
+    code, err = cli(capsys, sets=(*_criteo_sets(tmp_path, src), "data.batch_size=4", *sets), out=tmp_path / "run")
+    assert code == 2 and "data.val_fraction: the validation split has no rows" in err, err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_cache_dir_on_proc_is_blamed_on_cache_dir(capsys, tmp_path):
+    src = write_tsv(tmp_path / "s.tsv", make_rows(200))
+    sets = (*_criteo_sets(tmp_path, src)[:-2], "data.cache_dir=/proc/x")
+    code, err = cli(capsys, sets=sets, out=tmp_path / "run")
+    assert code == 2 and "data.cache_dir: /proc/x" in err and "data.path" not in err, err

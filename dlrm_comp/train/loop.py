@@ -70,6 +70,7 @@ class Trainer:
             self.device = local_device(self.device, self.env.local_rank)
         self.source = build_source(cfg.data)
         self.iterations = self._resolve_iterations()
+        self._check_eval_split()
         self.schedule = EpochSchedule(self.source.num_batches("train", cfg.data.batch_size), cfg.train.seed)
         torchrec = cfg.model.backend == "torchrec"
         if extensions is None:
@@ -133,6 +134,15 @@ class Trainer:
             raise ConfigError("train.iterations: 0 means one pass over the training split, "
                               "but this data source is an unbounded stream; set a positive count")
         return n
+
+    def _check_eval_split(self) -> None:
+        """Every evaluation (the final one at least) reads the validation split: refuse an empty
+        one now, not with a traceback after all the training."""
+        rows = self.source.num_rows("val")
+        if rows == 0:
+            total = sum(self.source.num_rows(s) or 0 for s in ("train", "val", "test"))
+            raise ConfigError(f"data.val_fraction: the validation split has no rows ({total} rows x "
+                              f"{self.cfg.data.val_fraction} rounds to 0); raise data.val_fraction or use more data")
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self, iteration: int, wall_s: float) -> dict[str, Any]:

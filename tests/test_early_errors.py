@@ -180,3 +180,28 @@ def test_a_cache_dir_on_proc_is_blamed_on_cache_dir(capsys, tmp_path):
     sets = (*_criteo_sets(tmp_path, src)[:-2], "data.cache_dir=/proc/x")
     code, err = cli(capsys, sets=sets, out=tmp_path / "run")
     assert code == 2 and "data.cache_dir: /proc/x" in err and "data.path" not in err, err
+
+
+def test_resume_on_a_directory_that_does_not_exist_is_an_error(capsys, tmp_path):
+    code, err = cli(capsys, "--resume", out=tmp_path / "mistyped")
+    assert code == 2 and "--resume" in err and "does not exist" in err
+    assert not (tmp_path / "mistyped").exists()
+
+
+def test_a_diverging_run_prints_one_line_naming_train_lr(capsys, tmp_path):
+    code, err = cli(capsys, sets=("train.lr=1e30",), out=tmp_path / "run")
+    assert code == 3 and "train.lr" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_on_other_data_at_the_same_path_is_refused(capsys, tmp_path):
+    src = write_tsv(tmp_path / "s.tsv", make_rows(400))
+    sets = (*_criteo_sets(tmp_path, src), "train.iterations=20")
+    assert cli(capsys, sets=sets, out=tmp_path / "run")[0] == 0
+    write_tsv(src, make_rows(400, seed=1))  # other rows, same path
+    longer = (*_criteo_sets(tmp_path, src), "train.iterations=30")
+    code, err = cli(capsys, "--resume", sets=longer, out=tmp_path / "run")
+    assert code == 2 and "the data changed since the checkpoint" in err and "s.tsv differs" in err
+    assert "--resume-allow data.sources" in err
+    code, err = cli(capsys, "--resume", "--resume-allow", "data.sources", sets=longer, out=tmp_path / "run")
+    assert code == 0, err

@@ -3,6 +3,8 @@
 Exit status 2 for any configuration error (a bad key or value, an unusable --out, data files that
 cannot be read, a checkpoint that belongs to another run), before any work starts. SIGTERM or
 SIGINT: the current step finishes, a checkpoint is saved and the exit status is 128 + the signal.
+A diverging run (the loss or the parameters non-finite) stops with one line naming train.lr and
+exit status 3, its last checkpoint kept.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from dlrm_comp.config import ConfigError, load_config
 
+DIVERGED = 3  # exit status of a run whose loss went non-finite
 # where a run directory can never live (pseudo file systems)
 _FORBIDDEN_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         from dlrm_comp.train.identity import check_allow_keys
         check_allow_keys(allow)
         out = Path(args.out) if args.out else Path("runs") / cfg.name
+        if args.resume and not out.is_dir():
+            raise ConfigError(f"--resume: {out} does not exist, so there is no run to continue; check --out "
+                              "(or the config's name), or start a new run without --resume")
         check_out_dir(out)
         from dlrm_comp.distributed.env import init_distributed, shutdown
         from dlrm_comp.train.builders import resolve_device
@@ -87,11 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, out, resume=args.resume, env=env, overwrite=args.overwrite, resume_allow=allow)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", env, 2)
+    from dlrm_comp.train.loop import Diverged
     from dlrm_comp.train.signals import RunStopped
     try:
         summary = trainer.run()
     except ConfigError as exc:  # run-directory and resume checks run first thing in run()
         return _fail(f"config error: {exc}", env, 2)
+    except Diverged as exc:
+        return _fail(f"error: {exc}", env, DIVERGED)
     except RunStopped as stop:
         if env.rank == 0:
             print(f"stopped: {stop}", file=sys.stderr, flush=True)

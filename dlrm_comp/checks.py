@@ -39,3 +39,15 @@ def parse_widths(key: str, text: str, example: str = "13-512-256-64-16") -> list
     if len(widths) < 2 or any(w < 1 for w in widths):
         raise ConfigError(f"{key}: {text!r} needs at least two positive widths")
     return widths
+
+
+def positive_count(text: str) -> int:
+    """argparse `type=` for a count of workers or runs: 0 or less would run nothing, silently."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value

@@ -172,7 +172,7 @@ def test_an_empty_validation_split_is_refused_before_training(capsys, tmp_path, 
     src = write_tsv(tmp_path / "s.tsv", make_rows(rows))
     code, err = cli(capsys, sets=(*_criteo_sets(tmp_path, src), "data.batch_size=4", *sets), out=tmp_path / "run")
     assert code == 2 and "data.val_fraction: the validation split has no rows" in err, err
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run").exists()  # refused after --out was made: not left behind
 
 
 def test_a_cache_dir_on_proc_is_blamed_on_cache_dir(capsys, tmp_path):
@@ -205,3 +205,31 @@ def test_resume_on_other_data_at_the_same_path_is_refused(capsys, tmp_path):
     assert "--resume-allow data.sources" in err
     code, err = cli(capsys, "--resume", "--resume-allow", "data.sources", sets=longer, out=tmp_path / "run")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("tool", ["tune", "ablate"])
+def test_jobs_zero_is_refused(capsys, tmp_path, tool):
+    spec = importlib.util.spec_from_file_location(f"launch_{tool}", ROOT / "launch" / f"{tool}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = ["--config"] if tool == "tune" else ["--base"]
+    args = [*base, str(ROOT / "configs" / "debug.yaml"), "--out", str(tmp_path / "t"), "--jobs", "0"]
+    if tool == "ablate":
+        args += ["--variants", str(ROOT / "configs" / "ablations" / "mode_fp16.yaml")]
+    with pytest.raises(SystemExit) as exit_:
+        module.main(args)
+    assert exit_.value.code == 2 and "--jobs: 0 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_keys_a_launch_ignores_are_refused(tiny_cfg, tmp_path):
+    import torch
+
+    from dlrm_comp.config import ConfigError
+    from dlrm_comp.distributed.env import DistEnv, init_distributed
+    from dlrm_comp.train.loop import Trainer
+    with pytest.raises(ConfigError, match="dist.backend: 'nccl' .*one process"):
+        init_distributed("nccl", torch.device("cpu"), environ={})
+    assert init_distributed("auto", torch.device("cpu"), environ={}).world_size == 1
+    with pytest.raises(ConfigError, match="compress.chunks: 4 emulates destinations in one process; this run's 2 ranks"):
+        Trainer(tiny_cfg("compress.mode=fp16", "compress.chunks=4"), tmp_path / "r", env=DistEnv(0, 2, 0, "torchrun", "gloo"))

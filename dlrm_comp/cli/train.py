@@ -58,6 +58,16 @@ def check_out_dir(out: Path) -> None:
         raise ConfigError(f"--out {out}: not a writable directory ({exc.strerror})") from None
 
 
+def _remove_if_empty(out: Path | None) -> None:
+    """An --out made for a run refused before any work is not left behind (another rank may
+    have written into it: then it stays)."""
+    if out is not None:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
+
+
 def _fail(message: str, env, code: int) -> int:
     """Print (and flush) first: under mpiexec, MPI_Abort would otherwise race the message away."""
     print(message, file=sys.stderr, flush=True)
@@ -73,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [item for group in args.set for item in group]
     allow = [key for group in args.resume_allow for key in group]
     env = None
+    made = None  # the --out this call created: removed again if the run stops before any work
     try:
         cfg = load_config(args.config, overrides)
         if allow and not args.resume:
@@ -85,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and not out.is_dir():
             raise ConfigError(f"--resume: {out} does not exist, so there is no run to continue; check --out "
                               "(or the config's name), or start a new run without --resume")
+        made = None if out.exists() else out
         check_out_dir(out)
         from dlrm_comp.distributed.env import init_distributed, shutdown
         from dlrm_comp.train.builders import resolve_device
@@ -92,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         env = init_distributed(cfg.dist.backend, resolve_device(cfg.train.device), cfg.dist.timeout_s)
         trainer = Trainer(cfg, out, resume=args.resume, env=env, overwrite=args.overwrite, resume_allow=allow)
     except ConfigError as exc:
+        _remove_if_empty(made)
         return _fail(f"config error: {exc}", env, 2)
     from dlrm_comp.train.loop import Diverged
     from dlrm_comp.train.signals import RunStopped

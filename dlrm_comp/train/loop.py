@@ -59,6 +59,9 @@ class Trainer:
         self.env = env or DistEnv()
         self.rank, self.world_size = self.env.rank, self.env.world_size
         self.is_main = self.rank == 0
+        if self.env.distributed and cfg.compress.chunks != 1:
+            raise ConfigError(f"compress.chunks: {cfg.compress.chunks} emulates destinations in one process; this "
+                              f"run's {self.world_size} ranks are its destinations: remove the key (or set 1)")
         self.resume = resume
         self.overwrite = overwrite
         self.resume_allow = tuple(resume_allow)

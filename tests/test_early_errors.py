@@ -233,3 +233,13 @@ def test_keys_a_launch_ignores_are_refused(tiny_cfg, tmp_path):
     assert init_distributed("auto", torch.device("cpu"), environ={}).world_size == 1
     with pytest.raises(ConfigError, match="compress.chunks: 4 emulates destinations in one process; this run's 2 ranks"):
         Trainer(tiny_cfg("compress.mode=fp16", "compress.chunks=4"), tmp_path / "r", env=DistEnv(0, 2, 0, "torchrun", "gloo"))
+
+
+def test_the_ranks_message_reaches_torchruns_error_file(capsys, tmp_path, monkeypatch):
+    """torchrun prints the error file's message as the root cause, last (not a link to its docs)."""
+    import json
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    code, err = cli(capsys, sets=("train.seed=-1",), out=tmp_path / "run")
+    message = json.loads(error_file.read_text())["message"]
+    assert code == 2 and message.startswith("config error: train.seed") and message.endswith("(exit status 2)")

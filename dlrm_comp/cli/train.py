@@ -9,8 +9,11 @@ exit status 3, its last checkpoint kept.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -68,9 +71,23 @@ def _remove_if_empty(out: Path | None) -> None:
             pass
 
 
+def _tell_launcher(message: str) -> None:
+    """Under torchrun, hand the rank's message to the launcher's error file: torchrun exits 1
+    whatever the rank's status and prints its own traceback last, with this message as the root
+    cause at its end (in place of a link to its docs)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        try:
+            with open(path, "w") as handle:
+                json.dump({"message": message, "timestamp": int(time.time())}, handle)
+        except OSError:
+            pass
+
+
 def _fail(message: str, env, code: int) -> int:
     """Print (and flush) first: under mpiexec, MPI_Abort would otherwise race the message away."""
     print(message, file=sys.stderr, flush=True)
+    _tell_launcher(f"{message} (exit status {code})")
     sys.stdout.flush()
     if env is not None:
         from dlrm_comp.distributed.env import abort_on_error
@@ -117,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as stop:
         if env.rank == 0:
             print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        _tell_launcher(f"stopped: {stop} (exit status {stop.exit_status})")
         shutdown(env)
         return stop.exit_status
     except KeyboardInterrupt:  # a second Ctrl-C, while the first one's checkpoint was being written

@@ -340,6 +340,7 @@ class Trainer:
             raise Diverged(self._divergence(iteration + 1, str(exc))) from None
 
     def _divergence(self, iteration: int, what: str) -> str:
+        """One line: where, what, the key to change, and what is left to continue from."""
         last = self.checkpoints.latest()
         kept = (f"the last checkpoint {last} is kept: continue from it with --resume --resume-allow train.lr"
                 if last else "no checkpoint was written before it")

@@ -185,7 +185,8 @@ def test_a_scalar_section_is_blamed_on_its_file_not_on_set(tmp_path):
         load_config([nested], env={})
 
 
-@pytest.mark.parametrize("env,needle", [({"DECAY_FUNC": "bogus"}, "DECAY_FUNC"), ({"EB_CONSTANT": "0.5"}, "EB_CONSTANT"),
+@pytest.mark.parametrize("env,needle", [({"DECAY_FUNC": "bogus"}, "DECAY_FUNC"),
+                                        ({"EB_CONSTANT": "0.5"}, "EB_CONSTANT"),
                                         ({"BASE_ERROR_BOUND": "7"}, "BASE_ERROR_BOUND"),
                                         ({"TIGHTEN_EB_TABLES": "1 x"}, "TIGHTEN_EB_TABLES")])
 def test_errors_from_environment_variables_name_the_variable(env, needle):

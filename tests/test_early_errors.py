@@ -231,8 +231,9 @@ def test_keys_a_launch_ignores_are_refused(tiny_cfg, tmp_path):
     with pytest.raises(ConfigError, match="dist.backend: 'nccl' .*one process"):
         init_distributed("nccl", torch.device("cpu"), environ={})
     assert init_distributed("auto", torch.device("cpu"), environ={}).world_size == 1
+    two_ranks = DistEnv(0, 2, 0, "torchrun", "gloo")
     with pytest.raises(ConfigError, match="compress.chunks: 4 emulates destinations in one process; this run's 2 ranks"):
-        Trainer(tiny_cfg("compress.mode=fp16", "compress.chunks=4"), tmp_path / "r", env=DistEnv(0, 2, 0, "torchrun", "gloo"))
+        Trainer(tiny_cfg("compress.mode=fp16", "compress.chunks=4"), tmp_path / "r", env=two_ranks)
 
 
 def test_the_ranks_message_reaches_torchruns_error_file(capsys, tmp_path, monkeypatch):

@@ -41,6 +41,31 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tr
                               list("tTfF"))
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one mapping: YAML keeps the last silently, which hides an edit."""
+
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"line {line}: key {key!r} appears twice in one section (first on line {first}); keep one")
+        self.key, self.line, self.first = key, line, first
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` overrides by design
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if isinstance(key, typing.Hashable) and key in seen:
+            raise DuplicateKeyError(key, line, seen[key])
+        if isinstance(key, typing.Hashable):
+            seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.construct_mapping = _construct_unique_mapping
+
+
 def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
@@ -53,6 +78,15 @@ DEVICES = ("auto", "cpu", "cuda")
 MODEL_BACKENDS = ("torch", "torchrec")
 TORCHREC_PLANS = ("ours", "planner")
 DEDUP_MODES = ("off", "on", "auto")
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seed range, the narrowest of the generators a seed reaches
+
+
+def check_seed(key: str, value: int) -> None:
+    """Refused here, not as a numpy traceback after the run directory is made."""
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{key}: {value} is not a seed in 0..{MAX_SEED} (2**32 - 1)")
 
 
 @dataclass
@@ -83,11 +117,14 @@ class DataConfig:
         if self.source == "criteo":
             if not self.path:
                 raise ConfigError("data.path: source=criteo needs one or more Criteo TSV files")
-            from dlrm_comp.data.criteo_files import check_tsv_file
+            from dlrm_comp.data.criteo_files import check_tsv_file, repeated_file
             for item in self.path:
                 problem = check_tsv_file(item)
                 if problem:
                     raise ConfigError(f"data.path: {problem}")
+            problem = repeated_file(self.path)
+            if problem:
+                raise ConfigError(f"data.path: {problem}")
         else:
             from dlrm_comp.data.synthetic import PROFILES
             _choice("data.profile", self.profile, (*PROFILES, "custom"))
@@ -103,6 +140,7 @@ class DataConfig:
         _positive("data.num_val_samples", self.num_val_samples)
         _positive("data.num_test_samples", self.num_test_samples)
         _non_negative("data.max_ind_range", self.max_ind_range)
+        check_seed("data.seed", self.seed)
         if not 0.0 < self.click_rate < 1.0:
             raise ConfigError(f"data.click_rate: {self.click_rate} is not in (0, 1)")
         if self.zipf_exponent <= 0:
@@ -133,7 +171,7 @@ class ModelConfig:
                 raise ConfigError(f"model.backend: 'torchrec' {problem}")
         _positive("model.emb_dim", self.emb_dim)
         bottom = parse_widths("model.bottom_mlp", self.bottom_mlp)
-        top = parse_widths("model.top_mlp", self.top_mlp)
+        top = parse_widths("model.top_mlp", self.top_mlp, example="512-256-1")
         if bottom[0] != num_dense:
             raise ConfigError(f"model.bottom_mlp: first width {bottom[0]} must equal data.num_dense={num_dense}")
         if self.interaction == "dot" and bottom[-1] != self.emb_dim:
@@ -174,12 +212,50 @@ class TrainConfig:
             _non_negative(f"train.{name}", getattr(self, name))
         _positive("train.print_every", self.print_every)
         _positive("train.keep_checkpoints", self.keep_checkpoints)
+        check_seed("train.seed", self.seed)
 
 
 @dataclass
 class LosslessConfig:
     name: str = "default"  # the measured default of dlrm_comp.compress.lossless
     params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Build the stage once here: a missing wheel or a bad parameter is a config error at
+        start-up, not an ImportError from inside the trainer."""
+        import inspect
+
+        from dlrm_comp.compress.lossless.registry import STAGES, _tables, get_lossless
+        if self.name == "default":
+            return
+        cls = _tables(STAGES)[0].get(self.name)
+        if cls is None:
+            raise ConfigError(f"compress.lossless.name: {self.name!r} is not one of: default, "
+                              f"{', '.join(sorted(_tables(STAGES)[0]))}")
+        if cls.needs_store:  # built with the exchange's own symbol-model store
+            return
+        try:
+            get_lossless(self.name, **self.params)
+        except ImportError as exc:
+            raise ConfigError(f"compress.lossless.name: {self.name!r} cannot run here ({exc}); "
+                              "choose another stage, e.g. default or zlib") from None
+        except (TypeError, ValueError) as exc:
+            accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+            raise ConfigError(f"compress.lossless.params: {dict(self.params)} is not a valid setting of the "
+                              f"{self.name!r} stage ({_plain(exc)}); its parameters: "
+                              f"{', '.join(accepted) or 'none'}") from None
+
+
+def _plain(exc: Exception) -> str:
+    """A library's error in words: Python's own conversion texts replaced by what they mean."""
+    text = str(exc)
+    if text.startswith("invalid literal for int()"):
+        return "a value that should be an integer is not"
+    if text.startswith("could not convert string to float"):
+        return "a value that should be a number is not"
+    if "unexpected keyword argument" in text:
+        return "unknown parameter " + text.rsplit("argument", 1)[-1].strip()
+    return text
 
 
 @dataclass
@@ -229,6 +305,7 @@ class CompressConfig:
         _positive("compress.chunks", self.chunks)
         self.decay.validate("compress.decay")
         self.backward.decay.validate("compress.backward.decay")
+        self.lossless.validate()
 
 
 @dataclass
@@ -287,6 +364,7 @@ class RunConfig:
     dist: DistConfig = field(default_factory=DistConfig)
 
     def validate(self) -> "RunConfig":
+        check_run_name(self.name)
         self.data.validate()
         self.model.validate(self.data.num_dense)
         self.train.validate()
@@ -298,6 +376,7 @@ class RunConfig:
             raise ConfigError(f"{key}: the synthetic training split is an unbounded stream with no epochs; "
                               "set train.iterations to a positive count")
         self._check_torchrec_qcomm()
+        self._check_adaptive_modes()
         if self.compress.chunks > self.data.batch_size:
             raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "
                               f"data.batch_size={self.data.batch_size} rows; use at most {self.data.batch_size}")
@@ -305,6 +384,18 @@ class RunConfig:
             raise ConfigError(f"adaptive.probe_batch: the probe (one process) sends what training sends, {self.compress.chunks} "
                               f"chunks per table (compress.chunks); use at least {self.compress.chunks} rows")
         return self
+
+    def _check_adaptive_modes(self) -> None:
+        """The closed loop moves error bounds and the tuner picks lossless stages: refused for a
+        mode without them, where they would report changes that change nothing."""
+        from dlrm_comp.compress.modes import ERROR_BOUNDED
+        mode = self.compress.mode
+        if self.adaptive.policy == "closed_loop" and mode not in ERROR_BOUNDED:
+            raise ConfigError(f"adaptive.policy: closed_loop steers error bounds, and compress.mode={mode!r} has "
+                              f"none; use a bounded mode ({', '.join(ERROR_BOUNDED)}) or adaptive.policy=static")
+        if self.adaptive.lossless_tuning and mode != "codec":
+            raise ConfigError(f"adaptive.lossless_tuning: picks the lossless stage of compress.mode=codec; "
+                              f"compress.mode={mode!r} has none to pick; set adaptive.lossless_tuning=false")
 
     def _check_torchrec_qcomm(self) -> None:
         """TorchRec's codecs run inside TorchRec's output dist: the torchrec backend only, and
@@ -324,6 +415,13 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """The sections as config.yaml spells them (flat sub-configs inlined in their section)."""
         return _as_dict(self)
+
+
+def check_run_name(name: str) -> None:
+    """`name` is the folder under runs/: one plain path component, so no run writes elsewhere."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("~"):
+        raise ConfigError(f"name: {name!r} must be a plain folder name under runs/ (letters, digits, '-', '_', "
+                          "'.'; no '/' or '..'); to write elsewhere, pass --out DIR")
 
 
 # The reference's environment variables and the keys they set (docs/architecture.md, reference facts).
@@ -347,27 +445,66 @@ def load_config(paths: list[str | Path] = (), overrides: list[str] = (),
     """Layer YAML files, then environment variables, then `key=value` overrides; validate."""
     raw: dict[str, Any] = {}
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config: file {str(path)!r} does not exist")
-        try:
-            layer = yaml_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
-        if not isinstance(layer, dict):
-            raise ConfigError(f"--config {path}: top level must be a mapping of sections")
-        _deep_merge(raw, layer)
+        _deep_merge(raw, _read_layer(Path(path)))
     env = os.environ if env is None else env
+    from_env = {}
     for name, key in ENV_OVERRIDES.items():
         if env.get(name, "").strip():
-            _set_dotted(raw, key, _parse_env_value(key, env[name]), source=f"environment {name}")
+            _set_dotted(raw, key, _parse_env_value(key, env[name], name), source=f"environment {name}")
+            from_env[key] = name
+    set_keys = set()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set: {item!r} is not key=value")
         key, value = item.split("=", 1)
         _set_dotted(raw, key.strip(), _parse_scalar(value), source="--set")
-    cfg = _build(RunConfig, raw, prefix="")
-    return cfg.validate()
+        set_keys.add(key.strip())
+    try:
+        return _build(RunConfig, raw, prefix="").validate()
+    except ConfigError as exc:
+        raise _name_env_variable(exc, {k: v for k, v in from_env.items() if k not in set_keys}) from None
+
+
+def _read_layer(path: Path) -> dict:
+    """One --config file as a mapping of sections; each section given in it must be a mapping, so
+    a mistake is blamed on the file (not on a later --set into that section)."""
+    if path.is_dir():
+        raise ConfigError(f"--config {path}: is a directory; name a YAML file in it (e.g. {path}/debug.yaml)")
+    if not path.is_file():
+        raise ConfigError(f"--config: file {str(path)!r} does not exist")
+    try:
+        layer = yaml_load(path.read_text()) or {}
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"--config {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML: {exc}") from None
+    if not isinstance(layer, dict):
+        raise ConfigError(f"--config {path}: top level must be a mapping of sections")
+    _check_sections(layer, RunConfig, "", f"--config {path}")
+    return layer
+
+
+def _check_sections(layer: Mapping, cls: type, prefix: str, source: str) -> None:
+    """Every key of `layer` that names a section of `cls` holds a mapping (recursively)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in layer or f.metadata.get("flat") or not dataclasses.is_dataclass(hints[f.name]):
+            continue
+        value = layer[f.name]
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {prefix}{f.name}: is a section, a mapping of keys "
+                              f"({prefix}{f.name}.KEY: value), not {value!r}")
+        _check_sections(value, hints[f.name], f"{prefix}{f.name}.", source)
+
+
+def _name_env_variable(exc: ConfigError, from_env: Mapping[str, str]) -> ConfigError:
+    """An error about a key whose value came from an environment variable names the variable."""
+    text = str(exc)
+    for key, name in from_env.items():
+        if text.startswith(f"{key}:") or text.startswith(f"{key}/") or f" {key}=" in text:
+            return ConfigError(f"{text} (the value comes from the environment variable {name}; "
+                               f"fix or unset {name})")
+    return exc
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
@@ -381,13 +518,14 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def _parse_env_value(key: str, text: str) -> Any:
+def _parse_env_value(key: str, text: str, name: str) -> Any:
     if key.endswith("_tables"):  # reference lists: "2 3 9" or "2,3,9"
         parts = text.replace(",", " ").split()
         try:
             return [int(p) for p in parts]
         except ValueError:
-            raise ConfigError(f"{key}: {text!r} is not a list of table indices separated by spaces or commas") from None
+            raise ConfigError(f"{key}: {text!r} (the environment variable {name}) is not a list of table "
+                              "indices separated by spaces or commas") from None
     return _parse_scalar(text)
 
 

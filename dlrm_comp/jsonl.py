@@ -9,21 +9,30 @@ from typing import Iterable
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """Every parseable record of a JSONL file; torn or garbled lines (a killed writer) are skipped."""
+    return read_jsonl_lines(path)[0]
+
+
+def read_jsonl_lines(path: str | Path) -> tuple[list[dict], list[tuple[int, str]]]:
+    """The parseable records, and (line number, text) of every line that is not one, for a
+    caller that must say what it dropped."""
     path = Path(path)
     if not path.exists():
-        return []
-    out = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        return [], []
+    out, bad = [], []
+    for number, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            bad.append((number, line))
             continue
         if isinstance(record, dict):
             out.append(record)
-    return out
+        else:
+            bad.append((number, line))
+    return out, bad
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dlrm_comp.checks import positive_count  # noqa: E402
 from dlrm_comp.config import ConfigError  # noqa: E402
 from dlrm_comp.study.ablate import ablate  # noqa: E402
 
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="one override file per variant (its `name:` names the variant); "
                         "an uncompressed variant (compress.mode=off) is added when none is given")
     p.add_argument("--out", required=True, help="sweep directory (runs/<variant>/, table.csv, table.md, plots/, report.md)")
-    p.add_argument("--jobs", type=int, default=None, help="concurrent runs (default: cores, at most one per variant)")
+    p.add_argument("--jobs", type=positive_count, default=None,
+                   help="concurrent runs (default: cores, at most one per variant)")
     p.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides applied to every variant, e.g. --set train.iterations=1000 train.eval_every=250")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table, plots and report")

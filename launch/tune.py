@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dlrm_comp.checks import positive_count  # noqa: E402
 from dlrm_comp.config import ConfigError, load_config  # noqa: E402
 from dlrm_comp.study import tune  # noqa: E402
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth-gbps", type=float, default=12.5, help="link bandwidth for --gain speedup")
     p.add_argument("--modes", nargs="+", default=["codec", "int8", "fp16"], help="compression modes to search")
     p.add_argument("--no-prune", action="store_true", help="never skip trials on the predictor's word")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study")
+    p.add_argument("--jobs", type=positive_count, default=1, help="worker processes sharing the study")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--validate", action="store_true", help="train each pick in full and measure its loss")
     p.add_argument("--report-only", action="store_true", help="no new trials: rebuild picks, plots and report")

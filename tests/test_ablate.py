@@ -185,3 +185,12 @@ def test_a_second_sigterm_does_not_cut_the_clean_up_short(tmp_path):
         assert child.poll() == -signal.SIGKILL  # it ignored the terminate: killed after the grace time
     finally:
         signal.signal(signal.SIGTERM, outer)
+
+
+def test_a_variant_without_a_checkpoint_starts_afresh(tmp_path):
+    """Killed before its first checkpoint, a variant left records a fresh run refuses to mix with:
+    the sweep owns the folder, so it passes --overwrite (and --resume once a checkpoint exists)."""
+    from dlrm_comp.study.ablate import Variant, train_command
+    variant = Variant(name="v", configs=[tmp_path / "v.yaml"])
+    assert train_command([tmp_path / "b.yaml"], variant, tmp_path / "runs" / "v")[-1] == "--overwrite"
+    assert train_command([tmp_path / "b.yaml"], variant, tmp_path / "runs" / "v", resume=True)[-1] == "--resume"

@@ -153,3 +153,99 @@ def test_a_partial_section_keeps_the_fields_own_defaults():
     cfg = load_config([ROOT / "configs/debug.yaml"], ["compress.backward.decay.constant=3"])
     assert cfg.compress.backward.decay.func == "none" and cfg.compress.backward.decay.constant == 3.0
     assert load_config([ROOT / "configs/debug.yaml"], ["compress.decay.constant=3"]).compress.decay.func == "step"
+
+
+# ----------------------------------------------------------------------------- issue 24: silent and misleading
+def test_a_duplicate_yaml_key_names_the_file_line_and_key(tmp_path):
+    path = _yaml(tmp_path, "dup.yaml", "train:\n  iterations: 300\n  lr: 0.1\n  iterations: 200\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([path], env={})
+    assert str(path) in str(err.value) and "line 4" in str(err.value) and "'iterations'" in str(err.value)
+    assert "first on line 2" in str(err.value)
+
+
+def test_yaml_merge_keys_still_override(tmp_path):
+    path = _yaml(tmp_path, "merge.yaml", "name: m\ntrain:\n  <<: {iterations: 7, lr: 0.3}\n  iterations: 9\n")
+    cfg = load_config([path], env={})
+    assert cfg.train.iterations == 9 and cfg.train.lr == 0.3
+
+
+def test_config_directory_is_not_called_missing(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory; name a YAML file"):
+        load_config([tmp_path], env={})
+
+
+def test_a_scalar_section_is_blamed_on_its_file_not_on_set(tmp_path):
+    path = _yaml(tmp_path, "bad.yaml", "train: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([path], ["train.iterations=3"], env={})
+    assert str(path) in str(err.value) and "train: is a section" in str(err.value) and "--set" not in str(err.value)
+    nested = _yaml(tmp_path, "nested.yaml", "compress:\n  decay: step\n")
+    with pytest.raises(ConfigError, match="compress.decay: is a section"):
+        load_config([nested], env={})
+
+
+@pytest.mark.parametrize("env,needle", [({"DECAY_FUNC": "bogus"}, "DECAY_FUNC"),
+                                        ({"EB_CONSTANT": "0.5"}, "EB_CONSTANT"),
+                                        ({"BASE_ERROR_BOUND": "7"}, "BASE_ERROR_BOUND"),
+                                        ({"TIGHTEN_EB_TABLES": "1 x"}, "TIGHTEN_EB_TABLES")])
+def test_errors_from_environment_variables_name_the_variable(env, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config([], [], env=env)
+    assert needle in str(err.value)
+
+
+def test_set_over_an_environment_variable_is_not_blamed_on_it():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["compress.decay.func=bogus"], env={"DECAY_FUNC": "step"})
+    assert "DECAY_FUNC" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["train.seed=-1", "train.seed=99999999999999999999", "data.seed=-1",
+                                      "data.seed=4294967296"])
+def test_seeds_out_of_range_are_config_errors(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0] + ": .* is not a seed in 0..4294967295"):
+        load_config([], [override], env={})
+    load_config([], ["train.seed=4294967295", "data.seed=0"], env={})
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "..", "", "~x"])
+def test_a_name_stays_under_runs(name):
+    with pytest.raises(ConfigError, match="name: .* plain folder name under runs/"):
+        load_config([], [f"name={name}"], env={})
+
+
+def test_closed_loop_and_lossless_tuning_need_a_mode_they_act_on():
+    with pytest.raises(ConfigError, match="adaptive.policy: closed_loop .* compress.mode='fp16' has none"):
+        load_config([], ["compress.mode=fp16", "adaptive.policy=closed_loop", "adaptive.target_cr=12"], env={})
+    with pytest.raises(ConfigError, match="adaptive.lossless_tuning: .*compress.mode='sz'"):
+        load_config([], ["compress.mode=sz", "adaptive.lossless_tuning=true"], env={})
+    load_config([], ["compress.mode=simulate", "adaptive.policy=closed_loop", "adaptive.target_cr=12"], env={})
+    load_config([], ["compress.mode=codec", "adaptive.lossless_tuning=true"], env={})
+
+
+def test_a_negative_budget_is_blamed_on_budget_bytes():
+    with pytest.raises(ConfigError, match="adaptive.budget_bytes: -5.0 must be > 0"):
+        load_config([], ["compress.mode=codec", "adaptive.policy=closed_loop", "adaptive.budget_bytes=-5"], env={})
+
+
+def test_the_top_mlp_error_shows_a_top_mlp_example():
+    with pytest.raises(ConfigError, match="model.top_mlp: .*like '512-256-1'"):
+        load_config([], ["model.top_mlp=8-x-1"], env={})
+
+
+def test_lossless_stage_is_checked_at_load(monkeypatch):
+    from dlrm_comp.compress.lossless import nvcomp_codec
+    monkeypatch.setattr(nvcomp_codec, "nvcomp", None)  # as on a machine without CUDA or the wheel
+    with pytest.raises(ConfigError, match="compress.lossless.name: 'nvcomp' cannot run here .*nvidia-nvcomp"):
+        load_config([], ["compress.mode=codec", "compress.lossless.name=nvcomp"], env={})
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["compress.mode=codec", "compress.lossless.name=zlib", "compress.lossless.params={level: x}"],
+                    env={})
+    text = str(err.value)
+    assert "compress.lossless.params" in text and "its parameters: level, strategy" in text
+    assert "invalid literal" not in text
+    with pytest.raises(ConfigError, match="unknown parameter 'lvl'"):
+        load_config([], ["compress.lossless.name=zlib", "compress.lossless.params={lvl: 3}"], env={})
+    with pytest.raises(ConfigError, match="compress.lossless.name: 'lz9' is not one of: default"):
+        load_config([], ["compress.lossless.name=lz9"], env={})

@@ -186,3 +186,51 @@ def test_argument_errors(tmp_path, rows):
     only_bad.write_text("junk\n")
     with pytest.raises(CriteoFormatError, match="no valid rows"):
         preprocess_criteo([only_bad], tmp_path / "c2", on_malformed="skip", max_ind_range=5)
+
+
+# ----------------------------------------------------------------------------- issue 24: the cache checked on open
+def test_an_overwritten_cache_array_is_rebuilt(tmp_path, rows, capsys):
+    src = write_tsv(tmp_path / "train.txt", rows)
+    first = preprocess_criteo([src], tmp_path / "cache", max_ind_range=50)
+    labels = tmp_path / "cache" / "labels.npy"
+    np.save(labels, np.ones(first.rows, dtype=np.uint8))  # same shape, same dtype, other values
+    with pytest.raises(ValueError, match="labels.npy differs from what preprocessing wrote"):
+        CriteoDataset(tmp_path / "cache")
+    preprocess_criteo([src], tmp_path / "cache", max_ind_range=50)
+    assert "labels.npy differs" in capsys.readouterr().err
+    assert np.load(labels).tolist() == [r[0] for r in rows]
+    assert CriteoDataset(tmp_path / "cache").meta.positives == first.positives
+
+
+def test_a_truncated_cache_array_is_rebuilt(tmp_path, rows, capsys):
+    src = write_tsv(tmp_path / "train.txt", rows)
+    preprocess_criteo([src], tmp_path / "cache", max_ind_range=50)
+    sparse = tmp_path / "cache" / "sparse.npy"
+    whole = sparse.read_bytes()
+    sparse.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="sparse.npy is truncated"):
+        CriteoDataset(tmp_path / "cache")
+    preprocess_criteo([src], tmp_path / "cache", max_ind_range=50)
+    assert "sparse.npy is truncated" in capsys.readouterr().err and sparse.read_bytes() == whole
+    assert CriteoDataset(tmp_path / "cache").batch("train", 0, 10).labels.shape == (10,)
+
+
+def test_a_killed_build_leaves_no_folder_behind_the_next_build(tmp_path, rows):
+    src = write_tsv(tmp_path / "train.txt", rows)
+    stale = tmp_path / "cache" / ".build-killed123"
+    stale.mkdir(parents=True)
+    (stale / "dense.npy").write_bytes(b"partial")
+    preprocess_criteo([src], tmp_path / "cache", max_ind_range=50)
+    assert not list((tmp_path / "cache").glob(".build-*"))
+
+
+def test_a_repeated_file_is_found_by_path_link_or_contents(tmp_path, rows):
+    from dlrm_comp.data.criteo_files import repeated_file
+    src = write_tsv(tmp_path / "a.tsv", rows)
+    other = write_tsv(tmp_path / "b.tsv", rows[:200])
+    (tmp_path / "link.tsv").symlink_to(src)
+    (tmp_path / "copy.tsv").write_bytes(src.read_bytes())
+    assert repeated_file([src, other]) is None
+    for twin, why in ((src, "the same file"), (tmp_path / "link.tsv", "the same file"),
+                      (tmp_path / "copy.tsv", "the same contents")):
+        assert why in repeated_file([src, other, twin])

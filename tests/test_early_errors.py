@@ -152,3 +152,95 @@ def test_torchrec_backend_without_torchrec_is_exit_2_naming_the_install(capsys, 
 def test_torchrec_codec_needs_the_torchrec_backend(capsys, tmp_path):
     code, err = cli(capsys, sets=("compress.mode=torchrec_qcomm:fp16",), out=tmp_path / "run")
     assert code == 2 and "needs model.backend=torchrec" in err
+
+
+# ----------------------------------------------------------------------------- issue 24: the data checked
+def _criteo_sets(tmp_path: Path, *paths: Path) -> tuple[str, ...]:
+    return ("data.source=criteo", f"data.path=[{', '.join(map(str, paths))}]", "data.max_ind_range=50",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=16")
+
+
+def test_the_same_criteo_file_twice_is_refused(capsys, tmp_path):
+    src = write_tsv(tmp_path / "s.tsv", make_rows(200))
+    code, err = cli(capsys, sets=_criteo_sets(tmp_path, src, src), out=tmp_path / "run")
+    assert code == 2 and "data.path" in err and "the same file" in err and "list each file once" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("rows,sets", [(200, ("data.val_fraction=0",)), (15, ())])
+def test_an_empty_validation_split_is_refused_before_training(capsys, tmp_path, rows, sets):
+    src = write_tsv(tmp_path / "s.tsv", make_rows(rows))
+    code, err = cli(capsys, sets=(*_criteo_sets(tmp_path, src), "data.batch_size=4", *sets), out=tmp_path / "run")
+    assert code == 2 and "data.val_fraction: the validation split has no rows" in err, err
+    assert not (tmp_path / "run").exists()  # refused after --out was made: not left behind
+
+
+def test_a_cache_dir_on_proc_is_blamed_on_cache_dir(capsys, tmp_path):
+    src = write_tsv(tmp_path / "s.tsv", make_rows(200))
+    sets = (*_criteo_sets(tmp_path, src)[:-2], "data.cache_dir=/proc/x")
+    code, err = cli(capsys, sets=sets, out=tmp_path / "run")
+    assert code == 2 and "data.cache_dir: /proc/x" in err and "data.path" not in err, err
+
+
+def test_resume_on_a_directory_that_does_not_exist_is_an_error(capsys, tmp_path):
+    code, err = cli(capsys, "--resume", out=tmp_path / "mistyped")
+    assert code == 2 and "--resume" in err and "does not exist" in err
+    assert not (tmp_path / "mistyped").exists()
+
+
+def test_a_diverging_run_prints_one_line_naming_train_lr(capsys, tmp_path):
+    code, err = cli(capsys, sets=("train.lr=1e30",), out=tmp_path / "run")
+    assert code == 3 and "train.lr" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_on_other_data_at_the_same_path_is_refused(capsys, tmp_path):
+    src = write_tsv(tmp_path / "s.tsv", make_rows(400))
+    sets = (*_criteo_sets(tmp_path, src), "train.iterations=20")
+    assert cli(capsys, sets=sets, out=tmp_path / "run")[0] == 0
+    write_tsv(src, make_rows(400, seed=1))  # other rows, same path
+    longer = (*_criteo_sets(tmp_path, src), "train.iterations=30")
+    code, err = cli(capsys, "--resume", sets=longer, out=tmp_path / "run")
+    assert code == 2 and "the data changed since the checkpoint" in err and "s.tsv differs" in err
+    assert "--resume-allow data.sources" in err
+    code, err = cli(capsys, "--resume", "--resume-allow", "data.sources", sets=longer, out=tmp_path / "run")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("tool", ["tune", "ablate"])
+def test_jobs_zero_is_refused(capsys, tmp_path, tool):
+    spec = importlib.util.spec_from_file_location(f"launch_{tool}", ROOT / "launch" / f"{tool}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = ["--config"] if tool == "tune" else ["--base"]
+    args = [*base, str(ROOT / "configs" / "debug.yaml"), "--out", str(tmp_path / "t"), "--jobs", "0"]
+    if tool == "ablate":
+        args += ["--variants", str(ROOT / "configs" / "ablations" / "mode_fp16.yaml")]
+    with pytest.raises(SystemExit) as exit_:
+        module.main(args)
+    assert exit_.value.code == 2 and "--jobs: 0 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_keys_a_launch_ignores_are_refused(tiny_cfg, tmp_path):
+    import torch
+
+    from dlrm_comp.config import ConfigError
+    from dlrm_comp.distributed.env import DistEnv, init_distributed
+    from dlrm_comp.train.loop import Trainer
+    with pytest.raises(ConfigError, match="dist.backend: 'nccl' .*one process"):
+        init_distributed("nccl", torch.device("cpu"), environ={})
+    assert init_distributed("auto", torch.device("cpu"), environ={}).world_size == 1
+    two_ranks = DistEnv(0, 2, 0, "torchrun", "gloo")
+    with pytest.raises(ConfigError, match="compress.chunks: 4 emulates destinations in one process; this run's 2 ranks"):
+        Trainer(tiny_cfg("compress.mode=fp16", "compress.chunks=4"), tmp_path / "r", env=two_ranks)
+
+
+def test_the_ranks_message_reaches_torchruns_error_file(capsys, tmp_path, monkeypatch):
+    """torchrun prints the error file's message as the root cause, last (not a link to its docs)."""
+    import json
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    code, err = cli(capsys, sets=("train.seed=-1",), out=tmp_path / "run")
+    message = json.loads(error_file.read_text())["message"]
+    assert code == 2 and message.startswith("config error: train.seed") and message.endswith("(exit status 2)")

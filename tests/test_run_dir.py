@@ -257,3 +257,73 @@ def test_real_sigkill_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     assert resumed.start_iteration >= 60
     _same_params(_params(straight), _params(resumed))
     assert _records(tmp_path / "k") == _records(tmp_path / "a")
+
+
+# ----------------------------------------------------------------------------- issue 24
+def test_a_fresh_run_refuses_a_crashed_runs_records(tiny_cfg, tmp_path, monkeypatch):
+    """Killed before its first checkpoint: its metrics and TensorBoard events are another run's."""
+    cfg = tiny_cfg()  # TensorBoard on: its events must not mix with the next run's
+    out = tmp_path / "x"
+    _killed(cfg, out, 5)
+    assert (out / "metrics.jsonl").exists() and (out / "tensorboard").is_dir()
+    with pytest.raises(ConfigError, match="stopped before its first checkpoint .*--overwrite"):
+        Trainer(tiny_cfg("compress.mode=fp16"), out).run()
+    assert (out / "metrics.jsonl").exists()
+    old_events = set((out / "tensorboard").iterdir())
+    Trainer(tiny_cfg("compress.mode=fp16"), out, overwrite=True).run()
+    assert not old_events & set((out / "tensorboard").iterdir())
+    assert read_jsonl(out / "metrics.jsonl")[0]["iteration"] == 10
+
+
+def test_resume_after_a_kill_before_any_checkpoint_starts_clean(tiny_cfg, tmp_path, straight):
+    cfg = tiny_cfg()
+    _killed(cfg, tmp_path / "k", 5)
+    resumed = Trainer(cfg, tmp_path / "k", resume=True)
+    resumed.run()
+    assert resumed.start_iteration == 0 and _records(tmp_path / "k") == _records(straight.out_dir)
+    assert len(list((tmp_path / "k" / "tensorboard").iterdir())) == 1  # the killed run's events went
+
+
+def test_resume_needs_a_run(tiny_cfg, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no run to continue"):
+        Trainer(tiny_cfg(*QUIET), tmp_path / "empty", resume=True).run()
+    assert not (tmp_path / "empty" / "metrics.jsonl").exists()
+
+
+def test_a_torn_evaluation_at_the_resumed_iteration_is_run_again(tiny_cfg, tmp_path, capsys):
+    """A finished run's final eval line cut short, then extended: the eval is written again."""
+    cfg, longer = tiny_cfg(*QUIET), tiny_cfg(*QUIET, "train.iterations=60")
+    for name in ("whole", "torn"):
+        Trainer(cfg, tmp_path / name).run()
+    path = tmp_path / "torn" / "metrics.jsonl"
+    path.write_bytes(path.read_bytes()[:-40])
+    assert read_jsonl(path)[-1]["kind"] != "eval"
+    capsys.readouterr()
+    for name in ("whole", "torn"):
+        Trainer(longer, tmp_path / name, resume=True).run()
+    err = capsys.readouterr().err
+    assert "line" in err and "is torn and was dropped" in err and "evaluation at iteration 40 is run again" in err
+    assert _records(tmp_path / "torn") == _records(tmp_path / "whole")
+
+
+def test_resume_refuses_a_model_shape_change_before_loading(tiny_cfg, tmp_path, straight):
+    allow = ("model.emb_dim", "model.bottom_mlp")
+    bigger = tiny_cfg(*QUIET, "train.iterations=50", "model.emb_dim=8", "model.bottom_mlp=13-8-8")
+    with pytest.raises(ConfigError, match=r"model's shape changed \(accepted with --resume-allow model.emb_dim "
+                                          r"model.bottom_mlp\): bottom.2.bias: \[4\] in the checkpoint, \[8\] now"):
+        Trainer(bigger, straight.out_dir, resume=True, resume_allow=allow).run()
+
+
+def test_a_diverging_run_names_train_lr_and_keeps_its_last_checkpoint(tiny_cfg, tmp_path):
+    from dlrm_comp.train.loop import Diverged
+    out = tmp_path / "d"
+    with pytest.raises(Diverged, match=r"diverged at iteration \d+: .*; lower train.lr \(now 1000\) .*the last "
+                                       r"checkpoint .*ckpt_\d+.pt is kept: continue from it with --resume"):
+        Trainer(tiny_cfg(*QUIET, "train.lr=1000", "train.checkpoint_every=1"), out).run()
+    manager = CheckpointManager(out / "checkpoints")
+    assert manager.iterations()  # never one of the diverged state: every kept checkpoint is finite
+    for path in manager.existing():
+        assert all(torch.isfinite(v).all() for v in CheckpointManager.load(path)["model"].values())
+    with pytest.raises(Diverged, match="training loss is nan; .*no checkpoint was written before it"):
+        Trainer(tiny_cfg(*QUIET, "train.lr=1e30", "train.optimizer=adagrad"), tmp_path / "d2").run()

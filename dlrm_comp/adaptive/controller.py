@@ -82,6 +82,9 @@ class ControllerConfig:
 
     def validate_target(self) -> None:
         """What the closed loop steers to: a wire ratio above 1, or a byte budget per interval."""
+        for key in ("target_cr", "budget_bytes"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"adaptive.{key}: {getattr(self, key)} must be > 0 (or 0: not used)")
         if self.target_cr <= 0 and self.budget_bytes <= 0:
             raise ConfigError("adaptive.target_cr: closed_loop needs a target wire ratio > 1 "
                               "(or adaptive.budget_bytes per interval)")

@@ -3,17 +3,23 @@
 Exit status 2 for any configuration error (a bad key or value, an unusable --out, data files that
 cannot be read, a checkpoint that belongs to another run), before any work starts. SIGTERM or
 SIGINT: the current step finishes, a checkpoint is saved and the exit status is 128 + the signal.
+A diverging run (the loss or the parameters non-finite) stops with one line naming train.lr and
+exit status 3, its last checkpoint kept.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
 from dlrm_comp.config import ConfigError, load_config
 
+DIVERGED = 3  # exit status of a run whose loss went non-finite
 # where a run directory can never live (pseudo file systems)
 _FORBIDDEN_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
@@ -55,9 +61,33 @@ def check_out_dir(out: Path) -> None:
         raise ConfigError(f"--out {out}: not a writable directory ({exc.strerror})") from None
 
 
+def _remove_if_empty(out: Path | None) -> None:
+    """An --out made for a run refused before any work is not left behind (another rank may
+    have written into it: then it stays)."""
+    if out is not None:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
+
+
+def _tell_launcher(message: str) -> None:
+    """Under torchrun, hand the rank's message to the launcher's error file: torchrun exits 1
+    whatever the rank's status and prints its own traceback last, with this message as the root
+    cause at its end (in place of a link to its docs)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        try:
+            with open(path, "w") as handle:
+                json.dump({"message": message, "timestamp": int(time.time())}, handle)
+        except OSError:
+            pass
+
+
 def _fail(message: str, env, code: int) -> int:
     """Print (and flush) first: under mpiexec, MPI_Abort would otherwise race the message away."""
     print(message, file=sys.stderr, flush=True)
+    _tell_launcher(f"{message} (exit status {code})")
     sys.stdout.flush()
     if env is not None:
         from dlrm_comp.distributed.env import abort_on_error
@@ -70,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [item for group in args.set for item in group]
     allow = [key for group in args.resume_allow for key in group]
     env = None
+    made = None  # the --out this call created: removed again if the run stops before any work
     try:
         cfg = load_config(args.config, overrides)
         if allow and not args.resume:
@@ -79,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         from dlrm_comp.train.identity import check_allow_keys
         check_allow_keys(allow)
         out = Path(args.out) if args.out else Path("runs") / cfg.name
+        if args.resume and not out.is_dir():
+            raise ConfigError(f"--resume: {out} does not exist, so there is no run to continue; check --out "
+                              "(or the config's name), or start a new run without --resume")
+        made = None if out.exists() else out
         check_out_dir(out)
         from dlrm_comp.distributed.env import init_distributed, shutdown
         from dlrm_comp.train.builders import resolve_device
@@ -86,15 +121,20 @@ def main(argv: list[str] | None = None) -> int:
         env = init_distributed(cfg.dist.backend, resolve_device(cfg.train.device), cfg.dist.timeout_s)
         trainer = Trainer(cfg, out, resume=args.resume, env=env, overwrite=args.overwrite, resume_allow=allow)
     except ConfigError as exc:
+        _remove_if_empty(made)
         return _fail(f"config error: {exc}", env, 2)
+    from dlrm_comp.train.loop import Diverged
     from dlrm_comp.train.signals import RunStopped
     try:
         summary = trainer.run()
     except ConfigError as exc:  # run-directory and resume checks run first thing in run()
         return _fail(f"config error: {exc}", env, 2)
+    except Diverged as exc:
+        return _fail(f"error: {exc}", env, DIVERGED)
     except RunStopped as stop:
         if env.rank == 0:
             print(f"stopped: {stop}", file=sys.stderr, flush=True)
+        _tell_launcher(f"stopped: {stop} (exit status {stop.exit_status})")
         shutdown(env)
         return stop.exit_status
     except KeyboardInterrupt:  # a second Ctrl-C, while the first one's checkpoint was being written

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dlrm_comp.data.batch import Batch
-from dlrm_comp.data.criteo_cache import CriteoMeta, preprocess_criteo
+from dlrm_comp.data.criteo_cache import CriteoMeta, array_problem, preprocess_criteo
 from dlrm_comp.data.criteo_parse import NUM_DENSE, CriteoFormatError
 from dlrm_comp.data.source import SPLITS, check_batch_request, check_row_request, check_split
 
@@ -34,6 +34,10 @@ class CriteoDataset:
         if not meta_path.is_file():
             raise FileNotFoundError(f"no Criteo cache in {self.cache_dir} (run preprocess_criteo first)")
         self.meta = CriteoMeta.load(meta_path)
+        problem = array_problem(self.cache_dir, self.meta)
+        if problem:
+            raise ValueError(f"Criteo cache {self.cache_dir}: {problem}; rebuild it (preprocess_criteo, "
+                             "or delete the folder and run again)")
         self.dense = np.load(self.cache_dir / "dense.npy", mmap_mode="r")
         self.sparse = np.load(self.cache_dir / "sparse.npy", mmap_mode="r")
         self.labels = np.load(self.cache_dir / "labels.npy", mmap_mode="r")

@@ -8,14 +8,18 @@ Categorical: hex -> int, then either
     by descending frequency (capped at max_ind_range rows when > 0), rarer ones share id 0 and
     missing has id 1; two passes (count, then write).
 A cache whose meta.json has the same settings and source files (name, path, size, mtime and a
-sha256 of each file's first and last MiB) is reused;
-anything else is rebuilt in a temporary folder and swapped in, under a file lock so concurrent
-ranks build it once.
+sha256 of each file's first and last MiB) and whose arrays still match what preprocessing wrote
+(`arrays`: shape, dtype, size and a sampled sha256 of each .npy) is reused; anything else is
+rebuilt in a temporary folder and swapped in, under a file lock so concurrent ranks build it once.
+A build killed half way leaves a `.build-*` folder; the next build under the lock removes it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +33,7 @@ from dlrm_comp.data.npy_writer import NpyAppender
 from dlrm_comp.data.vocab import ValueCounter, Vocabulary
 from dlrm_comp.filelock import file_lock
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json records each array (`arrays`)
 IDENTITY_KEYS = ("name", "path", "size", "mtime_ns", "head_tail_sha256")
 MAX_SKIPPED_REPORTED = 10
 ON_MALFORMED = ("error", "skip")
@@ -46,6 +50,7 @@ class CriteoMeta:
     skipped_lines: int = 0
     first_skipped: list[dict[str, Any]] = field(default_factory=list)  # {file, line, reason}
     positives: int = 0
+    arrays: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> array_fingerprint
     format_version: int = FORMAT_VERSION
 
     def save(self, path: Path) -> None:
@@ -59,6 +64,47 @@ class CriteoMeta:
 
 
 CACHE_FILES = ("dense.npy", "sparse.npy", "labels.npy", "meta.json")
+ARRAY_FILES = CACHE_FILES[:-1]
+_SAMPLES, _SAMPLE_BYTES = 64, 1 << 16  # blocks hashed per array: every byte of one up to 4 MiB
+
+
+def array_fingerprint(path: Path) -> dict[str, Any]:
+    """Shape, dtype, size and a sha256 over evenly spaced blocks of a .npy: cheap to recheck at
+    every open at any data size, and it catches an overwritten, truncated or swapped array (a
+    single flipped byte inside a large one goes unseen)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        digest = hashlib.sha256(str(size).encode())
+        step = max(size // _SAMPLES, _SAMPLE_BYTES)
+        for offset in range(0, size, step):
+            handle.seek(offset)
+            digest.update(handle.read(_SAMPLE_BYTES))
+    return {"shape": list(shape), "dtype": dtype.str, "bytes": size, "sampled_sha256": digest.hexdigest()}
+
+
+def array_problem(cache: Path, meta: CriteoMeta) -> str | None:
+    """None when every array of the cache is the one preprocessing wrote, else what differs."""
+    for name in ARRAY_FILES:
+        path = cache / name
+        expected = meta.arrays.get(name)
+        if expected is None:
+            return f"meta.json records no fingerprint of {name}"
+        try:
+            found = array_fingerprint(path)
+        except (OSError, ValueError) as exc:
+            return f"{name} is unreadable ({exc})"
+        data_bytes = int(np.prod(found["shape"])) * np.dtype(found["dtype"]).itemsize
+        if found["bytes"] < data_bytes:
+            return f"{name} is truncated ({found['bytes']} bytes, its header promises {data_bytes} of data)"
+        for key in ("shape", "dtype", "bytes", "sampled_sha256"):
+            if found[key] != expected[key]:
+                return f"{name} differs from what preprocessing wrote ({key}: {found[key]} != {expected[key]})"
+    return None
 
 
 def preprocess_criteo(tsv_paths: list[str | Path], cache_dir: str | Path, *, max_ind_range: int = 0,
@@ -87,15 +133,24 @@ def preprocess_criteo(tsv_paths: list[str | Path], cache_dir: str | Path, *, max
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     with file_lock(cache / ".lock"):
+        _remove_stale_builds(cache)
         existing = _reusable(cache, settings, sources)
         if existing is not None:
             return existing
         with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
             meta = _build(paths, Path(tmp), settings, sources, chunk_lines)
-            for name in CACHE_FILES[:-1]:
+            meta.arrays = {name: array_fingerprint(Path(tmp) / name) for name in ARRAY_FILES}
+            (cache / "meta.json").unlink(missing_ok=True)  # no meta.json beside arrays it does not describe
+            for name in ARRAY_FILES:
                 os.replace(Path(tmp) / name, cache / name)
             meta.save(cache / "meta.json")
     return meta
+
+
+def _remove_stale_builds(cache: Path) -> None:
+    """Folders of builds killed half way (we hold the lock: no build is running)."""
+    for stale in cache.glob(".build-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _reusable(cache: Path, settings: dict, sources: list[dict]) -> CriteoMeta | None:
@@ -108,7 +163,13 @@ def _reusable(cache: Path, settings: dict, sources: list[dict]) -> CriteoMeta | 
     identity = [{k: src.get(k) for k in IDENTITY_KEYS} for src in meta.sources]
     wanted = [{k: src.get(k) for k in IDENTITY_KEYS} for src in sources]
     same = meta.format_version == FORMAT_VERSION and meta.settings == settings and identity == wanted
-    return meta if same else None
+    if not same:
+        return None
+    problem = array_problem(cache, meta)
+    if problem:
+        print(f"warning: Criteo cache {cache}: {problem}; rebuilding it", file=sys.stderr, flush=True)
+        return None
+    return meta
 
 
 class _Skips:

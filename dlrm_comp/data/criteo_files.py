@@ -52,3 +52,19 @@ def file_identity(path: Path) -> dict:
             handle.seek(stat.st_size - _HASH_SPAN)
         digest.update(handle.read(_HASH_SPAN))
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head_tail_sha256": digest.hexdigest()}
+
+
+def repeated_file(items: list[str | os.PathLike]) -> str | None:
+    """None when every file of `items` is a different file with different contents, else a
+    sentence naming the pair: a file read twice puts its rows in two splits at once."""
+    seen: dict[tuple, Path] = {}
+    for item in items:
+        path = Path(item)
+        stat = path.stat()
+        identity = file_identity(path)
+        for key, why in (((stat.st_dev, stat.st_ino), "the same file"),
+                         ((identity["size"], identity["head_tail_sha256"]), "the same contents")):
+            if key in seen:
+                return f"{str(path)!r} and {str(seen[key])!r} are {why}; list each file once"
+            seen[key] = path
+    return None

@@ -71,7 +71,7 @@ def init_distributed(requested_backend: str, device: torch.device, timeout_s: fl
         rank, world = int(environ["RANK"]), int(environ["WORLD_SIZE"])
         local = int(environ.get("LOCAL_RANK", "0"))
         if world == 1:
-            return DistEnv(rank, world, local, launcher, "")
+            return _one_process(requested_backend, rank, local, launcher)
         backend = resolve_backend(requested_backend, device)
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout,
                                 **_device_kwargs(device, local))
@@ -85,13 +85,22 @@ def init_distributed(requested_backend: str, device: torch.device, timeout_s: fl
         rank, world = comm.Get_rank(), comm.Get_size()
         local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
         if world == 1:
-            return DistEnv(rank, world, local, launcher, "")
+            return _one_process(requested_backend, rank, local, launcher)
         backend = resolve_backend(requested_backend, device)
         address = comm.bcast((socket.gethostname(), _free_port()) if rank == 0 else None, root=0)
         dist.init_process_group(backend, init_method=f"tcp://{address[0]}:{address[1]}", rank=rank,
                                 world_size=world, timeout=timeout, **_device_kwargs(device, local))
         return DistEnv(rank, world, local, launcher, backend)
-    return DistEnv()
+    return _one_process(requested_backend)
+
+
+def _one_process(requested_backend: str, rank: int = 0, local: int = 0, launcher: str = "single") -> DistEnv:
+    """One process has no process group, so a backend named for it would be ignored: refused."""
+    if requested_backend != "auto":
+        raise ConfigError(f"dist.backend: {requested_backend!r} picks the process group of a multi-process run; "
+                          "this run has one process and none: leave dist.backend=auto (or launch several "
+                          "processes with torchrun or mpiexec)")
+    return DistEnv(rank, 1, local, launcher, "")
 
 
 def local_device(device: torch.device, local_rank: int) -> torch.device:

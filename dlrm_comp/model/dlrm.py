@@ -101,8 +101,8 @@ class DLRM(nn.Module):
         generator = torch.Generator().manual_seed(seed)  # the dense layers' own stream
         self.bottom = build_mlp(bottom, final_activation=True, generator=generator)
         top_in = interaction_width(interaction, len(self.cardinalities), emb_dim, bottom[-1], self_interaction)
-        self.top = build_mlp([top_in, *parse_widths("model.top_mlp", top_mlp)], final_activation=False,
-                             generator=generator)
+        top = parse_widths("model.top_mlp", top_mlp, example="512-256-1")
+        self.top = build_mlp([top_in, *top], final_activation=False, generator=generator)
         self.interaction = DotInteraction(len(self.cardinalities) + 1, self_interaction) \
             if interaction == "dot" else CatInteraction()
         self.pooled_hooks = nn.ModuleList(nn.Identity() for _ in self.cardinalities)

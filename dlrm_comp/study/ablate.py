@@ -100,8 +100,9 @@ def train_command(base: Sequence[str | Path], variant: Variant, run_dir: Path, o
     for cfg in [*base, *variant.configs]:
         cmd += ["--config", str(cfg)]
     cmd += ["--set", *PER_JOB_OVERRIDES, *overrides, *variant.overrides, "--out", str(run_dir)]
-    if resume:
-        cmd.append("--resume")
+    # no checkpoint: a run killed before its first one may have left records, which a fresh run
+    # refuses to mix with its own; the sweep owns the folder, so it starts afresh
+    cmd.append("--resume" if resume else "--overwrite")
     return cmd
 
 

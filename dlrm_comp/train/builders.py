@@ -19,7 +19,7 @@ def build_source(cfg: DataConfig):
                                pooling_factor=cfg.pooling_factor, click_rate=cfg.click_rate,
                                num_val_samples=cfg.num_val_samples, num_test_samples=cfg.num_test_samples)
     from dlrm_comp.data.criteo import CriteoDataset, CriteoFormatError, preprocess_criteo
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.path[0]).with_suffix(".cache")
+    cache = make_cache_dir(Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.path[0]).with_suffix(".cache"))
     try:
         preprocess_criteo(cfg.path, cache, max_ind_range=cfg.max_ind_range,
                           frequency_threshold=cfg.frequency_threshold, on_malformed=cfg.on_malformed)
@@ -28,7 +28,27 @@ def build_source(cfg: DataConfig):
     except OSError as exc:
         raise ConfigError(f"data.cache_dir: cannot write the Criteo cache in {cache} ({exc.strerror}); "
                           "set data.cache_dir to a writable directory") from None
-    return CriteoDataset(cache, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    try:
+        return CriteoDataset(cache, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    except ValueError as exc:  # an array changed between the build and this open
+        raise ConfigError(f"data.cache_dir: {exc}") from None
+
+
+_PSEUDO_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def make_cache_dir(cache: Path) -> Path:
+    """The Criteo cache folder, made here so a place it cannot live is blamed on data.cache_dir
+    (not on data.path, whose files are fine)."""
+    resolved = cache.resolve()
+    if any(resolved == root or root in resolved.parents for root in _PSEUDO_ROOTS):
+        raise ConfigError(f"data.cache_dir: {cache} is on a pseudo file system; set data.cache_dir to a folder on disk")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data.cache_dir: cannot create {cache} ({exc.strerror}); "
+                          "set data.cache_dir to a writable directory") from None
+    return cache
 
 
 def build_model(cfg: RunConfig, cardinalities: list[int], owned_tables: list[int] | None = None) -> DLRM:

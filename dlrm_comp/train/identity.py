@@ -12,6 +12,10 @@ ALLOWED_TO_DIFFER = frozenset({"train.progress", "train.tensorboard", "train.pri
                                "train.checkpoint_every", "train.keep_checkpoints"})
 # allowed when the run gets longer (so a finished run can be extended), not when it gets shorter
 LENGTH_KEYS = frozenset({"train.iterations", "train.epochs"})
+# not config keys: `--resume-allow data.sources` accepts data files whose fingerprint changed
+EXTRA_ALLOW_KEYS = frozenset({"data.sources"})
+# what tells one version of a data file from another (summary.json's data.sources)
+DATA_FINGERPRINT = ("name", "size", "mtime_ns", "head_tail_sha256", "rows")
 _MISSING = object()
 
 
@@ -40,10 +44,11 @@ def config_differences(saved: Mapping[str, Any], now: RunConfig) -> dict[str, tu
 
 
 def check_allow_keys(allow: Iterable[str]) -> None:
-    known = set(flatten(RunConfig().to_dict()))
+    known = set(flatten(RunConfig().to_dict())) | EXTRA_ALLOW_KEYS
     for key in allow:
         if key not in known:
-            raise ConfigError(f"--resume-allow: {key!r} is not a config key (e.g. compress.mode, train.lr)")
+            raise ConfigError(f"--resume-allow: {key!r} is not a config key (e.g. compress.mode, train.lr) "
+                              "nor data.sources")
 
 
 def check_resume_identity(state: Mapping[str, Any], cfg: RunConfig, world_size: int, iterations: int,
@@ -78,3 +83,52 @@ def check_resume_identity(state: Mapping[str, Any], cfg: RunConfig, world_size: 
 
 def _show(value: Any) -> str:
     return "(absent)" if value is _MISSING else repr(value)
+
+
+def data_fingerprint(sources: Any) -> list[dict[str, Any]] | None:
+    """The identity of the data files a run reads (None: generated data, the config is its identity)."""
+    if not sources:
+        return None
+    return [{k: src.get(k) for k in DATA_FINGERPRINT} for src in sources]
+
+
+def check_data_identity(state: Mapping[str, Any], sources: list[dict] | None, allow: Iterable[str] = ()) -> None:
+    """Raise ConfigError (exit 2) when the data files (`data_fingerprint`) changed since the checkpoint was written:
+    the same path with other rows would continue the run on other data."""
+    if "data" not in state or "data.sources" in set(allow):  # a checkpoint from before the data was recorded
+        return
+    saved, now = state["data"], sources
+    if saved == now:
+        return
+    if saved is None or now is None or len(saved) != len(now):
+        what = f"{len(saved or [])} data file(s) in the checkpoint, {len(now or [])} now"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(saved, now)) if a != b)
+        keys = [k for k in DATA_FINGERPRINT if saved[i].get(k) != now[i].get(k)]
+        what = f"{now[i]['name']} differs ({', '.join(keys)})"
+    raise ConfigError(f"--resume: the data changed since the checkpoint was written ({what}); the run would "
+                      "continue on other rows. Restore the files, start a new --out, or accept it with "
+                      "--resume-allow data.sources")
+
+
+def check_shapes(saved: Mapping[str, Any], current: Mapping[str, Any], allow: Iterable[str]) -> None:
+    """Raise ConfigError before loading a checkpoint whose parameters another model shape wrote
+    (an accepted model.* change): load_state_dict would stop with a size-mismatch traceback."""
+    missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+    odd = [k for k in sorted(set(saved) & set(current)) if _shape(saved[k]) != _shape(current[k])]
+    if not (missing or extra or odd):
+        return
+    if odd:
+        k = odd[0]
+        what = f"{k}: {_shape(saved[k])} in the checkpoint, {_shape(current[k])} now"
+    else:
+        what = f"parameters {', '.join((missing or extra)[:3])} " + ("are new" if missing else "are gone")
+    accepted = [k for k in allow if k.startswith("model.")]
+    why = f" (accepted with --resume-allow {' '.join(accepted)})" if accepted else ""
+    raise ConfigError(f"--resume: the model's shape changed{why}: {what}. A checkpoint continues only a model of "
+                      "its own shape; keep the model keys as they were, or start a new --out")
+
+
+def _shape(value: Any) -> list[int] | None:
+    size = getattr(value, "size", None)
+    return list(size()) if callable(size) and hasattr(value, "dtype") else None

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-from dlrm_comp.jsonl import read_jsonl, write_jsonl
+from dlrm_comp.jsonl import read_jsonl, read_jsonl_lines, write_jsonl
 
 __all__ = ["MetricsLogger", "read_jsonl", "write_json"]
 
@@ -63,10 +64,23 @@ class MetricsLogger:
             self._tb = None
 
     @staticmethod
-    def truncate_after(out_dir: Path, iteration: int, drop_eval_at: int | None = None) -> None:
+    def truncate_after(out_dir: Path, iteration: int, drop_eval_at: int | None = None) -> list[tuple[int, str]]:
         """On resume, drop records written after the checkpoint (and a torn last line) so the log
-        reads as one run; `drop_eval_at`: an eval record the resumed run writes again (the final one)."""
+        reads as one run; `drop_eval_at`: an eval record the resumed run writes again (the final one).
+        Returns the torn lines dropped, (line number, text), for the caller to report."""
         path = out_dir / "metrics.jsonl"
-        kept = [r for r in read_jsonl(path) if r.get("iteration", 0) <= iteration
+        records, torn = read_jsonl_lines(path)
+        kept = [r for r in records if r.get("iteration", 0) <= iteration
                 and not (r.get("kind") == "eval" and r.get("iteration") == drop_eval_at)]
         write_jsonl(path, kept)
+        return torn
+
+
+_TORN_EVAL = re.compile(r'^\{"kind": "eval", "iteration": (\d+)[,}]')
+
+
+def torn_eval_iteration(text: str) -> int | None:
+    """The iteration of the eval record a torn line held, when its start says so (the logger
+    writes kind and iteration first); None for any other line."""
+    match = _TORN_EVAL.match(text)
+    return int(match.group(1)) if match else None

@@ -30,8 +30,8 @@ from dlrm_comp.train.breakdown import StepBreakdown, TimedExchange
 from dlrm_comp.train.builders import build_model, build_optimizer, build_source, resolve_device
 from dlrm_comp.train.checkpoint import CheckpointError, CheckpointManager, checkpoint_layouts, rng_state, set_rng_state
 from dlrm_comp.train.extension import TrainingExtension
-from dlrm_comp.train.identity import check_resume_identity
-from dlrm_comp.train.logging import MetricsLogger, write_json
+from dlrm_comp.train.identity import check_data_identity, check_resume_identity, check_shapes, data_fingerprint
+from dlrm_comp.train.logging import MetricsLogger, torn_eval_iteration, write_json
 from dlrm_comp.train.metrics import classification_metrics
 from dlrm_comp.train.signals import RunStopped, StopFlag
 
@@ -44,6 +44,12 @@ class InterruptedRun(RuntimeError):
     """Raised by the test-only `stop_after` switch to emulate a killed process."""
 
 
+class Diverged(FloatingPointError):
+    """The loss or the parameters went non-finite: one line for the user (naming train.lr), and
+    no checkpoint of the diverged state, so the last good one stays the newest. A FloatingPointError,
+    as the tuner expects of a diverged trial."""
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str | Path, extensions: Sequence[TrainingExtension] | None = None,
                  resume: bool = False, env: DistEnv | None = None, overwrite: bool = False,
@@ -53,6 +59,9 @@ class Trainer:
         self.env = env or DistEnv()
         self.rank, self.world_size = self.env.rank, self.env.world_size
         self.is_main = self.rank == 0
+        if self.env.distributed and cfg.compress.chunks != 1:
+            raise ConfigError(f"compress.chunks: {cfg.compress.chunks} emulates destinations in one process; this "
+                              f"run's {self.world_size} ranks are its destinations: remove the key (or set 1)")
         self.resume = resume
         self.overwrite = overwrite
         self.resume_allow = tuple(resume_allow)
@@ -70,6 +79,9 @@ class Trainer:
             self.device = local_device(self.device, self.env.local_rank)
         self.source = build_source(cfg.data)
         self.iterations = self._resolve_iterations()
+        self._check_eval_split()
+        # the data files' fingerprint (Criteo's cache records it); generated data has none: its config is its identity
+        self.data_files = data_fingerprint(getattr(getattr(self.source, "meta", None), "sources", None))
         self.schedule = EpochSchedule(self.source.num_batches("train", cfg.data.batch_size), cfg.train.seed)
         torchrec = cfg.model.backend == "torchrec"
         if extensions is None:
@@ -110,6 +122,7 @@ class Trainer:
         tag = f".rank{self.rank}" if self.env.distributed else ""
         self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", keep=cfg.train.keep_checkpoints, tag=tag)
         self.start_iteration = 0
+        self.redo_eval = False  # resume: the evaluation at start_iteration was lost in a torn line
         self.wall_before = 0.0  # wall time of earlier (interrupted) segments of this run
         self.step_times: list[float] = []
         self.pending: dict[str, list[float]] = {"losses": [], "times": []}  # the open print interval
@@ -131,6 +144,15 @@ class Trainer:
                               "but this data source is an unbounded stream; set a positive count")
         return n
 
+    def _check_eval_split(self) -> None:
+        """Every evaluation (the final one at least) reads the validation split: refuse an empty
+        one now, not with a traceback after all the training."""
+        rows = self.source.num_rows("val")
+        if rows == 0:
+            total = sum(self.source.num_rows(s) or 0 for s in ("train", "val", "test"))
+            raise ConfigError(f"data.val_fraction: the validation split has no rows ({total} rows x "
+                              f"{self.cfg.data.val_fraction} rounds to 0); raise data.val_fraction or use more data")
+
     # ----------------------------------------------------------------------------- state
     def state_dict(self, iteration: int, wall_s: float) -> dict[str, Any]:
         return {
@@ -141,6 +163,7 @@ class Trainer:
             "wall_s": wall_s,
             "step_times": list(self.step_times),
             "config": self.cfg.to_dict(),
+            "data": self.data_files,
             "world_size": self.world_size,
             "iterations": self.iterations,
             "pending": {k: list(v) for k, v in self.pending.items()},
@@ -156,11 +179,8 @@ class Trainer:
         if self.resume:
             self._restore()
             return
-        found = [p for files in checkpoint_layouts(self.checkpoints.directory).values() for p in files]
-        finished = (self.out_dir / "summary.json").exists()
-        if (found or finished) and not self.overwrite:
-            what = f"the checkpoints of another run ({found[-1].name}, {len(found)} in all)" if found \
-                else "a finished run (summary.json)"
+        what = self._earlier_run()
+        if what and not self.overwrite:
             raise ConfigError(f"--out {self.out_dir}: holds {what}; continue that run with --resume, "
                               "choose a new --out, or pass --overwrite to discard it")
         self._barrier()  # every rank has looked before rank 0 clears
@@ -168,15 +188,28 @@ class Trainer:
             self._clear_run_files()
         self._barrier()
 
+    def _earlier_run(self) -> str | None:
+        """What of an earlier run the directory holds (None: nothing): its checkpoints, its
+        summary, or the records of one that stopped before its first checkpoint."""
+        found = [p for files in checkpoint_layouts(self.checkpoints.directory).values() for p in files]
+        if found:
+            return f"the checkpoints of another run ({found[-1].name}, {len(found)} in all)"
+        if (self.out_dir / "summary.json").exists():
+            return "a finished run (summary.json)"
+        records = [name for name in ("metrics.jsonl", "tensorboard") if (self.out_dir / name).exists()]
+        if records:
+            return f"the records of a run that stopped before its first checkpoint ({', '.join(records)})"
+        return None
+
     def _clear_run_files(self) -> None:
+        """Everything an earlier run wrote here: one run's curves and records, never two mixed."""
         import shutil
         for files in checkpoint_layouts(self.checkpoints.directory).values():
             for path in files:
                 CheckpointManager.remove(path)
         for name in RUN_FILES:
             (self.out_dir / name).unlink(missing_ok=True)
-        if self.overwrite:
-            shutil.rmtree(self.out_dir / "tensorboard", ignore_errors=True)
+        shutil.rmtree(self.out_dir / "tensorboard", ignore_errors=True)
 
     def _barrier(self) -> None:
         if self.parallel is not None:
@@ -213,14 +246,21 @@ class Trainer:
                 raise CheckpointError(f"--resume: no intact checkpoint in {self.checkpoints.directory} "
                                       f"(bad: {', '.join(p.name for p, _ in bad)}); start a new run with "
                                       "--overwrite or a new --out")
+            if self._earlier_run() is None:  # --resume means a run exists: a mistyped --out is an error
+                raise ConfigError(f"--resume: {self.out_dir} holds no run to continue (no checkpoint, no "
+                                  "metrics.jsonl); check --out, or start a new run without --resume")
+            self._barrier()
             if self.is_main:
-                print(f"--resume: no checkpoint in {self.checkpoints.directory}; starting from scratch")
-                for name in RUN_FILES:  # the records of a run killed before its first checkpoint
-                    (self.out_dir / name).unlink(missing_ok=True)
+                print(f"--resume: no checkpoint in {self.checkpoints.directory} (the run stopped before its "
+                      "first one); starting from scratch")
+                self._clear_run_files()  # the records of a run killed before its first checkpoint
+            self._barrier()
             return
         path = intact[chosen]
         state = CheckpointManager.load(path)
         check_resume_identity(state, self.cfg, self.world_size, self.iterations, self.resume_allow)
+        check_data_identity(state, self.data_files, self.resume_allow)
+        check_shapes(state["model"], self.model.state_dict(), self.resume_allow)
         for older in self.checkpoints.existing():  # newer than the chosen one: never to be kept or tried
             if int(older.name[5:14]) > chosen:
                 moved = CheckpointManager.quarantine(older)
@@ -235,12 +275,40 @@ class Trainer:
         self.wall_before = state["wall_s"]
         self.step_times = list(state["step_times"])
         self.pending = {k: list(v) for k, v in state.get("pending", {"losses": [], "times": []}).items()}
+        redo = False
         if self.is_main:
             done = self.start_iteration == self.iterations  # its final eval is written again below
-            MetricsLogger.truncate_after(self.out_dir, self.start_iteration,
-                                         drop_eval_at=self.iterations if done else None)
+            torn = MetricsLogger.truncate_after(self.out_dir, self.start_iteration,
+                                                drop_eval_at=self.iterations if done else None)
+            redo = self._report_torn(torn) and not done
             (self.out_dir / "summary.json").unlink(missing_ok=True)
             print(f"resumed from {path} at iteration {self.start_iteration}")
+        self.redo_eval = self._from_main(redo)
+
+    def _report_torn(self, torn: list[tuple[int, str]]) -> bool:
+        """Warn for every torn metrics line dropped; True when one held the evaluation at the
+        resumed iteration, which the restored model gives again (an earlier one it cannot)."""
+        redo = False
+        for number, text in torn:
+            at = torn_eval_iteration(text)
+            note = ""
+            if at == self.start_iteration:
+                redo, note = True, f"; the evaluation at iteration {at} is run again"
+            elif at is not None and at < self.start_iteration:
+                note = (f"; the evaluation at iteration {at} cannot be recomputed from the checkpoint at "
+                        f"{self.start_iteration} and stays missing")
+            print(f"warning: --resume: metrics.jsonl line {number} is torn and was dropped ({text[:60]!r}){note}",
+                  file=sys.stderr, flush=True)
+        return redo
+
+    def _from_main(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank (it alone reads and rewrites the run's records)."""
+        if self.parallel is None:
+            return value
+        import torch.distributed as dist
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     # ----------------------------------------------------------------------------- steps
     def train_step(self, iteration: int) -> float:
@@ -250,8 +318,7 @@ class Trainer:
         logits, labels = self._forward(batch, training=True, bags=host)
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at iteration {iteration}: "
-                                     "lower train.lr or check the input data")
+            raise FloatingPointError(f"the training loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         if self.parallel is not None:
             self.breakdown.watch_allreduce(loss)
@@ -259,6 +326,23 @@ class Trainer:
         self.breakdown.backward_returned()
         self.optimizer.step()
         return float(loss.detach())
+
+    def _guarded_step(self, iteration: int) -> float:
+        """`train_step`, with a diverging run (a non-finite loss, or embeddings the codec refuses
+        as NaN/Inf) turned into `Diverged`."""
+        from dlrm_comp.compress.errors import NonFiniteError
+        try:
+            return self.train_step(iteration)
+        except (FloatingPointError, NonFiniteError) as exc:
+            raise Diverged(self._divergence(iteration + 1, str(exc))) from None
+
+    def _divergence(self, iteration: int, what: str) -> str:
+        """One line: where, what, the key to change, and what is left to continue from."""
+        last = self.checkpoints.latest()
+        kept = (f"the last checkpoint {last} is kept: continue from it with --resume --resume-allow train.lr"
+                if last else "no checkpoint was written before it")
+        return (f"training diverged at iteration {iteration}: {what}; lower train.lr (now {self.cfg.train.lr:g}) "
+                f"or check the input data; {kept}")
 
     def _forward(self, batch, training: bool, bags=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``bags``: the batch's ids on the host, for bag deduplication (no device read)."""
@@ -334,6 +418,8 @@ class Trainer:
         for ext in self.extensions:
             ext.bind(self)
         echo = tqdm.write if cfg.progress else print
+        if self.redo_eval:
+            logger.log("eval", self.start_iteration, **self.evaluate())
         t0 = time.perf_counter()
         bar = progress_bar(total=self.iterations, initial=self.start_iteration, enabled=cfg.progress and self.is_main,
                            desc="train", unit="it", dynamic_ncols=True, mininterval=1.0)
@@ -345,7 +431,7 @@ class Trainer:
                         ext.before_step(t)
                     s0 = time.perf_counter()
                     self.breakdown.begin_step()
-                    self.pending["losses"].append(self.train_step(t))
+                    self.pending["losses"].append(self._guarded_step(t))
                     self.breakdown.end_step()
                     dt = time.perf_counter() - s0
                     self.step_times.append(dt)
@@ -428,6 +514,8 @@ class Trainer:
     def _save(self, iteration: int, t0: float) -> Path | None:
         if not self._saves():
             return None
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise Diverged(self._divergence(iteration, "the parameters hold NaN or Inf"))
         return self.checkpoints.save(iteration, self.state_dict(iteration, self.wall_before + time.perf_counter() - t0))
 
     def _summary(self, final: dict[str, float], wall_s: float) -> dict[str, Any]:

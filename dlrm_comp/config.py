@@ -232,8 +232,11 @@ class LosslessConfig:
         if cls is None:
             raise ConfigError(f"compress.lossless.name: {self.name!r} is not one of: default, "
                               f"{', '.join(sorted(_tables(STAGES)[0]))}")
-        if cls.needs_store:  # built with the exchange's own symbol-model store
-            return
+        if cls.needs_store:
+            raise ConfigError(f"compress.lossless.name: {self.name!r} codes with per-table symbol models that every "
+                              "receiver must hold; training does not learn and ship them, so it runs in the offline "
+                              "benchmark only (launch/bench.py encode). Choose default (zstd), zlib, blosc2, identity "
+                              "or nvcomp")
         try:
             get_lossless(self.name, **self.params)
         except ImportError as exc:

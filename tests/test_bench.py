@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from plot_checks import assert_plot
 from tiny import TINY_SHAPE
@@ -84,3 +85,28 @@ def test_quantize_any_directory_and_bad_args(tmp_path):
         quantize_dir(d, tmp_path / "q", [0.9], batch=16, dim=4, progress=False)
     with pytest.raises(DumpFormatError, match="no EMB_"):
         list_dumps(tmp_path / "q")
+
+
+def test_quantize_handles_subnormal_and_huge_dumps(tmp_path):
+    """Values near 1e-40 (float32 subnormals: no step has a float32 reciprocal) and near the
+    float32 maximum (the range overflows) go through the training quantizer offline (the old
+    per-chunk path raised OverflowError): training sends such chunks RAW, so they have no codes
+    and are counted as skipped; a normal dump beside them is quantized; the codec decodes the
+    extreme ones exactly."""
+    from dlrm_comp.compress.codecs.offline import roundtrip
+    d = tmp_path / "d"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    tiny = (rng.normal(0, 1, (16, 4)) * 1e-40).astype("<f4")
+    huge = (rng.normal(0, 1, (16, 4)) * 1e38).astype("<f4")
+    tiny.tofile(d / "EMB_0_iter_0.bin")
+    huge.tofile(d / "EMB_1_iter_0.bin")
+    rng.normal(0, 1, (16, 4)).astype("<f4").tofile(d / "EMB_2_iter_0.bin")
+    assert main(["--quiet", "quantize", "--dumps", str(d), "--out", str(tmp_path / "q"), "--batch", "16",
+                 "--dim", "4"]) == 0
+    index = json.loads((tmp_path / "q" / "codes.json").read_text())
+    n_bounds = len(index["settings"]["bounds"])
+    assert index["skipped"] == 2 * n_bounds and [e["table"] for e in index["entries"]] == [2] * n_bounds
+    for x in (tiny, huge):
+        rt = roundtrip("codec", [torch.from_numpy(x)], 0.01)
+        assert torch.equal(rt.decoded[0], torch.from_numpy(x)) and rt.max_err_ratio == 0.0

@@ -249,3 +249,10 @@ def test_lossless_stage_is_checked_at_load(monkeypatch):
         load_config([], ["compress.lossless.name=zlib", "compress.lossless.params={lvl: 3}"], env={})
     with pytest.raises(ConfigError, match="compress.lossless.name: 'lz9' is not one of: default"):
         load_config([], ["compress.lossless.name=lz9"], env={})
+
+
+def test_ans_is_refused_for_training_with_the_reason(tmp_path):
+    """The model-based coder needs symbol models every receiver holds; training does not ship
+    them, so the CLI refuses it before work (it runs in the offline benchmark)."""
+    with pytest.raises(ConfigError, match="compress.lossless.name: 'ans' .*offline benchmark only"):
+        load_config([], ["compress.mode=codec", "compress.lossless.name=ans"], env={})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -73,8 +74,8 @@ def non_negative(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0 (milliseconds)")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0 (milliseconds)")
     return value
 
 
@@ -106,7 +107,19 @@ class Log:
             print(f"[link {time.monotonic() - self.t0:6.0f}s] {text}", file=sys.stderr, flush=True)
 
 
+def negative_values(argv: list[str]) -> None:
+    """argparse reads ``--rates -5mbit`` as an unknown option and says only that a value is
+    missing: name the value and what a rate is instead (exit 2)."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag in ("--rates", "--reference-rate", "--delay-ms") and value[:1] == "-" and value[1:2].isdigit():
+            build_parser().error(f"argument {flag}: {value!r} is negative; "
+                                 + ("a rate is a positive number with a unit, e.g. 150mbit or 1gbit"
+                                    if flag != "--delay-ms" else "a delay is a finite number >= 0 (milliseconds)"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    negative_values(argv)
     args = build_parser().parse_args(argv)
     reason = unavailable()
     if reason:

@@ -89,6 +89,9 @@ def test_without_iproute2_it_says_so_and_exits_0(tmp_path):
     (["--configs", "huge"], "--configs"),
     (["--iterations", "3"], "--iterations"),
     (["--reference-rate", "reference"], "--reference-rate"),
+    (["--rates", "-5mbit"], "'-5mbit' is negative"),
+    (["--delay-ms", "inf"], "finite number"),
+    (["--delay-ms", "-3"], "--delay-ms"),
 ])
 def test_bad_arguments_exit_2_naming_them(args, named):
     proc = run_link(*args, timeout=60)

@@ -192,7 +192,7 @@ class CompressionRecorder:
         rows = []
         for (table, direction), t in sorted(self.interval.items()):
             row = {"table": table, "direction": direction, "eb_rel": t.eb_rel, "codec": t.codec,
-                   "bytes_raw": t.bytes_raw, "bytes_sent": round(t.bytes_sent, 1), "cr": t.cr,
+                   "bytes_raw": t.bytes_raw, "bytes_sent": round(t.bytes_sent), "cr": t.cr,
                    "max_err_ratio": t.max_err_ratio, "enc_s": t.enc_s, "dec_s": t.dec_s,
                    "estimated": t.estimated, "distinct_fraction": t.distinct_fraction,
                    "dedup_bytes_saved": t.dedup_bytes_saved}
@@ -217,7 +217,7 @@ class CompressionRecorder:
         return {
             "estimated": any(t.estimated for t in tables.values()),
             "bytes_raw": raw,
-            "bytes_sent": sent,
+            "bytes_sent": round(sent),  # whole bytes (an estimate's too, labelled by ``estimated``)
             "cr": raw / sent if sent else math.nan,
             "ideal_cr": raw / ideal if ideal else math.nan,
             "harmonic_mean_cr": len(ratios) / sum(1.0 / r for r in ratios) if ratios else math.nan,
@@ -230,7 +230,7 @@ class CompressionRecorder:
                 {"table": i, "cardinality": cardinalities[i],
                  "eb_rel_base": base_bounds[i] if base_bounds else None,
                  "eb_rel_last": t.eb_rel, "codec": t.codec, "cr": t.cr, "max_err_ratio": t.max_err_ratio,
-                 "bytes_raw": t.bytes_raw, "bytes_sent": t.bytes_sent, "distinct_fraction": t.distinct_fraction,
+                 "bytes_raw": t.bytes_raw, "bytes_sent": round(t.bytes_sent), "distinct_fraction": t.distinct_fraction,
                  "dedup_bytes_saved": t.dedup_bytes_saved}
                 for i, t in sorted(tables.items())
             ],

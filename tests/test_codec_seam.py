@@ -125,3 +125,20 @@ def test_one_default_and_one_set_of_policy_names():
     from dlrm_comp.config import ConfigError
     with pytest.raises(ConfigError, match="compress.nonfinite"):
         load_config([], ["compress.nonfinite=raise"], env={})
+
+
+def test_bytes_are_whole_and_add_up(tiny_cfg, tmp_path):
+    """Per table and in total, bytes_sent is whole bytes (a shared stream's bytes are split by
+    largest remainders) and the tables add up to the total exactly."""
+    from dlrm_comp.train.loop import Trainer
+    comp = Trainer(tiny_cfg("compress.mode=codec", "compress.chunks=2"), tmp_path / "run").run()["compression"]
+    per = [t["bytes_sent"] for t in comp["per_table"]]
+    assert isinstance(comp["bytes_sent"], int) and all(isinstance(b, int) for b in per)
+    assert sum(per) == comp["bytes_sent"] and comp["bytes_wire"] == comp["bytes_sent"]  # one process: no size exchange
+
+
+def test_apportion_gives_whole_bytes_that_add_up():
+    from dlrm_comp.compress.wire import apportion
+    for total, share in ((10, [0.5, 0.25, 0.25]), (7, [1 / 3] * 3), (0, [1.0]), (101, [0.9, 0.1, 0.0])):
+        out = apportion(total, np.asarray(share))
+        assert out.sum() == total and (np.abs(out - total * np.asarray(share)) < 1).all()

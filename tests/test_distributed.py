@@ -122,6 +122,12 @@ def test_slot_size_exchange_trains_exactly_like_the_size_all_to_all(tmp_path):
     exact, slots = runs["exact"]["compression"], runs["slots"]["compression"]
     assert slots["bytes_sent"] == exact["bytes_sent"] and slots["bytes_meta"] == 0 < exact["bytes_meta"]
     assert slots["bytes_pad"] > 0 and exact["bytes_pad"] == 0
+    for comp in (exact, slots):  # whole bytes; the wire ratio counts what the payload ratio leaves out
+        assert isinstance(comp["bytes_sent"], int) and isinstance(comp["backward"]["bytes_sent"], int)
+        assert comp["bytes_wire"] == (comp["bytes_sent"] + comp["backward"]["bytes_sent"] + comp["bytes_meta"]
+                                      + comp["bytes_pad"])
+        assert comp["cr_wire"] == pytest.approx((comp["bytes_raw"] + comp["backward"]["bytes_raw"]) / comp["bytes_wire"])
+    assert slots["cr_wire"] < exact["cr_wire"]  # the padding crossed the wire too
 
 
 def test_slot_sizer_is_the_same_on_both_sides():

@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compression {comp['mode']}: wire ratio {comp['cr']:.2f}x{note} "
                   f"({comp['bytes_raw'] / 2**20:.1f} MiB -> {comp['bytes_sent'] / 2**20:.2f} MiB), "
                   f"harmonic mean over tables {comp['harmonic_mean_cr']:.2f}x{err_text}")
+            if comp.get("bytes_meta") or comp.get("bytes_pad"):
+                print(f"on the wire, both directions with the size exchange and slot padding: "
+                      f"{comp['cr_wire']:.2f}x ({comp['bytes_wire'] / 2**20:.2f} MiB)")
             if comp.get("dedup_bytes_saved"):
                 print(f"bag dedup on {len(comp['dedup']['tables'])} tables: {comp['distinct_fraction']:.2f} of rows "
                       f"distinct, {comp['dedup_bytes_saved'] / 2**20:.1f} MiB of rows not sent (before the codec)")

@@ -163,13 +163,24 @@ def _section_raw(hc: HostChunks, lo: int, hi: int) -> tuple[bytes, list[int]]:
     return raw, blocks
 
 
+def apportion(total: int, share: np.ndarray) -> np.ndarray:
+    """``total`` bytes split by ``share`` (summing to 1) as whole bytes that add up to it: the
+    floors, then one more byte for the largest remainders (so every count stays an integer)."""
+    exact = total * share
+    out = np.floor(exact).astype(np.int64)
+    rest = int(total - out.sum())
+    if rest > 0:
+        out[np.argsort(out - exact, kind="stable")[:rest]] += 1
+    return out
+
+
 def assemble(hc: HostChunks, dtype: torch.dtype, counts: list[int], coders: list[list[LosslessCodec]],
              weights: np.ndarray | None = None) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """Messages of consecutive chunk runs (``counts[m]`` chunks each; ``coders[m][s]`` codes
     section s of message m). Returns the messages, and per chunk its wire bytes and the part of
     them that is framing. A section is coded as one stream, so its bytes are attributed to its
-    chunks in proportion to ``weights`` (their order-0 entropy; body sizes when not given):
-    totals are exact, the split between tables of one stream is that estimate."""
+    chunks in proportion to ``weights`` (their order-0 entropy; body sizes when not given), in
+    whole bytes: totals are exact, the split between tables of one stream is that estimate."""
     h = hc.header
     if len(h) > 0xFFFF or hc.cols > 0xFFFF:
         raise ValueError(f"a message holds at most 65535 chunks of at most 65535 columns, got {len(h)} x {hc.cols}")
@@ -193,7 +204,7 @@ def assemble(hc: HostChunks, dtype: torch.dtype, counts: list[int], coders: list
             parts += [head, coded]
             share = (weights[lo:hi] if weights is not None else h["nbytes"][lo:hi]).astype(np.float64)
             share = share / share.sum() if share.sum() else np.full(hi - lo, 1.0 / (hi - lo))
-            sent[lo:hi] += (len(coded) + len(head)) * share
+            sent[lo:hi] += apportion(len(coded) + len(head), share)
             framing[lo:hi] += len(head) * share
         table = h[c0:c0 + count].tobytes()
         body = b"".join(parts)
@@ -201,7 +212,7 @@ def assemble(hc: HostChunks, dtype: torch.dtype, counts: list[int], coders: list
         pre = _PREAMBLE.pack(MAGIC, VERSION, DTYPES.index(dtype), len(starts) - 1, count, hc.cols, widest,
                              PREAMBLE + len(table) + len(body), zlib.adler32(table))
         messages.append(pre + table + body)
-        per = (PREAMBLE + CHUNK_HEADER * count) / max(count, 1)
+        per = CHUNK_HEADER + apportion(PREAMBLE, np.full(count, 1.0 / max(count, 1)))
         sent[c0:c0 + count] += per
         framing[c0:c0 + count] += per
         c0 += count

@@ -65,6 +65,11 @@ class CompressionStats:
             if plan.bwd.fixed_rate:
                 bwd["max_err_ratio"] = None
             section["backward"] = bwd
+        directions = [d for d in (fwd, bwd) if d is not None]
+        if directions:  # beside the payload ratio: every byte that crossed, size exchange and padding included
+            wire = sum(d["bytes_sent"] for d in directions) + self.bytes_meta + self.bytes_pad
+            section["bytes_wire"] = wire
+            section["cr_wire"] = sum(d["bytes_raw"] for d in directions) / wire if wire else None
         return section
 
     def state_dict(self) -> dict[str, Any]:

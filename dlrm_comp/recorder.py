@@ -236,6 +236,11 @@ class CompressionRecorder:
             ],
         }
 
+    def reset(self) -> None:
+        """Start afresh (a new segment of a resumed run): totals, interval, window and pending sums."""
+        self.interval, self.total, self.window = {}, {}, {}
+        self._pending = {}
+
     def take_interval(self) -> dict[tuple[int, str], TableTotals]:
         """This interval's totals (settled), cleared here: what a rank sends to rank 0."""
         self._settle()

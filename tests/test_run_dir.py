@@ -73,6 +73,13 @@ def test_resume_refuses_a_different_mode_unless_allowed(tiny_cfg, tmp_path):
     summary = Trainer(tiny_cfg(*QUIET, "compress.mode=fp8"), tmp_path, resume=True,
                       resume_allow=["compress.mode"]).run()
     assert summary["iterations"] == 40
+    comp = summary["compression"]  # the fp8 segment's own figures, the codec segment's beside them
+    codec, fp8 = comp["segments"]
+    assert comp["mixed"] and comp["mode"] == "fp8" and comp["max_err_ratio"] is None and comp["cr"] <= 4
+    assert (codec["mode"], codec["from_iteration"], codec["to_iteration"]) == ("codec", 0, 20)
+    assert codec["fwd"]["cr"] > 4 and 0 < codec["fwd"]["max_err_ratio"] <= 1
+    assert fp8 == {"from_iteration": 20, "mode": "fp8", "backward_mode": "off"}
+    assert comp["bytes_raw"] == 20 * 32 * 4 * 4 * 8 == codec["fwd"]["bytes_raw"]  # 20 steps each
 
 
 def test_resume_rejects_an_unknown_allow_key(tiny_cfg, tmp_path):

@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             note = " (estimated from code entropy)" if comp.get("estimated") else ""
             err = comp.get("max_err_ratio")
             err_text = f", max error/bound {err:.3f}" if err is not None else ""
+            if comp.get("mixed"):  # a resumed run whose modes changed: these figures are the last segment's
+                note += (f" since iteration {comp['segments'][-1]['from_iteration']} (earlier: "
+                         + ", ".join(f"{s['mode']} to {s['to_iteration']}" for s in comp["segments"][:-1])
+                         + "; summary.json 'segments')")
             print(f"compression {comp['mode']}: wire ratio {comp['cr']:.2f}x{note} "
                   f"({comp['bytes_raw'] / 2**20:.1f} MiB -> {comp['bytes_sent'] / 2**20:.2f} MiB), "
                   f"harmonic mean over tables {comp['harmonic_mean_cr']:.2f}x{err_text}")

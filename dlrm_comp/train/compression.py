@@ -30,7 +30,7 @@ class CompressionExtension(TrainingExtension):
         self.bounds = BoundControl(cfg, self.adaptive, self.cardinalities, world_size)
         self.plan = build_plan(cfg, len(self.cardinalities))
         self.codecs = TableCodecs(self.adaptive, self.plan.fwd, world_size, tuning=cfg.mode == "codec")
-        self.stats = CompressionStats(len(self.cardinalities), world_size, rank)
+        self.stats = CompressionStats(len(self.cardinalities), world_size, rank, (cfg.mode, cfg.backward.mode))
         self.recorder = self.stats.recorder  # the exchange records into it; the loop reads its timings
         self.trainer = None
         self.iteration = 0
@@ -106,7 +106,7 @@ class CompressionExtension(TrainingExtension):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stats.load_state_dict(state)
+        self.stats.load_state_dict(state, state.get("iteration", -1) + 1)  # steps done before the resume
         if self.bounds.controller is not None and "controller" in state:
             self.bounds.controller.load_state_dict(state["controller"])
         self.bounds.current, self.step_bounds = [], None

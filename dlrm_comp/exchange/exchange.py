@@ -267,9 +267,11 @@ class Exchange:
                 bounds: StepBounds | None = None) -> Encoded:
         """``plan``'s codec over the travelling rows, its statistics recorded, the NaN/Inf policy applied."""
         t0 = self.stopwatch.now()
-        table_bounds = bounds.direction(direction) if bounds is not None else \
-            torch.tensor(plan.eb_rel, dtype=torch.float64)
-        eb = to_device(table_bounds[self._index(side.chunk_tables, None)], flat.device) if plan.error_bounded else None
+        table_bounds = eb = None
+        if plan.error_bounded:  # per chunk, from the step's per-table bounds (the plan's configured ones without)
+            table_bounds = bounds.direction(direction) if bounds is not None else \
+                torch.tensor(plan.eb_rel, dtype=torch.float64)
+            eb = to_device(table_bounds.index_select(0, self._index(side.chunk_tables, "cpu")), flat.device)
         enc = self.codec(plan).encode(flat, eb, side)
         if enc.nonfinite is not None:
             self._check_finite(enc.nonfinite, plan, flat)
@@ -327,7 +329,7 @@ class Exchange:
             raise NonFiniteError(int(pending), -1)
 
     def _record(self, direction: str, plan: DirectionPlan, side: ChunkLayout, item: int, enc: Encoded,
-                enc_s, table_bounds: torch.Tensor) -> None:
+                enc_s, table_bounds: torch.Tensor | None) -> None:
         """One direction's chunk statistics: raw bytes are the chunks' whole slices (what an
         exchange without dedup or compression moves), so the ratio counts both savings."""
         if self.recorder is None:
@@ -340,6 +342,7 @@ class Exchange:
                                    distinct=side.chunk_rows)
 
 
-def _labels(plan: DirectionPlan, table_bounds: torch.Tensor) -> tuple[list, list[str]]:
-    """Per-table bound of the step recorded and codec name (read when statistics are)."""
-    return (table_bounds.tolist() if plan.error_bounded else [None] * plan.num_tables), plan.codec_names()
+def _labels(plan: DirectionPlan, table_bounds: torch.Tensor | None) -> tuple[list, list[str]]:
+    """Per-table bound of the step recorded (None: a mode without one) and codec name (read when
+    statistics are)."""
+    return (table_bounds.tolist() if table_bounds is not None else [None] * plan.num_tables), plan.codec_names()

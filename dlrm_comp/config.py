@@ -70,6 +70,7 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16")  # dist.allreduce_compression (train/allreduce.py)
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
 DATA_SOURCES = ("synthetic", "criteo")
 INTERACTIONS = ("dot", "cat")
@@ -346,9 +347,12 @@ class DistConfig:
     # model.backend=torchrec: the table-wise plan handed to DistributedModelParallel, `ours`
     # (dist.sharding's placement as a ShardingPlan) or `planner` (TorchRec's planner, table-wise)
     torchrec_plan: str = "ours"
+    # DDP's dense allreduce through torch's communication hooks: off | fp16 | bf16
+    allreduce_compression: str = "off"
 
     def validate(self) -> None:
         _choice("dist.torchrec_plan", self.torchrec_plan, TORCHREC_PLANS)
+        _choice("dist.allreduce_compression", self.allreduce_compression, ALLREDUCE_COMPRESSION)
         _choice("dist.backend", self.backend, ("auto", "gloo", "nccl"))
         _choice("dist.sharding", self.sharding, ("contiguous", "balanced"))
         _choice("dist.size_exchange", self.size_exchange, ("exact", "slots"))
@@ -380,6 +384,10 @@ class RunConfig:
                               "set train.iterations to a positive count")
         self._check_torchrec_qcomm()
         self._check_adaptive_modes()
+        if self.dist.allreduce_compression != "off" and self.model.backend == "torchrec":
+            raise ConfigError(f"dist.allreduce_compression: {self.dist.allreduce_compression!r} hooks the pure-torch "
+                              "backend's DDP head; TorchRec's DistributedModelParallel is not wired yet: use "
+                              "model.backend=torch or dist.allreduce_compression=off")
         if self.compress.chunks > self.data.batch_size:
             raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "
                               f"data.batch_size={self.data.batch_size} rows; use at most {self.data.batch_size}")

@@ -4,6 +4,7 @@ closed loop and the lossless tuner (`table_codecs`), re-decides `auto` dedup
 (`compression_plan`) and reports the statistics (`compression_stats`)."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -123,7 +124,25 @@ class CompressionExtension(TrainingExtension):
 def extensions_from_config(cfg, cardinalities: list[int], world_size: int = 1,
                            rank: int = 0) -> list[TrainingExtension]:
     """The extensions a run's config switches on: ours for our modes, a byte counter around
-    TorchRec's own codecs for ``torchrec_qcomm:*`` (``model.backend=torchrec``)."""
+    TorchRec's own codecs for ``torchrec_qcomm:*`` (``model.backend=torchrec``), and the dense
+    allreduce's hook (``dist.allreduce_compression``, with several processes)."""
+    return _exchange_extensions(cfg, cardinalities, world_size, rank) + _allreduce_extensions(cfg, world_size, rank)
+
+
+def _allreduce_extensions(cfg, world_size: int, rank: int) -> list[TrainingExtension]:
+    d = cfg.dist
+    if d.allreduce_compression == "off":
+        return []
+    if world_size == 1:  # no DDP, no allreduce: merely useless, so a warning
+        if rank == 0:
+            print(f"warning: dist.allreduce_compression={d.allreduce_compression} does nothing in one process "
+                  "(there is no allreduce)", file=sys.stderr, flush=True)
+        return []
+    from dlrm_comp.train.allreduce import AllreduceCompression
+    return [AllreduceCompression(d.allreduce_compression)]
+
+
+def _exchange_extensions(cfg, cardinalities: list[int], world_size: int, rank: int) -> list[TrainingExtension]:
     c = cfg.compress
     if {c.mode, c.backward.mode} & set(TORCHREC_QCOMM_MODES):
         from dlrm_comp.train.torchrec_qcomm import QCommExtension

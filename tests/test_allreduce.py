@@ -34,6 +34,9 @@ def test_half_precision_hooks_halve_the_allreduce(tmp_path, hook, cr):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     ar = summary["allreduce"]
     assert ar["compression"] == hook and ar["bytes_raw"] > 0 and ar["cr"] == pytest.approx(cr)
+    comp = summary["compression"]  # the exact backward crossed too: 40 steps x 32 rows x 4 dims x 4 B x 8 tables
+    assert comp["bytes_wire"] == comp["bytes_sent"] + 40 * 32 * 4 * 4 * 8 + comp["bytes_meta"]
+    assert comp["cr_wire"] < comp["cr"]
     assert summary["final_eval"]["auc"] > 0.5
 
 

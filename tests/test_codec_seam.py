@@ -142,3 +142,19 @@ def test_apportion_gives_whole_bytes_that_add_up():
     for total, share in ((10, [0.5, 0.25, 0.25]), (7, [1 / 3] * 3), (0, [1.0]), (101, [0.9, 0.1, 0.0])):
         out = apportion(total, np.asarray(share))
         assert out.sum() == total and (np.abs(out - total * np.asarray(share)) < 1).all()
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_step_bounds_reach_the_backward_and_the_overlapped_path(overlap):
+    torch.manual_seed(0)
+    pooled = [torch.randn(32, 8, requires_grad=True) for _ in range(3)]
+    recorder = CompressionRecorder(3)
+    plan = CompressionPlan(DirectionPlan("codec", 3, eb_rel=[0.001] * 3), DirectionPlan("codec", 3, eb_rel=[0.001] * 3))
+    ex = Exchange(LoopbackTransport(2), [0] * 3, 8, plan, recorder)
+    bounds = StepBounds.of([0.05, 0.02, 0.1], [0.07, 0.03, 0.09])
+    out = ex.start(pooled, compress=True, bounds=bounds).wait() if overlap else ex(pooled, True, bounds=bounds)
+    sum((o * o).sum() for o in out).backward()
+    rows = recorder.flush(1, lambda *a, **k: None)
+    for direction, expect in (("fwd", bounds.fwd), ("bwd", bounds.bwd)):
+        got = [r["eb_rel"] for r in sorted(rows, key=lambda r: r["table"]) if r["direction"] == direction]
+        assert got == pytest.approx(expect.tolist()), direction

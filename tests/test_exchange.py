@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dlrm_comp.compress.errors import NonFiniteError
-from dlrm_comp.compress.modes import ERROR_BOUNDED, EXCHANGE_MODES
+from dlrm_comp.compress.modes import BYTE_MESSAGES, ERROR_BOUNDED, EXCHANGE_MODES
 from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, LoopbackTransport, destination_rows
 from dlrm_comp.exchange import transport as transport_mod
 from dlrm_comp.recorder import CompressionRecorder
@@ -137,7 +137,7 @@ class _Reads:
             monkeypatch.setattr(torch.Tensor, name, counted)
 
 
-@pytest.mark.parametrize("mode", ["off", "simulate", "fp16", "fp8", "int8"])
+@pytest.mark.parametrize("mode", [m for m in EXCHANGE_MODES if m not in BYTE_MESSAGES])
 def test_device_paths_have_no_host_read(monkeypatch, mode):
     """off/simulate/fixed-rate: sizes are known, statistics stay in device accumulators: no host
     read at all, whatever the number of tables and destinations."""

@@ -82,6 +82,15 @@ def test_resume_refuses_a_different_mode_unless_allowed(tiny_cfg, tmp_path):
     assert comp["bytes_raw"] == 20 * 32 * 4 * 4 * 8 == codec["fwd"]["bytes_raw"]  # 20 steps each
 
 
+def test_a_closed_segment_keeps_its_last_unprinted_steps(tiny_cfg, tmp_path):
+    """Printed every 15 steps, checkpointed at 20: the codec segment still counts steps 15-19."""
+    _killed(tiny_cfg(*QUIET, "compress.mode=codec", "train.print_every=15"), tmp_path, 25)
+    summary = Trainer(tiny_cfg(*QUIET, "compress.mode=fp8", "train.print_every=15"), tmp_path, resume=True,
+                      resume_allow=["compress.mode"]).run()
+    codec, _ = summary["compression"]["segments"]
+    assert codec["to_iteration"] == 20 and codec["fwd"]["bytes_raw"] == 20 * 32 * 4 * 4 * 8
+
+
 def test_resume_rejects_an_unknown_allow_key(tiny_cfg, tmp_path):
     _killed(tiny_cfg(*QUIET), tmp_path, 25)
     with pytest.raises(ConfigError, match="not a config key"):

@@ -58,6 +58,8 @@ class Exchange:
             self.by_source = [[t for t, o in enumerate(self.owners) if o == p] for p in range(w)]
         self.sender = MessageSender(transport, size_exchange)  # the byte messages' size protocol
         self.stopwatch = Stopwatch(transport.device)  # codec time: events on a GPU, read with the statistics
+        self.wire_raw = 0  # fp32 bytes of every slice this process sent, every direction and mode (host counts)
+        self.wire_sent = 0  # payload bytes it handed to the transport for them
         self.last_sample: dict[int, torch.Tensor] = {}  # a forward chunk per owned table (lossless tuning)
         self.bag_counts = np.zeros((len(self.owners), 2), np.int64)  # [distinct bags, rows] per table, every step
         self.codecs = CodecCache(store)  # receiver-side coders, per exchange (not process-wide)
@@ -158,7 +160,7 @@ class Exchange:
                 rows = index.sent_rows(t, 0)
                 self.last_sample[t] = pooled[i].detach()[int(rows[0]):int(rows[-1]) + 1] if not index.dedup[t] \
                     else pooled[i].detach()[to_device(torch.from_numpy(rows), pooled[i].device)]
-        finish = self._run(flat, lay.owner, lay.consumer, plan, "fwd", async_op, bounds)
+        finish = self._run(flat, lay.owner, lay.consumer, plan, "fwd", async_op, bounds, count=compress)
 
         def received() -> list[torch.Tensor]:
             rows = finish()
@@ -210,7 +212,7 @@ class Exchange:
             rows = sum_by_bag(rows, lay.expand, int(lay.consumer.chunk_rows.sum()), lay.bag_order)
         if scale != 1.0:
             rows = rows * scale
-        got = self._run(rows, lay.consumer, lay.owner, plan, "bwd", False, bounds)()
+        got = self._run(rows, lay.consumer, lay.owner, plan, "bwd", False, bounds, count=compress)()
         return self._owner_grads(got, lay)
 
     # -------------------------------------------------------------------------- rows
@@ -280,12 +282,15 @@ class Exchange:
         return enc
 
     def _run(self, flat: torch.Tensor, out: ChunkLayout, inc: ChunkLayout, plan: DirectionPlan | None,
-             direction: str, async_op: bool = False, bounds: StepBounds | None = None):
+             direction: str, async_op: bool = False, bounds: StepBounds | None = None, count: bool = True):
         """Send the travelling rows ``flat`` as ``out``'s messages; returns ``finish()`` -> the
         received messages' travelling rows, message after message (waiting on the collective)."""
         plan = plan or self._off
         codec = self.codec(plan)
         enc = self._encode(flat, out, plan, direction, bounds)
+        if count:  # training traffic (evaluation batches are neither compressed nor counted)
+            self.wire_raw += int(out.full_rows().sum()) * self.dim * flat.element_size()
+            self.wire_sent += sum(enc.sizes) * (1 if codec.byte_messages else enc.payload.element_size())
         if codec.byte_messages:
             receive = self.sender.send(enc.messages, direction, async_op)
         else:

@@ -30,6 +30,8 @@ class CompressionExtension(TrainingExtension):
         self.world_size, self.rank = world_size, rank
         self.bounds = BoundControl(cfg, self.adaptive, self.cardinalities, world_size)
         self.plan = build_plan(cfg, len(self.cardinalities))
+        first = self.bounds.step_bounds(0)  # the configured default for a call without StepBounds (tools, probes)
+        self.plan.fwd.eb_rel, self.plan.bwd.eb_rel = first.fwd.tolist(), first.bwd.tolist()
         self.codecs = TableCodecs(self.adaptive, self.plan.fwd, world_size, tuning=cfg.mode == "codec")
         self.stats = CompressionStats(len(self.cardinalities), world_size, rank, (cfg.mode, cfg.backward.mode))
         self.recorder = self.stats.recorder  # the exchange records into it; the loop reads its timings
@@ -99,7 +101,7 @@ class CompressionExtension(TrainingExtension):
                 "adaptive": adaptive}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {**self.stats.state_dict(), "iteration": self.iteration, **self.codecs.state_dict(),
+        state = {**self.stats.state_dict(self.exchange), "iteration": self.iteration, **self.codecs.state_dict(),
                  "dedup": list(self.plan.dedup),
                  "bag_counts": self.exchange.bag_counts.tolist() if self.exchange is not None else None}
         if self.bounds.controller is not None:

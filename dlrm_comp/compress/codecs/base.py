@@ -55,11 +55,12 @@ class ChunkLayout:
 class Encoded:
     """What ``encode`` returns. ``payload`` is the flat send buffer (uint8, or the rows' dtype
     for modes that send values), message after message; ``sizes`` its per-message lengths in
-    elements (known from the layout alone except for byte-message modes, where ``messages``
-    holds the host bytes and the transport's size protocol learns the receiver's sizes).
-    Statistics per chunk, on the rows' device: ``sent`` wire bytes, ``ideal`` bytes at the
-    codes' order-0 entropy (None: as sent), ``err_ratio`` max error / bound (None: no bound),
-    ``nonfinite`` the count of chunks holding NaN/Inf (the exchange applies the policy)."""
+    elements (known from the layout alone). Byte-message modes return ``messages`` (host
+    bytes, ``sizes`` their lengths) instead of a payload: the size protocol sends them.
+    Statistics per chunk (on the rows' device; on the host for the byte-message modes, whose
+    bytes exist only there): ``sent`` wire bytes, ``ideal`` bytes at the codes' order-0 entropy
+    (None: as sent), ``err_ratio`` max error / bound (None: no bound); and ``nonfinite``, the
+    count of chunks holding NaN/Inf (the exchange applies the policy)."""
 
     payload: torch.Tensor
     sizes: list[int]

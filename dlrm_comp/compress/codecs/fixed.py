@@ -195,15 +195,26 @@ class Mx4Codec(ModeCodec):
         value_of_slot[slot_of_value] = np.arange(int(n.sum()), dtype=np.int64)
         return slot_of_value, value_of_slot
 
+    @staticmethod
+    def _whole_groups(layout: ChunkLayout) -> bool:
+        """Every chunk fills whole groups (d a multiple of 32, or even rows at d=16): the groups
+        are the values as they lie, no slot map to build."""
+        return bool((layout.chunk_rows * layout.dim % GROUP == 0).all())
+
     def encode(self, x: torch.Tensor, eb, layout: ChunkLayout) -> Encoded:
-        _, value_of_slot = self._slots(layout)
-        flat = torch.cat([x.reshape(-1).to(torch.float32), x.new_zeros(1, dtype=torch.float32)])
-        take = to_device(torch.from_numpy(value_of_slot), x.device)  # -1: the appended zero
-        packed = quantize_mx4(flat[take].view(-1, GROUP))
+        if self._whole_groups(layout):
+            groups = x.reshape(-1, GROUP)
+        else:
+            _, value_of_slot = self._slots(layout)
+            flat = torch.cat([x.reshape(-1), x.new_zeros(1)])
+            groups = flat[to_device(torch.from_numpy(value_of_slot), x.device)].view(-1, GROUP)  # -1: the zero
+        packed = quantize_mx4(groups)
         sent = to_device(torch.from_numpy((self._groups(layout) * GROUP_BYTES).astype(np.float64)), x.device)
         return Encoded(packed.reshape(-1), self.sizes(layout), sent=sent, nonfinite=nonfinite_count(x))
 
     def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype=None) -> torch.Tensor:
-        slot_of_value, _ = self._slots(layout)
         values = dequantize_mx4(received.view(-1, GROUP_BYTES)).reshape(-1)
+        if self._whole_groups(layout):
+            return values.view(-1, layout.dim)
+        slot_of_value, _ = self._slots(layout)
         return values[to_device(torch.from_numpy(slot_of_value), values.device)].view(-1, layout.dim)

@@ -76,9 +76,8 @@ class ByteMessageCodec(ModeCodec):
         weights = None if ideal_body is None else ideal_body.cpu().numpy()
         messages, sent, framing = assemble(hc, x.dtype, layout.counts, coders, weights)
         ideal = None if ideal_body is None else ideal_body.cpu() + torch.from_numpy(framing)
-        payload = torch.frombuffer(bytearray(b"".join(messages)), dtype=torch.uint8) if any(messages) \
-            else torch.zeros(0, dtype=torch.uint8)
-        return Encoded(payload, [len(m) for m in messages], sent=torch.from_numpy(sent), ideal=ideal,
+        # the size protocol sends ``messages`` (joined once, there): no payload copy here
+        return Encoded(torch.zeros(0, dtype=torch.uint8), [len(m) for m in messages], sent=torch.from_numpy(sent), ideal=ideal,
                        err_ratio=ratio.cpu(), nonfinite=nonfinite, messages=messages)
 
     def decode(self, received: Sequence, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -24,6 +24,8 @@ def entropy_bytes(codes: np.ndarray | torch.Tensor | bytes) -> float:
     arr = (codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)).reshape(-1)
     if arr.size == 0:
         return 0.0
+    if arr.dtype == np.uint8:  # a byte stream (zlib's auto strategy): one plane, no widening copy
+        return _plane_bytes(arr)
     arr = arr.astype(np.int64)
     if arr.min() < 0 or arr.max() >= 1 << 16:
         raise ValueError("entropy_bytes: codes must be unsigned and at most 16 bits wide")

@@ -289,7 +289,7 @@ class Exchange:
         codec = self.codec(plan)
         enc = self._encode(flat, out, plan, direction, bounds)
         if count:  # training traffic (evaluation batches are neither compressed nor counted)
-            self.wire_raw += int(out.full_rows().sum()) * self.dim * flat.element_size()
+            self.wire_raw += int(out.full_rows.sum()) * self.dim * flat.element_size()
             self.wire_sent += sum(enc.sizes) * (1 if codec.byte_messages else enc.payload.element_size())
         if codec.byte_messages:
             receive = self.sender.send(enc.messages, direction, async_op)
@@ -340,7 +340,7 @@ class Exchange:
         if self.recorder is None:
             return
         tables = side.chunk_tables
-        full = side.full_rows()
+        full = side.full_rows
         self.recorder.record_batch(direction, self._index(tables, None), self._index(tables, enc.sent.device),
                                    full * self.dim * item, enc.sent, enc.ideal, enc.err_ratio, enc_s, 0.0,
                                    lambda: _labels(plan, table_bounds), plan.estimated, rows=full,

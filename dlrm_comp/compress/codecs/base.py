@@ -12,6 +12,7 @@ it from the per-message payloads. The exchange routes and records; it never look
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 import numpy as np
 import torch
 
@@ -21,7 +22,9 @@ from dlrm_comp.runtime import to_device
 @dataclass
 class ChunkLayout:
     """One side of a direction: the chunk tables of each message, the rows each chunk carries
-    (distinct bags, or all of its slice's rows) and the batch rows each message covers."""
+    (distinct bags, or all of its slice's rows) and the batch rows each message covers. Built
+    once per layout and never changed: the derived views below are computed once (every codec,
+    the exchange and the recorder read them each step)."""
 
     tables: list[list[int]]
     rows: list[np.ndarray]  # per message: [C_m] int64 rows per chunk
@@ -29,22 +32,23 @@ class ChunkLayout:
     dim: int = 0
     deduplicated: bool = False  # some chunk carries fewer rows than its slice (bag deduplication)
 
-    @property
+    @cached_property
     def counts(self) -> list[int]:
         return [len(ts) for ts in self.tables]
 
-    @property
+    @cached_property
     def chunk_tables(self) -> list[int]:
         return [t for ts in self.tables for t in ts]
 
-    @property
+    @cached_property
     def chunk_rows(self) -> np.ndarray:
         return np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64)
 
-    @property
+    @cached_property
     def message_rows(self) -> list[int]:
         return [int(r.sum()) for r in self.rows]
 
+    @cached_property
     def full_rows(self) -> np.ndarray:
         """[C] rows of each chunk's slice (before deduplication)."""
         return np.concatenate([np.full(len(ts), hi - lo, np.int64) for ts, (lo, hi) in

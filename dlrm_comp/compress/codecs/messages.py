@@ -73,12 +73,13 @@ class ByteMessageCodec(ModeCodec):
     def encode(self, x: torch.Tensor, eb: torch.Tensor, layout: ChunkLayout) -> Encoded:
         sections, coders = self.sections(layout)
         hc, ideal_body, ratio, nonfinite = self.host_chunks(x, eb, layout, sections)
-        weights = None if ideal_body is None else ideal_body.cpu().numpy()
-        messages, sent, framing = assemble(hc, x.dtype, layout.counts, coders, weights)
-        ideal = None if ideal_body is None else ideal_body.cpu() + torch.from_numpy(framing)
+        ideal_host = None if ideal_body is None else ideal_body.cpu()  # one copy: the weights and the ideal
+        messages, sent, framing = assemble(hc, x.dtype, layout.counts, coders,
+                                           None if ideal_host is None else ideal_host.numpy())
+        ideal = None if ideal_host is None else ideal_host + torch.from_numpy(framing)
         # the size protocol sends ``messages`` (joined once, there): no payload copy here
-        return Encoded(torch.zeros(0, dtype=torch.uint8), [len(m) for m in messages], sent=torch.from_numpy(sent), ideal=ideal,
-                       err_ratio=ratio.cpu(), nonfinite=nonfinite, messages=messages)
+        return Encoded(torch.zeros(0, dtype=torch.uint8), [len(m) for m in messages], sent=torch.from_numpy(sent),
+                       ideal=ideal, err_ratio=ratio.cpu(), nonfinite=nonfinite, messages=messages)
 
     def decode(self, received: Sequence, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
         out = [self.decode_message(msg, rows, layout.dim, ts, dtype)

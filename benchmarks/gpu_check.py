@@ -1,24 +1,37 @@
 #!/usr/bin/env python
-"""The GPU checks, as one JSON report (at most ~5 minutes on one GPU).
+"""The GPU checks in one run (about 5 minutes on one GPU): JSON on stdout, a short table on stderr.
 
-1. Single-GPU training of the debug config in off / simulate / codec / fp8 (short runs):
-   step time, wire ratio, max error/bound, final AUC.
-2. Throughput on the device, GB/s of fp32 input: the batched quantizer, bitpack, and nvcomp
-   (ANS, Bitcomp, Cascaded) where the `nvidia-nvcomp-cu13` wheel is installed.
-3. Host syncs per training step, counted by CUDA's sync debug mode (every synchronizing call
-   warns) on a few steps of each mode, next to the exchange's own count of host reads.
-4. The CUDA-only tests (`pytest -m cuda`).
+1. `steps`: the training step of every mode against `off`, on the debug config and the
+   Terabyte-shaped one (`configs/terabyte.yaml`, `data.max_ind_range=200000`), in interleaved
+   blocks of the Trainer's own steps (as `train_throughput.py`); per mode the median step and its
+   ratio to off, and per step (from `torch.profiler` over a few steps) the kernel launches, the
+   host-to-device and device-to-host copies and the synchronizing calls, beside CUDA's sync debug
+   mode's count of host syncs.
+2. `stages`: quantize and reconstruct throughput on the Terabyte step's forward (52 chunks of
+   1024x64 fp32, Gaussian with a scale per chunk, relative bound 0.02) beside a device copy's
+   bandwidth; the lossless stage on the same codes: nvcomp ANS over one buffer (the `gpu` extra)
+   against zstd level 1 on the host, ratio and GB/s.
+3. `codecs`: every mode's whole codec (`compress/codecs/offline.roundtrip`: quantize, assemble,
+   lossless, and back) on the same chunks: ratio, encode and decode GB/s, max error / bound, and
+   the modeled speedup `1 / (1/CR + B (1/Tc + 1/Td))` at 100, 200 and 400 Gbit/s per GPU.
+4. `distributed`: torchrun with NCCL at world size 1 (NCCL refuses two ranks on one GPU), and two
+   gloo ranks with CUDA compute, each training the debug config with compression.
+5. `cuda_tests`: the suite's CUDA-only tests (`pytest -m cuda`); tests needing optional packages
+   (optuna, blosc2, pysz, constriction, torchrec) skip on a host without them.
 
-blosc2, pysz and constriction are imported lazily by the modes that need them, so a stock CUDA
-torch host runs the check with the core dependencies only.
+    python benchmarks/gpu_check.py [--iterations 60] [--skip-tests] [--skip-distributed] [--out FILE]
 
-    python benchmarks/gpu_check.py [--iterations 200] [--skip-tests]
+`--device cpu --quick` runs every section on the CPU at a toy size (the test suite does, so this
+script cannot rot between GPU sessions); its figures mean nothing for a GPU.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,88 +44,280 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dlrm_comp.config import load_config  # noqa: E402
-from dlrm_comp.train.loop import Trainer  # noqa: E402
+from dlrm_comp.bench.report import speedup  # noqa: E402
+from dlrm_comp.compress.batch_quant import dequantize_planes, quantize_batch  # noqa: E402
+from dlrm_comp.compress.codecs.offline import roundtrip  # noqa: E402
+from dlrm_comp.compress.timing import best_time  # noqa: E402
 
-MODES = ["off", "simulate", "codec", "fp8", "codec+dedup"]  # MODE+dedup: compress.dedup=on
-
-
-def gbps(nbytes: int, fn, repeat: int = 50) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeat):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return nbytes * repeat / (start.elapsed_time(stop) / 1e3) / 1e9
+MODES = ["off", "simulate", "codec", "codec+dedup", "fp16", "bf16", "fp8", "int8", "mx4"]
+CONFIGS = {"debug": ("configs/debug.yaml", []),
+           "terabyte": ("configs/terabyte.yaml", ["data.max_ind_range=200000"])}
+LINKS_GBIT = (100, 200, 400)
+COPY_NAMES = {"h2d": ("HtoD",), "d2h": ("DtoH",)}
+LAUNCH_NAMES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaGraphLaunch")
+SYNC_NAMES = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ")
 
 
-def throughput() -> dict:
-    from dlrm_comp.compress.batch_quant import quantize_batch
-    from dlrm_comp.compress.wire import bitpack
-    x = torch.randn(26 * 2, 1024 * 64, device="cuda") * 0.05  # the Terabyte step: 52 chunks of 1024x64
-    eb = torch.full((x.shape[0],), 0.02, dtype=torch.float64, device="cuda")
-    q = quantize_batch(x, eb)
-    out = {"shape": list(x.shape), "quantize_GBps": gbps(x.numel() * 4, lambda: quantize_batch(x, eb)),
-           "bitpack_GBps": gbps(x.numel() * 4, lambda: bitpack(q.codes, q.bits), repeat=10)}
-    try:
-        from nvidia import nvcomp
-    except ImportError:
-        out["nvcomp"] = "not installed (pip install nvidia-nvcomp-cu13)"
-        return out
-    codes = q.low.reshape(-1).contiguous()
-    for algo in ("ANS", "Bitcomp", "Cascaded"):
-        codec = nvcomp.Codec(algorithm=algo, cuda_stream=torch.cuda.current_stream().cuda_stream)
-        arr = nvcomp.as_array(codes)
-        comp = codec.encode(arr)
-        out[f"nvcomp_{algo}"] = {"cr_vs_fp32": x.numel() * 4 / comp.buffer_size,
-                                 "encode_GBps": gbps(x.numel() * 4, lambda: codec.encode(arr), repeat=20),
-                                 "decode_GBps": gbps(x.numel() * 4, lambda: codec.decode(comp), repeat=20)}
-    return out
+def _train_throughput():
+    """`benchmarks/train_throughput.py`'s `Run` (one config x mode, stepped in blocks)."""
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks/train_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def train(label: str, iterations: int) -> dict:
-    mode, _, dedup = label.partition("+")  # MODE+dedup: compress.dedup=on
-    cfg = load_config([ROOT / "configs/debug.yaml"], [
-        f"compress.mode={mode}", f"compress.dedup={'on' if dedup else 'off'}", f"train.iterations={iterations}", "train.device=cuda", "train.eval_every=0",
-        "train.progress=false", "train.tensorboard=false", "data.num_val_samples=4096",
-        f"train.print_every={iterations}", f"train.checkpoint_every={iterations}", "compress.print_tables=false"])
-    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(sys.stderr):
-        trainer = Trainer(cfg, out)
-        t0 = time.perf_counter()
-        summary = trainer.run()
-        wall = time.perf_counter() - t0
-        # host syncs per step: CUDA's sync debug mode warns on every synchronizing call
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- 1. steps
+def step_counts(trainer, steps: int, device: torch.device) -> dict:
+    """Per step: kernel launches, copies each way and synchronizing calls (torch.profiler), and
+    host syncs by CUDA's sync debug mode (every synchronizing call warns)."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = trainer.start_iteration + len(trainer.step_times) + 1000  # fresh batches, past the timed ones
+    _sync(device)
+    with profile(activities=activities) as prof:
+        for t in range(start, start + steps):
+            trainer.train_step(t)
+        _sync(device)
+    names = [e.name for e in prof.events()]
+
+    def count(keys) -> float:
+        return sum(1 for n in names if any(k in n for k in keys)) / steps
+    out = {"kernel_launches": count(LAUNCH_NAMES), "h2d_copies": count(COPY_NAMES["h2d"]),
+           "d2h_copies": count(COPY_NAMES["d2h"]), "sync_calls": count(SYNC_NAMES)}
+    if device.type == "cuda":
         torch.cuda.set_sync_debug_mode("warn")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for t in range(5):
+            for t in range(start + steps, start + 2 * steps):
                 trainer.train_step(t)
         torch.cuda.set_sync_debug_mode("default")
-    comp = summary.get("compression", {})
-    exchange = trainer.exchange
-    return {"mode": label, "wall_s": wall, "step_s_mean": summary["step_s_mean"], "auc": summary["final_eval"]["auc"],
-            "cr": comp.get("cr"), "max_err_ratio": comp.get("max_err_ratio"),
-            "syncs_per_step": len(caught) / 5, "exchange_host_reads": exchange.host_syncs if exchange else 0}
+        out["host_syncs"] = len(caught) / steps
+    return out
+
+
+def steps(configs: list[str], modes: list[str], iterations: int, block: int, warmup: int, device: torch.device,
+          extra: list[str]) -> list[dict]:
+    tt = _train_throughput()
+    rows = []
+    for name in configs:
+        path, overrides = CONFIGS[name]
+        blocks = max(1, iterations // block)
+        runs = [(mode, tt.Run(ROOT / path, [*overrides, *extra, f"train.device={device}",
+                                            f"train.iterations={warmup + blocks * block + 10_000}",
+                                            *tt.mode_overrides(mode)], warmup, blocks * block))
+                for mode in modes]
+        for _ in range(blocks):  # interleaved: a noisy moment costs every mode alike
+            for _, run in runs:
+                run.step(block)
+        off = None
+        for mode, run in runs:
+            median = statistics.median(run.times)
+            counts = step_counts(run.trainer, 3, device)
+            result = run.result()
+            off = off if off is not None else median
+            rows.append({"config": name, "mode": mode, "batch_size": result["batch_size"],
+                         "step_ms": median * 1e3, "vs_off": median / off, **counts})
+    return rows
+
+
+# ----------------------------------------------------------------------------- 2. stages
+def terabyte_chunks(device: torch.device, chunks: int = 52, rows: int = 1024, dim: int = 64) -> torch.Tensor:
+    """The Terabyte step's forward: ``chunks`` of ``rows x dim`` Gaussian values, a scale per chunk."""
+    g = torch.Generator().manual_seed(0)
+    scale = torch.logspace(-3, 0, chunks)[torch.randperm(chunks, generator=g)]
+    x = torch.randn(chunks, rows * dim, generator=g) * scale[:, None]
+    return x.to(device)
+
+
+def gbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e9 if seconds else float("inf")
+
+
+def stages(device: torch.device, quick: bool) -> dict:
+    x = terabyte_chunks(device, *((4, 64, 16) if quick else ()))
+    eb = torch.full((x.shape[0],), 0.02, dtype=torch.float64, device=device)
+    nbytes = x.numel() * x.element_size()
+    reps = 3 if quick else 20
+    q, quant_s = best_time(lambda: quantize_batch(x, eb), reps, device=device)
+    _, rec_s = best_time(lambda: dequantize_planes(q.kind, q.minimum, q.step, q.bits, q.low, q.high, x, x.dtype),
+                         reps, device=device)
+    _, copy_s = best_time(lambda: x.clone(), reps, device=device)
+    out = {"shape": list(x.shape), "bytes": nbytes, "quantize_GBps": gbps(nbytes, quant_s),
+           "reconstruct_GBps": gbps(nbytes, rec_s), "device_copy_GBps": gbps(nbytes, copy_s)}
+    codes = q.low.reshape(-1).contiguous()
+    host_codes = codes.cpu().numpy().tobytes()
+    import zstandard
+    zc = zstandard.ZstdCompressor(level=1)
+    per_chunk = len(host_codes) // x.shape[0]
+    blocks = [host_codes[i:i + per_chunk] for i in range(0, len(host_codes), per_chunk)]
+    coded, zstd_s = best_time(lambda: [zc.compress(b) for b in blocks], 3)
+    out["zstd1_host"] = {"cr_vs_fp32": nbytes / sum(map(len, coded)), "encode_GBps": gbps(nbytes, zstd_s)}
+    out["nvcomp_ans"] = nvcomp_ans(codes, nbytes, out["zstd1_host"]["cr_vs_fp32"], device)
+    return out
+
+
+def nvcomp_ans(codes: torch.Tensor, nbytes: int, zstd_cr: float, device: torch.device) -> dict | str:
+    if device.type != "cuda":
+        return "needs a CUDA device"
+    try:
+        from nvidia import nvcomp
+    except ImportError:
+        return "not installed (pip install '.[gpu]': nvidia-nvcomp-cu13)"
+    codec = nvcomp.Codec(algorithm="ANS", cuda_stream=torch.cuda.current_stream().cuda_stream)
+    arr = nvcomp.as_array(codes)
+    comp = codec.encode(arr)
+    _, enc_s = best_time(lambda: codec.encode(arr), 10, device=device)
+    _, dec_s = best_time(lambda: codec.decode(comp), 10, device=device)
+    cr = nbytes / comp.buffer_size
+    return {"cr_vs_fp32": cr, "cr_vs_zstd1": cr / zstd_cr, "encode_GBps": gbps(nbytes, enc_s),
+            "decode_GBps": gbps(nbytes, dec_s)}
+
+
+# ----------------------------------------------------------------------------- 3. codecs
+def codecs(device: torch.device, quick: bool) -> list[dict]:
+    x = terabyte_chunks(device, *((4, 64, 16) if quick else ()))
+    dim = 16 if quick else 64
+    chunks = [c.reshape(-1, dim) for c in x]
+    rows = []
+    for mode in [m for m in MODES if m not in ("off", "codec+dedup")]:
+        rt = roundtrip(mode, chunks, 0.02, reps=2 if quick else 5)
+        tc, td = rt.bytes_raw / rt.enc_s, rt.bytes_raw / rt.dec_s
+        rows.append({"mode": mode, "cr": rt.cr, "encode_GBps": tc / 1e9, "decode_GBps": td / 1e9,
+                     "max_err_ratio": rt.max_err_ratio,
+                     **{f"speedup_{g}gbit": speedup(rt.cr, tc, td, g * 1e9 / 8) for g in LINKS_GBIT}})
+    return rows
+
+
+# ----------------------------------------------------------------------------- 4. distributed
+def nccl_world1(device: torch.device) -> None:
+    """The exchange over NCCL in one process (NCCL refuses two ranks on one GPU, and the trainer
+    starts no process group for one process): codec forward within its bound, fp16 backward, with
+    exact sizes and with slots. Prints one JSON line; exits non-zero on a failure. (On the CPU:
+    the same over gloo, for the smoke run.)"""
+    import torch.distributed as dist
+
+    from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, ProcessGroupTransport
+    from dlrm_comp.recorder import CompressionRecorder
+    port = os.environ.get("GPU_CHECK_PORT", "29517")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    tables, batch, dim, eb = 5, 256, 16, 0.02
+    result = {}
+    for sizes in ("exact", "slots"):
+        plan = CompressionPlan(DirectionPlan("codec", tables, eb_rel=[eb] * tables), DirectionPlan("fp16", tables))
+        lossy = Exchange(ProcessGroupTransport(None, device), [0] * tables, dim, plan, CompressionRecorder(tables),
+                         size_exchange=sizes)
+        pooled = [(torch.randn(batch, dim, device=device) * (t + 1)).requires_grad_() for t in range(tables)]
+        for _ in range(3):  # slots learn their sizes over a few steps
+            got = lossy(pooled, compress=True)
+        with torch.no_grad():
+            ratio = max(float((g - p).abs().max() / (eb * (p.max() - p.min()))) for g, p in zip(got, pooled))
+        sum(g.sum() * (t + 1) for t, g in enumerate(got)).backward()
+        grad_ok = all(torch.allclose(p.grad, torch.full_like(p.grad, float(t + 1)), rtol=1e-3)
+                      for t, p in enumerate(pooled))
+        result[sizes] = {"max_err_ratio": ratio, "backward_ok": grad_ok}
+        if not (ratio <= 1.0 and grad_ok):
+            print(json.dumps(result))
+            sys.exit(1)
+    dist.destroy_process_group()
+    print(json.dumps(result))
+
+
+def distributed(device: torch.device, iterations: int) -> list[dict]:
+    """NCCL at world size 1 (gloo on the CPU), then two gloo ranks training with compression."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--nccl-world1", "--device", str(device)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    world1 = {"check": "nccl_world1" if device.type == "cuda" else "gloo_world1", "ranks": 1,
+              "returncode": proc.returncode, "wall_s": time.perf_counter() - t0,
+              "result": json.loads(lines[-1]) if lines and lines[-1].startswith("{") else proc.stderr[-600:]}
+    overrides = ["train.progress=false", "train.tensorboard=false", "compress.print_tables=false",
+                 f"train.iterations={iterations}", f"train.print_every={iterations}", "train.eval_every=0",
+                 f"train.checkpoint_every={iterations}", "data.num_val_samples=4096", f"train.device={device}",
+                 "dist.backend=gloo", "compress.mode=codec", "compress.backward.mode=fp16", "compress.dedup=on"]
+    with tempfile.TemporaryDirectory() as run:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "launch/train.py"), "--config", str(ROOT / "configs/debug.yaml"), "--set", *overrides,
+               "--out", run]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        gloo = {"check": "gloo_2ranks", "ranks": 2, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
+        summary = Path(run) / "summary.json"
+        if proc.returncode == 0 and summary.exists():
+            s = json.loads(summary.read_text())
+            comp = s.get("compression", {})
+            gloo.update(auc=s["final_eval"]["auc"], cr=comp.get("cr"), max_err_ratio=comp.get("max_err_ratio"))
+        else:
+            gloo["tail"] = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+    return [world1, gloo]
+
+
+def cuda_tests() -> dict:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True)
+    return {"returncode": proc.returncode, "tail": proc.stdout.strip().splitlines()[-3:]}
+
+
+def table(report: dict) -> str:
+    lines = ["config    mode          step ms  vs off  launches  h2d  d2h  syncs"]
+    for r in report["steps"]:
+        lines.append(f"{r['config']:<9} {r['mode']:<12} {r['step_ms']:8.2f} {r['vs_off']:6.2f}x "
+                     f"{r['kernel_launches']:8.0f} {r['h2d_copies']:4.0f} {r['d2h_copies']:4.0f} "
+                     f"{r.get('host_syncs', r['sync_calls']):5.0f}")
+    s = report["stages"]
+    lines.append(f"quantize {s['quantize_GBps']:.1f} GB/s, reconstruct {s['reconstruct_GBps']:.1f} GB/s, "
+                 f"device copy {s['device_copy_GBps']:.1f} GB/s")
+    for r in report["codecs"]:
+        lines.append(f"codec {r['mode']:<9} cr {r['cr']:6.2f}  enc {r['encode_GBps']:7.2f} GB/s  dec "
+                     f"{r['decode_GBps']:7.2f} GB/s  speedup@100/200/400 Gbit/s " +
+                     " ".join(f"{r[f'speedup_{g}gbit']:.2f}" for g in LINKS_GBIT))
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--iterations", type=int, default=60, help="timed steps per mode and config")
+    parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="toy sizes, the debug config only (a smoke run)")
+    parser.add_argument("--modes", nargs="+", default=MODES)
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-distributed", action="store_true")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    parser.add_argument("--nccl-world1", action="store_true", help=argparse.SUPPRESS)  # the child of `distributed`
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print(json.dumps({"benchmark": "gpu_check", "error": "no CUDA device"}))
+    if args.nccl_world1:
+        return nccl_world1(torch.device(args.device))
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"benchmark": "gpu_check", "error": "no CUDA device (use --device cpu for a smoke run)"}))
         sys.exit(1)
-    report = {"benchmark": "gpu_check", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "throughput": throughput(), "training": [train(m, args.iterations) for m in MODES]}
-    if not args.skip_tests:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"],
-                              cwd=ROOT, capture_output=True, text=True)
-        report["cuda_tests"] = {"returncode": proc.returncode, "tail": proc.stdout.strip().splitlines()[-3:]}
-    print(json.dumps(report, indent=2))
+    if "off" not in args.modes[:1]:
+        parser.error("--modes: the first mode must be off (every ratio is against it)")
+    quick = ["data.num_val_samples=1024"] if args.quick else []
+    report = {"benchmark": "gpu_check", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": torch.__version__}
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
+        report["steps"] = steps(["debug"] if args.quick else list(CONFIGS), args.modes, args.iterations, args.block,
+                                2 if args.quick else 10, device, quick)
+        report["stages"] = stages(device, args.quick)
+        report["codecs"] = codecs(device, args.quick)
+        if not args.skip_distributed:
+            report["distributed"] = distributed(device, 20 if args.quick else 100)
+        if not args.skip_tests:
+            report["cuda_tests"] = cuda_tests()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    print(table(report), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import optuna
 import pytest
+
+optuna = pytest.importorskip("optuna")  # the tune extra; absent on a bare GPU host
 
 from plot_checks import assert_plot
 from tiny import tiny_yaml

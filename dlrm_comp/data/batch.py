@@ -33,15 +33,18 @@ class Batch:
         return Batch(move(self.dense), [move(t) for t in self.indices], [move(t) for t in self.offsets],
                      move(self.labels))
 
-    def slice(self, start: int, stop: int) -> Batch:
-        """Rows [start, stop) with each table's offsets rebased to 0 (a data-parallel shard)."""
+    def slice(self, start: int, stop: int, host: Batch | None = None) -> Batch:
+        """Rows [start, stop) with each table's offsets rebased to 0 (a data-parallel shard).
+        ``host``: this batch's copy on the host, where the bags' bounds are read (a device batch
+        read directly would cost a host sync per table)."""
         n = self.batch_size
         if not 0 <= start <= stop <= n:
             raise IndexError(f"Batch.slice({start}, {stop}) is outside a batch of {n} rows")
         indices, offsets = [], []
-        for ids, offs in zip(self.indices, self.offsets):
-            begin = int(offs[start]) if start < n else int(ids.shape[0])
-            end = int(offs[stop]) if stop < n else int(ids.shape[0])
+        bounds = host if host is not None else self
+        for ids, offs, host_offs in zip(self.indices, self.offsets, bounds.offsets):
+            begin = int(host_offs[start]) if start < n else int(ids.shape[0])
+            end = int(host_offs[stop]) if stop < n else int(ids.shape[0])
             indices.append(ids[begin:end])
             offsets.append(offs[start:stop] - begin)
         return Batch(self.dense[start:stop], indices, offsets, self.labels[start:stop])

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from dlrm_comp.config import ConfigError, RunConfig, dump_config
 from dlrm_comp.data.batch import concat_batches
+from dlrm_comp.data.device_input import DeviceInput
 from dlrm_comp.data.epochs import EpochSchedule
 from dlrm_comp.distributed.env import DistEnv
 from dlrm_comp.progress import progress_bar
@@ -83,6 +84,7 @@ class Trainer:
         # the data files' fingerprint (Criteo's cache records it); generated data has none: its config is its identity
         self.data_files = data_fingerprint(getattr(getattr(self.source, "meta", None), "sources", None))
         self.schedule = EpochSchedule(self.source.num_batches("train", cfg.data.batch_size), cfg.train.seed)
+        self.inputs = DeviceInput(self._train_batch, self.device)  # one copy per step, the next one ahead
         torchrec = cfg.model.backend == "torchrec"
         if extensions is None:
             from dlrm_comp.train.compression import extensions_from_config
@@ -125,7 +127,9 @@ class Trainer:
         self.redo_eval = False  # resume: the evaluation at start_iteration was lost in a torn line
         self.wall_before = 0.0  # wall time of earlier (interrupted) segments of this run
         self.step_times: list[float] = []
-        self.pending: dict[str, list[float]] = {"losses": [], "times": []}  # the open print interval
+        # the open print interval: step times (host floats) and losses (0-d tensors on the device,
+        # read once at the interval, so a step makes no host read of its own)
+        self.pending: dict[str, list] = {"losses": [], "times": []}
         self._faults = None  # the test-only fault switches, read from the environment once
 
     def _resolve_iterations(self) -> int:
@@ -166,7 +170,7 @@ class Trainer:
             "data": self.data_files,
             "world_size": self.world_size,
             "iterations": self.iterations,
-            "pending": {k: list(v) for k, v in self.pending.items()},
+            "pending": {"losses": self._interval_losses(iteration), "times": list(self.pending["times"])},
             "extensions": {ext.name: ext.state_dict() for ext in self.extensions},
         }
 
@@ -274,7 +278,9 @@ class Trainer:
         self.start_iteration = state["iteration"]
         self.wall_before = state["wall_s"]
         self.step_times = list(state["step_times"])
-        self.pending = {k: list(v) for k, v in state.get("pending", {"losses": [], "times": []}).items()}
+        pending = state.get("pending", {"losses": [], "times": []})
+        self.pending = {"losses": [torch.tensor(v, device=self.device) for v in pending["losses"]],
+                        "times": list(pending["times"])}
         redo = False
         if self.is_main:
             done = self.start_iteration == self.iterations  # its final eval is written again below
@@ -311,30 +317,46 @@ class Trainer:
         return box[0]
 
     # ----------------------------------------------------------------------------- steps
-    def train_step(self, iteration: int) -> float:
-        host = self.source.batch("train", self.schedule.index(iteration), self.cfg.data.batch_size)
-        batch = host.to(self.device)
+    def _train_batch(self, iteration: int):
+        return self.source.batch("train", self.schedule.index(iteration), self.cfg.data.batch_size)
+
+    def train_step(self, iteration: int) -> torch.Tensor:
+        """One step; returns the loss as a 0-d tensor on the device (read at the print interval)."""
+        host, batch = self.inputs.get(iteration)
         self.model.train()
         logits, labels = self._forward(batch, training=True, bags=host)
         loss = F.binary_cross_entropy_with_logits(logits, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         if self.parallel is not None:
             self.breakdown.watch_allreduce(loss)
         loss.backward()
         self.breakdown.backward_returned()
         self.optimizer.step()
-        return float(loss.detach())
+        if iteration + 1 < self.iterations:  # the next batch's copy, while the device runs this step
+            self.inputs.prefetch(iteration + 1)
+        return loss.detach()
 
-    def _guarded_step(self, iteration: int) -> float:
-        """`train_step`, with a diverging run (a non-finite loss, or embeddings the codec refuses
-        as NaN/Inf) turned into `Diverged`."""
+    def _guarded_step(self, iteration: int) -> torch.Tensor:
+        """`train_step`, with embeddings the codec refuses as NaN/Inf turned into `Diverged` (a
+        non-finite loss is found where the losses are read: `_interval_losses`)."""
         from dlrm_comp.compress.errors import NonFiniteError
         try:
             return self.train_step(iteration)
         except (FloatingPointError, NonFiniteError) as exc:
             raise Diverged(self._divergence(iteration + 1, str(exc))) from None
+
+    def _interval_losses(self, done: int) -> list[float]:
+        """The open interval's losses on the host, in one read; a non-finite one ends the run as
+        `Diverged`, naming its iteration (before any checkpoint of the diverged state is written:
+        `_save` reads them first)."""
+        losses = self.pending["losses"]
+        if not losses:
+            return []
+        values = torch.stack([loss.reshape(()).to(torch.float64) for loss in losses]).cpu().tolist()
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise Diverged(self._divergence(done - len(values) + bad + 1, f"the training loss is {values[bad]}"))
+        return values
 
     def _divergence(self, iteration: int, what: str) -> str:
         """One line: where, what, the key to change, and what is left to continue from."""
@@ -440,7 +462,7 @@ class Trainer:
                     done = t + 1
                     if done % cfg.print_every == 0 or done == self.iterations:
                         mean_step = float(np.mean(self.pending["times"]))
-                        mean_loss = float(np.mean(self.pending["losses"]))
+                        mean_loss = float(np.mean(self._interval_losses(done)))
                         if self.parallel is not None:
                             mean_loss = self.parallel.mean(mean_loss)
                         logger.log("train", done, loss=mean_loss, step_s=mean_step,
@@ -512,6 +534,7 @@ class Trainer:
         return self.is_main or self.parallel is not None  # every rank saves the tables it owns
 
     def _save(self, iteration: int, t0: float) -> Path | None:
+        self._interval_losses(iteration)  # a diverged step since the last interval: no checkpoint of it
         if not self._saves():
             return None
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):

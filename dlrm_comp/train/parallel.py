@@ -68,7 +68,7 @@ class ModelParallel:
         """Logits and labels of this rank's slice of the global batch (``bags``: its ids on the
         host, for bag deduplication; ``bounds``: the step's ``StepBounds``)."""
         start, stop = self.exchange.slice_rows(batch.batch_size)[self.env.rank]
-        local = batch.slice(start, stop)
+        local = batch.slice(start, stop, host=bags)
         pooled = self.model.tap(self.model.lookup(batch.indices, batch.offsets))
         if not self.overlap:
             return self.head(local.dense, self.exchange(pooled, compress=training, bags=bags,

@@ -164,7 +164,7 @@ class TorchrecModelParallel(ModelParallel):
         if len(rows) != self.env.world_size:
             raise ValueError(f"batch of {batch.batch_size} rows cannot be split over {self.env.world_size} ranks")
         start, stop = rows[self.env.rank]
-        local = batch.slice(start, stop)
+        local = batch.slice(start, stop, host=bags)
         if self.output_dist is not None:  # evaluation batches are never compressed
             self.output_dist.compress = training
             self.output_dist.bags = bags if training else None

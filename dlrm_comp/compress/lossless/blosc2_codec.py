@@ -9,9 +9,8 @@ and the 3-byte header parameters are unchanged: thread counts do not change the 
 not serialized and old payloads decode as before."""
 from __future__ import annotations
 
+import importlib
 from typing import Any
-
-import blosc2
 
 from dlrm_comp.checks import choice
 from dlrm_comp.compress.errors import CorruptPayloadError
@@ -59,7 +58,8 @@ class Blosc2Codec(LosslessCodec):
             "dthreads": self.dthreads,
         }
 
-    def _cparams(self, typesize: int) -> blosc2.CParams:
+    def _cparams(self, typesize: int):
+        blosc2 = _blosc2()
         filters = [blosc2.Filter[self.filter]]
         if self.filter == "BYTEDELTA":  # bytedelta works on shuffled byte streams
             filters = [blosc2.Filter.SHUFFLE, blosc2.Filter.BYTEDELTA]
@@ -72,9 +72,10 @@ class Blosc2Codec(LosslessCodec):
     def compress(self, buf: bytes, typesize: int) -> bytes:
         if int(typesize) not in (1, 2, 4, 8):
             raise ValueError(f"lossless.typesize: the code width in bytes, one of 1, 2, 4, 8; got {typesize!r}")
-        return bytes(blosc2.compress2(buf, cparams=self._cparams(typesize)))
+        return bytes(_blosc2().compress2(buf, cparams=self._cparams(typesize)))
 
     def decompress(self, buf: bytes, nbytes: int) -> bytes:
+        blosc2 = _blosc2()
         try:
             n, cbytes, _ = blosc2.get_cbuffer_sizes(buf)
         except Exception as e:  # noqa: BLE001 - blosc2 raises assorted types on bad headers
@@ -105,3 +106,13 @@ class Blosc2Codec(LosslessCodec):
                        splitmode=SPLITMODES[blob[1] & 15], blocksize=1 << log_bs if log_bs else 0)
         except (ValueError, IndexError):
             raise CorruptPayloadError("blosc2: bad header parameters") from None
+
+
+def _blosc2():
+    """blosc2, imported when a blosc2 stage first runs: the stage table lists it on hosts without
+    the package (a GPU host with only torch's stack), where only choosing it fails."""
+    try:
+        return importlib.import_module("blosc2")
+    except ImportError as exc:
+        raise ImportError(f"the blosc2 lossless stage needs the blosc2 package ({exc}); "
+                          "pip install 'blosc2>=4.0' or choose another compress.lossless.name") from None

@@ -8,12 +8,13 @@ import torch
 
 
 def zero_grads(ex, index, grads):
-    """Outputs that got no gradient get zeros of their shape and dtype."""
+    """Outputs that got no gradient get zeros of their shape and dtype (the others pass as they
+    are: the exchange gathers them in one op whatever their strides)."""
     slices = index.slices
     n_rows = slices[-1][1] if ex.loopback else slices[ex.rank][1] - slices[ex.rank][0]
     dev = ex.transport.device
     dtype = next((g.dtype for g in grads if g is not None), torch.float32)
-    return [g.contiguous() if g is not None else torch.zeros(n_rows, ex.dim, device=dev, dtype=dtype) for g in grads]
+    return [g if g is not None else torch.zeros(n_rows, ex.dim, device=dev, dtype=dtype) for g in grads]
 
 
 class ExchangeFn(torch.autograd.Function):

@@ -60,7 +60,7 @@ class Exchange:
         self.stopwatch = Stopwatch(transport.device)  # codec time: events on a GPU, read with the statistics
         self.wire_raw = 0  # fp32 bytes of every slice this process sent, every direction and mode (host counts)
         self.wire_sent = 0  # payload bytes it handed to the transport for them
-        self.last_sample: dict[int, torch.Tensor] = {}  # a forward chunk per owned table (lossless tuning)
+        self._last_forward: tuple[dict[int, torch.Tensor], BagIndex] | None = None  # for ``last_sample``
         self.bag_counts = np.zeros((len(self.owners), 2), np.int64)  # [distinct bags, rows] per table, every step
         self.codecs = CodecCache(store)  # receiver-side coders, per exchange (not process-wide)
         self._mode_codecs: dict = {}  # (plan, mode) -> its ModeCodec
@@ -143,6 +143,20 @@ class Exchange:
                 bounds: StepBounds | None = None) -> list[torch.Tensor]:
         return self.begin_forward(pooled, compress, bags=bags, bounds=bounds)[0]()
 
+    @property
+    def last_sample(self) -> dict[int, torch.Tensor]:
+        """Per owned table, the rows its first forward chunk sent in the last compressed step
+        (the lossless tuner's sample, read at its intervals: gathered then, not every step)."""
+        if self._last_forward is None:
+            return {}
+        pooled, index = self._last_forward
+        sample = {}
+        for t, rows_of in pooled.items():
+            rows = index.sent_rows(t, 0)
+            sample[t] = rows_of[int(rows[0]):int(rows[-1]) + 1] if not index.dedup[t] \
+                else rows_of[to_device(torch.from_numpy(rows), rows_of.device)]
+        return sample
+
     def begin_forward(self, pooled: Sequence[torch.Tensor], compress: bool, async_op: bool = False, bags=None,
                       bounds: StepBounds | None = None):
         """Encode and launch the forward exchange; returns ``(finish, index)``: ``finish()`` ->
@@ -155,26 +169,35 @@ class Exchange:
             return (lambda: [p.detach() for p in pooled]), index
         lay = self.layout(index, plan or self.plan.fwd)
         flat = self._owner_rows([p.detach() for p in pooled], lay)
-        if compress and self.mine:  # the rows the first chunk of each table sends
-            for i, t in enumerate(self.mine):
-                rows = index.sent_rows(t, 0)
-                self.last_sample[t] = pooled[i].detach()[int(rows[0]):int(rows[-1]) + 1] if not index.dedup[t] \
-                    else pooled[i].detach()[to_device(torch.from_numpy(rows), pooled[i].device)]
+        if compress:  # kept by reference: ``last_sample`` gathers its rows only when asked
+            self._last_forward = (dict(zip(self.mine, (p.detach() for p in pooled))), index)
         finish = self._run(flat, lay.owner, lay.consumer, plan, "fwd", async_op, bounds, count=compress)
 
         def received() -> list[torch.Tensor]:
             rows = finish()
             if lay.expand is not None:
                 rows = rows.index_select(0, lay.expand)
-            out: dict[int, list[torch.Tensor]] = {}
-            pos = 0
-            for tables, (lo, hi) in zip(lay.consumer.tables, lay.consumer.slices):
-                n = len(tables) * (hi - lo)
-                for t, y in zip(tables, rows[pos:pos + n].view(len(tables), hi - lo, self.dim).unbind(0)):
-                    out.setdefault(t, []).append(y)
-                pos += n
-            return [parts[0] if len(parts) == 1 else torch.cat(parts) for _, parts in sorted(out.items())]
+            return self._table_rows(rows, lay.consumer)
         return received, index
+
+    def _table_rows(self, rows: torch.Tensor, side: ChunkLayout) -> list[torch.Tensor]:
+        """Inverse of ``_chunk_rows`` on the receiving side: each table's rows, tables in order.
+        Equal slices of the same tables (the loopback's W destinations) take one transpose,
+        whatever the number of tables; a table that arrives in one message is a view."""
+        ts = side.tables[0] if side.tables else []
+        sizes = {hi - lo for lo, hi in side.slices}
+        if len(side.tables) > 1 and len(sizes) == 1 and all(t == ts for t in side.tables):
+            w, r = len(side.slices), sizes.pop()
+            per_table = rows.view(w, len(ts), r, self.dim).transpose(0, 1).reshape(len(ts), w * r, self.dim)
+            return [y for _, y in sorted(zip(ts, per_table.unbind(0)), key=lambda pair: pair[0])]
+        out: dict[int, list[torch.Tensor]] = {}
+        pos = 0
+        for tables, (lo, hi) in zip(side.tables, side.slices):
+            n = len(tables) * (hi - lo)
+            for t, y in zip(tables, rows[pos:pos + n].view(len(tables), hi - lo, self.dim).unbind(0)):
+                out.setdefault(t, []).append(y)
+            pos += n
+        return [parts[0] if len(parts) == 1 else torch.cat(parts) for _, parts in sorted(out.items())]
 
     def encode(self, pooled: Sequence[torch.Tensor], bags=None, bounds: StepBounds | None = None) -> list[bytes]:
         """The forward messages of one step (byte-message modes), without a transport: what the

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from dlrm_comp.compress import cpu_kernels
 from dlrm_comp.data.batch import Batch
 from dlrm_comp.data.device_input import DeviceInput, PackedLayout, pack, unpack
 from dlrm_comp.train.loop import Trainer
@@ -106,19 +107,37 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _count_host_copies(monkeypatch) -> collections.Counter:
+    """Every `.numpy()`, `.tolist()` and `.cpu()` call, whatever the tensor: in a step without
+    bag deduplication (whose ids are host arrays by design) none should happen at all."""
+    calls = collections.Counter()
+    for name in ("numpy", "tolist", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
 @pytest.mark.parametrize("mode", ["off", "simulate", "fp16", "bf16", "fp8", "int8", "mx4"])
-def test_a_training_step_reads_no_tensor_on_the_host(tiny_cfg, tmp_path, mode):
+def test_a_training_step_reads_no_tensor_on_the_host(tiny_cfg, tmp_path, monkeypatch, mode):
     """Outside print intervals, a step of the modes whose sizes are known ahead makes no host read
-    (the NaN/Inf policy on a device counts on the device; `passthrough` here, since on the CPU
-    `error` checks at once, where a read is free)."""
+    and no host copy of a tensor (the NaN/Inf policy on a device counts on the device;
+    `passthrough` here, since on the CPU `error` checks at once, where a read is free). The
+    quantizer takes its device path (torch ops), not the CPU's numba loops over numpy views."""
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     cfg = tiny_cfg(*QUIET, f"compress.mode={mode}", "compress.nonfinite=passthrough", "train.iterations=20",
                    "train.print_every=20")
     trainer = Trainer(cfg, tmp_path, handle_signals=False)
     trainer.inputs = DeviceInput(trainer._train_batch, trainer.device, pack=True)
     steps = trainer.steps()
     next(steps)  # the first step builds what is cached
+    copies = _count_host_copies(monkeypatch)
     with HostReads() as counter:
         for _ in range(5):
             next(steps)
     steps.close()
     assert sum(counter.reads.values()) == 0, counter.reads
+    assert sum(copies.values()) == 0, copies

@@ -213,7 +213,7 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: n
         mn_w, mx_w = xw.amin(dim=1), xw.amax(dim=1)  # NaN propagates; Inf shows as an infinite end (aminmax(dim) is 10x slower on CPU)
     else:
         mn_w = mx_w = torch.zeros(c, dtype=wd, device=dev)
-    if cpu:
+    if cpu and cpu_kernels.available():  # numpy for the per-chunk scalars (without numba: the device path)
         eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             p = chunk_params(_Numpy, mn_w.numpy().astype(np.float64), mx_w.numpy().astype(np.float64),

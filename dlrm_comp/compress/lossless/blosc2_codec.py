@@ -115,4 +115,4 @@ def _blosc2():
         return importlib.import_module("blosc2")
     except ImportError as exc:
         raise ImportError(f"the blosc2 lossless stage needs the blosc2 package ({exc}); "
-                          "pip install 'blosc2>=4.0' or choose another compress.lossless.name") from None
+                          "pip install 'blosc2>=4.0' or choose another compress.lossless.name", name="blosc2") from None

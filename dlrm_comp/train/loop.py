@@ -367,7 +367,8 @@ class Trainer:
                 f"or check the input data; {kept}")
 
     def _forward(self, batch, training: bool, bags=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``bags``: the batch's ids on the host, for bag deduplication (no device read)."""
+        """``bags``: the batch on the host: its ids for bag deduplication, its bag bounds for a
+        rank's slice (no device read)."""
         bounds = getattr(self.compression, "step_bounds", None) if training else None  # this step's, as a value
         if self.parallel is not None:
             return self.parallel.forward(batch, training, bags, bounds)
@@ -388,13 +389,22 @@ class Trainer:
             raise ConfigError(f"evaluation needs a bounded {split} split")
         if self.cfg.train.eval_batches:
             total = min(total, self.cfg.train.eval_batches * size)
-        logits, labels = [], []
-        for start in range(0, total, size):
-            batch = self.source.rows(split, start, min(start + size, total))
+        starts = list(range(0, total, size))
+
+        def fetch(i: int):
+            batch = self.source.rows(split, starts[i], min(starts[i] + size, total))
             rows = batch.batch_size
             if self.parallel is not None and rows < self.world_size:  # every rank needs >= 1 row
                 batch = concat_batches([batch] + [batch.slice(rows - 1, rows)] * (self.world_size - rows))
-            out, lab = self._forward(batch.to(self.device), training=False)
+            return batch
+        inputs = DeviceInput(fetch, self.device)  # one copy per batch, the next one ahead
+        logits, labels = [], []
+        for i, start in enumerate(starts):
+            rows = min(start + size, total) - start
+            host, batch = inputs.get(i)
+            out, lab = self._forward(batch, training=False, bags=host)  # the host batch: its bag bounds
+            if i + 1 < len(starts):
+                inputs.prefetch(i + 1)
             if self.parallel is not None:  # the ranks' slices may differ by a few rows
                 out, lab = self._gather_rows(out.float())[:rows], self._gather_rows(lab.float())[:rows]
             logits.append(out.float().cpu())

@@ -68,6 +68,16 @@ def _f32_to_bf16(v):
 
 
 @triton.jit
+def _widen(v, WD: tl.constexpr):
+    """Data -> work dtype, exact; bfloat16 by bits (the interpreter's cast loses subnormals)."""
+    if v.dtype == tl.bfloat16:
+        w = (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        w = v.to(WD)
+    return w
+
+
+@triton.jit
 def _narrow(y64, OUT: tl.constexpr):
     """float64 -> OUT as torch casts: float32 directly, half precision through float32."""
     if OUT == tl.float64:
@@ -118,7 +128,7 @@ def _range_kernel(x_ptr, pmin_ptr, pmax_ptr, pbad_ptr, hist_ptr, nonfinite_ptr, 
     b = tl.program_id(1)
     offs = b * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
-    v = tl.load(x_ptr + c.to(tl.int64) * n + offs, mask=m, other=0.0).to(WD)
+    v = _widen(tl.load(x_ptr + c.to(tl.int64) * n + offs, mask=m, other=0.0), WD)
     bad = m & ((v != v) | (tl.abs(v) == float("inf")))
     i = c * NB + b
     tl.store(pmin_ptr + i, tl.min(tl.where(m, v, float("inf")), axis=0))
@@ -158,15 +168,14 @@ def _code_kernel(x_ptr, eb_ptr, cnt_ptr, pmin_ptr, pmax_ptr, pbad_ptr, perr_ptr,
     offs = b * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     base = c.to(tl.int64) * n
-    xv = tl.load(x_ptr + base + offs, mask=m, other=0.0)
-    v = xv.to(WD)
+    v = _widen(tl.load(x_ptr + base + offs, mask=m, other=0.0), WD)
     min_w = minimum.to(WD)
     inv_w = (1.0 / safe_step).to(WD)
     q = _rint((v - min_w) * inv_w, MAGIC)
     q = tl.minimum(tl.maximum(q, 0.0), max_code.to(WD))
     k = q.to(tl.int32)
     y = _narrow(k.to(tl.float64) * safe_step + minimum, OUT)
-    err = tl.where(m, tl.abs(y.to(WD) - v), 0.0)
+    err = tl.where(m, tl.abs(_widen(y, WD) - v), 0.0)
     tl.store(perr_ptr + c * NB + b, tl.max(err, axis=0))
     tl.store(low_ptr + base + offs, (k & 255).to(tl.uint8), mask=m)
     tl.store(high_ptr + base + offs, (k >> 8).to(tl.uint8), mask=m)

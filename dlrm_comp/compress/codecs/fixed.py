@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dlrm_comp.compress import device as device_kernels
 from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, chunk_ids, rows_bytes
 from dlrm_comp.compress.mx4 import GROUP, GROUP_BYTES, dequantize_mx4, quantize_mx4
 from dlrm_comp.runtime import to_device
@@ -120,6 +121,9 @@ class Fp8Codec(RowFormatCodec):
 
     def encode_rows(self, x, chunk, num_chunks):
         r, d = x.shape
+        if device_kernels.use_triton(x):  # 2 launches on CUDA (compress/device/fixed.py)
+            from dlrm_comp.compress.device import fixed
+            return fixed.fp8_encode_rows(x, _row_chunk(chunk, r, x.device), num_chunks)
         row_max = x.abs().amax(dim=1) if d else x.new_zeros(r)
         amax = x.new_zeros(num_chunks)
         if r:
@@ -132,6 +136,9 @@ class Fp8Codec(RowFormatCodec):
 
     def decode_rows(self, records, trailers, chunk):
         r = records.shape[0]
+        if device_kernels.use_triton(records):
+            from dlrm_comp.compress.device import fixed
+            return fixed.fp8_decode_rows(records, trailers, _row_chunk(chunk, r, records.device))
         scale = trailers.contiguous().view(torch.float32).reshape(-1)
         per_row = scale[_row_chunk(chunk, r, records.device)] if r else scale[:0]
         return records.contiguous().view(torch.float8_e4m3fn).to(torch.float32) / per_row[:, None]
@@ -147,6 +154,9 @@ class Int8Codec(RowFormatCodec):
 
     def encode_rows(self, x, chunk, num_chunks):
         r, d = x.shape
+        if device_kernels.use_triton(x):  # one launch on CUDA (compress/device/fixed.py)
+            from dlrm_comp.compress.device import fixed
+            return fixed.int8_encode_rows(x), x.new_zeros((num_chunks, 0), dtype=torch.uint8)
         mn, mx = (x.amin(dim=1), x.amax(dim=1)) if d else (x.new_zeros(r), x.new_zeros(r))
         scale = mx / 255.0 - mn / 255.0  # no overflow for ranges beyond the float32 maximum
         safe = torch.where(scale > 0, scale, 1.0)[:, None]
@@ -156,6 +166,9 @@ class Int8Codec(RowFormatCodec):
             x.new_zeros((num_chunks, 0), dtype=torch.uint8)
 
     def decode_rows(self, records, trailers, chunk):
+        if device_kernels.use_triton(records):
+            from dlrm_comp.compress.device import fixed
+            return fixed.int8_decode_rows(records)
         records = records.contiguous()
         d = records.shape[1] - 8
         codes = records[:, :d].to(torch.float32)

@@ -188,3 +188,14 @@ def test_the_switch_rejects_unknown_values(monkeypatch):
     monkeypatch.setenv("DLRM_COMP_DEVICE_KERNELS", "fast")
     with pytest.raises(ValueError, match="auto, triton, torch"):
         bq.quantize_batch(torch.randn(2, 8), torch.full((2,), 0.01, dtype=torch.float64))
+
+
+def test_quantize_throughput_reports_both_directions():
+    """The microbenchmark's plumbing on a tiny batch (the figures themselves come from a GPU)."""
+    from dlrm_comp.compress.device.throughput import quantize_throughput
+    for impl in ("triton", "torch"):
+        r = quantize_throughput(DEV, impl, chunks=3, n=256, repeat=1, rounds=1)
+        assert r["impl"] == impl and r["shape"] == [3, 256] and r["quant_chunks"] == 3
+        assert r["quantize_GBps"] > 0 and r["reconstruct_GBps"] > 0 and r["copy_GBps"] > 0
+    with pytest.raises(ValueError, match="triton, torch, compile"):
+        quantize_throughput(DEV, "numba")

@@ -228,7 +228,7 @@ def _constants(dtype: torch.dtype) -> dict:
             "MAGIC": 2.0 ** 23 if wide == torch.float32 else 2.0 ** 52}
 
 
-def quantize_batch(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None, block: int = 2048,
+def quantize_batch(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None, block: int = 4096,
                    hist: bool = True) -> BatchQuant:
     """``batch_quant.quantize_batch`` for ``x [C, n]`` with C, n > 0, in 3 launches. Also
     returns the byte-plane histograms (``BatchQuant.hist``) when ``hist``."""
@@ -243,19 +243,17 @@ def quantize_batch(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None, bl
     block = min(block, triton.next_power_of_2(n))
     nb = triton.cdiv(n, block)
     nbp2 = triton.next_power_of_2(nb)
-    f64, u8 = dict(dtype=torch.float64, device=dev), dict(dtype=torch.uint8, device=dev)
-    pmin, pmax = torch.empty(c * nb, dtype=wd, device=dev), torch.empty(c * nb, dtype=wd, device=dev)
-    pbad = torch.empty(c * nb, dtype=torch.int32, device=dev)
-    perr = torch.empty(c * nb, dtype=wd, device=dev)
-    hist_t = torch.empty((c, 512), dtype=torch.int32, device=dev) if hist else pbad
-    nonfinite = torch.empty((), dtype=torch.int64, device=dev)
-    low, high = torch.empty((c, n), **u8), torch.empty((c, n), **u8)
+    # few allocations (each costs host time on the launch path): views of six buffers
+    par_min, par_step, par_eb, step, err = torch.empty((5, c), dtype=torch.float64, device=dev)
+    pmin, pmax, perr = torch.empty((3, c * nb), dtype=wd, device=dev)
+    ints = torch.empty(c * nb + c + (c * 512 if hist else 0), dtype=torch.int32, device=dev)
+    pbad, par_flags = ints[:c * nb], ints[c * nb:c * nb + c]
+    hist_t = ints[c * nb + c:].view(c, 512) if hist else pbad
+    longs = torch.empty(2 * c + 1, dtype=torch.int64, device=dev)
+    par_bits, bits, nonfinite = longs[:c], longs[c:2 * c], longs[2 * c]
+    kind, ok = torch.empty((2, c), dtype=torch.uint8, device=dev)
+    low, high = torch.empty((2, c, n), dtype=torch.uint8, device=dev)
     x_hat = torch.empty((c, n), dtype=dtype, device=dev)
-    par_min, par_step, par_eb = torch.empty(c, **f64), torch.empty(c, **f64), torch.empty(c, **f64)
-    par_flags = torch.empty(c, dtype=torch.int32, device=dev)
-    par_bits = torch.empty(c, dtype=torch.int64, device=dev)
-    kind, ok = torch.empty(c, **u8), torch.empty(c, **u8)
-    bits, step, err = torch.empty(c, dtype=torch.int64, device=dev), torch.empty(c, **f64), torch.empty(c, **f64)
     wdt = _TL[wd]
     launch(_range_kernel, (c, nb), x, pmin, pmax, pbad, hist_t, nonfinite, n, nb, WD=wdt, BLOCK=block, HIST=hist)
     launch(_code_kernel, (c, nb), x, eb, cnt if cnt is not None else pbad, pmin, pmax, pbad, perr, low, high, x_hat,
@@ -293,7 +291,7 @@ def _dequant_kernel(low_ptr, high_ptr, raw_ptr, kind_ptr, min_ptr, step_ptr, bit
     tl.store(out_ptr + base + offs, y, mask=m)
 
 
-def dequantize_planes(kind, minimum, step, bits, low, high, raw, dtype: torch.dtype, block: int = 2048) -> torch.Tensor:
+def dequantize_planes(kind, minimum, step, bits, low, high, raw, dtype: torch.dtype, block: int = 4096) -> torch.Tensor:
     """``batch_quant.dequantize_planes`` in one launch (``raw`` in ``dtype`` or cast by torch)."""
     c, n = low.shape
     dev = low.device

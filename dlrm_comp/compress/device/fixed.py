@@ -67,7 +67,8 @@ def _mx4_quant_kernel(x_ptr, out_ptr, G, BLOCK_G: tl.constexpr):
 def _e2m1_value(c):
     """The signed E2M1 value of code c (``mx4._VALUES``; code 8 is -0.0)."""
     m = c & 7
-    mag = tl.where(m < 4, m.to(tl.float32) * 0.5, tl.where(m == 4, 2.0, tl.where(m == 5, 3.0, tl.where(m == 6, 4.0, 6.0))))
+    mag = tl.where(m < 4, m.to(tl.float32) * 0.5,
+                   tl.where(m == 4, 2.0, tl.where(m == 5, 3.0, tl.where(m == 6, 4.0, 6.0))))
     return tl.where((c & 8) != 0, -mag, mag)
 
 

@@ -56,8 +56,9 @@ def check(arch: int = 90, fp_fusion: bool = False) -> dict:
         x = torch.zeros(3, 40, dtype=dtype)
         quant.quantize_batch(x, np.full(3, 0.01), np.array([40, 20, 40]), block=16)
         u8 = torch.zeros(3, 40, dtype=torch.uint8)
-        quant.dequantize_planes(torch.zeros(3, dtype=torch.uint8), torch.zeros(3, dtype=torch.float64),
-                                torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.int64), u8, u8, x, dtype)
+        f64 = torch.zeros(3, dtype=torch.float64)
+        quant.dequantize_planes(torch.zeros(3, dtype=torch.uint8), f64, f64, torch.zeros(3, dtype=torch.int64), u8, u8,
+                                x, dtype)
     rows = torch.zeros(10, 16)
     fixed.quantize_mx4(rows.view(-1, 32))
     fixed.dequantize_mx4(torch.zeros(5, 17, dtype=torch.uint8))

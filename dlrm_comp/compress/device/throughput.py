@@ -7,8 +7,9 @@ chunks of 1024 x 64).
 
 ``impl``: ``triton`` (``DLRM_COMP_DEVICE_KERNELS=triton``), ``torch`` (the eager torch path on
 CUDA; numba on a CPU float32 batch), ``compile`` (``torch.compile`` of the torch path). Timed
-with the project's ``Stopwatch`` (synchronised before and after), best of ``rounds`` rounds of
-``repeat`` calls each; a device copy of the same tensor is timed beside them.
+by the codecs' harness (``timing.best_time``: the device's ``Stopwatch``, synchronised before and
+after), best of ``rounds`` rounds of ``repeat`` back-to-back calls each, after a warm-up call
+(compilation); a device copy of the same tensor is timed beside them.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 
 from dlrm_comp.compress import batch_quant as bq
 from dlrm_comp.compress.device import device_kernels
-from dlrm_comp.stopwatch import Stopwatch
+from dlrm_comp.compress.timing import best_time
 
 IMPLS = ("triton", "torch", "compile")
 
@@ -36,13 +37,11 @@ def _reconstruct(q: bq.BatchQuant) -> torch.Tensor:
     return bq.dequantize_planes(q.kind, q.minimum, q.step, q.bits, q.low, q.high, q.x, q.x.dtype)
 
 
-def _best(watch: Stopwatch, fn, repeat: int, rounds: int) -> float:
-    fn()  # warm-up (compilation, autotuning, allocator)
-    best = float("inf")
-    for _ in range(rounds):
-        _, s = watch.time(lambda: [fn() for _ in range(repeat)])
-        best = min(best, s / repeat)
-    return best
+def _best(fn, device, repeat: int, rounds: int) -> float:
+    """Seconds per call: the best round of ``repeat`` back-to-back calls, after a warm-up."""
+    fn()  # compilation, allocator
+    _, s = best_time(lambda: [fn() for _ in range(repeat)], reps=rounds, device=device)
+    return s / repeat
 
 
 def quantize_throughput(device: str | torch.device = "cuda", impl: str = "triton", chunks: int = 52,
@@ -57,17 +56,17 @@ def quantize_throughput(device: str | torch.device = "cuda", impl: str = "triton
     device = torch.device(device)
     x = step_batch(device, chunks, n, seed)
     eb = torch.full((chunks,), eb_rel, dtype=torch.float64, device=device)
-    watch = Stopwatch(device)
     with device_kernels("torch" if impl == "compile" else impl):
         quant, recon = _quantize, _reconstruct
         if impl == "compile":
             quant, recon = torch.compile(_quantize), torch.compile(_reconstruct)
         q = quant(x, eb)
-        tq = _best(watch, lambda: quant(x, eb), repeat, rounds)
-        tr = _best(watch, lambda: recon(q), repeat, rounds)
-    tc = _best(watch, x.clone, repeat, rounds)
+        tq = _best(lambda: quant(x, eb), device, repeat, rounds)
+        tr = _best(lambda: recon(q), device, repeat, rounds)
+    tc = _best(x.clone, device, repeat, rounds)
     nbytes = x.numel() * x.element_size()
     return {"impl": impl, "device": str(device), "shape": [chunks, n], "eb_rel": eb_rel,
             "quant_chunks": int((q.kind == bq.ChunkKind.QUANT).sum()),
             "quantize_s": tq, "reconstruct_s": tr, "copy_s": tc,
-            "quantize_GBps": nbytes / tq / 1e9, "reconstruct_GBps": nbytes / tr / 1e9, "copy_GBps": 2 * nbytes / tc / 1e9}
+            "quantize_GBps": nbytes / tq / 1e9, "reconstruct_GBps": nbytes / tr / 1e9,
+            "copy_GBps": 2 * nbytes / tc / 1e9}

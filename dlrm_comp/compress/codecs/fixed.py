@@ -134,6 +134,28 @@ class Fp8Codec(RowFormatCodec):
         y = (x * per_row[:, None]).clamp_(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
         return y.reshape(r, d), scale.view(torch.uint8).reshape(num_chunks, 4)
 
+    def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype=None) -> torch.Tensor:
+        if not device_kernels.use_triton(received):
+            return super().decode(received, layout, dtype)
+        from dlrm_comp.compress.device import fixed  # every message in one launch
+        meta = to_device(torch.from_numpy(self._decode_offsets(layout)), received.device)
+        return fixed.fp8_decode_messages(received, meta, int(layout.chunk_rows.sum()), layout.dim,
+                                         len(layout.chunk_rows))
+
+    @staticmethod
+    def _decode_offsets(layout: ChunkLayout) -> np.ndarray:
+        """Each row's chunk; per chunk, 4 x the chunks of earlier messages (a row's record lies at
+        row*d + that) and the byte offset of its scale (after its message's records)."""
+        counts, d = np.asarray(layout.counts, np.int64), layout.dim
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)  # each message's first chunk
+        msg_rows = np.asarray(layout.message_rows, np.int64)
+        start = np.concatenate([[0], np.cumsum(msg_rows * d + 4 * counts)[:-1]]).astype(np.int64)
+        of_chunk = np.repeat(np.arange(len(counts)), counts)
+        c = np.arange(int(counts.sum()))
+        shift = 4 * first[of_chunk]
+        scale_at = start[of_chunk] + msg_rows[of_chunk] * d + 4 * (c - first[of_chunk])
+        return np.concatenate([np.repeat(c, layout.chunk_rows), shift, scale_at]).astype(np.int64)
+
     def decode_rows(self, records, trailers, chunk):
         r = records.shape[0]
         if device_kernels.use_triton(records):

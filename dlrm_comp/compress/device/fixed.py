@@ -1,7 +1,8 @@
 """The fixed-rate formats as Triton kernels, bit-identical to their torch definitions: MX4
 (``compress/mx4.py``), int8 rowwise (fbgemm's fused rows) and fp8 e4m3 with a scale per chunk
-(``codecs/fixed.py``). One launch per call, whatever the number of rows or chunks (fp8's encode:
-two, the per-chunk max then the codes, after a zero fill).
+(``codecs/fixed.py``). One launch per call, whatever the number of rows, chunks or messages
+(fp8's encode: two, the per-chunk max then the codes, after a zero fill; its decode reads every
+message of the receive buffer in one launch).
 
 Why: their torch forms are tens of small kernels each (MX4's encode ~30). The arithmetic is the
 torch ops', float32 with IEEE division (``div_rn``) and no FMA; format conversions are done on
@@ -290,4 +291,32 @@ def fp8_decode_rows(records: torch.Tensor, trailers: torch.Tensor, chunk: torch.
         br, bd = _row_blocks(r, d)
         launch(_fp8_decode_kernel, (triton.cdiv(r, br),), records, scale, chunk.contiguous(), out, r, d,
                BLOCK_R=br, BLOCK_D=bd)
+    return out
+
+
+@triton.jit
+def _fp8_decode_messages_kernel(buf_ptr, meta_ptr, out_ptr, R, D, C, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Every message's rows at once: row r's record at r*D + 4*(chunks of earlier messages),
+    its chunk's scale at that chunk's trailer offset (``meta`` = row chunks, shifts, trailers)."""
+    rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    rm = rs < R
+    m = rm[:, None] & (cols < D)[None, :]
+    c = tl.load(meta_ptr + rs, mask=rm, other=0)
+    rec = rs.to(tl.int64) * D + tl.load(meta_ptr + R + c, mask=rm, other=0)
+    b = tl.load(buf_ptr + rec[:, None] + cols[None, :], mask=m, other=0).to(tl.int32)
+    scale = _load_f32_bytes(buf_ptr + tl.load(meta_ptr + R + C + c, mask=rm, other=0), rm)
+    tl.store(out_ptr + rs.to(tl.int64)[:, None] * D + cols[None, :], tl.math.div_rn(_e4m3_value(b), scale[:, None]),
+             mask=m)
+
+
+def fp8_decode_messages(received: torch.Tensor, meta: torch.Tensor, rows: int, dim: int, chunks: int) -> torch.Tensor:
+    """``Fp8Codec.decode`` of the whole receive buffer (records then scales, message after
+    message) in one launch: float32 [rows, dim]. ``meta`` (int64, on the device): each row's
+    chunk, then per chunk the records' shift and the scale's byte offset (``Fp8Codec``)."""
+    out = torch.empty((rows, dim), dtype=torch.float32, device=received.device)
+    if rows and dim:
+        br, bd = _row_blocks(rows, dim)
+        launch(_fp8_decode_messages_kernel, (triton.cdiv(rows, br),), received.contiguous(), meta, out, rows, dim,
+               chunks, BLOCK_R=br, BLOCK_D=bd)
     return out

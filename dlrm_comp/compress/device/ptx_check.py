@@ -67,6 +67,7 @@ def check(arch: int = 90, fp_fusion: bool = False) -> dict:
     chunk = torch.zeros(10, dtype=torch.int64)
     fixed.fp8_encode_rows(rows, chunk, 2)
     fixed.fp8_decode_rows(torch.zeros(10, 16, dtype=torch.uint8), torch.zeros(2, 4, dtype=torch.uint8), chunk)
+    fixed.fp8_decode_messages(torch.zeros(168, dtype=torch.uint8), torch.zeros(14, dtype=torch.int64), 10, 16, 2)
     return out
 
 

@@ -51,12 +51,14 @@ def choice() -> str:
 
 
 def use_triton(x: torch.Tensor) -> bool:
-    """Whether the transform of ``x`` runs through the Triton kernels (see the module docstring)."""
-    mode = choice()
+    """Whether the transform of ``x`` runs through the Triton kernels (see the module docstring).
+    On every quantize/encode call: the default case is one environment lookup."""
+    raw = os.environ.get(ENV)
+    mode = "auto" if raw is None else choice()
     if mode == "torch":
         return False
     if mode == "auto":
-        return x.device.type == "cuda" and available()
+        return x.is_cuda and available()
     if not available():
         raise RuntimeError(f"{ENV}=triton but triton does not import (pip install triton)")
     if x.device.type == "cpu" and not interpreting():

@@ -54,7 +54,8 @@ def check(arch: int = 90, fp_fusion: bool = False) -> dict:
     quant.launch = fixed.launch = launch
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         x = torch.zeros(3, 40, dtype=dtype)
-        quant.quantize_batch(x, np.full(3, 0.01), np.array([40, 20, 40]), block=16)
+        for x_hat in (False, True):
+            quant.quantize_batch(x, np.full(3, 0.01), np.array([40, 20, 40]), block=16, x_hat=x_hat)
         u8 = torch.zeros(3, 40, dtype=torch.uint8)
         f64 = torch.zeros(3, dtype=torch.float64)
         quant.dequantize_planes(torch.zeros(3, dtype=torch.uint8), f64, f64, torch.zeros(3, dtype=torch.int64), u8, u8,

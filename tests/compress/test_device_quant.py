@@ -200,3 +200,24 @@ def test_quantize_throughput_reports_both_directions():
         assert r["quantize_GBps"] > 0 and r["reconstruct_GBps"] > 0 and r["copy_GBps"] > 0
     with pytest.raises(ValueError, match="triton, torch, compile"):
         quantize_throughput(DEV, "numba")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEV.type != "cuda", reason="the Terabyte step is too large for the interpreter")
+def test_terabyte_step_on_cuda_matches_every_other_path():
+    """52 chunks of 1024 x 64 (the Terabyte step's forward): compiled Triton on CUDA, the torch
+    path on CUDA and the numba loops on the CPU give the same codes, tables and reconstruction."""
+    from dlrm_comp.compress.device.throughput import step_batch
+    x = step_batch("cpu")
+    eb = torch.full((x.shape[0],), 0.02, dtype=torch.float64)
+    with device_kernels("triton"):
+        q = bq.quantize_batch(x.cuda(), eb.cuda())
+        y = q.received()
+    with device_kernels("torch"):
+        eager = bq.quantize_batch(x.cuda(), eb.cuda())
+    cpu = bq.quantize_batch(x, eb)
+    for ref in (eager, cpu):
+        for name in ("kind", "bits", "minimum", "step", "eb_abs", "err"):
+            assert torch.equal(getattr(q, name).cpu(), getattr(ref, name).cpu()), name
+        assert torch.equal(q.codes.cpu(), ref.codes.cpu()) and torch.equal(y.cpu(), ref.received().cpu())
+    assert torch.equal(q.hist.cpu().to(torch.int64), cpu.hist)

@@ -4,12 +4,11 @@ and the codecs' own encode/decode through the switch. See ``device_env``."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_env import DEV, MARKS, on_dev  # noqa: I001  (sets TRITON_INTERPRET first)
+from device_env import MARKS, on_dev  # noqa: I001  (sets TRITON_INTERPRET first)
 from dlrm_comp.compress import mx4
 from dlrm_comp.compress.codecs.base import ChunkLayout, chunk_ids
 from dlrm_comp.compress.codecs.fixed import Fp8Codec, Int8Codec, Mx4Codec

@@ -26,12 +26,10 @@ import triton.language as tl
 
 from dlrm_comp.compress.batch_quant import MAX_BITS, BatchQuant, work_dtype
 from dlrm_comp.compress.device.launches import launch
-from dlrm_comp.compress.kinds import ChunkKind
 from dlrm_comp.runtime import to_device
 
 _F32_MAX = float(torch.finfo(torch.float32).max)
 _TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
-QUANT, CONST = int(ChunkKind.QUANT), int(ChunkKind.CONST)
 # the torch path's float64 constants, exact (a tl.constexpr meets a float64 tensor as float64)
 _ONE_M = tl.constexpr(1.0 - 2.0**-50)
 _P20 = tl.constexpr(2.0**-20)

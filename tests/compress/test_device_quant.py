@@ -198,6 +198,8 @@ def test_quantize_throughput_reports_both_directions():
         r = quantize_throughput(DEV, impl, chunks=3, n=256, repeat=1, rounds=1)
         assert r["impl"] == impl and r["shape"] == [3, 256] and r["quant_chunks"] == 3
         assert r["quantize_GBps"] > 0 and r["reconstruct_GBps"] > 0 and r["copy_GBps"] > 0
+        assert r["triton_launches"] == ({"quantize": 3, "reconstruct": 1} if impl == "triton" else
+                                        {"quantize": 0, "reconstruct": 0})
     with pytest.raises(ValueError, match="triton, torch, compile"):
         quantize_throughput(DEV, "numba")
 

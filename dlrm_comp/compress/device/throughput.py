@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from dlrm_comp.compress import batch_quant as bq
-from dlrm_comp.compress.device import device_kernels
+from dlrm_comp.compress.device import device_kernels, launches
 from dlrm_comp.compress.timing import best_time
 
 IMPLS = ("triton", "torch", "compile")
@@ -49,8 +49,8 @@ def quantize_throughput(device: str | torch.device = "cuda", impl: str = "triton
                         seed: int = 0) -> dict:
     """GB/s (float32 input bytes / second) of ``quantize_batch`` and of the reconstruction from
     the code planes, for ``impl`` in ``IMPLS`` on ``device``; with the seconds per call, the
-    GB/s of a device copy of the same tensor (bytes read plus written, as issue 21 counts it)
-    and the number of QUANT chunks (a sanity check)."""
+    GB/s of a device copy of the same tensor (bytes read plus written, as issue 21 counts it),
+    the number of QUANT chunks (a sanity check) and the Triton launches of one call of each."""
     if impl not in IMPLS:
         raise ValueError(f"impl {impl!r}: expected one of {', '.join(IMPLS)}")
     device = torch.device(device)
@@ -60,13 +60,17 @@ def quantize_throughput(device: str | torch.device = "cuda", impl: str = "triton
         quant, recon = _quantize, _reconstruct
         if impl == "compile":
             quant, recon = torch.compile(_quantize), torch.compile(_reconstruct)
-        q = quant(x, eb)
+        with launches.count() as nq:
+            q = quant(x, eb)
+        with launches.count() as nr:
+            recon(q)
         tq = _best(lambda: quant(x, eb), device, repeat, rounds)
         tr = _best(lambda: recon(q), device, repeat, rounds)
     tc = _best(x.clone, device, repeat, rounds)
     nbytes = x.numel() * x.element_size()
     return {"impl": impl, "device": str(device), "shape": [chunks, n], "eb_rel": eb_rel,
             "quant_chunks": int((q.kind == bq.ChunkKind.QUANT).sum()),
+            "triton_launches": {"quantize": nq.n, "reconstruct": nr.n},
             "quantize_s": tq, "reconstruct_s": tr, "copy_s": tc,
             "quantize_GBps": nbytes / tq / 1e9, "reconstruct_GBps": nbytes / tr / 1e9,
             "copy_GBps": 2 * nbytes / tc / 1e9}

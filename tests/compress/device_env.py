@@ -11,7 +11,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-triton = pytest.importorskip("triton", reason="triton is not installed (the dev extra installs it)")
+triton = pytest.importorskip("triton", reason="triton does not import (the dev extra installs it)",
+                             exc_type=ImportError)
 
 from dlrm_comp.compress import device  # noqa: E402
 

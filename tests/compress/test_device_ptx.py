@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton", reason="triton is not installed (the dev extra installs it)")
+pytest.importorskip("triton", reason="triton does not import (the dev extra installs it)",
+                    exc_type=ImportError)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,7 @@
 """Where the Triton kernel tests run: on a host without CUDA, on CPU tensors through Triton's
-interpreter (``TRITON_INTERPRET=1``, set here before any kernel module is imported); on a CUDA
-host, compiled, on CUDA tensors (those tests carry the ``cuda`` marker). Import this first."""
+interpreter (``TRITON_INTERPRET=1``, set by ``tests/conftest.py`` before anything imports triton,
+and here again for a module run on its own); on a CUDA host, compiled, on CUDA tensors (those
+tests carry the ``cuda`` marker). Import this first."""
 from __future__ import annotations
 
 import os

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_env import MARKS, on_dev  # noqa: I001  (sets TRITON_INTERPRET first)
+from device_env import DEV, MARKS, on_dev  # noqa: I001  (sets TRITON_INTERPRET first)
 from dlrm_comp.compress import mx4
 from dlrm_comp.compress.codecs.base import ChunkLayout, chunk_ids
 from dlrm_comp.compress.codecs.fixed import Fp8Codec, Int8Codec, Mx4Codec
@@ -17,6 +17,7 @@ from dlrm_comp.compress.device import fixed as dk
 
 pytestmark = MARKS
 F32_MAX = float(torch.finfo(torch.float32).max)
+EXAMPLES = 40 if DEV.type == "cpu" else 12  # on a GPU every new shape compiles
 
 
 def torch_ref(fn, *args):
@@ -51,7 +52,7 @@ def values(draw, rows_max=12, finite=False, dims=(4, 8, 16, 32, 64)):
     return x
 
 
-@settings(max_examples=40)
+@settings(max_examples=EXAMPLES)
 @given(values(dims=(1, 3, 8, 32, 64)))
 def test_mx4_bytes_and_values(x):
     groups = torch.cat([x.reshape(-1), x.new_zeros(-x.numel() % 32)]).view(-1, 32)
@@ -62,7 +63,7 @@ def test_mx4_bytes_and_values(x):
         assert same(dk.dequantize_mx4(on_dev(ref), dtype), torch_ref(mx4.dequantize_mx4, ref, dtype))
 
 
-@settings(max_examples=40)
+@settings(max_examples=EXAMPLES)
 @given(values(finite=True))
 def test_int8_rows(x):
     records = dk.int8_encode_rows(on_dev(x))
@@ -71,7 +72,7 @@ def test_int8_rows(x):
     assert same(dk.int8_decode_rows(on_dev(ref)), torch_ref(Int8Codec().decode_rows, ref, ref[:0], None))
 
 
-@settings(max_examples=40)
+@settings(max_examples=EXAMPLES)
 @given(values(finite=True), st.integers(1, 4), st.integers(0, 2**31 - 1))
 def test_fp8_rows_with_a_scale_per_chunk(x, c, seed):
     rows = np.random.default_rng(seed).multinomial(x.shape[0], [1 / c] * c)  # some chunks may be empty

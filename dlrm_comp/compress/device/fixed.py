@@ -19,6 +19,8 @@ import triton.language as tl
 from dlrm_comp.compress.device.launches import launch
 from dlrm_comp.compress.mx4 import GROUP, GROUP_BYTES
 
+_GROUPS = 64  # MX4 groups per program
+
 
 @triton.jit
 def _rint32(v):
@@ -87,18 +89,13 @@ def _mx4_dequant_kernel(p_ptr, out_ptr, G, BLOCK_G: tl.constexpr):
     tl.store(dst + 1, _e2m1_value(p >> 4) * scale, mask=gm[:, None])
 
 
-def _groups_per_program(g: int) -> int:
-    return 64 if g >= 64 else max(1, triton.next_power_of_2(g))
-
-
 def quantize_mx4(x: torch.Tensor) -> torch.Tensor:
     """``mx4.quantize_mx4``: [G, 32] float (computed in float32) -> uint8 [G, 17], one launch."""
     x = x.to(torch.float32).contiguous()
     g = x.shape[0]
     out = torch.empty((g, GROUP_BYTES), dtype=torch.uint8, device=x.device)
     if g:
-        bg = _groups_per_program(g)
-        launch(_mx4_quant_kernel, (triton.cdiv(g, bg),), x, out, g, BLOCK_G=bg)
+        launch(_mx4_quant_kernel, (triton.cdiv(g, _GROUPS),), x, out, g, BLOCK_G=_GROUPS)
     return out
 
 
@@ -108,8 +105,7 @@ def dequantize_mx4(packed: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     g = packed.shape[0]
     out = torch.empty((g, GROUP), dtype=torch.float32, device=packed.device)
     if g:
-        bg = _groups_per_program(g)
-        launch(_mx4_dequant_kernel, (triton.cdiv(g, bg),), packed, out, g, BLOCK_G=bg)
+        launch(_mx4_dequant_kernel, (triton.cdiv(g, _GROUPS),), packed, out, g, BLOCK_G=_GROUPS)
     return out if dtype == torch.float32 else out.to(dtype)
 
 
@@ -163,8 +159,10 @@ def _int8_decode_kernel(rec_ptr, out_ptr, R, D, BLOCK_R: tl.constexpr, BLOCK_D: 
 
 
 def _row_blocks(r: int, d: int) -> tuple[int, int]:
+    """(rows, padded columns) per program: ~4096 values, the shape a function of d alone (each
+    distinct shape is a compilation)."""
     bd = triton.next_power_of_2(max(d, 1))
-    return max(1, min(triton.next_power_of_2(max(r, 1)), max(1, 4096 // bd))), bd
+    return max(1, 4096 // bd), bd
 
 
 def int8_encode_rows(x: torch.Tensor) -> torch.Tensor:

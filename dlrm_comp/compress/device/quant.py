@@ -228,6 +228,14 @@ def _constants(dtype: torch.dtype) -> dict:
             "MAGIC": 2.0 ** 23 if wide == torch.float32 else 2.0 ** 52}
 
 
+def _blocks(n: int, block: int) -> tuple[int, int, int]:
+    """(values per program, programs per chunk, their power of two): few distinct shapes (each
+    is a compilation), at least 128 values and 16 partial slots unless a smaller block is asked."""
+    block = min(block, max(128, triton.next_power_of_2(n)))
+    nb = triton.cdiv(n, block)
+    return block, nb, max(16, triton.next_power_of_2(nb))
+
+
 def quantize_batch(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None, block: int = 4096,
                    hist: bool = True, x_hat: bool = False) -> BatchQuant:
     """``batch_quant.quantize_batch`` for ``x [C, n]`` with C, n > 0, in 3 launches. Also
@@ -242,9 +250,7 @@ def quantize_batch(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None, bl
     eb = torch.as_tensor(eb_rel, dtype=torch.float64)
     eb = (eb if eb.device == dev else to_device(eb, dev)).contiguous()
     cnt = None if counts is None else to_device(torch.from_numpy(np.asarray(counts, dtype=np.int64)), dev)
-    block = min(block, triton.next_power_of_2(n))
-    nb = triton.cdiv(n, block)
-    nbp2 = triton.next_power_of_2(nb)
+    block, nb, nbp2 = _blocks(n, block)
     # few allocations (each costs host time on the launch path): views of six buffers
     par_min, par_step, par_eb, step, err = torch.empty((5, c), dtype=torch.float64, device=dev)
     pmin, pmax, perr = torch.empty((3, c * nb), dtype=wd, device=dev)
@@ -302,8 +308,8 @@ def dequantize_planes(kind, minimum, step, bits, low, high, raw, dtype: torch.dt
     if not c or not n:
         return out
     raw = (raw if raw.dtype == dtype else raw.to(dtype)).contiguous()
-    block = min(block, triton.next_power_of_2(n))
-    launch(_dequant_kernel, (c, triton.cdiv(n, block)), low.contiguous(), high.contiguous(), raw, kind.contiguous(),
+    block, nb, _ = _blocks(n, block)
+    launch(_dequant_kernel, (c, nb), low.contiguous(), high.contiguous(), raw, kind.contiguous(),
            minimum.to(torch.float64).contiguous(), step.to(torch.float64).contiguous(), bits.contiguous(), out, n,
            OUT=_TL[dtype], BLOCK=block)
     return out

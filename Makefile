@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 triton==3.9.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -10,6 +10,11 @@ from hypothesis import HealthCheck, settings
 from dlrm_comp.config import load_config
 from tiny import TINY_OVERRIDES
 
+# Without CUDA the Triton kernels run on CPU tensors through Triton's interpreter, which must be on
+# before triton itself is imported (its standard library, tl.min and the rest, is decorated then).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(1)  # small models: a second thread only adds contention

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress import cpu_kernels
+from dlrm_comp.compress import device as device_kernels
 from dlrm_comp.compress.kinds import SUPPORTED_DTYPES, ChunkKind
 from dlrm_comp.runtime import to_device
 
@@ -206,6 +207,9 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: n
     dev, wd = x.device, work_dtype(x.dtype)
     c, n = x.shape
     cpu = dev.type == "cpu"
+    if n and c and device_kernels.use_triton(x):  # CUDA: fused Triton kernels, 3 launches (compress/device)
+        from dlrm_comp.compress.device import quant as device_quant
+        return device_quant.quantize_batch(x, eb_rel, counts)
     if cpu and x.dtype == torch.float32 and n and cpu_kernels.available():
         return _quantize_cpu(x, eb_rel, counts)
     xw = x.to(wd)
@@ -287,7 +291,11 @@ def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tens
 
 def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, bits: torch.Tensor,
                       low: torch.Tensor, high: torch.Tensor, raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``dequantize_batch`` from the codes' byte planes (the fused loop for CPU float32)."""
+    """``dequantize_batch`` from the codes' byte planes (the fused loop for CPU float32, one
+    Triton launch on CUDA)."""
+    if device_kernels.use_triton(low):
+        from dlrm_comp.compress.device import quant as device_quant
+        return device_quant.dequantize_planes(kind, minimum, step, bits, low, high, raw, dtype)
     if low.device.type == "cpu" and dtype == torch.float32 and cpu_kernels.available() and low.shape[1]:
         out = np.empty(low.shape, np.float32)
         cpu_kernels.dequantize_rows(low.numpy(), high.numpy(), (bits > 8).numpy(), kind.to(torch.int64).numpy(),

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from dlrm_comp.compress import device as device_kernels
+
 GROUP = 32
 GROUP_BYTES = GROUP // 2 + 1  # 17
 _E8M0_NAN = 255
@@ -53,6 +55,9 @@ def quantize_mx4(x: torch.Tensor) -> torch.Tensor:
     """[G, 32] float (any float dtype; computed in float32) -> uint8 [G, 17] on x's device."""
     if x.dim() != 2 or x.shape[1] != GROUP or not x.is_floating_point():
         raise ValueError(f"expected a float tensor [G, {GROUP}], got {x.dtype} {tuple(x.shape)}")
+    if device_kernels.use_triton(x):  # one launch on CUDA (compress/device/fixed.py)
+        from dlrm_comp.compress.device import fixed
+        return fixed.quantize_mx4(x)
     x = x.to(torch.float32).contiguous()
     amax = x.abs().amax(dim=1)
     field = (amax.view(torch.int32) >> 23) & 0xFF  # biased fp32 exponent; 0 for 0 / subnormals
@@ -75,6 +80,9 @@ def dequantize_mx4(packed: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != GROUP_BYTES:
         raise ValueError(f"expected uint8 [G, {GROUP_BYTES}], "
                          f"got {packed.dtype} {tuple(packed.shape)}")
+    if device_kernels.use_triton(packed):
+        from dlrm_comp.compress.device import fixed
+        return fixed.dequantize_mx4(packed, dtype)
     p = packed.to(torch.int32)
     nib = torch.stack([p[:, :-1] & 0xF, p[:, :-1] >> 4], dim=2).reshape(-1, GROUP)
     lut = torch.tensor(_VALUES + tuple(-v for v in _VALUES), dtype=torch.float32, device=p.device)

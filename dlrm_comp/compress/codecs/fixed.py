@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dlrm_comp.compress import device as device_kernels
 from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, chunk_ids, rows_bytes
 from dlrm_comp.compress.mx4 import GROUP, GROUP_BYTES, dequantize_mx4, quantize_mx4
 from dlrm_comp.runtime import to_device
@@ -120,6 +121,9 @@ class Fp8Codec(RowFormatCodec):
 
     def encode_rows(self, x, chunk, num_chunks):
         r, d = x.shape
+        if device_kernels.use_triton(x):  # 2 launches on CUDA (compress/device/fixed.py)
+            from dlrm_comp.compress.device import fixed
+            return fixed.fp8_encode_rows(x, _row_chunk(chunk, r, x.device), num_chunks)
         row_max = x.abs().amax(dim=1) if d else x.new_zeros(r)
         amax = x.new_zeros(num_chunks)
         if r:
@@ -130,8 +134,33 @@ class Fp8Codec(RowFormatCodec):
         y = (x * per_row[:, None]).clamp_(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
         return y.reshape(r, d), scale.view(torch.uint8).reshape(num_chunks, 4)
 
+    def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype=None) -> torch.Tensor:
+        if not device_kernels.use_triton(received):
+            return super().decode(received, layout, dtype)
+        from dlrm_comp.compress.device import fixed  # every message in one launch
+        meta = to_device(torch.from_numpy(self._decode_offsets(layout)), received.device)
+        return fixed.fp8_decode_messages(received, meta, int(layout.chunk_rows.sum()), layout.dim,
+                                         len(layout.chunk_rows))
+
+    @staticmethod
+    def _decode_offsets(layout: ChunkLayout) -> np.ndarray:
+        """Each row's chunk; per chunk, 4 x the chunks of earlier messages (a row's record lies at
+        row*d + that) and the byte offset of its scale (after its message's records)."""
+        counts, d = np.asarray(layout.counts, np.int64), layout.dim
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)  # each message's first chunk
+        msg_rows = np.asarray(layout.message_rows, np.int64)
+        start = np.concatenate([[0], np.cumsum(msg_rows * d + 4 * counts)[:-1]]).astype(np.int64)
+        of_chunk = np.repeat(np.arange(len(counts)), counts)
+        c = np.arange(int(counts.sum()))
+        shift = 4 * first[of_chunk]
+        scale_at = start[of_chunk] + msg_rows[of_chunk] * d + 4 * (c - first[of_chunk])
+        return np.concatenate([np.repeat(c, layout.chunk_rows), shift, scale_at]).astype(np.int64)
+
     def decode_rows(self, records, trailers, chunk):
         r = records.shape[0]
+        if device_kernels.use_triton(records):
+            from dlrm_comp.compress.device import fixed
+            return fixed.fp8_decode_rows(records, trailers, _row_chunk(chunk, r, records.device))
         scale = trailers.contiguous().view(torch.float32).reshape(-1)
         per_row = scale[_row_chunk(chunk, r, records.device)] if r else scale[:0]
         return records.contiguous().view(torch.float8_e4m3fn).to(torch.float32) / per_row[:, None]
@@ -147,6 +176,9 @@ class Int8Codec(RowFormatCodec):
 
     def encode_rows(self, x, chunk, num_chunks):
         r, d = x.shape
+        if device_kernels.use_triton(x):  # one launch on CUDA (compress/device/fixed.py)
+            from dlrm_comp.compress.device import fixed
+            return fixed.int8_encode_rows(x), x.new_zeros((num_chunks, 0), dtype=torch.uint8)
         mn, mx = (x.amin(dim=1), x.amax(dim=1)) if d else (x.new_zeros(r), x.new_zeros(r))
         scale = mx / 255.0 - mn / 255.0  # no overflow for ranges beyond the float32 maximum
         safe = torch.where(scale > 0, scale, 1.0)[:, None]
@@ -156,6 +188,9 @@ class Int8Codec(RowFormatCodec):
             x.new_zeros((num_chunks, 0), dtype=torch.uint8)
 
     def decode_rows(self, records, trailers, chunk):
+        if device_kernels.use_triton(records):
+            from dlrm_comp.compress.device import fixed
+            return fixed.int8_decode_rows(records)
         records = records.contiguous()
         d = records.shape[1] - 8
         codes = records[:, :d].to(torch.float32)

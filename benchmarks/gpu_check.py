@@ -8,9 +8,10 @@
    host-to-device and device-to-host copies and the synchronizing calls, beside CUDA's sync debug
    mode's count of host syncs.
 2. `stages`: quantize and reconstruct throughput on the Terabyte step's forward (52 chunks of
-   1024x64 fp32, Gaussian with a scale per chunk, relative bound 0.02) beside a device copy's
-   bandwidth; the lossless stage on the same codes: nvcomp ANS over one buffer (the `gpu` extra)
-   against zstd level 1 on the host, ratio and GB/s.
+   1024x64 fp32, Gaussian with a scale per chunk, relative bound 0.02) per implementation
+   (Triton, the torch ops, `torch.compile` of them: `compress/device/throughput.py`, with their
+   launch counts) beside a device copy's bandwidth; the lossless stage on the same codes: nvcomp
+   ANS over one buffer (the `gpu` extra) against zstd level 1 on the host, ratio and GB/s.
 3. `codecs`: every mode's whole codec (`compress/codecs/offline.roundtrip`: quantize, assemble,
    lossless, and back) on the same chunks: ratio, encode and decode GB/s, max error / bound, and
    the modeled speedup `1 / (1/CR + B (1/Tc + 1/Td))` at 100, 200 and 400 Gbit/s per GPU.
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlrm_comp.bench.report import speedup  # noqa: E402
-from dlrm_comp.compress.batch_quant import dequantize_planes, quantize_batch  # noqa: E402
+from dlrm_comp.compress.batch_quant import quantize_batch  # noqa: E402
 from dlrm_comp.compress.codecs.offline import roundtrip  # noqa: E402
 from dlrm_comp.compress.timing import best_time  # noqa: E402
 
@@ -139,16 +140,22 @@ def gbps(nbytes: int, seconds: float) -> float:
 
 
 def stages(device: torch.device, quick: bool) -> dict:
+    """Quantize and reconstruct per implementation (`compress/device`: Triton, the torch ops, and
+    `torch.compile` of them; the CPU smoke run: the torch ops), a device copy beside them, and the
+    lossless stage on the codes of the path training takes."""
+    from dlrm_comp.compress.device import available as triton_available
+    from dlrm_comp.compress.device.throughput import IMPLS, quantize_throughput
+    shape = (4, 64 * 16) if quick else (52, 1024 * 64)
+    impls = [i for i in IMPLS if device.type == "cuda" and (i != "triton" or triton_available())] or ["torch"]
+    kernels = [quantize_throughput(device, impl, *shape, repeat=3 if quick else 20) for impl in impls]
+    chosen = kernels[0]  # the path training takes: Triton where it imports, else the torch ops
     x = terabyte_chunks(device, *((4, 64, 16) if quick else ()))
     eb = torch.full((x.shape[0],), 0.02, dtype=torch.float64, device=device)
     nbytes = x.numel() * x.element_size()
-    reps = 3 if quick else 20
-    q, quant_s = best_time(lambda: quantize_batch(x, eb), reps, device=device)
-    _, rec_s = best_time(lambda: dequantize_planes(q.kind, q.minimum, q.step, q.bits, q.low, q.high, x, x.dtype),
-                         reps, device=device)
-    _, copy_s = best_time(lambda: x.clone(), reps, device=device)
-    out = {"shape": list(x.shape), "bytes": nbytes, "quantize_GBps": gbps(nbytes, quant_s),
-           "reconstruct_GBps": gbps(nbytes, rec_s), "device_copy_GBps": gbps(nbytes, copy_s)}
+    q = quantize_batch(x, eb)
+    out = {"shape": list(x.shape), "bytes": nbytes, "quantize_GBps": chosen["quantize_GBps"],
+           "reconstruct_GBps": chosen["reconstruct_GBps"], "device_copy_GBps": chosen["copy_GBps"],
+           "kernels": kernels}
     codes = q.low.reshape(-1).contiguous()
     host_codes = codes.cpu().numpy().tobytes()
     import zstandard

@@ -11,9 +11,11 @@ The index lives on the host, beside the ids it is computed from (bag deduplicati
 ``searchsorted`` over one sorted array of ``slot << 40 | id`` keys per step); the cached rows are a
 ``[slots * capacity, d]`` tensor on the exchange's device, read and written with index tensors
 (no host read of device data). Eviction is deterministic: a slot holds at most ``capacity``
-rows; a step's rows are all kept (refreshed) when they fit, and a new row takes a free place, or
-the place of the least recently used row (the oldest step, then the lowest place); when a step
-brings more rows than fit, its rows of the lowest ids are kept.
+rows; a step's rows are all kept (refreshed) when they fit, and a new row takes a free place, the
+lowest first; when a slot has too few, it frees its least recently used rows (the oldest step,
+then the lowest place; never a row of this step), at least an eighth of its places at once (so a
+full slot is not searched every step); when a step brings more rows than fit, its rows of the
+lowest ids are kept.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from dlrm_comp.runtime import to_device
 
 KEY_BITS = 40  # ids below 2**40 are cached (slot ids above them in one int64 key)
+EVICT_BATCH = 8  # a full slot frees at least 1/8 of its places at once
 _FAR = np.iinfo(np.int64).max
 
 
@@ -88,8 +91,8 @@ class CacheIndex:
             stamps = self.stamp.reshape(n_slots, cap)
             evict = np.bincount(ns, minlength=n_slots) - (stamps < 0).sum(1)
             over = np.flatnonzero(evict > 0)
-            if over.size:
-                self._evict(over, evict[over], t)
+            if over.size:  # a batch at a time: a full slot is not sorted again every step
+                self._evict(over, np.maximum(evict[over], -(-cap // EVICT_BATCH)), t)
             free = np.flatnonzero(self.stamp < 0)  # place order: slot after slot
             first = np.searchsorted(free, np.arange(n_slots + 1) * cap)
             group = np.searchsorted(ns, ns, side="left")  # where each row's slot group starts in ``new``

@@ -329,3 +329,14 @@ def test_the_stage_is_bit_identical_on_a_device():
     for name in ("kind", "bits", "minimum", "step", "low", "high", "hit"):
         assert torch.equal(getattr(a, name), getattr(b, name).cpu()), name
     assert torch.equal(a.received().view(torch.int32), b.received().cpu().view(torch.int32))
+
+
+@pytest.mark.multiprocess
+def test_two_ranks_stopped_and_resumed_equal_uninterrupted(tmp_path):
+    """Each rank's caches (its mirrors and its receiver caches) come back from its own checkpoint."""
+    from multiproc import straight_and_resumed
+    (a, b), (sa, sb) = straight_and_resumed(tmp_path, *CACHE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("bytes_sent", "cache_hit_fraction", "cache_bytes_saved", "max_err_ratio"):
+        assert sa["compression"][key] == sb["compression"][key], key
+    assert sa["compression"]["cache_hit_fraction"] > 0

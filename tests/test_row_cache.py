@@ -143,13 +143,13 @@ class _Bags:
         self.offsets = [torch.arange(len(i)) for i in indices]
 
 
-def _steps(mode, cache_rows, steps=5, w=2, t_count=3, d=8, seed=0, eval_at=None):
+def _steps(mode, cache_rows, steps=5, w=2, t_count=3, d=8, seed=0, eval_at=None, nonfinite="error"):
     """A loopback exchange over a few steps of drifting tables; returns it, its recorder and
     each step's (sent rows, received rows)."""
     g = torch.Generator().manual_seed(seed)
     tables = [torch.randn(24 + t, d, generator=g) for t in range(t_count)]
-    plan = CompressionPlan(DirectionPlan(mode, t_count, eb_rel=[0.05] * t_count, row_cache_rows=cache_rows),
-                           DirectionPlan("off", t_count), dedup=[True] * t_count)
+    plan = CompressionPlan(DirectionPlan(mode, t_count, eb_rel=[0.05] * t_count, row_cache_rows=cache_rows,
+                                         nonfinite=nonfinite), DirectionPlan("off", t_count), dedup=[True] * t_count)
     rec = CompressionRecorder(t_count)
     ex = Exchange(LoopbackTransport(w), list(range(t_count)), d, plan, rec)
     got = []
@@ -197,6 +197,14 @@ def test_the_cache_sends_fewer_bytes_and_decodes_what_the_sender_kept():
     pooled, out = got[-1]  # the last step's received rows are the mirror's copies of those bags
     mirror = _contents(ex.row_cache.sides["send"])
     assert len(mirror) > 0
+
+
+def test_simulate_with_the_cache_adds_no_host_read(monkeypatch):
+    """The index is the host's (from the ids), the rows the device's: nothing is read back."""
+    from test_exchange import _Reads
+    reads = _Reads(monkeypatch)
+    _steps("simulate", 8, steps=3, nonfinite="passthrough")  # "error" checks NaN/Inf at once on the CPU
+    assert reads.count == 0
 
 
 def test_evaluation_bypasses_the_cache():

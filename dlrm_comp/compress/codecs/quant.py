@@ -77,9 +77,10 @@ class QuantCodec(ByteMessageCodec):
             return super().encode(x, eb, layout)
         sections, coders = self.sections(layout)
         hc, ideal_body, ratio, nonfinite, hits, flag_bytes = self._cached_chunks(x, eb, layout, sections)
-        ideal_host = ideal_body.cpu()
+        ideal_host, flag_host, hits = torch.stack([ideal_body.to(torch.float64), flag_bytes.to(torch.float64),
+                                                   hits.to(ideal_body.device, torch.float64)]).cpu()  # one copy
         messages, sent, framing = assemble(hc, x.dtype, layout.counts, coders, ideal_host.numpy())
-        ideal = ideal_host + torch.from_numpy(framing) + flag_bytes.cpu()
+        ideal = ideal_host + torch.from_numpy(framing) + flag_host
         return Encoded(torch.zeros(0, dtype=torch.uint8), [len(m) for m in messages], sent=torch.from_numpy(sent),
                        ideal=ideal, err_ratio=ratio.cpu(), nonfinite=nonfinite, messages=messages, hits=hits)
 
@@ -123,7 +124,7 @@ class QuantCodec(ByteMessageCodec):
         hc = HostChunks(h, u, dim, low, high, raw, flags=flags, flag_rows=flag_rows)
         ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes(),
                             torch.from_numpy(h["nbytes"].astype(np.float64)).to(q.kind.device))
-        return hc, ideal, q.error_ratio(), q.nonfinite, hits_dev.cpu(), flag_bytes
+        return hc, ideal, q.error_ratio(), q.nonfinite, hits_dev, flag_bytes
 
     def decode(self, received, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
         if self.stage is None or not self.stage.active(layout):

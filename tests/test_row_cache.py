@@ -348,3 +348,28 @@ def test_two_ranks_stopped_and_resumed_equal_uninterrupted(tmp_path):
     for key in ("bytes_sent", "cache_hit_fraction", "cache_bytes_saved", "max_err_ratio"):
         assert sa["compression"][key] == sb["compression"][key], key
     assert sa["compression"]["cache_hit_fraction"] > 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 12), d=st.integers(1, 6), scale=st.sampled_from([0.0, 1e-30, 1e-6, 1.0, 1e30, 1e37]),
+       offset=st.sampled_from([0.0, 1.0, -1e20, 3e38]), drift=st.sampled_from([0.0, 1e-9, 1e-3, 1.0, 1e38]),
+       cached_p=st.sampled_from([0.0, 0.5, 1.0]), eb=st.sampled_from([1e-6, 0.03, 0.5]), seed=st.integers(0, 10**6),
+       nan=st.booleans())
+def test_the_fused_cpu_loop_is_the_torch_path_bit_for_bit(rows, d, scale, offset, drift, cached_p, eb, seed, nan):
+    from dlrm_comp.compress import cpu_kernels
+    from dlrm_comp.compress.batch_quant import quantize_delta
+    if not cpu_kernels.available():
+        pytest.skip("numba not installed")
+    x, base, cached = _delta_case(rows, d, scale, offset, drift, cached_p, seed)
+    if nan:
+        x[1, 0] = float("nan")
+    e = torch.full((2,), eb, dtype=torch.float64)
+    counts = np.array([rows * d, max(rows - 1, 1) * d])
+    a = quantize_delta(x, e, counts, base, cached, fused=True)
+    b = quantize_delta(x, e, counts, base, cached, fused=False)
+    for name in ("kind", "bits", "minimum", "step", "eb_abs", "err", "nonfinite", "ok", "hit", "sent_mask"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    travel = ~a.hit
+    assert torch.equal(a.low[travel], b.low[travel]) and torch.equal(a.high[travel], b.high[travel])
+    assert torch.equal(a.received().view(torch.int32), b.received().view(torch.int32))
+    assert torch.equal(a.entropy_bytes(), b.entropy_bytes())

@@ -271,7 +271,7 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: n
 
 
 def quantize_delta(x: torch.Tensor, eb_rel, counts: np.ndarray | None, base: torch.Tensor,
-                   cached: torch.Tensor) -> BatchQuant:
+                   cached: torch.Tensor, fused: bool = True) -> BatchQuant:
     """``quantize_batch`` behind the row cache: ``base [C, n]`` holds the receiver's cached copy
     of each row (zeros for a row not cached), ``cached [C, U]`` which rows have one (U rows of
     n/U values). A cached row whose copy is within the chunk's bound (``max |x - c| < eb_abs``
@@ -286,6 +286,8 @@ def quantize_delta(x: torch.Tensor, eb_rel, counts: np.ndarray | None, base: tor
     c, n = x.shape
     u = cached.shape[1]
     d = n // u if u else 0
+    if dev.type == "cpu" and x.dtype == torch.float32 and n and cpu_kernels.available() and fused:
+        return _quantize_delta_cpu(x, eb_rel, counts, base, cached, d)
     xw, bw = x.to(wd), base.to(wd)
     v = xw - bw
     if n:
@@ -320,6 +322,35 @@ def quantize_delta(x: torch.Tensor, eb_rel, counts: np.ndarray | None, base: tor
         err=err, nonfinite=(~col["bound_finite"]).sum(), ok=ok, x=x, x_hat=y,
         counts=None if counts is None else to_device(torch.from_numpy(np.asarray(counts, dtype=np.int64)), dev),
         base=base, hit=hit, sent_mask=pad & ~hit)
+
+
+def _quantize_delta_cpu(x: torch.Tensor, eb_rel, counts, base: torch.Tensor, cached: torch.Tensor, d: int
+                        ) -> BatchQuant:
+    """``quantize_delta`` on a CPU float32 batch through ``cpu_kernels.delta_rows``."""
+    xn, bn = x.detach().contiguous().numpy(), base.detach().contiguous().numpy()
+    c, n = xn.shape
+    eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
+    v = xn - bn
+    f64 = lambda a: a.astype(np.float64)  # noqa: E731
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = chunk_params(_Numpy, f64(v.min(axis=1)), f64(v.max(axis=1)), eb.astype(np.float64), n, torch.float32,
+                         bound=(f64(xn.min(axis=1)), f64(xn.max(axis=1))))
+    low, high = np.empty((c, n), np.uint8), np.empty((c, n), np.uint8)
+    hit_rows = np.empty(cached.shape, np.bool_)
+    y = np.empty((c, n), np.float32)
+    err_q, err_h = cpu_kernels.delta_rows(xn, bn, cached.contiguous().numpy(), d, p["valid"], p["min"],
+                                          p["safe_step"], p["max_code"], p["eb_abs"], low, high, hit_rows, y)
+    ok = p["valid"] & (err_q.astype(np.float32) < p["eb_abs"].astype(np.float32))
+    t = torch.from_numpy
+    hit = t(np.repeat(hit_rows, d, axis=1))
+    pad = np.arange(n)[None, :] < (np.asarray(counts, dtype=np.int64)[:, None] if counts is not None else n)
+    return BatchQuant(
+        kind=t(np.where(ok, ChunkKind.QUANT, ChunkKind.RAW).astype(np.uint8)),
+        bits=t(np.where(ok, p["bits"], 0).astype(np.int64)), minimum=t(p["min"]),
+        step=t(np.where(ok, p["step"], 0.0)), eb_abs=t(p["eb_abs"]), low=t(low), high=t(high),
+        err=t(np.where(ok, np.maximum(err_q, err_h), err_h)), nonfinite=torch.tensor(int((~p["bound_finite"]).sum())),
+        ok=t(ok), x=x, x_hat=t(y), counts=None if counts is None else t(np.asarray(counts, dtype=np.int64)),
+        base=base, hit=hit, sent_mask=t(pad) & ~hit)
 
 
 def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> BatchQuant:

@@ -10,7 +10,11 @@
    time, wire ratio `cr` against `ideal_cr` (the codes' order-0 entropy), and the backward ratio
    of the real gradients through the backward exchange at `compress.backward.error_bound` 0.01.
    `+dedup` modes send one row per distinct bag (the captured batch's ids), in both directions;
-   their `fwd.distinct_fraction` is the measured share of distinct bags.
+   their `fwd.distinct_fraction` is the measured share of distinct bags. `codec+dedup+cache` adds
+   the cross-step row cache (`compress.row_cache=on`): a cache needs steps, so its `--repeat`
+   exchanges run over that many consecutive training batches captured after the first (the model
+   keeps training between them, so rows drift as in a run; the first exchange starts cold); its
+   `fwd.cache_hit_fraction` is the share of distinct rows the cache served.
    With `--backend torchrec` (or `both`) the same tensors also cross TorchRec's pooled-embedding
    output dist (torchrec 1.8.0): its own all-to-all (`off`), its QComms codecs
    (`torchrec_qcomm:fp16|bf16|int8`; fp8 has no CPU kernel) and our exchange installed as the
@@ -57,12 +61,14 @@ from dlrm_comp.train.loop import Trainer  # noqa: E402
 
 BREAKDOWN = REFERENCE_BREAKDOWN
 # :slots = dist.size_exchange=slots; +dedup = compress.dedup=on (one row per distinct bag, both directions)
-MODES = ["off", "off+dedup", *FIXED_RATE, *BYTE_MESSAGES, "codec+dedup", "codec:slots"]  # simulate sends no bytes
+MODES = ["off", "off+dedup", *FIXED_RATE, *BYTE_MESSAGES, "codec+dedup", "codec+dedup+cache",
+         "codec:slots"]  # simulate sends no bytes
 TORCHREC_MODES = ["off", *(m for m in TORCHREC_QCOMM_MODES if m != "torchrec_qcomm:fp8"), "codec"]  # fp8: no CPU kernel
 
 
-def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:
-    """Pooled outputs and their gradients for one batch of a briefly trained debug model."""
+def capture(iterations: int, batch: int, dim: int, path: Path, steps: int = 0) -> dict:
+    """Pooled outputs and their gradients for one batch of a briefly trained debug model, and
+    (``steps``) the pooled outputs and ids of that many further batches, training on each."""
     cfg = load_config([ROOT / "configs/debug.yaml"], [
         "compress.mode=off", f"train.iterations={iterations}", "train.eval_every=0", "train.progress=false",
         "train.tensorboard=false", "data.num_val_samples=4096", f"data.batch_size={batch}",
@@ -76,7 +82,14 @@ def capture(iterations: int, batch: int, dim: int, path: Path) -> dict:
     loss = F.binary_cross_entropy_with_logits(model.head(b.dense, pooled), b.labels)
     loss.backward()
     data = {"pooled": [p.detach() for p in pooled], "grads": [p.grad.detach() for p in pooled],
-            "bags": b, "cardinalities": trainer.source.cardinalities, "config": cfg.to_dict()}
+            "bags": b, "cardinalities": trainer.source.cardinalities, "config": cfg.to_dict(), "steps": []}
+    for k in range(steps):  # consecutive batches, an SGD step on each (what the row cache sees)
+        b = trainer.source.batch("train", iterations + 2 + k, batch)
+        trainer.optimizer.zero_grad()
+        out = model.lookup(b.indices, b.offsets)
+        data["steps"].append({"pooled": [p.detach().clone() for p in out], "bags": b})
+        F.binary_cross_entropy_with_logits(model.head(b.dense, out), b.labels).backward()
+        trainer.optimizer.step()
     torch.save(data, path)
     return data
 
@@ -95,11 +108,13 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str, b
     results = {}
     a, b = [(q * len(data["grads"][0]) // world, (q + 1) * len(data["grads"][0]) // world) for q in range(world)][rank]
     for label in (MODES if "torch" in backends else []):
-        base, _, dedup = label.partition("+")
+        base, *extras = label.split("+")
+        dedup, cache = "dedup" if "dedup" in extras else "", "cache" in extras
         mode, _, size_exchange = base.partition(":")
         recorder = CompressionRecorder(len(cards))
         run_cfg = load_config([], [f"compress.mode={mode}", f"compress.backward.mode={mode}",
-                                   "compress.table_preset=kaggle_ref"])
+                                   "compress.table_preset=kaggle_ref",
+                                   *(["compress.dedup=on", "compress.row_cache=on"] if cache else [])])
         plan = build_plan(run_cfg.compress, len(cards))
         plan.fwd.eb_rel[:] = policy.all(10**9)
         plan.bwd.eb_rel[:] = [0.01] * len(cards)
@@ -109,7 +124,9 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str, b
         pooled = [data["pooled"][t] for t in mine]
         compress = label != "off"
         times = []
-        for _ in range(repeat):
+        for i in range(repeat):
+            if cache:  # consecutive batches: the cache's hits are those of a run
+                pooled, bags = [data["steps"][i]["pooled"][t] for t in mine], data["steps"][i]["bags"]
             dist.barrier()
             t0 = time.perf_counter()
             ex.forward(pooled, compress=compress, bags=bags)
@@ -124,7 +141,8 @@ def worker(rank: int, world: int, path: str, port: int, repeat: int, out: str, b
             back = recorder.direction_summary("bwd", cards, None) or {}
             bwd = {k: back.get(k) for k in ("bytes_raw", "bytes_sent", "enc_s", "dec_s")}
         results[label] = {"exchange_s": times, "fwd": {k: fwd.get(k) for k in (
-            "bytes_raw", "bytes_sent", "ideal_cr", "enc_s", "dec_s", "max_err_ratio", "distinct_fraction")}, "bwd": bwd,
+            "bytes_raw", "bytes_sent", "ideal_cr", "enc_s", "dec_s", "max_err_ratio", "distinct_fraction",
+            "cache_hit_fraction")}, "bwd": bwd,
             "bytes_pad": ex.bytes_pad / repeat}
     if "torchrec" in backends:
         results["torchrec"] = torchrec_rows(data, owners, mine, policy, repeat)
@@ -232,14 +250,15 @@ def combine(per_rank: list[dict], repeat: int, bandwidths: list[float]) -> list[
         b_tc = throughput(b_raw, sum(p["bwd"]["enc_s"] for p in parts)) / 1e9
         b_td = throughput(b_raw, sum(p["bwd"]["dec_s"] for p in parts)) / 1e9
         row = {"backend": "torch", "mode": mode, "size_exchange": "slots" if ":slots" in mode else "exact",
-               "dedup": "+dedup" in mode,
+               "dedup": "+dedup" in mode, "row_cache": "+cache" in mode,
                "bytes_pad": sum(p.get("bytes_pad", 0) for p in parts),
                "exchange_s_median": wall, "vs_off_time": wall / off_time,
                "fwd": {"bytes_raw": raw, "bytes_sent": sent, "cr": cr,
                        "ideal_cr": raw / sum(raw / len(parts) / i for i in ideal_list) if ideal_list else None,
                        "encode_GBps": tc, "decode_GBps": td,
                        "max_err_ratio": max((p["fwd"]["max_err_ratio"] or 0) for p in parts),
-                       "distinct_fraction": _weighted(parts, "distinct_fraction")},
+                       "distinct_fraction": _weighted(parts, "distinct_fraction"),
+                       "cache_hit_fraction": _weighted(parts, "cache_hit_fraction")},
                "bwd": {"cr": b_raw / b_sent, "encode_GBps": b_tc, "decode_GBps": b_td, "eb_rel": 0.01},
                "modeled": []}
         if row["fwd"]["ideal_cr"]:
@@ -291,7 +310,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
         path, out = Path(tmp) / "capture.pt", Path(tmp) / "result.pt"
-        capture(args.iterations, args.batch, args.dim, path)
+        capture(args.iterations, args.batch, args.dim, path, steps=args.repeat)
         import socket
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

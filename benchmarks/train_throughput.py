@@ -77,6 +77,7 @@ class Run:
             "backend": self.cfg.model.backend,
             "compress_mode": self.cfg.compress.mode,
             "dedup": self.cfg.compress.dedup,
+            "row_cache": self.cfg.compress.row_cache,
             "iterations": len(self.times),
             "build_s": round(self.build_s, 3),
             "step_s_median": median,
@@ -86,11 +87,13 @@ class Run:
 
 
 def mode_overrides(label: str) -> list[str]:
-    """``codec`` -> compress.mode=codec; ``codec+dedup`` also switches bag deduplication on."""
+    """``codec`` -> compress.mode=codec; ``codec+dedup`` also switches bag deduplication on;
+    ``codec+dedup+cache`` the row cache too."""
     mode, _, extra = label.partition("+")
-    if extra not in ("", "dedup"):
-        raise SystemExit(f"--modes: {label!r}: the only suffix is +dedup")
-    return [f"compress.mode={mode}"] + (["compress.dedup=on"] if extra else [])
+    if extra not in ("", "dedup", "dedup+cache"):
+        raise SystemExit(f"--modes: {label!r}: the only suffixes are +dedup and +dedup+cache")
+    return [f"compress.mode={mode}"] + (["compress.dedup=on"] if extra else []) + \
+        (["compress.row_cache=on"] if extra.endswith("cache") else [])
 
 
 def main() -> None:
@@ -101,7 +104,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=20, help="steps per mode before switching to the next")
     parser.add_argument("--modes", nargs="+", default=["off", "codec"],
                         help="compress.mode values measured side by side on each config; MODE+dedup adds "
-                             "compress.dedup=on")
+                             "compress.dedup=on, MODE+dedup+cache compress.row_cache=on too")
     parser.add_argument("--backend", choices=["torch", "torchrec", "both"], default="torch",
                         help="torch: the pure-torch model; torchrec (same as both): also the TorchRec backend, "
                              "beside the pure-torch runs")

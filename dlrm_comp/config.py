@@ -270,6 +270,9 @@ class BackwardConfig:
     decay: DecaySchedule = field(default_factory=lambda: DecaySchedule(func="none"))
 
 
+ROW_CACHE_MODES = ("codec", "simulate")  # the error-bounded forward codecs that run the cache stage
+
+
 @dataclass
 class CompressConfig:
     mode: str = "off"
@@ -288,6 +291,11 @@ class CompressConfig:
     dedup: str = "off"
     dedup_max_fraction: float = 0.95
     dedup_tables: list[int] = field(default_factory=list)
+    # The cross-step row cache of the forward direction (codec, simulate): a row whose receiver
+    # holds a copy within the bound travels as a flag, a changed cached row as codes of its
+    # difference; `row_cache_rows` rows per (table, destination), both sides (README: row cache).
+    row_cache: str = "off"
+    row_cache_rows: int = 4096
     print_tables: bool = True
     decay: DecaySchedule = field(default_factory=DecaySchedule)
     lossless: LosslessConfig = field(default_factory=LosslessConfig)
@@ -303,6 +311,7 @@ class CompressConfig:
             raise ConfigError(f"compress.dedup_max_fraction: {self.dedup_max_fraction} must be in (0, 1]")
         if any(not isinstance(t, int) or t < 0 for t in self.dedup_tables):
             raise ConfigError(f"compress.dedup_tables: {self.dedup_tables} must be table indices (integers >= 0)")
+        self._validate_row_cache()
         self.bounds.validate()
         if not 0 < self.backward.error_bound <= 0.5:
             raise ConfigError(f"compress.backward.error_bound: {self.backward.error_bound} must be in (0, 0.5]")
@@ -310,6 +319,22 @@ class CompressConfig:
         self.decay.validate("compress.decay")
         self.backward.decay.validate("compress.backward.decay")
         self.lossless.validate()
+
+    def _validate_row_cache(self) -> None:
+        _choice("compress.row_cache", self.row_cache, ("off", "on"))
+        rows = self.row_cache_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ConfigError(f"compress.row_cache_rows: {rows!r} must be an integer >= 1 (rows per table and "
+                              "destination)")
+        if self.row_cache == "off":
+            return
+        if self.mode not in ROW_CACHE_MODES:
+            raise ConfigError(f"compress.row_cache: 'on' needs compress.mode {' or '.join(ROW_CACHE_MODES)}, "
+                              f"not {self.mode!r}; accepted values with this mode: off")
+        if self.dedup == "off" and not self.dedup_tables:
+            raise ConfigError("compress.row_cache: 'on' keys the cache on the distinct bags of bag deduplication: "
+                              "set compress.dedup to on or auto (or compress.dedup_tables); accepted values "
+                              "with compress.dedup=off: off")
 
 
 @dataclass

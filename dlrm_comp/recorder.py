@@ -32,6 +32,8 @@ class TableTotals:
     rows: int = 0  # rows of the chunks' slices
     distinct_rows: int = 0  # rows that travelled (one per distinct bag where dedup is on)
     dedup_bytes_saved: int = 0  # raw bytes of the rows dedup did not send (apart from the codec's saving)
+    cache_hits: int | None = None  # rows the row cache served (a flag travelled instead); None: no cache
+    cache_bytes_saved: int = 0  # raw bytes of those rows (apart from the codec's and dedup's savings)
 
     def merge(self, other: "TableTotals") -> None:
         self.chunks += other.chunks
@@ -46,6 +48,9 @@ class TableTotals:
         self.rows += other.rows
         self.distinct_rows += other.distinct_rows
         self.dedup_bytes_saved += other.dedup_bytes_saved
+        if other.cache_hits is not None:
+            self.cache_hits = (self.cache_hits or 0) + other.cache_hits
+        self.cache_bytes_saved += other.cache_bytes_saved
         if other.chunks:
             self.eb_rel, self.codec = other.eb_rel, other.codec
 
@@ -56,6 +61,11 @@ class TableTotals:
     @property
     def distinct_fraction(self) -> float | None:
         return self.distinct_rows / self.rows if self.rows else None
+
+    @property
+    def cache_hit_fraction(self) -> float | None:
+        """Rows the cache served over the rows that would have travelled without it."""
+        return self.cache_hits / self.distinct_rows if self.cache_hits is not None and self.distinct_rows else None
 
 
 @dataclass
@@ -72,7 +82,8 @@ class CompressionRecorder:
     def record_batch(self, direction: str, tables: np.ndarray, table_index: Any, raw: int, sent: Any,
                      ideal: Any, err_ratio: Any, enc_s: "float | Span", dec_s: "float | Span",
                      labels: Callable[[], tuple[list, list[str]]], estimated: bool,
-                     rows: np.ndarray | None = None, distinct: np.ndarray | None = None) -> None:
+                     rows: np.ndarray | None = None, distinct: np.ndarray | None = None,
+                     hits: Any = None, row_bytes: int = 0) -> None:
         """One batched exchange's chunks (``tables`` on the host, ``table_index`` the same on the
         device, ``raw`` bytes per chunk; ``sent``/``ideal``/``err_ratio`` device tensors or None):
         accumulated on the device without a host sync and folded into the per-table totals when
@@ -80,7 +91,8 @@ class CompressionRecorder:
         plan's current ones). Times are the batched call's, split evenly over its chunks: seconds,
         or a stopwatch ``Span`` (device spans are read when the statistics are, never here).
         ``rows``/``distinct`` (host, per chunk): its slice's rows and the rows that travelled;
-        the raw bytes of the rest are what deduplication saved."""
+        the raw bytes of the rest are what deduplication saved. ``hits`` (per chunk, a tensor):
+        rows the row cache served; ``row_bytes`` the raw bytes of one row (what each saved)."""
         import torch
         p = self._pending.get(direction)
         if p is not None and p["sent"].device != sent.device:  # moved devices: fold what is pending first
@@ -96,11 +108,16 @@ class CompressionRecorder:
                 "enc": np.zeros(self.num_tables),
                 "dec": np.zeros(self.num_tables), "estimated": False, "spans": [],
                 "rows": np.zeros(self.num_tables, np.int64), "distinct": np.zeros(self.num_tables, np.int64),
-                "dedup": np.zeros(self.num_tables, np.int64)}
+                "dedup": np.zeros(self.num_tables, np.int64), "hits": None, "row_bytes": 0}
         p["sent"].index_add_(0, table_index, sent.to(torch.float64))
         p["ideal"].index_add_(0, table_index, (ideal if ideal is not None else sent).to(torch.float64))
         if err_ratio is not None:
             p["err"].scatter_reduce_(0, table_index, err_ratio.to(torch.float64), reduce="amax")
+        if hits is not None:
+            if p["hits"] is None:
+                p["hits"] = torch.zeros(self.num_tables, dtype=torch.float64, device=hits.device)
+            p["hits"].index_add_(0, table_index.to(hits.device), hits.to(torch.float64))
+            p["row_bytes"] = row_bytes
         np.add.at(p["chunks"], tables, 1)
         np.add.at(p["raw"], tables, raw)
         if rows is not None:
@@ -148,6 +165,7 @@ class CompressionRecorder:
         for direction, p in self._pending.items():
             self._resolve_spans(p)
             sent, ideal, err = p["sent"].tolist(), p["ideal"].tolist(), p["err"].tolist()
+            hits = p["hits"].tolist() if p["hits"] is not None else None
             ebs, codecs = p["labels"]()
             for t in np.flatnonzero((p["chunks"] > 0) | (p["dec"] > 0)).tolist():
                 tot = self.interval.setdefault((t, direction), TableTotals())
@@ -167,6 +185,9 @@ class CompressionRecorder:
                 tot.rows += int(p["rows"][t])
                 tot.distinct_rows += int(p["distinct"][t])
                 tot.dedup_bytes_saved += int(p["dedup"][t])
+                if hits is not None:
+                    tot.cache_hits = (tot.cache_hits or 0) + int(round(hits[t]))
+                    tot.cache_bytes_saved += int(round(hits[t])) * p["row_bytes"]
                 tot.eb_rel, tot.codec = ebs[t], codecs[t]
                 if direction == "fwd":
                     w = self.window.setdefault(t, [0.0, 0.0])
@@ -196,6 +217,8 @@ class CompressionRecorder:
                    "max_err_ratio": t.max_err_ratio, "enc_s": t.enc_s, "dec_s": t.dec_s,
                    "estimated": t.estimated, "distinct_fraction": t.distinct_fraction,
                    "dedup_bytes_saved": t.dedup_bytes_saved}
+            if t.cache_hits is not None:
+                row.update(cache_hit_fraction=t.cache_hit_fraction, cache_bytes_saved=t.cache_bytes_saved)
             log("table", iteration, **row)
             rows.append(row)
             self.total.setdefault((table, direction), TableTotals()).merge(t)
@@ -214,6 +237,10 @@ class CompressionRecorder:
         ratios = [t.cr for t in tables.values() if t.bytes_sent > 0]
         errs = [t.max_err_ratio for t in tables.values() if t.max_err_ratio is not None]
         rows_all = sum(t.rows for t in tables.values())
+        cached = [t for t in tables.values() if t.cache_hits is not None]
+        distinct_cached = sum(t.distinct_rows for t in cached)
+        cache = {"cache_hit_fraction": sum(t.cache_hits for t in cached) / distinct_cached if distinct_cached else None,
+                 "cache_bytes_saved": sum(t.cache_bytes_saved for t in cached)} if cached else {}
         return {
             "estimated": any(t.estimated for t in tables.values()),
             "bytes_raw": raw,
@@ -226,12 +253,15 @@ class CompressionRecorder:
             "dec_s": sum(t.dec_s for t in tables.values()),
             "distinct_fraction": (sum(t.distinct_rows for t in tables.values()) / rows_all) if rows_all else None,
             "dedup_bytes_saved": sum(t.dedup_bytes_saved for t in tables.values()),
+            **cache,
             "per_table": [
                 {"table": i, "cardinality": cardinalities[i],
                  "eb_rel_base": base_bounds[i] if base_bounds else None,
                  "eb_rel_last": t.eb_rel, "codec": t.codec, "cr": t.cr, "max_err_ratio": t.max_err_ratio,
                  "bytes_raw": t.bytes_raw, "bytes_sent": round(t.bytes_sent), "distinct_fraction": t.distinct_fraction,
-                 "dedup_bytes_saved": t.dedup_bytes_saved}
+                 "dedup_bytes_saved": t.dedup_bytes_saved,
+                 **({"cache_hit_fraction": t.cache_hit_fraction, "cache_bytes_saved": t.cache_bytes_saved}
+                    if t.cache_hits is not None else {})}
                 for i, t in sorted(tables.items())
             ],
         }
@@ -278,7 +308,12 @@ def format_interval_table(rows: list[dict[str, Any]], iteration: int) -> str:
     raw = sum(r["bytes_raw"] for r in rows)
     sent = sum(r["bytes_sent"] for r in rows)
     saved = sum(r.get("dedup_bytes_saved") or 0 for r in rows)
+    cached = [r for r in rows if r.get("cache_hit_fraction") is not None]
+    hit_saved = sum(r["cache_bytes_saved"] for r in cached)
+    hit_base = sum(r["cache_bytes_saved"] / r["cache_hit_fraction"] for r in cached if r["cache_hit_fraction"])
     lines.append(f"  all tables: {raw / 1024:.1f} KiB -> {sent / 1024:.1f} KiB, cr {raw / sent:.2f}"
                  + (f", {saved / 1024:.1f} KiB of repeated bags not sent" if saved else "")
+                 + (f", {hit_saved / 1024:.1f} KiB of cached rows not sent (hit fraction "
+                    f"{hit_saved / hit_base if hit_base else 0.0:.2f})" if cached else "")
                  + (" (estimated)" if any(r["estimated"] for r in rows) else ""))
     return "\n".join(lines)

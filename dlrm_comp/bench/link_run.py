@@ -53,6 +53,7 @@ def modes() -> dict[str, list[str]]:
     if "dedup" in {f.name for f in dataclasses.fields(CompressConfig)}:  # once the dedup issue lands
         on = "true" if typing.get_type_hints(CompressConfig)["dedup"] is bool else "on"
         table["codec+bwd+dedup"] = [*table["codec+bwd"], f"compress.dedup={on}"]
+        table["codec+bwd+dedup+cache"] = [*table["codec+bwd+dedup"], "compress.row_cache=on"]  # the row cache
     return table
 
 

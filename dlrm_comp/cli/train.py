@@ -166,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             if comp.get("dedup_bytes_saved"):
                 print(f"bag dedup on {len(comp['dedup']['tables'])} tables: {comp['distinct_fraction']:.2f} of rows "
                       f"distinct, {comp['dedup_bytes_saved'] / 2**20:.1f} MiB of rows not sent (before the codec)")
+            if comp.get("row_cache"):
+                hit = comp.get("cache_hit_fraction")
+                print(f"row cache ({comp['row_cache']['rows']} rows per table and destination, "
+                      f"{comp['row_cache']['memory_bytes'] / 2**20:.1f} MiB here): "
+                      f"{hit or 0.0:.2f} of distinct rows served, "
+                      f"{(comp.get('cache_bytes_saved') or 0) / 2**20:.1f} MiB of rows not sent")
     return 0
 
 

@@ -52,6 +52,9 @@ class BatchQuant:
     x_hat: torch.Tensor | None = None  # [C, n] QUANT reconstruction when the path computed it
     entropy: torch.Tensor | None = None  # [C] entropy_bytes() when the path computed it
     counts: torch.Tensor | None = None  # [C] int64 values that travel per chunk (the rest pad it); None: all n
+    base: torch.Tensor | None = None  # [C, n] the row cache's copies (delta rows' origin; zeros for new rows)
+    hit: torch.Tensor | None = None  # [C, n] bool: values of rows the cache serves (only a flag travels)
+    sent_mask: torch.Tensor | None = None  # [C, n] bool: values that travel (None: the first ``counts``)
 
     @property
     def codes(self) -> torch.Tensor:
@@ -60,6 +63,8 @@ class BatchQuant:
 
     def received(self) -> torch.Tensor:
         """What a receiver decodes, for every kind (CONST and RAW chunks arrive exactly)."""
+        if self.hit is not None:  # the row cache's path: hits are the cached copies, in RAW chunks too
+            return torch.where(self.hit, self.base, torch.where(self.ok[:, None], self.x_hat, self.x))
         if self.x_hat is not None:
             return torch.where(self.ok[:, None], self.x_hat, self.x)
         return dequantize_planes(self.kind, self.minimum, self.step, self.bits, self.low, self.high, self.x,
@@ -82,7 +87,9 @@ class BatchQuant:
             wide = (self.bits > 8)[:, None]
             high = torch.where(wide, 256 + self.high.to(torch.int64), 256)
             ones = torch.ones(c, n, dtype=torch.float64, device=self.low.device)
-            if self.counts is not None:  # padding (repeated rows) is not sent: it does not count
+            if self.sent_mask is not None:  # cache hits and padding are not sent: they do not count
+                ones = self.sent_mask.to(ones)
+            elif self.counts is not None:  # padding (repeated rows) is not sent: it does not count
                 ones = (torch.arange(n, device=ones.device)[None, :] < self.counts.to(ones.device)[:, None]).to(ones)
             hist = torch.zeros(c, 512, dtype=torch.float64, device=self.low.device)
             hist.scatter_add_(1, self.low.to(torch.int64), ones).scatter_add_(1, high, ones)
@@ -90,6 +97,8 @@ class BatchQuant:
         plogp = (hist * torch.log2(hist.clamp_min(1))).sum(1)
         m = torch.full((c,), float(n), dtype=torch.float64, device=hist.device) if self.counts is None \
             else self.counts.to(device=hist.device, dtype=torch.float64)
+        if self.sent_mask is not None:
+            m = self.sent_mask.sum(1).to(device=hist.device, dtype=torch.float64)
         return (2 * m * torch.log2(m.clamp_min(1)) - plogp) / 8.0
 
 
@@ -145,15 +154,25 @@ class _Torch:
 _POW2 = 2.0 ** np.arange(MAX_BITS + 1)
 
 
-def chunk_params(xp, mn, mx, eb_rel, n: int, dtype: torch.dtype) -> dict:
+def chunk_params(xp, mn, mx, eb_rel, n: int, dtype: torch.dtype, bound=None) -> dict:
     """Header parameters of every chunk from its float64 range and relative bound (``xp`` is
-    ``_Numpy`` or ``_Torch``: one formula for both). See ``quantize_batch`` for the margins."""
+    ``_Numpy`` or ``_Torch``: one formula for both). See ``quantize_batch`` for the margins.
+    ``bound``: ``(lo, hi)``, the range the bound is relative to when it is not the quantized
+    values' own (the row cache quantizes differences from cached rows; the bound stays the
+    chunk's values'): then no chunk is CONST and the magnitude covers both ranges."""
     finite = xp.isfinite(mn) & xp.isfinite(mx)
     mn0, mx0 = xp.where(finite, mn, 0.0), xp.where(finite, mx, 0.0)
     mn_h = xp.down(mn0)
-    eb_abs = xp.down(eb_rel * (mx0 - mn0) * (1.0 - 2.0**-50))  # the margin covers the float64 roundings
-    const = finite & (mx0 == mn0) & (mn_h == mn0) & (n > 0)
+    b_fin, b0, b1 = finite, mn0, mx0
+    if bound is not None:
+        b_fin = xp.isfinite(bound[0]) & xp.isfinite(bound[1])
+        b0, b1 = xp.where(b_fin, bound[0], 0.0), xp.where(b_fin, bound[1], 0.0)
+        finite = finite & b_fin
+    eb_abs = xp.down(eb_rel * (b1 - b0) * (1.0 - 2.0**-50))  # the margin covers the float64 roundings
+    const = finite & (mx0 == mn0) & (mn_h == mn0) & (n > 0) & (bound is None)
     mag = xp.maximum(abs(mn0), abs(mx0))
+    if bound is not None:
+        mag = xp.maximum(mag, xp.maximum(abs(b0), abs(b1)))
     wide = torch.float64 if dtype == torch.float64 else torch.float32
     fi, fw = torch.finfo(dtype), torch.finfo(wide)
     cast_err = 2 * fw.eps * mag + fi.eps * mag + fi.smallest_normal * fi.eps
@@ -171,7 +190,7 @@ def chunk_params(xp, mn, mx, eb_rel, n: int, dtype: torch.dtype) -> dict:
     max_code = xp.where(valid, max_code, 0.0)
     return {"finite": finite, "const": const, "valid": valid, "min": xp.where(valid | const, mn_h, 0.0),
             "step": xp.where(valid, step, 0.0), "safe_step": safe_step, "max_code": max_code,
-            "eb_abs": xp.where(finite, xp.where(eb_abs > _F32_MAX, _F32_MAX, eb_abs), 0.0),
+            "eb_abs": xp.where(b_fin, xp.where(eb_abs > _F32_MAX, _F32_MAX, eb_abs), 0.0), "bound_finite": b_fin,
             "bits": xp.where(valid, xp.bits(max_code), 0)}
 
 
@@ -186,8 +205,8 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: np.ndarray | None = None
-                   ) -> BatchQuant:
+def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: np.ndarray | None = None,
+                   base: torch.Tensor | None = None, cached: torch.Tensor | None = None) -> BatchQuant:
     """Quantize each row of ``x [C, n]`` under its bound ``eb_rel[C]`` (relative to its range).
 
     ``counts[C]`` (host) marks the values that travel when chunks are padded to one width: the
@@ -204,6 +223,8 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: n
     check_input(x)
     if x.dim() != 2:
         raise ValueError(f"quantize_batch takes [chunks, values], got shape {tuple(x.shape)}")
+    if base is not None:
+        return quantize_delta(x, eb_rel, counts, base, cached)
     dev, wd = x.device, work_dtype(x.dtype)
     c, n = x.shape
     cpu = dev.type == "cpu"
@@ -253,6 +274,89 @@ def quantize_batch(x: torch.Tensor, eb_rel: torch.Tensor | np.ndarray, counts: n
     )
 
 
+def quantize_delta(x: torch.Tensor, eb_rel, counts: np.ndarray | None, base: torch.Tensor,
+                   cached: torch.Tensor, fused: bool = True) -> BatchQuant:
+    """``quantize_batch`` behind the row cache: ``base [C, n]`` holds the receiver's cached copy
+    of each row (zeros for a row not cached), ``cached [C, U]`` which rows have one (U rows of
+    n/U values). A cached row whose copy is within the chunk's bound (``max |x - c| < eb_abs``
+    in the work dtype: exact, as the quantizer's own check; or equal) is a hit and only its flag
+    travels; every other row travels as codes of ``x - base`` (a difference from its copy, or
+    its value). The bound ``eb_abs`` is relative to the range of the chunk's values ``x``, hits
+    included, as without the cache; the reconstruction ``dtype((code*step + min) + base)`` runs
+    in float64 on every device and is checked against ``x`` (hits included) like any chunk: a
+    chunk that fails sends its travelling rows RAW. Torch ops only: any device, no host read."""
+    check_input(x)
+    dev, wd = x.device, work_dtype(x.dtype)
+    c, n = x.shape
+    u = cached.shape[1]
+    d = n // u if u else 0
+    if dev.type == "cpu" and x.dtype == torch.float32 and n and cpu_kernels.available() and fused:
+        return _quantize_delta_cpu(x, eb_rel, counts, base, cached, d)
+    xw, bw = x.to(wd), base.to(wd)
+    v = xw - bw
+    if n:
+        lo_x, hi_x = xw.amin(dim=1), xw.amax(dim=1)
+        lo_v, hi_v = v.amin(dim=1), v.amax(dim=1)
+    else:
+        lo_x = hi_x = lo_v = hi_v = torch.zeros(c, dtype=wd, device=dev)
+    f64 = lambda t: t.to(torch.float64)  # noqa: E731
+    eb = torch.as_tensor(eb_rel, dtype=torch.float64).to(dev)
+    col = chunk_params(_Torch, f64(lo_v), f64(hi_v), eb, n, x.dtype, bound=(f64(lo_x), f64(hi_x)))
+    eb_w = col["eb_abs"].to(wd)
+    row_err = (xw - bw).abs().view(c, u, d).amax(dim=2) if n else torch.zeros(c, u, dtype=wd, device=dev)
+    hit_rows = cached & ((row_err < eb_w[:, None]) | (row_err == 0))  # NaN never hits
+    hit = hit_rows.repeat_interleave(d, dim=1) if d else torch.zeros_like(x, dtype=torch.bool)
+    safe_step = col["safe_step"]
+    codes = torch.round((v - col["min"].to(wd)[:, None]) * (1.0 / safe_step).to(wd)[:, None])
+    codes = torch.minimum(codes.clamp_min_(0), col["max_code"].to(wd)[:, None])
+    codes = torch.where(hit | ~torch.isfinite(codes), 0.0, codes)
+    y = ((codes.to(torch.float64) * safe_step[:, None] + col["min"][:, None]) + base.to(torch.float64)).to(x.dtype)
+    err_q = torch.where(hit, 0.0, (y.to(wd) - xw).abs()).amax(dim=1) if n else torch.zeros(c, dtype=wd, device=dev)
+    err_h = torch.where(hit, (bw - xw).abs(), 0.0).amax(dim=1) if n else torch.zeros(c, dtype=wd, device=dev)
+    ok = col["valid"] & (err_q < eb_w)
+    err = torch.where(ok, torch.maximum(err_q, err_h), err_h).to(torch.float64)
+    pad = torch.arange(n, device=dev)[None, :] < (torch.as_tensor(np.asarray(counts, dtype=np.int64)).to(dev)[:, None]
+                                                  if counts is not None else n)
+    codes = codes.to(torch.int32)
+    return BatchQuant(
+        kind=torch.where(ok, ChunkKind.QUANT, ChunkKind.RAW).to(torch.uint8),
+        bits=torch.where(ok, col["bits"].to(torch.int64), 0), minimum=col["min"],
+        step=torch.where(ok, col["step"], 0.0), eb_abs=col["eb_abs"],
+        low=(codes & 255).to(torch.uint8), high=(codes >> 8).to(torch.uint8),
+        err=err, nonfinite=(~col["bound_finite"]).sum(), ok=ok, x=x, x_hat=y,
+        counts=None if counts is None else to_device(torch.from_numpy(np.asarray(counts, dtype=np.int64)), dev),
+        base=base, hit=hit, sent_mask=pad & ~hit)
+
+
+def _quantize_delta_cpu(x: torch.Tensor, eb_rel, counts, base: torch.Tensor, cached: torch.Tensor, d: int
+                        ) -> BatchQuant:
+    """``quantize_delta`` on a CPU float32 batch through ``cpu_kernels.delta_rows``."""
+    xn, bn = x.detach().contiguous().numpy(), base.detach().contiguous().numpy()
+    c, n = xn.shape
+    eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
+    v = xn - bn
+    f64 = lambda a: a.astype(np.float64)  # noqa: E731
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = chunk_params(_Numpy, f64(v.min(axis=1)), f64(v.max(axis=1)), eb.astype(np.float64), n, torch.float32,
+                         bound=(f64(xn.min(axis=1)), f64(xn.max(axis=1))))
+    low, high = np.empty((c, n), np.uint8), np.empty((c, n), np.uint8)
+    hit_rows = np.empty(cached.shape, np.bool_)
+    y = np.empty((c, n), np.float32)
+    err_q, err_h = cpu_kernels.delta_rows(xn, bn, cached.contiguous().numpy(), d, p["valid"], p["min"],
+                                          p["safe_step"], p["max_code"], p["eb_abs"], low, high, hit_rows, y)
+    ok = p["valid"] & (err_q.astype(np.float32) < p["eb_abs"].astype(np.float32))
+    t = torch.from_numpy
+    hit = t(np.repeat(hit_rows, d, axis=1))
+    pad = np.arange(n)[None, :] < (np.asarray(counts, dtype=np.int64)[:, None] if counts is not None else n)
+    return BatchQuant(
+        kind=t(np.where(ok, ChunkKind.QUANT, ChunkKind.RAW).astype(np.uint8)),
+        bits=t(np.where(ok, p["bits"], 0).astype(np.int64)), minimum=t(p["min"]),
+        step=t(np.where(ok, p["step"], 0.0)), eb_abs=t(p["eb_abs"]), low=t(low), high=t(high),
+        err=t(np.where(ok, np.maximum(err_q, err_h), err_h)), nonfinite=torch.tensor(int((~p["bound_finite"]).sum())),
+        ok=t(ok), x=x, x_hat=t(y), counts=None if counts is None else t(np.asarray(counts, dtype=np.int64)),
+        base=base, hit=hit, sent_mask=t(pad) & ~hit)
+
+
 def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> BatchQuant:
     """The same quantizer on a CPU float32 batch through the fused loops of ``cpu_kernels``."""
     xn = x.detach().contiguous().numpy()
@@ -279,28 +383,31 @@ def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> 
 
 
 def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, codes: torch.Tensor,
-                     raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+                     raw: torch.Tensor, dtype: torch.dtype, base: torch.Tensor | None = None) -> torch.Tensor:
     """The receiver's reconstruction of ``[C, n]`` chunks: ``dtype(code*step + min)`` in float64
-    for QUANT (the operations the sender verified), the constant for CONST, ``raw`` (the
-    values that travelled) for RAW."""
+    for QUANT (the operations the sender verified; ``dtype((code*step + min) + base)`` behind the
+    row cache), the constant for CONST, ``raw`` (the values that travelled) for RAW."""
     m = minimum.to(torch.float64)[:, None]
-    y = (codes.to(torch.float64) * step.to(torch.float64)[:, None] + m).to(dtype)
+    y = codes.to(torch.float64) * step.to(torch.float64)[:, None] + m
+    y = (y if base is None else y + base.to(torch.float64)).to(dtype)
     k = kind.to(torch.int64)[:, None]
     return torch.where(k == ChunkKind.QUANT, y, torch.where(k == ChunkKind.CONST, m.to(dtype).expand_as(y), raw.to(dtype)))
 
 
 def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, bits: torch.Tensor,
-                      low: torch.Tensor, high: torch.Tensor, raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+                      low: torch.Tensor, high: torch.Tensor, raw: torch.Tensor, dtype: torch.dtype,
+                      base: torch.Tensor | None = None) -> torch.Tensor:
     """``dequantize_batch`` from the codes' byte planes (the fused loop for CPU float32, one
-    Triton launch on CUDA)."""
-    if device_kernels.use_triton(low):
+    Triton launch on CUDA; behind the row cache, ``base``, the torch ops)."""
+    if base is None and device_kernels.use_triton(low):
         from dlrm_comp.compress.device import quant as device_quant
         return device_quant.dequantize_planes(kind, minimum, step, bits, low, high, raw, dtype)
-    if low.device.type == "cpu" and dtype == torch.float32 and cpu_kernels.available() and low.shape[1]:
+    if base is None and low.device.type == "cpu" and dtype == torch.float32 and cpu_kernels.available() \
+            and low.shape[1]:
         out = np.empty(low.shape, np.float32)
         cpu_kernels.dequantize_rows(low.numpy(), high.numpy(), (bits > 8).numpy(), kind.to(torch.int64).numpy(),
                                     minimum.to(torch.float64).numpy(), step.to(torch.float64).numpy(),
                                     raw.contiguous().numpy(), out)
         return torch.from_numpy(out)
     codes = low.to(torch.int32) | (high.to(torch.int32) << 8)
-    return dequantize_batch(kind, minimum, step, codes, raw, dtype)
+    return dequantize_batch(kind, minimum, step, codes, raw, dtype, base)

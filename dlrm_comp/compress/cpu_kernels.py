@@ -104,3 +104,56 @@ if numba is not None:
                 for i in range(n):
                     out[r, i] = raw[r, i]
         return out
+
+    @numba.njit(cache=True, nogil=True)
+    def delta_rows(x, base, cached, d, valid, minimum, step, max_code, eb_abs, low, high, hit, out):  # pragma: no cover
+        """``batch_quant.quantize_delta``'s per-value work in one pass per chunk (the row cache):
+        the hit test per row (float32 ``max |x - c| < eb`` or equal), codes of ``x - c`` for the
+        other rows, the reconstruction ``float32(((code*step) + min) + c)`` in float64 (a hit
+        keeps its copy), and per chunk the max error of the travelling rows and of the hits."""
+        c, n = x.shape
+        u = cached.shape[1]
+        err_q = np.zeros(c, np.float64)
+        err_h = np.zeros(c, np.float64)
+        for r in range(c):
+            eb = np.float32(eb_abs[r])
+            m32 = np.float32(minimum[r])
+            inv = np.float32(1.0 / step[r])
+            s64 = step[r]
+            m64 = minimum[r]
+            top = np.float32(max_code[r])
+            eq = np.float32(0.0)
+            eh = np.float32(0.0)
+            for j in range(u):
+                worst = np.float32(0.0)
+                nan = False
+                for i in range(j * d, (j + 1) * d):
+                    e = abs(x[r, i] - base[r, i])
+                    if e != e:
+                        nan = True
+                    worst = max(worst, e)
+                h = cached[r, j] and not nan and (worst < eb or worst == 0)
+                hit[r, j] = h
+                for i in range(j * d, (j + 1) * d):
+                    xv = x[r, i]
+                    bv = base[r, i]
+                    if h:
+                        low[r, i] = 0
+                        high[r, i] = 0
+                        out[r, i] = bv
+                        eh = max(eh, abs(bv - xv))
+                        continue
+                    k = np.int32(0)
+                    if valid[r]:
+                        q = np.rint(((xv - bv) - m32) * inv)
+                        q = min(max(q, np.float32(0.0)), top)
+                        if q == q:
+                            k = np.int32(q)
+                    y = np.float32((np.float64(k) * s64 + m64) + np.float64(bv))
+                    low[r, i] = np.uint8(k & 255)
+                    high[r, i] = np.uint8(k >> 8)
+                    out[r, i] = y
+                    eq = max(eq, abs(y - xv))
+            err_q[r] = eq
+            err_h[r] = eh
+        return err_q, err_h

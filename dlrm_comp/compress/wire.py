@@ -5,6 +5,10 @@
                          | u32 Adler-32 of the table
     chunk table (C x 22) u16 table | u8 kind | u8 bits | u8 section | u8 layout | u32 rows
                          | f32 minimum | f32 step | u32 body bytes
+    [flag section]       behind the row cache only: one section (the same header) of one bit per
+                         row the receiver holds a cached copy of, in row order, packed LSB first
+                         (1: a hit, the copy stands; 0: the row travels, as codes of its difference
+                         from the copy), coded by the message's first section's lossless stage
     sections             per section: u8 codec id | u8 param bytes | u16 0 | u32 raw bytes
                          | u32 coded bytes | u32 Adler-32 of the raw bytes | params | coded bytes
 
@@ -16,7 +20,10 @@ one row per distinct bag). Its raw bytes are, for the
 bytes of a RAW chunk, zeros for CONST), then the high byte planes of the chunks with codes wider
 than 8 bits, then the remaining bytes of the RAW chunks; for the ``bitpack`` layout, each QUANT
 chunk's codes at ``bits`` bits per code (LSB first), then the RAW chunks' bytes. Preamble, chunk
-table and section headers count in ``bytes_sent``. The sender assembles and the receiver parses
+table and section headers count in ``bytes_sent``. Version 4 added the flag section (the row
+cache, ``codecs/cache_stage.py``): a chunk's ``rows`` are then the rows that travel, and the
+receiver learns which from the flags and its own cache (the section's presence and its length
+are what the receiver expects from its cache; nothing in the preamble marks it). The sender assembles and the receiver parses
 on the host with numpy (vectorised over chunks); quantization and reconstruction stay on the
 tensors' device.
 """
@@ -34,7 +41,7 @@ from dlrm_comp.compress.lossless import CodecCache, LosslessCodec
 from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.kinds import ChunkKind
 
-MAGIC, VERSION = 0xDB, 3
+MAGIC, VERSION = 0xDB, 4
 PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 22, 16
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("section", "u1"), ("layout", "u1"),
@@ -58,6 +65,8 @@ class HostChunks:
     high: np.ndarray | None  # [C, N] uint8 high code bytes (rows with bits > 8 used)
     raw: np.ndarray | None  # [C, N*itemsize] uint8 input bytes (rows of RAW / SZ chunks used)
     sz: list[bytes] | None = None  # SZ3 bodies, by chunk (sz mode)
+    flags: list[np.ndarray] | None = None  # per message: the row cache's flags (uint8), the flag section
+    flag_rows: np.ndarray | None = None  # [C] flags of each chunk (its share of the flag section's bytes)
 
 
 def bitpack(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -206,6 +215,13 @@ def assemble(hc: HostChunks, dtype: torch.dtype, counts: list[int], coders: list
             share = share / share.sum() if share.sum() else np.full(hi - lo, 1.0 / (hi - lo))
             sent[lo:hi] += apportion(len(coded) + len(head), share)
             framing[lo:hi] += len(head) * share
+        if hc.flags is not None:  # the flag section, first: the receiver needs it to know the rows
+            head, coded = _flag_section(hc.flags[m], coders[m][0] if coders[m] else _IDENTITY)
+            parts = [head, coded] + parts
+            share = hc.flag_rows[c0:c0 + count].astype(np.float64)
+            share = share / share.sum() if share.sum() else np.full(count, 1.0 / max(count, 1))
+            sent[c0:c0 + count] += apportion(len(head) + len(coded), share)
+            framing[c0:c0 + count] += len(head) * share
         table = h[c0:c0 + count].tobytes()
         body = b"".join(parts)
         widest = int(h["rows"][c0:c0 + count].max()) if count else 0
@@ -219,6 +235,42 @@ def assemble(hc: HostChunks, dtype: torch.dtype, counts: list[int], coders: list
     return messages, sent, framing
 
 
+def _flag_section(flags: np.ndarray, coder: LosslessCodec) -> tuple[bytes, bytes]:
+    """Header and coded bytes of one message's flag section (stored as is when coding does not pay)."""
+    raw = np.packbits(np.asarray(flags, dtype=bool), bitorder="little").tobytes()
+    coded = coder.compress(raw, 1) if raw and coder.codec_id else raw
+    if len(coded) >= len(raw):
+        coder, coded = _IDENTITY, raw
+    params = coder.header_params()
+    return _SECTION.pack(coder.codec_id, len(params), 0, len(raw), len(coded), zlib.adler32(raw)) + params, coded
+
+
+def _read_flags(buf: memoryview, pos: int, size: int, expect: int, codecs: CodecCache) -> tuple[np.ndarray, int]:
+    """The flag section at ``pos`` (``expect`` flags, each 0 or 1), and where the sections begin."""
+    if pos + SECTION_HEADER > size:
+        raise CorruptPayloadError("message truncated in its flag section")
+    codec_id, plen, _, raw_n, coded_n, checksum = _SECTION.unpack_from(buf, pos)
+    pos += SECTION_HEADER
+    if raw_n != (expect + 7) // 8:
+        raise CorruptPayloadError(f"flag section of {raw_n} bytes, the receiver's cache expects {expect} flags")
+    if pos + plen + coded_n > size:
+        raise CorruptPayloadError("message truncated in its flag section")
+    params = bytes(buf[pos:pos + plen])
+    coded = buf[pos + plen:pos + plen + coded_n]
+    if codec_id:
+        stream = codecs.get(codec_id, params).decompress(bytes(coded), raw_n)
+    elif coded_n != raw_n:
+        raise CorruptPayloadError(f"flag section: stored {coded_n} bytes, header says {raw_n}")
+    else:
+        stream = bytes(coded)
+    if zlib.adler32(stream) != checksum:
+        raise CorruptPayloadError("flag section: checksum mismatch, message corrupted")
+    bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8), bitorder="little")
+    if np.any(bits[expect:]):
+        raise CorruptPayloadError("flag section: padding bits set, message corrupted")
+    return bits[:expect], pos + plen + coded_n
+
+
 @dataclass
 class Parsed:
     """One received message on the host: its chunk table and the decoded body planes (each
@@ -230,15 +282,19 @@ class Parsed:
     high: np.ndarray  # [C, N] uint8 high code bytes (zero for codes of up to 8 bits)
     raw: np.ndarray  # [C, N] of the dtype's numpy type (rows of RAW chunks used)
     bitpacked: np.ndarray | None  # [C, 2N] uint8 packed codes of bitpack chunks (unpacked on the device)
+    flags: np.ndarray | None = None  # the row cache's flags (a message with a flag section)
 
 
 def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = None,
-          expect_chunks: int | None = None, expect_dtype: torch.dtype | None = None) -> Parsed:
+          expect_chunks: int | None = None, expect_dtype: torch.dtype | None = None,
+          flags: int | None = None) -> Parsed:
     """Validate one message and split it into codes and raw values: magic, version, lengths,
     the chunk-table checksum, every coder's exact output size and every section's checksum.
     ``rows`` (one count, or one per chunk: the receiver knows them) and ``expect_chunks`` are
     checked before anything is allocated. ``codecs``: the receiver's codec cache and model store
-    (None: a fresh cache without models, for one message)."""
+    (None: a fresh cache without models, for one message). ``flags``: the number of row-cache
+    flags the receiver expects (None: no flag section); then ``rows`` may be a function of the
+    flags giving the rows each chunk carries, checked like a fixed count."""
     buf = memoryview(msg)
     size = len(buf)
     if size < PREAMBLE:
@@ -264,7 +320,11 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
     if zlib.adler32(buf[PREAMBLE:table_end]) != table_sum:
         raise CorruptPayloadError("chunk table checksum mismatch: message corrupted")
     h = np.frombuffer(buf[PREAMBLE:table_end], dtype=HEADER_DTYPE)
-    want = np.asarray(rows, dtype=np.int64)
+    codecs = codecs if codecs is not None else CodecCache()
+    flag_values, sections_at = None, table_end
+    if flags is not None:
+        flag_values, sections_at = _read_flags(buf, table_end, size, flags, codecs)
+    want = np.asarray(rows(flag_values) if callable(rows) else rows, dtype=np.int64)
     if want.ndim and len(want) != n_chunks:
         raise CorruptPayloadError(f"message holds {n_chunks} chunks, expected {len(want)}")
     want = np.broadcast_to(want, (n_chunks,))
@@ -295,8 +355,7 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
     raw = np.zeros((n_chunks, width * item), dtype=np.uint8)
     packed = np.zeros((n_chunks, 2 * width), dtype=np.uint8) if np.any((layout == 1) & (kind == ChunkKind.QUANT)) else None
     sz_bodies: dict[int, bytes] = {}
-    codecs = codecs if codecs is not None else CodecCache()
-    pos, lo = table_end, 0
+    pos, lo = sections_at, 0
     for s in range(n_sections):
         if pos + SECTION_HEADER > size:
             raise CorruptPayloadError("message truncated in a section header")
@@ -327,7 +386,7 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
     values = raw.view(_NP_RAW[dtype]).reshape(n_chunks, width)
     if sz_bodies:
         values = _sz_values(values, sz_bodies, dtype, chunk_rows, cols)
-    return Parsed(dtype, h, low, high, values, packed)
+    return Parsed(dtype, h, low, high, values, packed, flag_values)
 
 
 def _sz_values(values: np.ndarray, bodies: dict, dtype: torch.dtype, rows: np.ndarray, cols: int) -> np.ndarray:

@@ -37,6 +37,8 @@ class BagIndex:
     starts: np.ndarray  # [T, W+1] where each slice's sent rows begin in first[t]
     bag: list[np.ndarray]  # per table [B]: each row's position among its slice's sent rows
     layouts: dict = field(default_factory=dict, repr=False)  # the exchange's layouts of this index
+    keys: list[np.ndarray | None] | None = None  # per table: a bag key of each sent row that is the same
+    # in every step (the id of a single-hot bag; the row cache's key), None where no such key exists
 
     @property
     def counts(self) -> np.ndarray:
@@ -69,12 +71,16 @@ def bag_codes(indices: torch.Tensor, offsets: torch.Tensor) -> np.ndarray:
     return np.unique(padded, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
-def batch_codes(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], batch: int) -> np.ndarray:
+def batch_codes(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], batch: int,
+                with_ids: bool = False):
     """``[T, B]`` bag codes of a batch: one host copy for single-hot tables (the common case), a
-    per-table ``bag_codes`` only for multi-hot ones."""
+    per-table ``bag_codes`` only for multi-hot ones. ``with_ids``: also the ``[T]`` mask of the
+    tables whose codes are the ids themselves (single-hot: a key that means the same in every step)."""
     t_count = len(offsets)
+    stable = np.zeros(t_count, bool)
     if not t_count:
-        return np.zeros((0, batch), np.int64)
+        out = np.zeros((0, batch), np.int64)
+        return (out, stable) if with_ids else out
     single = [len(i) == batch for i in indices]
     out = np.empty((t_count, batch), np.int64)
     if any(single):
@@ -84,9 +90,10 @@ def batch_codes(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]
         one_per_row = (offs == np.arange(batch)[None, :]).all(axis=1)
         for k, t in enumerate(pick):
             out[t] = ids[k] if one_per_row[k] else bag_codes(indices[t], offsets[t])
+            stable[t] = bool(one_per_row[k])
     for t in (t for t, one in enumerate(single) if not one):
         out[t] = bag_codes(indices[t], offsets[t])
-    return out
+    return (out, stable) if with_ids else out
 
 
 def build_bag_index(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
@@ -94,7 +101,8 @@ def build_bag_index(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Ten
     """The distinct bags of every (table, slice) of a batch, with one sort over all tables."""
     t_count, w = len(offsets), len(slices)
     b = slices[-1][1] if slices else 0
-    codes = batch_codes(indices, offsets, b)
+    codes, stable = batch_codes(indices, offsets, b, with_ids=True)
+    ids = codes
     lo, hi = (int(codes.min()), int(codes.max())) if codes.size else (0, 0)
     if (hi - lo + 1) * max(t_count * w, 1) >= 2**62:  # composite keys would overflow: dense ranks per table
         codes = np.stack([np.unique(c, return_inverse=True)[1].reshape(-1) for c in codes]).astype(np.int64)
@@ -111,17 +119,19 @@ def build_bag_index(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Ten
     # each row's position among its chunk's distinct bags, for every table at once
     bag_all = inverse.reshape(t_count, b) - chunk_start[np.arange(t_count)[:, None] * w + slice_of[None, :]]
     rows, local, starts = _identity(slices, t_count)
-    firsts, bags = [], []
+    firsts, bags, keys = [], [], []
     for t in range(t_count):
         if dedup[t]:
             first, last = table_start[t], chunk_start[(t + 1) * w]
             firsts.append(order[first:last] - t * b)
             starts[t] = chunk_start[t * w:(t + 1) * w + 1] - first
             bags.append(bag_all[t])
+            keys.append(ids[t][firsts[-1]] if stable[t] else None)  # distinct per chunk: the cache's keys
         else:
             firsts.append(rows)
             bags.append(local)
-    return BagIndex(slices, dedup, distinct, firsts, starts, bags)
+            keys.append(None)
+    return BagIndex(slices, dedup, distinct, firsts, starts, bags, keys=keys)
 
 
 def _distinct(codes: np.ndarray, slice_of: np.ndarray, w: int, span: int):

@@ -93,6 +93,11 @@ class Exchange:
             codec = self._mode_codecs[key] = build_codec(plan.mode, plan, self.codecs, self.transport.device)
         return codec
 
+    @property
+    def row_cache(self):
+        """The forward codec's row cache stage (``compress.row_cache``), None without one."""
+        return self.codec(self.plan.fwd).stage if self.plan.fwd.enabled else None
+
     # -------------------------------------------------------------------------- layout
     def slice_rows(self, batch: int) -> list[tuple[int, int]]:
         rows = destination_rows(batch, self.transport.destinations)
@@ -367,7 +372,7 @@ class Exchange:
         self.recorder.record_batch(direction, self._index(tables, None), self._index(tables, enc.sent.device),
                                    full * self.dim * item, enc.sent, enc.ideal, enc.err_ratio, enc_s, 0.0,
                                    lambda: _labels(plan, table_bounds), plan.estimated, rows=full,
-                                   distinct=side.chunk_rows)
+                                   distinct=side.chunk_rows, hits=enc.hits, row_bytes=self.dim * item)
 
 
 def _labels(plan: DirectionPlan, table_bounds: torch.Tensor | None) -> tuple[list, list[str]]:

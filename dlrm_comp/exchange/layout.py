@@ -43,6 +43,17 @@ class Layout:
     bag_order: tuple[torch.Tensor, torch.Tensor] | None = None  # ``dedup.sum_by_bag`` on a device
 
 
+def _keys(index: BagIndex, messages: list[tuple[list[int], int]]) -> np.ndarray:
+    """[R] the key of every travelling row of messages ``(tables, slice)``, -1 where a table has none."""
+    parts = []
+    for tables, q in messages:
+        for t in tables:
+            lo, hi = index.starts[t, q], index.starts[t, q + 1]
+            k = index.keys[t]
+            parts.append(k[lo:hi] if k is not None else np.full(hi - lo, -1, np.int64))
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
 def build_layout(index: BagIndex, own: list[int], recv: list[list[int]], rank: int, loopback: bool, dim: int,
                  device: torch.device) -> Layout:
     """The layout of one direction: ``own`` the owned tables in message order, ``recv[p]`` the
@@ -51,10 +62,13 @@ def build_layout(index: BagIndex, own: list[int], recv: list[list[int]], rank: i
     batch = slices[-1][1]
     counts = index.counts
     dedup = bool(index.active)
-    owner = ChunkLayout([own] * len(slices), [counts[own, q] for q in range(len(slices))], list(slices), dim, dedup)
+    keyed = index.keys is not None and any(k is not None for k in index.keys)
+    owner = ChunkLayout([own] * len(slices), [counts[own, q] for q in range(len(slices))], list(slices), dim, dedup,
+                        _keys(index, [(own, q) for q in range(len(slices))]) if keyed else None)
     mine_slice = list(slices) if loopback else [slices[rank]] * len(slices)
     consumer = ChunkLayout(recv, [counts[ts, (q if loopback else rank)] for q, ts in enumerate(recv)], mine_slice,
-                           dim, dedup)
+                           dim, dedup, _keys(index, [(ts, q if loopback else rank) for q, ts in enumerate(recv)])
+                           if keyed else None)
     if not dedup:
         return Layout(owner, consumer, None, None, index)
     src = [pos * batch + index.sent_rows(t, q) for q in range(len(slices)) for pos, t in enumerate(own)]

@@ -22,6 +22,7 @@ class DirectionPlan:
     bitpack: list[bool] = field(default_factory=list)  # codes bit-packed before the coder, per table
     nonfinite: str = "error"  # NONFINITE_POLICIES: "error" stops the run, "passthrough" sends such chunks raw
     version: int = 0  # bumped by set_coder: the exchange memoises message layouts on it
+    row_cache_rows: int = 0  # the row cache's rows per table and destination (forward; 0: no cache)
 
     def __post_init__(self) -> None:
         mode(self.mode)  # ValueError naming the valid modes

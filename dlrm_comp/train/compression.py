@@ -96,9 +96,12 @@ class CompressionExtension(TrainingExtension):
                     "lossless_tuning": self.codecs.selector is not None,
                     "eb_rel": final, "codec": [self.codecs.name(i) for i in range(len(final))],
                     **self.bounds.controller_summary()}
-        return {"compression": self.stats.section(self.cfg, self.plan, self.cardinalities,
-                                                  list(self.bounds.policy.bounds)),
-                "adaptive": adaptive}
+        section = self.stats.section(self.cfg, self.plan, self.cardinalities, list(self.bounds.policy.bounds))
+        stage = self.exchange.row_cache if self.exchange is not None else None
+        if self.cfg.row_cache == "on":  # this rank's caches: the rows (device) and the index (host)
+            section["row_cache"] = {"rows": self.cfg.row_cache_rows,
+                                    "memory_bytes": stage.memory_bytes() if stage is not None else 0}
+        return {"compression": section, "adaptive": adaptive}
 
     def state_dict(self) -> dict[str, Any]:
         state = {**self.stats.state_dict(self.exchange), "iteration": self.iteration, **self.codecs.state_dict(),
@@ -106,6 +109,9 @@ class CompressionExtension(TrainingExtension):
                  "bag_counts": self.exchange.bag_counts.tolist() if self.exchange is not None else None}
         if self.bounds.controller is not None:
             state["controller"] = self.bounds.controller.state_dict()
+        stage = self.exchange.row_cache if self.exchange is not None else None
+        if stage is not None:  # the caches are the run's state: a resumed run decodes as an uninterrupted one
+            state["row_cache"] = stage.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -117,6 +123,12 @@ class CompressionExtension(TrainingExtension):
             self.iteration = state["iteration"]
             self._refresh_bounds()
         self.codecs.load_state_dict(state)
+        stage = self.exchange.row_cache if self.exchange is not None else None
+        if stage is not None:
+            if "row_cache" not in state:  # never reset silently
+                raise ValueError("compress.row_cache: the checkpoint holds no row caches (saved with "
+                                 "compress.row_cache=off); resume with the setting it was saved with")
+            stage.load_state_dict(state["row_cache"])
         if self.cfg.dedup == "auto" and "dedup" in state:  # auto's per-table decision and its open window
             self.plan.dedup[:] = [bool(v) for v in state["dedup"]]
             if self.exchange is not None and state.get("bag_counts") is not None:

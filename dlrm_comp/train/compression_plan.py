@@ -24,7 +24,7 @@ def build_plan(cfg: CompressConfig, num_tables: int) -> CompressionPlan:
     coder = build_coder(cfg.lossless.name, cfg.lossless.params)
     bitpack = cfg.layout == "bitpack"
     fwd = DirectionPlan(cfg.mode, num_tables, coders=[coder] * num_tables, bitpack=[bitpack] * num_tables,
-                        nonfinite=cfg.nonfinite)
+                        nonfinite=cfg.nonfinite, row_cache_rows=cfg.row_cache_rows if cfg.row_cache == "on" else 0)
     bwd = DirectionPlan(cfg.backward.mode, num_tables, coders=[coder] * num_tables,
                         bitpack=[bitpack] * num_tables, nonfinite=fwd.nonfinite)
     bad = [t for t in cfg.dedup_tables if t >= num_tables]

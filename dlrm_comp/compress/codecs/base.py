@@ -31,6 +31,8 @@ class ChunkLayout:
     slices: list[tuple[int, int]]  # per message: the batch rows its chunks cover
     dim: int = 0
     deduplicated: bool = False  # some chunk carries fewer rows than its slice (bag deduplication)
+    keys: np.ndarray | None = None  # [R] a key per travelling row, the same in every step (a single-hot
+    # bag's id), -1 where none: what the row cache keys on (None: no row has one)
 
     @cached_property
     def counts(self) -> list[int]:
@@ -73,6 +75,7 @@ class Encoded:
     err_ratio: torch.Tensor | None = None
     nonfinite: torch.Tensor | None = None
     messages: list[bytes] | None = None
+    hits: torch.Tensor | None = None  # [C] rows the row cache served (only a flag travelled); None: no cache
 
 
 class ModeCodec:
@@ -83,11 +86,16 @@ class ModeCodec:
 
     name = "off"
     byte_messages = False  # variable-size messages: sizes travel first (the transport's protocol)
+    row_cache = False  # runs the row cache stage (``cache_stage.py``) when the plan asks for it
 
     def __init__(self, plan=None, cache=None, device: torch.device | str = "cpu"):
         self.plan = plan
         self.cache = cache
         self.device = torch.device(device)
+        self.stage = None  # the row cache: the plan's ``row_cache_rows`` rows per table and destination
+        if self.row_cache and getattr(plan, "row_cache_rows", 0):
+            from dlrm_comp.compress.codecs.cache_stage import CacheStage
+            self.stage = CacheStage(plan.row_cache_rows, self.device)
 
     def order(self, tables: list[int]) -> list[int]:
         """The order of one message's chunks (a mode may group tables, e.g. by lossless stage)."""

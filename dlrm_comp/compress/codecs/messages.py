@@ -98,8 +98,9 @@ class ByteMessageCodec(ModeCodec):
         return unpad_chunks(reconstruct(rec, self.device), rec.header["rows"].astype(np.int64), dim)
 
 
-def reconstruct(rec: Parsed, dev: torch.device) -> torch.Tensor:
-    """The receiver's ``[C, N]`` values of a parsed message, on ``dev``."""
+def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None) -> torch.Tensor:
+    """The receiver's ``[C, N]`` values of a parsed message, on ``dev`` (``base``: the row
+    cache's copies the codes are differences from, ``[C, N]``)."""
     h = rec.header
     n = rec.low.shape[1]
     t = torch.from_numpy
@@ -115,4 +116,4 @@ def reconstruct(rec: Parsed, dev: torch.device) -> torch.Tensor:
     raw = raw.view(torch.bfloat16) if rec.dtype == torch.bfloat16 else raw
     return dequantize_planes(t(kind).to(dev), t(h["minimum"].astype(np.float64)).to(dev),
                              t(h["step"].astype(np.float64)).to(dev), t(bits).to(dev), low.to(dev),
-                             high.to(dev), raw.to(dev), rec.dtype)
+                             high.to(dev), raw.to(dev), rec.dtype, base)

@@ -12,9 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from dlrm_comp.compress.batch_quant import ChunkKind, quantize_batch
-from dlrm_comp.compress.codecs.base import ChunkLayout, pad_chunks
-from dlrm_comp.compress.codecs.messages import ByteMessageCodec
-from dlrm_comp.compress.wire import HEADER_DTYPE, HostChunks, bitpack, body_sizes
+from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, pad_chunks, unpad_chunks
+from dlrm_comp.compress.codecs.cache_stage import message_flags
+from dlrm_comp.compress.codecs.messages import ByteMessageCodec, reconstruct
+from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.wire import HEADER_DTYPE, HostChunks, assemble, bitpack, body_sizes, parse
+from dlrm_comp.runtime import to_device
 
 
 class QuantCodec(ByteMessageCodec):
@@ -23,6 +26,7 @@ class QuantCodec(ByteMessageCodec):
     ``plan.version``: memoised orders and sections follow it)."""
 
     name = "codec"
+    row_cache = True
 
     def memo_key(self):
         return id(self.plan), self.plan.version
@@ -66,3 +70,98 @@ class QuantCodec(ByteMessageCodec):
         ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes(),
                             torch.from_numpy(h["nbytes"].astype(np.float64)).to(q.kind.device))
         return hc, ideal, q.error_ratio(), q.nonfinite
+
+    # ------------------------------------------------------------------ behind the row cache
+    def encode(self, x: torch.Tensor, eb: torch.Tensor, layout: ChunkLayout) -> Encoded:
+        if self.stage is None or not self.stage.active(layout):
+            return super().encode(x, eb, layout)
+        sections, coders = self.sections(layout)
+        hc, ideal_body, ratio, nonfinite, hits, flag_bytes = self._cached_chunks(x, eb, layout, sections)
+        ideal_host, flag_host, hits = torch.stack([ideal_body.to(torch.float64), flag_bytes.to(torch.float64),
+                                                   hits.to(ideal_body.device, torch.float64)]).cpu()  # one copy
+        messages, sent, framing = assemble(hc, x.dtype, layout.counts, coders, ideal_host.numpy())
+        ideal = ideal_host + torch.from_numpy(framing) + flag_host
+        return Encoded(torch.zeros(0, dtype=torch.uint8), [len(m) for m in messages], sent=torch.from_numpy(sent),
+                       ideal=ideal, err_ratio=ratio.cpu(), nonfinite=nonfinite, messages=messages, hits=hits)
+
+    def _cached_chunks(self, x: torch.Tensor, eb: torch.Tensor, layout: ChunkLayout, sections: list[int]):
+        """``host_chunks`` behind the row cache: the quantizer decides the hits on the device,
+        the hit rows come to the host with the low code plane (one copy), and there each chunk's
+        travelling rows are packed to its front (its ``rows`` in the chunk table)."""
+        rows, tables, dim = layout.chunk_rows, layout.chunk_tables, layout.dim
+        q, step, chunks, _ = self.stage.quantize(x, eb, layout)
+        hits_dev, flag_bytes = self.stage.chunk_stats(q, step, layout)
+        c, n = chunks.shape
+        u = n // dim if dim else 0
+        hit_plane = q.hit.view(c, u, dim)[:, :, 0].to(torch.uint8) if u else torch.zeros(c, 0, dtype=torch.uint8)
+        both = torch.cat([q.low, hit_plane.to(q.low.device)], 1).cpu().numpy()
+        low, hit = both[:, :n], both[:, n:].astype(bool)
+        kind, bits = q.kind.cpu().numpy(), q.bits.cpu().numpy()
+        high = q.high.cpu().numpy() if (bits > 8).any() else None
+        raw = chunks.contiguous().view(torch.uint8).reshape(c, -1).cpu().numpy() \
+            if (kind == ChunkKind.RAW).any() else None
+        valid = np.arange(u)[None, :] < rows[:, None]
+        travel = valid & ~hit
+        order = np.argsort(~travel, axis=1, kind="stable")  # each chunk's travelling rows first, in order
+
+        def front(plane):
+            return np.take_along_axis(plane.reshape(c, u, -1), order[:, :, None], 1).reshape(c, -1)
+        low, high, raw = front(low), None if high is None else front(high), None if raw is None else front(raw)
+        h = np.zeros(c, dtype=HEADER_DTYPE)
+        h["table"], h["kind"], h["bits"], h["rows"] = tables, kind, bits, travel.sum(1)
+        h["minimum"], h["step"] = q.minimum.cpu().numpy(), q.step.cpu().numpy()
+        h["section"] = sections
+        bp = np.array([self.plan.bitpack[t] for t in tables], dtype=bool)
+        h["layout"] = bp
+        if bp.any():
+            codes = torch.from_numpy(low).to(torch.int32)
+            if high is not None:
+                codes = codes | (torch.from_numpy(high).to(torch.int32) << 8)
+            packed = bitpack(codes, torch.from_numpy(bits.astype(np.int64))).numpy()
+            low = np.where(bp[:, None], packed, np.pad(low, ((0, 0), (0, n))))
+        h["nbytes"] = body_sizes(h, dim, chunks.element_size())
+        flags, flag_rows = message_flags(hit[valid], step.cached, layout)
+        hc = HostChunks(h, u, dim, low, high, raw, flags=flags, flag_rows=flag_rows)
+        ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes(),
+                            torch.from_numpy(h["nbytes"].astype(np.float64)).to(q.kind.device))
+        return hc, ideal, q.error_ratio(), q.nonfinite, hits_dev, flag_bytes
+
+    def decode(self, received, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
+        if self.stage is None or not self.stage.active(layout):
+            return super().decode(received, layout, dtype)
+        cache, step = self.stage.begin("recv", layout)
+        rows, dim = layout.chunk_rows, layout.dim
+        base = cache.rows(step, dtype or torch.float32)
+        chunk = np.repeat(np.arange(len(rows)), rows)
+        row_at = np.concatenate([[0], np.cumsum(layout.message_rows)])
+        chunk_at = np.concatenate([[0], np.cumsum(layout.counts)])
+        moved, parts = [], []
+        for m, msg in enumerate(received):
+            (r0, r1), (c0, c1) = (row_at[m], row_at[m + 1]), (chunk_at[m], chunk_at[m + 1])
+            cached = step.cached[r0:r1]
+            hit = np.zeros(r1 - r0, bool)
+
+            def travelling(flags, hit=hit, cached=cached, r0=r0, r1=r1, c0=c0, c1=c1):
+                hit[cached] = flags.astype(bool)
+                return rows[c0:c1] - np.bincount(chunk[r0:r1][hit] - c0, minlength=c1 - c0)
+            rec = parse(msg, travelling, dim, self.cache, expect_chunks=c1 - c0, expect_dtype=dtype,
+                        flags=int(cached.sum()))
+            if rec.header["table"].astype(np.int64).tolist() != list(layout.tables[m]):
+                raise CorruptPayloadError(f"message carries tables {rec.header['table'].tolist()}, "
+                                          f"expected {list(layout.tables[m])}")
+            go = r0 + np.flatnonzero(~hit)  # the travelling rows, chunk after chunk
+            tr = rec.header["rows"].astype(np.int64)
+            u = rec.low.shape[1] // dim if dim else 0
+            at = np.concatenate([[0], np.cumsum(tr)[:-1]])
+            pos = at[:, None] + np.minimum(np.arange(u)[None, :], np.maximum(tr - 1, 0)[:, None])
+            take = np.append(go, 0)[np.minimum(pos, len(go))] if len(go) else np.zeros_like(pos)
+            planes = base.index_select(0, to_device(torch.from_numpy(take.reshape(-1)), base.device))
+            values = reconstruct(rec, self.device, planes.view(len(tr), u * dim))
+            parts.append(unpad_chunks(values, tr, dim))
+            moved.append(go)
+        y = base.clone()
+        if moved:
+            go = np.concatenate(moved)
+            y.index_copy_(0, to_device(torch.from_numpy(go), y.device), torch.cat(parts).to(y.dtype))
+        cache.store(step, y)
+        return y

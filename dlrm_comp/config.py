@@ -70,7 +70,7 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16")  # dist.allreduce_compression (train/allreduce.py)
+ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd")  # dist.allreduce_compression (train/allreduce.py)
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
 DATA_SOURCES = ("synthetic", "criteo")
 INTERACTIONS = ("dot", "cat")
@@ -347,12 +347,24 @@ class DistConfig:
     # model.backend=torchrec: the table-wise plan handed to DistributedModelParallel, `ours`
     # (dist.sharding's placement as a ShardingPlan) or `planner` (TorchRec's planner, table-wise)
     torchrec_plan: str = "ours"
-    # DDP's dense allreduce through torch's communication hooks: off | fp16 | bf16
+    # DDP's dense allreduce through torch's communication hooks: off | fp16 | bf16 | powersgd
     allreduce_compression: str = "off"
+    # powersgd: the rank of each gradient matrix's approximation, and the first iteration it
+    # compresses (plain allreduce before: torch asks for about 10% of the steps; 0 = 10% of
+    # the run's iterations, at least 2)
+    powersgd_rank: int = 1
+    powersgd_start_iter: int = 0
 
     def validate(self) -> None:
         _choice("dist.torchrec_plan", self.torchrec_plan, TORCHREC_PLANS)
         _choice("dist.allreduce_compression", self.allreduce_compression, ALLREDUCE_COMPRESSION)
+        if self.powersgd_rank < 1:
+            raise ConfigError(f"dist.powersgd_rank: {self.powersgd_rank!r} must be an integer >= 1 (the rank of "
+                              "PowerSGD's low-rank approximation)")
+        if self.powersgd_start_iter < 0 or self.powersgd_start_iter == 1:
+            raise ConfigError(f"dist.powersgd_start_iter: {self.powersgd_start_iter!r} must be 0 (10% of the run's "
+                              "iterations, at least 2) or an iteration >= 2: PowerSGD's error feedback and warm "
+                              "start keep state per DDP bucket, and DDP rebuilds its buckets after iteration 1")
         _choice("dist.backend", self.backend, ("auto", "gloo", "nccl"))
         _choice("dist.sharding", self.sharding, ("contiguous", "balanced"))
         _choice("dist.size_exchange", self.size_exchange, ("exact", "slots"))
@@ -384,10 +396,6 @@ class RunConfig:
                               "set train.iterations to a positive count")
         self._check_torchrec_qcomm()
         self._check_adaptive_modes()
-        if self.dist.allreduce_compression != "off" and self.model.backend == "torchrec":
-            raise ConfigError(f"dist.allreduce_compression: {self.dist.allreduce_compression!r} hooks the pure-torch "
-                              "backend's DDP head; TorchRec's DistributedModelParallel is not wired yet: use "
-                              "model.backend=torch or dist.allreduce_compression=off")
         if self.compress.chunks > self.data.batch_size:
             raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "
                               f"data.batch_size={self.data.batch_size} rows; use at most {self.data.batch_size}")

@@ -141,7 +141,7 @@ def _allreduce_extensions(cfg, world_size: int, rank: int) -> list[TrainingExten
                   "(there is no allreduce)", file=sys.stderr, flush=True)
         return []
     from dlrm_comp.train.allreduce import AllreduceCompression
-    return [AllreduceCompression(d.allreduce_compression)]
+    return [AllreduceCompression(d.allreduce_compression, d.powersgd_rank, d.powersgd_start_iter, cfg.train.seed)]
 
 
 def _exchange_extensions(cfg, cardinalities: list[int], world_size: int, rank: int) -> list[TrainingExtension]:

@@ -72,6 +72,8 @@ def yaml_load(text: str):
 
 ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd")  # dist.allreduce_compression (train/allreduce.py)
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
+PEERS = ("all", "inter_node")  # compress.peers (compress/codecs/peers.py)
+INTER_NODE_MODES = ("off", "codec", "sz")  # the modes compress.peers=inter_node routes (byte messages; off: none)
 DATA_SOURCES = ("synthetic", "criteo")
 INTERACTIONS = ("dot", "cat")
 OPTIMIZERS = ("sgd", "adagrad")
@@ -288,6 +290,9 @@ class CompressConfig:
     dedup: str = "off"
     dedup_max_fraction: float = 0.95
     dedup_tables: list[int] = field(default_factory=list)
+    # which peers' messages are compressed: `all`, or `inter_node` (peers on this rank's node get
+    # the rows uncompressed; byte-message modes codec and sz, dist.size_exchange=exact)
+    peers: str = "all"
     print_tables: bool = True
     decay: DecaySchedule = field(default_factory=DecaySchedule)
     lossless: LosslessConfig = field(default_factory=LosslessConfig)
@@ -298,6 +303,13 @@ class CompressConfig:
         _choice("compress.nonfinite", self.nonfinite, NONFINITE_POLICIES)
         _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES + TORCHREC_QCOMM_MODES)
         _choice("compress.layout", self.layout, ("bytes", "bitpack"))
+        _choice("compress.peers", self.peers, PEERS)
+        if self.peers == "inter_node":
+            for key, mode in (("compress.mode", self.mode), ("compress.backward.mode", self.backward.mode)):
+                if mode not in INTER_NODE_MODES:
+                    raise ConfigError(f"compress.peers: inter_node routes each message to its codec or to none, for "
+                                      f"the byte-message modes ({', '.join(INTER_NODE_MODES)}); {key}={mode!r} is not "
+                                      "one: use compress.peers=all or one of those modes")
         _choice("compress.dedup", self.dedup, DEDUP_MODES)
         if not 0 < self.dedup_max_fraction <= 1:
             raise ConfigError(f"compress.dedup_max_fraction: {self.dedup_max_fraction} must be in (0, 1]")
@@ -396,6 +408,10 @@ class RunConfig:
                               "set train.iterations to a positive count")
         self._check_torchrec_qcomm()
         self._check_adaptive_modes()
+        if self.compress.peers == "inter_node" and self.dist.size_exchange != "exact":
+            raise ConfigError("compress.peers: inter_node sends uncompressed messages without the wire's preamble, "
+                              "which dist.size_exchange=slots reads for a message's length; use "
+                              "dist.size_exchange=exact or compress.peers=all")
         if self.compress.chunks > self.data.batch_size:
             raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "
                               f"data.batch_size={self.data.batch_size} rows; use at most {self.data.batch_size}")

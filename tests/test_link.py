@@ -67,17 +67,20 @@ def test_short_run_counts_the_recorders_bytes_on_the_wire(tmp_path):
 def test_two_nodes_of_two_ranks_cross_the_link_between_nodes_only(tmp_path):
     """--ranks-per-node 2: four ranks, two per namespace; tc on the veth sees only what crosses
     between the nodes (each namespace's counter once: half of every rank's exchange, the ring
-    allreduce's two node boundaries), within the same margin as one rank per node."""
+    allreduce's two node boundaries; compress.peers=inter_node: the codec's messages to the other
+    node only), within the same margin as one rank per node."""
     reason = _reason()
     if reason:
         pytest.skip(f"no veth link here: {reason}")
-    proc = run_link("--configs", "debug", "--rates", "1gbit", "--modes", "off", "codec", "--iterations", "40",
-                    "--ranks-per-node", "2", "--out", str(tmp_path), timeout=400)
+    proc = run_link("--configs", "debug", "--rates", "1gbit", "--modes", "off", "codec+bwd+inter_node",
+                    "--iterations", "40", "--ranks-per-node", "2", "--out", str(tmp_path), timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payload = json.loads(proc.stdout)
     assert payload["ranks_per_node"] == 2
-    summary = json.loads((tmp_path / "runs/modes/debug/1gbit/codec/summary.json").read_text())
+    summary = json.loads((tmp_path / "runs/modes/debug/1gbit/codec+bwd+inter_node/summary.json").read_text())
     assert summary["world_size"] == 4
+    off, routed = payload["results"]
+    assert routed["wire"]["payload_bytes_per_step"] < off["wire"]["payload_bytes_per_step"]
     low, high = WIRE_MARGIN
     for row in payload["results"]:
         assert low <= row["wire"]["tc_over_expected"] <= high, row["wire"]

@@ -160,23 +160,30 @@ def wire_check(run: Path, summary: dict, sent: dict[str, float], first: int, las
     the ring's W edges carries 2(W-1)/W x their bytes; the nodes' M boundaries cross the link).
     ``tc`` adds the collectives' own framing: TCP/IP headers, ACKs, gloo's headers. ``sent``: the
     recorder's bytes per direction over the steps (0 where uncompressed). Each namespace's
-    counter is read by all of its ranks and counted once."""
+    counter is read by all of its ranks and counted once. With ``compress.peers=inter_node`` the
+    compressed directions' bytes that stayed inside a node are each rank's own count, subtracted."""
     ranks = [json.loads((run / f"link.rank{r}.json").read_text()) for r in range(summary["world_size"])]
     w = len(ranks)
     nodes = {part["dev"]: part for part in ranks}  # one counter per namespace
     per_node = w // len(nodes)
     counted = 0
     for part in nodes.values():
-        at = dict(part["counts"])
+        at = {c[0]: c[1] for c in part["counts"]}
         counted += at[last] - at[first]
     steps = last - first
+    local = 0.0  # compress.peers=inter_node: what every rank sent uncompressed inside its node, per step
+    for part in ranks:
+        at = {c[0]: c[2] if len(c) > 2 else 0 for c in part["counts"]}
+        local += (at[last] - at[first]) / steps
     comp = summary.get("compression") or {}
     shape = ranks[0]
     raw_step = shape["batch_size"] * shape["emb_dim"] * 4 * shape["tables"]  # fp32, one direction, all destinations
     payload = 0.0
     for direction in ("fwd", "bwd"):
         per_step = sent[direction] / steps if sent[direction] else raw_step
-        payload += per_step * (w - per_node) / w
+        # routed messages are counted exactly (all of them, less the node's own); others by the share of peers
+        payload += per_step if local and sent[direction] else per_step * (w - per_node) / w
+    payload -= local
     meta = comp.get("bytes_meta", 0) / summary["iterations"] * (w - per_node) / w
     allreduce = 2 * (w - 1) / w * ranks[0]["dense_param_bytes"] * len(nodes)
     expected = payload + meta + allreduce

@@ -2,7 +2,7 @@
 
 Trains exactly as ``launch/train.py`` does, and at every print interval reads the byte counter
 of this rank's veth (``LINK_DEV``, the root qdisc's ``tc -s`` bytes: this end's egress, headers
-included), so the benchmark can set the bytes that crossed the link during the measured steps
+included) and the bytes it sent uncompressed to its own node's ranks, so the benchmark can set the bytes that crossed the link during the measured steps
 against the bytes the recorder reports. Writes ``link.rank{r}.json`` in the run directory.
 
     torchrun --nnodes=2 --node_rank=R ... link_worker.py --config C.yaml --set k=v ... --out DIR
@@ -38,7 +38,9 @@ class LinkCounter(TrainingExtension):
         self.trainer = trainer
 
     def on_interval(self, iteration, log, echo) -> None:
-        self.counts.append([int(iteration), qdisc_bytes(self.dev)])
+        exchange = getattr(self.trainer.compression, "exchange", None)
+        local = exchange.bytes_local if exchange is not None else 0  # compress.peers=inter_node's, never on the link
+        self.counts.append([int(iteration), qdisc_bytes(self.dev), int(local)])
 
     def summary(self) -> dict:
         t = self.trainer

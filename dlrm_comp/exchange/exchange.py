@@ -84,6 +84,11 @@ class Exchange:
         return self.sender.bytes_pad
 
     @property
+    def bytes_local(self) -> int:
+        """Bytes this process sent uncompressed to ranks on its own node (``compress.peers=inter_node``)."""
+        return sum(getattr(c, "bytes_local", 0) for c in self._mode_codecs.values())
+
+    @property
     def host_syncs(self) -> int:
         """Host reads of the exchange itself (tests count them)."""
         return self.sender.host_syncs

@@ -37,6 +37,7 @@ class PeerRoutedCodec(ModeCodec):
         self.inner, self.local = inner, [bool(v) for v in local]
         self.name = inner.name
         self.remote = [m for m, here in enumerate(self.local) if not here]
+        self.bytes_local = 0  # bytes of the messages to this node's ranks (they never cross a link)
 
     def order(self, tables: list[int]) -> list[int]:
         return self.inner.order(tables)
@@ -62,6 +63,7 @@ class PeerRoutedCodec(ModeCodec):
             if here:
                 values = part[m].detach().contiguous().cpu()
                 messages.append(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+                self.bytes_local += len(messages[-1])
                 raw = torch.from_numpy(layout.rows[m] * layout.dim * x.element_size()).to(torch.float64)
                 sent.append(raw)
                 ideal.append(raw)

@@ -173,3 +173,4 @@ def test_inter_node_modes_run_by_default_only_with_several_ranks_per_node():
     assert not any(m.endswith("inter_node") for m in default_modes(1))
     assert {"codec+bwd+inter_node", "codec+bwd+dedup+inter_node"} <= set(default_modes(2))
     assert modes()["codec+bwd+dedup+inter_node"] == [*modes()["codec+bwd+dedup"], "compress.peers=inter_node"]
+    assert modes()["codec+bwd+dedup+powersgd"][-1] == "dist.allreduce_compression=powersgd"

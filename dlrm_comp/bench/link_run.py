@@ -58,6 +58,7 @@ def modes() -> dict[str, list[str]]:
     table["codec+bwd+inter_node"] = [*table["codec+bwd"], "compress.peers=inter_node"]
     if "codec+bwd+dedup" in table:
         table["codec+bwd+dedup+inter_node"] = [*table["codec+bwd+dedup"], "compress.peers=inter_node"]
+        table["codec+bwd+dedup+powersgd"] = [*table["codec+bwd+dedup"], "dist.allreduce_compression=powersgd"]
     return table
 
 
@@ -157,7 +158,8 @@ def wire_check(run: Path, summary: dict, sent: dict[str, float], first: int, las
     bytes the run accounts for: the exchange's payloads to the other node's ranks (the recorder's
     ``bytes_sent`` x (W-N)/W for N ranks per node, or the fp32 rows of an uncompressed direction),
     the size exchange (``bytes_meta``), and DDP's ring allreduce of the dense gradients (each of
-    the ring's W edges carries 2(W-1)/W x their bytes; the nodes' M boundaries cross the link).
+    the ring's W edges carries 2(W-1)/W x their bytes, or x the bytes ``dist.allreduce_compression``'s
+    hook handed over; the nodes' M boundaries cross the link).
     ``tc`` adds the collectives' own framing: TCP/IP headers, ACKs, gloo's headers. ``sent``: the
     recorder's bytes per direction over the steps (0 where uncompressed). Each namespace's
     counter is read by all of its ranks and counted once. With ``compress.peers=inter_node`` the
@@ -185,7 +187,11 @@ def wire_check(run: Path, summary: dict, sent: dict[str, float], first: int, las
         payload += per_step if local and sent[direction] else per_step * (w - per_node) / w
     payload -= local
     meta = comp.get("bytes_meta", 0) / summary["iterations"] * (w - per_node) / w
-    allreduce = 2 * (w - 1) / w * ranks[0]["dense_param_bytes"] * len(nodes)
+    handed = ranks[0]["dense_param_bytes"]  # per rank and step: the gradients, or what the hook handed over
+    hooked = {c[0]: c[3] for c in ranks[0]["counts"] if len(c) > 3 and c[3] is not None}
+    if hooked:
+        handed = (hooked[last] - hooked[first]) / steps
+    allreduce = 2 * (w - 1) / w * handed * len(nodes)
     expected = payload + meta + allreduce
     per_step = counted / steps
     return {"tc_bytes_per_step": per_step, "payload_bytes_per_step": payload, "allreduce_bytes_per_step": allreduce,

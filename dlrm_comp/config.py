@@ -26,7 +26,7 @@ from dlrm_comp.checks import positive as _positive
 from dlrm_comp.compress.bounds import TableBoundSpec
 from dlrm_comp.compress.decay import DecaySchedule
 from dlrm_comp.compress.errors import NONFINITE_POLICIES
-from dlrm_comp.compress.modes import EXCHANGE_MODES, TORCHREC_QCOMM_MODES
+from dlrm_comp.compress.modes import BYTE_MESSAGES, EXCHANGE_MODES, TORCHREC_QCOMM_MODES
 
 
 class _Loader(yaml.SafeLoader):
@@ -73,7 +73,7 @@ def yaml_load(text: str):
 ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd")  # dist.allreduce_compression (train/allreduce.py)
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
 PEERS = ("all", "inter_node")  # compress.peers (compress/codecs/peers.py)
-INTER_NODE_MODES = ("off", "codec", "sz")  # the modes compress.peers=inter_node routes (byte messages; off: none)
+INTER_NODE_MODES = ("off", *BYTE_MESSAGES)  # the modes compress.peers=inter_node routes (off: nothing to route)
 DATA_SOURCES = ("synthetic", "criteo")
 INTERACTIONS = ("dot", "cat")
 OPTIMIZERS = ("sgd", "adagrad")
@@ -375,8 +375,8 @@ class DistConfig:
                               "PowerSGD's low-rank approximation)")
         if self.powersgd_start_iter < 0 or self.powersgd_start_iter == 1:
             raise ConfigError(f"dist.powersgd_start_iter: {self.powersgd_start_iter!r} must be 0 (10% of the run's "
-                              "iterations, at least 2) or an iteration >= 2: PowerSGD's error feedback and warm "
-                              "start keep state per DDP bucket, and DDP rebuilds its buckets after iteration 1")
+                              "iterations, at least 2) or an iteration >= 2: torch's PowerSGDState refuses an "
+                              "earlier start with error feedback and warm start, whose state is kept per DDP bucket")
         _choice("dist.backend", self.backend, ("auto", "gloo", "nccl"))
         _choice("dist.sharding", self.sharding, ("contiguous", "balanced"))
         _choice("dist.size_exchange", self.size_exchange, ("exact", "slots"))

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec
+from dlrm_comp.compress.codecs.peers import PeerRoutedCodec
 from dlrm_comp.compress.errors import NonFiniteError
 from dlrm_comp.compress.lossless import CodecCache, SymbolModelStore
-from dlrm_comp.compress.codecs.peers import PeerRoutedCodec
 from dlrm_comp.compress.modes import build_codec
 from dlrm_comp.exchange.autograd import ExchangeFn, PendingExchange, Request
 from dlrm_comp.exchange.dedup import BagIndex, build_bag_index, identity_index, sum_by_bag

@@ -93,3 +93,15 @@ def test_powersgd_refuses_state_saved_for_other_buckets():
     psgd.expected = dict(psgd.layout)
     with pytest.raises(RuntimeError, match="bucket 0 holding"):
         psgd._check_layout(Bucket([0, 1, 2, 3]))
+
+
+@pytest.mark.multiprocess
+def test_powersgd_keeps_a_dense_head_larger_than_ddps_first_bucket_in_one_bucket(tmp_path):
+    """A 1.1 MB dense head (DDP's default first bucket holds 1 MB): with two buckets gloo could
+    see PowerSGD's chained collectives launched in different orders on the two ranks (a Kaggle-
+    shaped run aborted so); the head is one bucket, and the hook refuses more."""
+    proc = torchrun(2, *train_cli(tmp_path / "run", "dist.allreduce_compression=powersgd", "dist.powersgd_start_iter=5",
+                                  "model.bottom_mlp=13-512-512-4", "train.iterations=20"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["allreduce"]["cr"] > 1.5

@@ -27,6 +27,21 @@ from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 SAVED_SLOTS = tuple(s for s in psgd.PowerSGDState.__slots__ if s not in ("process_group", "rng"))
 
 
+def bucket_kwargs(allreduce_compression: str, head: nn.Module) -> dict[str, Any]:
+    """DDP's bucket size for the dense head: one bucket holding every gradient under PowerSGD.
+
+    torch's hook chains three collectives per bucket (the tensors it leaves whole, then P, then Q),
+    launching the second and third from the first's completion callback. On gloo those callbacks
+    run on its worker threads, so with two buckets the ranks could launch bucket 1's first
+    collective and bucket 0's second in different orders, and gloo matches collectives by launch
+    order ("Received data size doesn't match expected size", seen on the Kaggle shape's two
+    buckets). With one bucket every collective of the step is launched in one chain."""
+    if allreduce_compression != "powersgd":
+        return {}
+    size = sum(p.numel() * p.element_size() for p in head.parameters())
+    return {"bucket_cap_mb": size / 2 ** 20 + 1}  # an explicit cap applies to DDP's first bucket too
+
+
 def start_iteration(configured: int, iterations: int) -> int:
     """``dist.powersgd_start_iter``: 0 means 10% of the run (torch's advice), at least 2."""
     return configured if configured else max(2, iterations // 10)
@@ -58,6 +73,10 @@ class PowerSGD:
     def _check_layout(self, bucket) -> None:
         names = tuple(self.names[p] for p in bucket.parameters())
         index = bucket.index()
+        if index or not bucket.is_last():
+            raise RuntimeError("dist.allreduce_compression=powersgd: DDP split the dense gradients into several "
+                               "buckets, whose collectives gloo could see launched in different orders on different "
+                               "ranks; build the DDP head with powersgd.bucket_kwargs")
         if self.expected is not None:
             if self.expected.get(index) != names:
                 raise RuntimeError(f"dist.allreduce_compression=powersgd: the checkpoint's PowerSGD state belongs to "

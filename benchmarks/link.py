@@ -4,12 +4,14 @@
 Two network namespaces joined by a veth pair, shaped by `tbf` on both ends (optionally behind a
 `netem` delay), are a real link of a chosen rate between two processes on this machine. For
 each config and rate, every mode trains the same iterations across it, one after another on
-the same link (one rank per namespace: torchrun --nnodes=2, rendezvous on the first namespace's
-address, gloo on the veth), and is set against `off` (always run, first): step time and its
+the same link (`--ranks-per-node N` ranks per namespace, a namespace standing for a node:
+torchrun --nnodes=2, rendezvous on the first namespace's address, gloo on the veth; ranks of one
+namespace talk over its loopback), and is set against `off` (always run, first): step time and its
 breakdown, measured speedup, the modeled speedup (the run's own wire ratios and codec
 throughput at the measured link rate) and the ideal one (a free codec), wire ratio per
-direction, AUC after the same iterations, and the bytes `tc` counted on the veth against the
-bytes the run accounts for. `--rates reference` is the rate at which `off`'s all-to-all comes
+direction, AUC after the same iterations, the communication-free limit (`off`'s step over its
+compute phase, same run) and the fraction of it each mode reaches, and the bytes `tc` counted on
+the veth against the bytes the run accounts for. `--rates reference` is the rate at which `off`'s all-to-all comes
 closest to 60% of the step (the reference's regime), found by measuring `off` at up to three
 rates, or given with `--reference-rate`. Prints one JSON object; writes `results.json`,
 `report.md` and `link_breakdown.png` under `--out`. Needs root and iproute2; elsewhere it prints
@@ -17,6 +19,7 @@ rates, or given with `--reference-rate`. Prints one JSON object; writes `results
 
     python benchmarks/link.py                      # headline: kaggle, reference rate, every mode
     python benchmarks/link.py --configs debug --rates 1gbit --modes off codec --iterations 40
+    python benchmarks/link.py --ranks-per-node 2 --rates 1gbit   # 2 nodes x 2 ranks
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlrm_comp.bench.link_report import compare, markdown, plot  # noqa: E402
-from dlrm_comp.bench.link_run import CONFIGS, INTERVALS, RunFailed, modes, probe_rate, read_run, run_training  # noqa: E402
+from dlrm_comp.bench.link_run import (CONFIGS, INTERVALS, RunFailed, default_modes, modes, probe_rate,  # noqa: E402
+                                      read_run, run_training)
 from dlrm_comp.bench.link_search import find_reference_rate  # noqa: E402
 from dlrm_comp.bench.netns import VethLink, parse_rate, unavailable  # noqa: E402
 
@@ -69,6 +73,16 @@ def iterations_arg(text: str) -> int:
     return value
 
 
+def ranks_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1 (ranks in each namespace)")
+    return value
+
+
 def non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -84,12 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--configs", nargs="+", default=["kaggle"], choices=sorted(CONFIGS))
     parser.add_argument("--rates", nargs="+", default=["reference"], type=rate_arg,
                         help="tc rates (e.g. 150mbit 1gbit 10gbit) or 'reference'")
-    parser.add_argument("--modes", nargs="+", default=list(modes()), choices=list(modes()))
+    parser.add_argument("--modes", nargs="+", default=None, choices=list(modes()),
+                        help="default: every mode (the compress.peers=inter_node ones with --ranks-per-node > 1)")
     parser.add_argument("--iterations", type=iterations_arg, default=None,
                         help=f"training steps per mode (default per config: {ITERATIONS})")
     parser.add_argument("--reference-rate", type=fixed_rate_arg, default=None,
                         help="use this rate for 'reference' instead of searching for it")
     parser.add_argument("--delay-ms", type=non_negative, default=0.0, help="netem delay on each end")
+    parser.add_argument("--ranks-per-node", type=ranks_arg, default=1,
+                        help="ranks in each namespace (loopback inside a node, the shaped veth between nodes)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "link")
     parser.add_argument("--keep-runs", action="store_true", help="keep each mode's run directory")
     return parser
@@ -125,16 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(json.dumps({"skipped": reason}))
         return 0
-    chosen = ["off"] + [m for m in dict.fromkeys(args.modes) if m != "off"]
+    asked = args.modes or default_modes(args.ranks_per_node)
+    chosen = ["off"] + [m for m in dict.fromkeys(asked) if m != "off"]
     log = Log()
     args.out.mkdir(parents=True, exist_ok=True)
     payload: dict = {"benchmark": "link", "reference_rate": None, "reference_rates": {}, "delay_ms": args.delay_ms,
-                     "modes": chosen, "results": []}
+                     "ranks_per_node": args.ranks_per_node, "modes": chosen, "results": []}
     with VethLink() as link:
         payload["link"] = {"namespaces": list(link.ns), "devices": list(link.dev), "addresses": list(link.addr)}
 
         def measure(config: str, mode: str, rate: str, iterations: int, tag: str) -> dict:
-            run = run_training(link, config, mode, iterations, args.out / "runs" / tag / config / rate / mode)
+            run = run_training(link, config, mode, iterations, args.out / "runs" / tag / config / rate / mode,
+                               ranks_per_node=args.ranks_per_node)
             row = read_run(run, config, mode)
             if not args.keep_runs:
                 shutil.rmtree(run / "checkpoints", ignore_errors=True)

@@ -26,7 +26,7 @@ from dlrm_comp.checks import positive as _positive
 from dlrm_comp.compress.bounds import TableBoundSpec
 from dlrm_comp.compress.decay import DecaySchedule
 from dlrm_comp.compress.errors import NONFINITE_POLICIES
-from dlrm_comp.compress.modes import EXCHANGE_MODES, TORCHREC_QCOMM_MODES
+from dlrm_comp.compress.modes import BYTE_MESSAGES, EXCHANGE_MODES, TORCHREC_QCOMM_MODES
 
 
 class _Loader(yaml.SafeLoader):
@@ -70,8 +70,10 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16")  # dist.allreduce_compression (train/allreduce.py)
+ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd")  # dist.allreduce_compression (train/allreduce.py)
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
+PEERS = ("all", "inter_node")  # compress.peers (compress/codecs/peers.py)
+INTER_NODE_MODES = ("off", *BYTE_MESSAGES)  # the modes compress.peers=inter_node routes (off: nothing to route)
 DATA_SOURCES = ("synthetic", "criteo")
 INTERACTIONS = ("dot", "cat")
 OPTIMIZERS = ("sgd", "adagrad")
@@ -296,6 +298,9 @@ class CompressConfig:
     # difference; `row_cache_rows` rows per (table, destination), both sides (README: row cache).
     row_cache: str = "off"
     row_cache_rows: int = 4096
+    # which peers' messages are compressed: `all`, or `inter_node` (peers on this rank's node get
+    # the rows uncompressed; byte-message modes codec and sz, dist.size_exchange=exact)
+    peers: str = "all"
     print_tables: bool = True
     decay: DecaySchedule = field(default_factory=DecaySchedule)
     lossless: LosslessConfig = field(default_factory=LosslessConfig)
@@ -306,12 +311,23 @@ class CompressConfig:
         _choice("compress.nonfinite", self.nonfinite, NONFINITE_POLICIES)
         _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES + TORCHREC_QCOMM_MODES)
         _choice("compress.layout", self.layout, ("bytes", "bitpack"))
+        _choice("compress.peers", self.peers, PEERS)
+        if self.peers == "inter_node":
+            for key, mode in (("compress.mode", self.mode), ("compress.backward.mode", self.backward.mode)):
+                if mode not in INTER_NODE_MODES:
+                    raise ConfigError(f"compress.peers: inter_node routes each message to its codec or to none, for "
+                                      f"the byte-message modes ({', '.join(INTER_NODE_MODES)}); {key}={mode!r} is not "
+                                      "one: use compress.peers=all or one of those modes")
         _choice("compress.dedup", self.dedup, DEDUP_MODES)
         if not 0 < self.dedup_max_fraction <= 1:
             raise ConfigError(f"compress.dedup_max_fraction: {self.dedup_max_fraction} must be in (0, 1]")
         if any(not isinstance(t, int) or t < 0 for t in self.dedup_tables):
             raise ConfigError(f"compress.dedup_tables: {self.dedup_tables} must be table indices (integers >= 0)")
         self._validate_row_cache()
+        if self.row_cache == "on" and self.peers == "inter_node":
+            raise ConfigError("compress.row_cache: 'on' with compress.peers=inter_node is not supported (the cache "
+                              "mirrors the codec's own messages to every destination); use compress.peers=all or "
+                              "compress.row_cache=off")
         self.bounds.validate()
         if not 0 < self.backward.error_bound <= 0.5:
             raise ConfigError(f"compress.backward.error_bound: {self.backward.error_bound} must be in (0, 0.5]")
@@ -372,12 +388,24 @@ class DistConfig:
     # model.backend=torchrec: the table-wise plan handed to DistributedModelParallel, `ours`
     # (dist.sharding's placement as a ShardingPlan) or `planner` (TorchRec's planner, table-wise)
     torchrec_plan: str = "ours"
-    # DDP's dense allreduce through torch's communication hooks: off | fp16 | bf16
+    # DDP's dense allreduce through torch's communication hooks: off | fp16 | bf16 | powersgd
     allreduce_compression: str = "off"
+    # powersgd: the rank of each gradient matrix's approximation, and the first iteration it
+    # compresses (plain allreduce before: torch asks for about 10% of the steps; 0 = 10% of
+    # the run's iterations, at least 2)
+    powersgd_rank: int = 1
+    powersgd_start_iter: int = 0
 
     def validate(self) -> None:
         _choice("dist.torchrec_plan", self.torchrec_plan, TORCHREC_PLANS)
         _choice("dist.allreduce_compression", self.allreduce_compression, ALLREDUCE_COMPRESSION)
+        if self.powersgd_rank < 1:
+            raise ConfigError(f"dist.powersgd_rank: {self.powersgd_rank!r} must be an integer >= 1 (the rank of "
+                              "PowerSGD's low-rank approximation)")
+        if self.powersgd_start_iter < 0 or self.powersgd_start_iter == 1:
+            raise ConfigError(f"dist.powersgd_start_iter: {self.powersgd_start_iter!r} must be 0 (10% of the run's "
+                              "iterations, at least 2) or an iteration >= 2: torch's PowerSGDState refuses an "
+                              "earlier start with error feedback and warm start, whose state is kept per DDP bucket")
         _choice("dist.backend", self.backend, ("auto", "gloo", "nccl"))
         _choice("dist.sharding", self.sharding, ("contiguous", "balanced"))
         _choice("dist.size_exchange", self.size_exchange, ("exact", "slots"))
@@ -409,10 +437,10 @@ class RunConfig:
                               "set train.iterations to a positive count")
         self._check_torchrec_qcomm()
         self._check_adaptive_modes()
-        if self.dist.allreduce_compression != "off" and self.model.backend == "torchrec":
-            raise ConfigError(f"dist.allreduce_compression: {self.dist.allreduce_compression!r} hooks the pure-torch "
-                              "backend's DDP head; TorchRec's DistributedModelParallel is not wired yet: use "
-                              "model.backend=torch or dist.allreduce_compression=off")
+        if self.compress.peers == "inter_node" and self.dist.size_exchange != "exact":
+            raise ConfigError("compress.peers: inter_node sends uncompressed messages without the wire's preamble, "
+                              "which dist.size_exchange=slots reads for a message's length; use "
+                              "dist.size_exchange=exact or compress.peers=all")
         if self.compress.chunks > self.data.batch_size:
             raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "
                               f"data.batch_size={self.data.batch_size} rows; use at most {self.data.batch_size}")

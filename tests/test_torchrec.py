@@ -144,3 +144,14 @@ def test_one_process_runs_the_same_code_on_a_one_rank_group(tmp_path, dedup):
     assert comp["torchrec"]["cr"] == pytest.approx(comp["torch"]["cr"], rel=0.01)
     assert comp["torchrec"]["distinct_fraction"] == comp["torch"]["distinct_fraction"]
     assert (comp["torchrec"]["distinct_fraction"] < 1) == (dedup == "on")
+
+
+@pytest.mark.multiprocess
+def test_torchrec_powersgd_allreduce_resumes_exactly(tmp_path):
+    """dist.allreduce_compression=powersgd on TorchRec's dense DDP head: it compresses, and a run
+    killed after 25 of 40 steps resumes to the uninterrupted run's parameters exactly."""
+    (a, b), (sa, sb) = straight_and_resumed(tmp_path, "model.backend=torchrec", "compress.mode=codec",
+                                            "dist.allreduce_compression=powersgd", "dist.powersgd_start_iter=5")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert sa["allreduce"] == sb["allreduce"] and sa["allreduce"]["cr"] > 1.5

@@ -29,7 +29,9 @@ def _message_speedup(row: dict, direction: str, link_bytes_per_s: float) -> floa
 
 
 def compare(rows: list[dict]) -> None:
-    """Adds the speedups against the ``off`` row of the same (config, rate), in place."""
+    """Adds the speedups against the ``off`` row of the same (config, rate), in place, and the
+    communication-free limit: ``off``'s step over its compute phase (no all-to-all, allreduce or
+    codec left), with the fraction of it each row's speedup reaches."""
     off = next(r for r in rows if r["mode"] == "off")
     s_f = off["breakdown"]["fwd_a2a_s"] / off["step_s"]
     s_b = off["breakdown"]["bwd_a2a_s"] / off["step_s"]
@@ -40,6 +42,8 @@ def compare(rows: list[dict]) -> None:
         r["modeled_speedup"] = end_to_end_speedup(s_f, s_b, _message_speedup(r, "fwd", bw), _message_speedup(r, "bwd", bw))
         r["fraction_of_ideal"] = r["speedup_vs_off"] / r["ideal_speedup"]
         r["auc_delta_vs_off"] = r["auc"] - off["auc"]
+        r["comm_free_limit"] = off["step_s"] / off["breakdown"]["compute_s"]
+        r["fraction_of_limit"] = r["speedup_vs_off"] / r["comm_free_limit"]
 
 
 def plot(results: list[dict], path: Path) -> Path:
@@ -83,21 +87,27 @@ def _f(v: Any, digits: int = 3) -> str:
 
 def markdown(payload: dict, plot_path: Path | None) -> str:
     """``report.md``: the table per (config, rate), the breakdown, the search, the wire check."""
+    n = payload.get("ranks_per_node", 1)
     lines = ["# Link benchmark", "",
-             "Two network namespaces joined by a veth pair, `tbf` on both ends; one rank per namespace "
-             "(torchrun --nnodes=2, gloo). Speedups are against `off` on the same link; `ideal` is "
+             f"Two network namespaces joined by a veth pair, `tbf` on both ends; {n} rank(s) per namespace "
+             "(torchrun --nnodes=2, gloo; a namespace's ranks talk over its loopback). Speedups are against `off` "
+             "on the same link; `ideal` is "
              "`1/(1 - s_f(1 - 1/CR_f) - s_b(1 - 1/CR_b))` from the measured `off` breakdown, `modeled` adds "
-             "the run's measured codec throughput (`1/(1/CR + B(1/Tc + 1/Td))` per direction).", ""]
+             "the run's measured codec throughput (`1/(1/CR + B(1/Tc + 1/Td))` per direction); `limit` is the "
+             "communication-free limit, `off`'s step over its compute phase, and `of limit` the fraction of it "
+             "reached.", ""]
     if payload.get("reference_rate"):
         lines += [f"Reference rate: **{payload['reference_rate']}** (the uncompressed all-to-all is closest to 60% "
                   "of the step there, as in the reference's breakdown).", ""]
     for (config, rate), rows in _groups(payload["results"]).items():
         lines += [f"## {config} @ {rate} (link measured {_f(rows[0]['link_rate_measured_mbit'], 4)} Mbit/s)", "",
-                  "| mode | step ms | speedup vs off | modeled | ideal | of ideal | fwd CR | bwd CR | AUC | dAUC |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| mode | step ms | speedup vs off | modeled | ideal | of ideal | limit | of limit | fwd CR | bwd CR "
+                  "| AUC | dAUC |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['mode']} | {r['step_s'] * 1e3:.1f} | {r['speedup_vs_off']:.3f} | "
                          f"{r['modeled_speedup']:.3f} | {r['ideal_speedup']:.3f} | {r['fraction_of_ideal']:.0%} | "
+                         f"{r['comm_free_limit']:.3f} | {r['fraction_of_limit']:.0%} | "
                          f"{r['fwd_cr']:.2f} | {r['bwd_cr']:.2f} | {r['auc']:.4f} | {r['auc_delta_vs_off']:+.4f} |")
         lines += ["", "| mode | fwd a2a ms | bwd a2a ms | allreduce ms | codec ms | compute ms | a2a share | "
                   "tc / accounted bytes |", "|---|---|---|---|---|---|---|---|"]

@@ -1,7 +1,9 @@
 """One training run per (config, mode) across a ``VethLink``, and what its run directory says.
 
-Each run starts one rank per namespace (``torchrun --nnodes=2 --node_rank=i``, rendezvous on
-the first namespace's address, gloo bound to the veth by ``GLOO_SOCKET_IFNAME``), trains a fixed
+Each run starts ``ranks_per_node`` ranks per namespace, a namespace standing for a node
+(``torchrun --nnodes=2 --node_rank=i --nproc_per_node=N``, rendezvous on the first namespace's
+address, gloo bound to the veth by ``GLOO_SOCKET_IFNAME``: ranks of one namespace reach each other
+over its loopback, unshaped, and the other namespace's over the shaped veth), trains a fixed
 number of iterations, evaluates once at the end, and is read back into one row: step time and
 breakdown over the measured intervals (the first print interval is warm-up), the wire ratio
 per direction, the codec's throughput, the AUC, and the bytes ``tc`` counted on the two veth
@@ -54,7 +56,17 @@ def modes() -> dict[str, list[str]]:
         on = "true" if typing.get_type_hints(CompressConfig)["dedup"] is bool else "on"
         table["codec+bwd+dedup"] = [*table["codec+bwd"], f"compress.dedup={on}"]
         table["codec+bwd+dedup+cache"] = [*table["codec+bwd+dedup"], "compress.row_cache=on"]  # the row cache
+    table["codec+bwd+inter_node"] = [*table["codec+bwd"], "compress.peers=inter_node"]
+    if "codec+bwd+dedup" in table:
+        table["codec+bwd+dedup+inter_node"] = [*table["codec+bwd+dedup"], "compress.peers=inter_node"]
+        table["codec+bwd+dedup+powersgd"] = [*table["codec+bwd+dedup"], "dist.allreduce_compression=powersgd"]
     return table
+
+
+def default_modes(ranks_per_node: int) -> list[str]:
+    """Every mode; the ``inter_node`` ones only where a node holds several ranks (with one, the
+    only uncompressed message is a rank's message to itself)."""
+    return [m for m in modes() if ranks_per_node > 1 or not m.endswith("inter_node")]
 
 
 def overrides_for(config: str, mode: str, iterations: int) -> list[str]:
@@ -68,8 +80,9 @@ class RunFailed(RuntimeError):
 
 
 def run_training(link: VethLink, config: str, mode: str, iterations: int, out: Path,
-                 timeout_s: float = 1800) -> Path:
-    """Train one mode across the link; returns its run directory (both ranks write there)."""
+                 timeout_s: float = 1800, ranks_per_node: int = 1, extra: tuple[str, ...] = ()) -> Path:
+    """Train one mode across the link (``extra``: more overrides); returns its run directory
+    (every rank writes there)."""
     out.mkdir(parents=True, exist_ok=True)
     procs, logs = [], []
     try:
@@ -78,9 +91,9 @@ def run_training(link: VethLink, config: str, mode: str, iterations: int, out: P
             env = {**os.environ, "GLOO_SOCKET_IFNAME": dev, "LINK_DEV": dev, "OMP_NUM_THREADS": "1",
                    "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
             cmd = [*link.exec_prefix(side), sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
-                   f"--node_rank={side}", "--nproc_per_node=1", f"--master_addr={link.addr[0]}",
+                   f"--node_rank={side}", f"--nproc_per_node={ranks_per_node}", f"--master_addr={link.addr[0]}",
                    f"--master_port={PORT}", str(WORKER), "--config", str(ROOT / CONFIGS[config][0]),
-                   "--set", *overrides_for(config, mode, iterations), "--out", str(out)]
+                   "--set", *overrides_for(config, mode, iterations), *extra, "--out", str(out)]
             log = open(out / f"rank{side}.log", "w")
             logs.append(log)
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
@@ -143,27 +156,43 @@ def _window_totals(records: list[dict], direction: str, first: int, last: int) -
 
 def wire_check(run: Path, summary: dict, sent: dict[str, float], first: int, last: int) -> dict:
     """Bytes per step that ``tc`` counted on both veth ends over the measured steps, against the
-    bytes the run accounts for: the exchange's payloads to the other rank (the recorder's
-    ``bytes_sent`` x (W-1)/W, or the fp32 rows of an uncompressed direction), the size exchange
-    (``bytes_meta``), and DDP's ring allreduce of the dense gradients (2(W-1)/W x their bytes per
-    rank). ``tc`` adds the collectives' own framing: TCP/IP headers, ACKs, gloo's headers.
-    ``sent``: the recorder's bytes per direction over the steps (0 where uncompressed)."""
+    bytes the run accounts for: the exchange's payloads to the other node's ranks (the recorder's
+    ``bytes_sent`` x (W-N)/W for N ranks per node, or the fp32 rows of an uncompressed direction),
+    the size exchange (``bytes_meta``), and DDP's ring allreduce of the dense gradients (each of
+    the ring's W edges carries 2(W-1)/W x their bytes, or x the bytes ``dist.allreduce_compression``'s
+    hook handed over; the nodes' M boundaries cross the link).
+    ``tc`` adds the collectives' own framing: TCP/IP headers, ACKs, gloo's headers. ``sent``: the
+    recorder's bytes per direction over the steps (0 where uncompressed). Each namespace's
+    counter is read by all of its ranks and counted once. With ``compress.peers=inter_node`` the
+    compressed directions' bytes that stayed inside a node are each rank's own count, subtracted."""
     ranks = [json.loads((run / f"link.rank{r}.json").read_text()) for r in range(summary["world_size"])]
     w = len(ranks)
+    nodes = {part["dev"]: part for part in ranks}  # one counter per namespace
+    per_node = w // len(nodes)
     counted = 0
-    for part in ranks:
-        at = dict(part["counts"])
+    for part in nodes.values():
+        at = {c[0]: c[1] for c in part["counts"]}
         counted += at[last] - at[first]
     steps = last - first
+    local = 0.0  # compress.peers=inter_node: what every rank sent uncompressed inside its node, per step
+    for part in ranks:
+        at = {c[0]: c[2] if len(c) > 2 else 0 for c in part["counts"]}
+        local += (at[last] - at[first]) / steps
     comp = summary.get("compression") or {}
     shape = ranks[0]
     raw_step = shape["batch_size"] * shape["emb_dim"] * 4 * shape["tables"]  # fp32, one direction, all destinations
     payload = 0.0
     for direction in ("fwd", "bwd"):
         per_step = sent[direction] / steps if sent[direction] else raw_step
-        payload += per_step * (w - 1) / w
-    meta = comp.get("bytes_meta", 0) / summary["iterations"] * (w - 1) / w
-    allreduce = 2 * (w - 1) / w * ranks[0]["dense_param_bytes"] * w
+        # routed messages are counted exactly (all of them, less the node's own); others by the share of peers
+        payload += per_step if local and sent[direction] else per_step * (w - per_node) / w
+    payload -= local
+    meta = comp.get("bytes_meta", 0) / summary["iterations"] * (w - per_node) / w
+    handed = ranks[0]["dense_param_bytes"]  # per rank and step: the gradients, or what the hook handed over
+    hooked = {c[0]: c[3] for c in ranks[0]["counts"] if len(c) > 3 and c[3] is not None}
+    if hooked:
+        handed = (hooked[last] - hooked[first]) / steps
+    allreduce = 2 * (w - 1) / w * handed * len(nodes)
     expected = payload + meta + allreduce
     per_step = counted / steps
     return {"tc_bytes_per_step": per_step, "payload_bytes_per_step": payload, "allreduce_bytes_per_step": allreduce,

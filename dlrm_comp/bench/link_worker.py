@@ -2,7 +2,8 @@
 
 Trains exactly as ``launch/train.py`` does, and at every print interval reads the byte counter
 of this rank's veth (``LINK_DEV``, the root qdisc's ``tc -s`` bytes: this end's egress, headers
-included), so the benchmark can set the bytes that crossed the link during the measured steps
+included), the bytes it sent uncompressed to its own node's ranks and the bytes its allreduce
+hook handed to DDP's allreduce (``dist.allreduce_compression``), so the benchmark can set the bytes that crossed the link during the measured steps
 against the bytes the recorder reports. Writes ``link.rank{r}.json`` in the run directory.
 
     torchrun --nnodes=2 --node_rank=R ... link_worker.py --config C.yaml --set k=v ... --out DIR
@@ -38,7 +39,11 @@ class LinkCounter(TrainingExtension):
         self.trainer = trainer
 
     def on_interval(self, iteration, log, echo) -> None:
-        self.counts.append([int(iteration), qdisc_bytes(self.dev)])
+        exchange = getattr(self.trainer.compression, "exchange", None)
+        local = exchange.bytes_local if exchange is not None else 0  # compress.peers=inter_node's, never on the link
+        hook = next((e for e in self.trainer.extensions if e.name == "allreduce"), None)
+        allreduce = hook.bytes_sent if hook is not None else None  # what dist.allreduce_compression handed over
+        self.counts.append([int(iteration), qdisc_bytes(self.dev), int(local), allreduce])
 
     def summary(self) -> dict:
         t = self.trainer

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec
+from dlrm_comp.compress.codecs.peers import PeerRoutedCodec
 from dlrm_comp.compress.errors import NonFiniteError
 from dlrm_comp.compress.lossless import CodecCache, SymbolModelStore
 from dlrm_comp.compress.modes import build_codec
@@ -40,8 +41,10 @@ class Exchange:
     the model store ('ans' sections) it decodes with: nothing is shared with other exchanges."""
 
     def __init__(self, transport, owners: Sequence[int], dim: int, plan: CompressionPlan | None = None,
-                 recorder=None, size_exchange: str = "exact", store: SymbolModelStore | None = None):
+                 recorder=None, size_exchange: str = "exact", store: SymbolModelStore | None = None,
+                 local_peers: Sequence[bool] | None = None):
         self.transport = transport
+        self.local_peers = local_peers  # compress.peers=inter_node: per destination, on this node
         self.owners = list(owners)
         self.dim = dim
         self.plan = plan or CompressionPlan.off(len(self.owners))
@@ -81,6 +84,11 @@ class Exchange:
         return self.sender.bytes_pad
 
     @property
+    def bytes_local(self) -> int:
+        """Bytes this process sent uncompressed to ranks on its own node (``compress.peers=inter_node``)."""
+        return sum(getattr(c, "bytes_local", 0) for c in self._mode_codecs.values())
+
+    @property
     def host_syncs(self) -> int:
         """Host reads of the exchange itself (tests count them)."""
         return self.sender.host_syncs
@@ -90,7 +98,10 @@ class Exchange:
         key = (id(plan), plan.mode)
         codec = self._mode_codecs.get(key)
         if codec is None:
-            codec = self._mode_codecs[key] = build_codec(plan.mode, plan, self.codecs, self.transport.device)
+            codec = build_codec(plan.mode, plan, self.codecs, self.transport.device)
+            if self.local_peers is not None and codec.byte_messages:
+                codec = PeerRoutedCodec(codec, self.local_peers)
+            self._mode_codecs[key] = codec
         return codec
 
     @property

@@ -50,8 +50,24 @@ class CompressionExtension(TrainingExtension):
 
     def build_exchange(self, transport, owners: list[int], dim: int, size_exchange: str = "exact") -> Exchange:
         """The exchange of this run (loopback in one process, the process group in several)."""
-        self.exchange = Exchange(transport, owners, dim, self.plan, self.recorder, size_exchange)
+        self.exchange = Exchange(transport, owners, dim, self.plan, self.recorder, size_exchange,
+                                 local_peers=self._local_peers(transport))
         return self.exchange
+
+    def _local_peers(self, transport) -> list[bool] | None:
+        """``compress.peers=inter_node``: per destination, whether it is on this rank's node
+        (one process: all of its virtual destinations are); warns where every peer is."""
+        if self.cfg.peers != "inter_node":
+            return None
+        if hasattr(transport, "group"):
+            from dlrm_comp.distributed.nodes import same_node_peers
+            local = same_node_peers()
+        else:
+            local = [True] * transport.destinations
+        if all(local) and self.rank == 0:
+            print(f"warning: compress.peers=inter_node: all {len(local)} destinations are on this node, so every "
+                  "message travels uncompressed (use compress.peers=all on one node)", file=sys.stderr, flush=True)
+        return local
 
     def bind(self, trainer) -> None:
         self.trainer = trainer
@@ -153,7 +169,7 @@ def _allreduce_extensions(cfg, world_size: int, rank: int) -> list[TrainingExten
                   "(there is no allreduce)", file=sys.stderr, flush=True)
         return []
     from dlrm_comp.train.allreduce import AllreduceCompression
-    return [AllreduceCompression(d.allreduce_compression)]
+    return [AllreduceCompression(d.allreduce_compression, d.powersgd_rank, d.powersgd_start_iter, cfg.train.seed)]
 
 
 def _exchange_extensions(cfg, cardinalities: list[int], world_size: int, rank: int) -> list[TrainingExtension]:

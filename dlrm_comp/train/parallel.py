@@ -20,6 +20,7 @@ from dlrm_comp.exchange import Exchange, ProcessGroupTransport
 from dlrm_comp.distributed.sharding import place_tables, tables_of
 from dlrm_comp.model import DLRM
 from dlrm_comp.train.builders import build_model
+from dlrm_comp.train.powersgd import bucket_kwargs
 
 
 class DenseHead(nn.Module):
@@ -54,7 +55,9 @@ class ModelParallel:
         self.owners = place_tables(cardinalities, cfg.model.emb_dim, env.world_size, cfg.dist.sharding)
         self.model = build_model(cfg, cardinalities, owned_tables=tables_of(self.owners, env.rank)).to(device)
         ids = [device.index] if device.type == "cuda" else None
-        self.head = DistributedDataParallel(DenseHead(self.model), device_ids=ids, broadcast_buffers=False)
+        head = DenseHead(self.model)
+        self.head = DistributedDataParallel(head, device_ids=ids, broadcast_buffers=False,
+                                            **bucket_kwargs(cfg.dist.allreduce_compression, head))
         group = dist.new_group(backend=env.backend)  # the exchange's collectives apart from DDP's
         transport = ProcessGroupTransport(group, device)
         if compression is not None:

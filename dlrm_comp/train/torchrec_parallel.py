@@ -40,6 +40,7 @@ from dlrm_comp.model.torchrec_backend import (
     table_name,
 )
 from dlrm_comp.train.builders import build_model
+from dlrm_comp.train.powersgd import bucket_kwargs
 from dlrm_comp.train.parallel import DenseHead, ModelParallel, check_divisible
 
 EBC = "ebc"  # the collection's name inside the module DistributedModelParallel wraps
@@ -123,7 +124,9 @@ class TorchrecModelParallel(ModelParallel):
         if found is not None and self.qcomm is None:  # ours: the exchange becomes the output dist
             self._install_exchange(cfg, found, device)
         ids = [device.index] if device.type == "cuda" else None
-        self.head = DistributedDataParallel(DenseHead(self.dense), device_ids=ids, broadcast_buffers=False)
+        head = DenseHead(self.dense)
+        self.head = DistributedDataParallel(head, device_ids=ids, broadcast_buffers=False,
+                                            **bucket_kwargs(cfg.dist.allreduce_compression, head))
         self.model = TorchrecDLRM(self.dense, self.dmp, cardinalities)
 
     def _qcomm_registry(self, cfg: RunConfig, device: torch.device):

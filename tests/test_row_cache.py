@@ -269,6 +269,7 @@ def test_resume_without_the_saved_caches_is_refused(tiny_cfg, tmp_path):
     ("compress.row_cache_rows=1.5", "compress.row_cache_rows"),
     ("compress.mode=fp16", "compress.row_cache: 'on' needs compress.mode codec or simulate"),
     ("compress.dedup=off", "compress.row_cache: 'on' keys the cache on the distinct bags"),
+    ("compress.peers=inter_node", "compress.row_cache: 'on' with compress.peers=inter_node is not supported"),
 ])
 def test_bad_row_cache_settings_exit_2_naming_the_key(tiny_cfg, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

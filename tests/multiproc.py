@@ -99,3 +99,24 @@ def straight_and_resumed(tmp_path: Path, *overrides: str, world: int = 2, fail_a
     cards = summaries[0]["data"]["cardinalities"]
     states = [final_state(tmp_path / r, iterations, world, cards) for r in ("a", "b")]
     return states, summaries
+
+
+def kill_after_checkpoint(out: Path, *overrides: str, iteration: int = 60, timeout: float = 180) -> None:
+    """Start the training CLI (the tiny config, then ``overrides``) into ``out`` and kill -9
+    it a moment after its checkpoint of ``iteration`` appears: an arbitrary point mid-step or
+    mid-write, as a scheduler's kill would be."""
+    import signal
+    import time
+    cmd = [sys.executable, str(ROOT / "launch/train.py"), "--set", *TINY_OVERRIDES, *overrides, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ckpt, name = out / "checkpoints", f"ckpt_{iteration:09d}.pt"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_dir() and any(p.name >= name for p in ckpt.glob("ckpt_*.pt")):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    time.sleep(0.003)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -5,11 +5,8 @@ and 2 and 3 ranks equal to one process."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -284,22 +281,9 @@ def test_bad_row_cache_settings_exit_2_naming_the_key(tiny_cfg, tmp_path, overri
 @pytest.mark.slow
 def test_real_sigkill_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     """A real kill -9 of the CLI with the cache on, then --resume: the same parameters and metrics."""
-    from tiny import TINY_OVERRIDES
+    from multiproc import kill_after_checkpoint
     extra = [*CACHE, "train.iterations=300", "train.eval_every=50"]
-    cmd = [sys.executable, str(ROOT / "launch/train.py"), "--set", *TINY_OVERRIDES, *QUIET, *extra,
-           "--out", str(tmp_path / "k")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    ckpt = tmp_path / "k" / "checkpoints"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_dir() and any(p.name >= "ckpt_000000060.pt" for p in ckpt.glob("ckpt_*.pt")):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    time.sleep(0.003)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(tmp_path / "k", *QUIET, *extra)
     cfg = tiny_cfg(*QUIET, *extra)
     straight = Trainer(cfg, tmp_path / "a")
     straight.run()

@@ -244,28 +244,8 @@ def test_checkpoints_carry_the_run_identity(tiny_cfg, tmp_path, straight):
 @pytest.mark.slow
 def test_real_sigkill_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     """A real kill -9 of the CLI at an arbitrary moment (mid-step, mid-write), then --resume."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    from tiny import TINY_OVERRIDES
-    root = Path(__file__).resolve().parents[1]
-    sets = [*TINY_OVERRIDES, *QUIET, "train.iterations=300", "train.eval_every=50"]
-    cmd = [sys.executable, str(root / "launch/train.py"), "--set", *sets, "--out", str(tmp_path / "k")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    ckpt = tmp_path / "k" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if any(p.name >= "ckpt_000000060.pt" for p in ckpt.glob("ckpt_*.pt")) if ckpt.is_dir() else False:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    time.sleep(0.003)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    from multiproc import kill_after_checkpoint
+    kill_after_checkpoint(tmp_path / "k", *QUIET, "train.iterations=300", "train.eval_every=50")
     straight = Trainer(load := tiny_cfg(*QUIET, "train.iterations=300", "train.eval_every=50"), tmp_path / "a")
     straight.run()
     resumed = Trainer(load, tmp_path / "k", resume=True)

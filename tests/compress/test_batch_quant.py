@@ -6,11 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from regimes import DTYPES, mixed_batches
 
 from dlrm_comp.compress.batch_quant import BatchQuant, dequantize_batch, quantize_batch, round_down_f32
 from dlrm_comp.compress.kinds import ChunkKind
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
 def _check(x: torch.Tensor, eb_rel: np.ndarray, q: BatchQuant) -> None:
@@ -36,40 +36,8 @@ def _check(x: torch.Tensor, eb_rel: np.ndarray, q: BatchQuant) -> None:
             assert int(q.codes[c].min()) >= 0 and int(q.codes[c].max()) < 2 ** int(q.bits[c])
 
 
-@st.composite
-def batches(draw):
-    """[C, n] batches whose rows mix regimes: Gaussian, offset, tiny range, constant, huge, NaN/Inf."""
-    dtype = draw(st.sampled_from(DTYPES))
-    c, n = draw(st.integers(1, 12)), draw(st.integers(1, 300))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    fmax = float(torch.finfo(dtype).max)
-    rows = []
-    for _ in range(c):
-        z = torch.randn(n, generator=g, dtype=torch.float64)
-        regime = draw(st.sampled_from(["gauss", "offset", "tiny", "const", "huge", "subnormal", "nonfinite"]))
-        if regime == "gauss":
-            r = z * draw(st.sampled_from([1e-3, 0.05, 1.0, 100.0]))
-        elif regime == "offset":
-            r = (1e6 if dtype not in (torch.float16,) else 1000.0) + z * 1e-2
-        elif regime == "tiny":
-            r = 1.0 + z * 1e-7
-        elif regime == "const":
-            r = torch.full((n,), draw(st.sampled_from([0.0, -2.5, 3e4])), dtype=torch.float64)
-        elif regime == "huge":
-            r = torch.clamp(z, -1, 1) * fmax * draw(st.sampled_from([0.5, 0.999]))
-        elif regime == "subnormal":
-            r = z * 1e-38
-        else:
-            r = z.clone()
-            r[0] = draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
-        rows.append(r)
-    x = torch.stack(rows).to(dtype)
-    eb = np.array([draw(st.sampled_from([1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.5])) for _ in range(c)])
-    return x, eb
-
-
 @settings(max_examples=150)
-@given(batches())
+@given(mixed_batches())
 def test_every_chunk_within_its_bound(batch):
     x, eb = batch
     _check(x, eb, quantize_batch(x, torch.from_numpy(eb)))

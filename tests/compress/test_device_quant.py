@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from regimes import DTYPES, mixed_batches
 
 from device_env import DEV, MARKS, on_dev  # noqa: I001  (sets TRITON_INTERPRET first)
 from dlrm_comp.compress import batch_quant as bq
@@ -17,7 +18,6 @@ from dlrm_comp.compress.device import quant as dq
 from dlrm_comp.compress.kinds import ChunkKind
 
 pytestmark = MARKS
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 TABLE = ("kind", "bits", "minimum", "step", "eb_abs", "ok", "err", "nonfinite")
 
 
@@ -62,34 +62,8 @@ def assert_within_bound(q: bq.BatchQuant) -> None:
 
 @st.composite
 def batches(draw):
-    """Small [C, n] batches whose rows mix regimes: Gaussian at several scales, offset, tiny and
-    zero ranges, constants, magnitudes near the dtype's overflow, subnormals, NaN/Inf."""
-    dtype = draw(st.sampled_from(DTYPES))
-    c, n = draw(st.integers(1, 5)), draw(st.integers(1, 160))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    fmax = float(torch.finfo(dtype).max)
-    rows = []
-    for _ in range(c):
-        z = torch.randn(n, generator=g, dtype=torch.float64)
-        regime = draw(st.sampled_from(["gauss", "offset", "tiny", "const", "huge", "subnormal", "nonfinite"]))
-        if regime == "gauss":
-            r = z * draw(st.sampled_from([1e-3, 0.05, 1.0, 100.0]))
-        elif regime == "offset":
-            r = (1e6 if dtype != torch.float16 else 1000.0) + z * 1e-2
-        elif regime == "tiny":
-            r = 1.0 + z * draw(st.sampled_from([1e-7, 1e-12]))
-        elif regime == "const":
-            r = torch.full((n,), draw(st.sampled_from([0.0, -2.5, 3e4])), dtype=torch.float64)
-        elif regime == "huge":
-            r = torch.clamp(z, -1, 1) * fmax * draw(st.sampled_from([0.5, 0.999, 1.0]))
-        elif regime == "subnormal":
-            r = z * 1e-38
-        else:
-            r = z.clone()
-            r[draw(st.integers(0, n - 1))] = draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
-        rows.append(r)
-    x = torch.stack(rows).to(dtype)
-    eb = np.array([draw(st.sampled_from([1e-5, 1e-4, 1e-3, 1e-2, 2e-2, 0.1, 0.5])) for _ in range(c)])
+    """A mixed batch (`regimes.mixed_batches`) and a Triton block size."""
+    x, eb = draw(mixed_batches(max_chunks=5, max_values=160))
     return x, eb, draw(st.sampled_from([16, 64, 2048]))
 
 

@@ -118,6 +118,16 @@ def _store_f32_bytes(ptr, v, mask):
 
 
 @triton.jit
+def _row_tile(R, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's block of rows of a row-wise format: row and column indices, the rows that
+    exist, and the values that exist."""
+    rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    rm = rs < R
+    return rs, cols, rm, rm[:, None] & (cols < D)[None, :]
+
+
+@triton.jit
 def _load_f32_bytes(ptr, mask):
     b = tl.load(ptr, mask=mask, other=0).to(tl.int32)
     for k in tl.static_range(1, 4):
@@ -127,10 +137,7 @@ def _load_f32_bytes(ptr, mask):
 
 @triton.jit
 def _int8_encode_kernel(x_ptr, out_ptr, R, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_D)
-    rm = rs < R
-    m = rm[:, None] & (cols < D)[None, :]
+    rs, cols, rm, m = _row_tile(R, D, BLOCK_R, BLOCK_D)
     v = tl.load(x_ptr + rs.to(tl.int64)[:, None] * D + cols[None, :], mask=m, other=0.0)
     mn = tl.min(tl.where(m, v, float("inf")), axis=1)
     mx = tl.max(tl.where(m, v, -float("inf")), axis=1)
@@ -146,10 +153,7 @@ def _int8_encode_kernel(x_ptr, out_ptr, R, D, BLOCK_R: tl.constexpr, BLOCK_D: tl
 
 @triton.jit
 def _int8_decode_kernel(rec_ptr, out_ptr, R, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_D)
-    rm = rs < R
-    m = rm[:, None] & (cols < D)[None, :]
+    rs, cols, rm, m = _row_tile(R, D, BLOCK_R, BLOCK_D)
     row = rec_ptr + rs.to(tl.int64) * (D + 8)
     codes = tl.load(row[:, None] + cols[None, :], mask=m, other=0).to(tl.float32)
     scale = _load_f32_bytes(row + D, rm)
@@ -190,10 +194,7 @@ def int8_decode_rows(records: torch.Tensor) -> torch.Tensor:
 @triton.jit
 def _fp8_amax_kernel(x_ptr, chunk_ptr, amax_ptr, R, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """Each chunk's max|x| by an integer atomic max on the bits (|x| >= 0: int order = float order)."""
-    rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_D)
-    rm = rs < R
-    m = rm[:, None] & (cols < D)[None, :]
+    rs, cols, rm, m = _row_tile(R, D, BLOCK_R, BLOCK_D)
     v = tl.abs(tl.load(x_ptr + rs.to(tl.int64)[:, None] * D + cols[None, :], mask=m, other=0.0))
     rmax = tl.max(v, axis=1).to(tl.int32, bitcast=True)
     tl.atomic_max(amax_ptr + tl.load(chunk_ptr + rs, mask=rm, other=0), rmax, mask=rm)
@@ -249,10 +250,7 @@ def _fp8_encode_kernel(x_ptr, chunk_ptr, amax_ptr, out_ptr, scale_ptr, R, D, C, 
 
 @triton.jit
 def _fp8_decode_kernel(rec_ptr, scale_ptr, chunk_ptr, out_ptr, R, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_D)
-    rm = rs < R
-    m = rm[:, None] & (cols < D)[None, :]
+    rs, cols, rm, m = _row_tile(R, D, BLOCK_R, BLOCK_D)
     b = tl.load(rec_ptr + rs.to(tl.int64)[:, None] * D + cols[None, :], mask=m, other=0).to(tl.int32)
     scale = tl.load(scale_ptr + tl.load(chunk_ptr + rs, mask=rm, other=0), mask=rm, other=1.0)
     tl.store(out_ptr + rs.to(tl.int64)[:, None] * D + cols[None, :], tl.math.div_rn(_e4m3_value(b), scale[:, None]),
@@ -296,10 +294,7 @@ def fp8_decode_rows(records: torch.Tensor, trailers: torch.Tensor, chunk: torch.
 def _fp8_decode_messages_kernel(buf_ptr, meta_ptr, out_ptr, R, D, C, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """Every message's rows at once: row r's record at r*D + 4*(chunks of earlier messages),
     its chunk's scale at that chunk's trailer offset (``meta`` = row chunks, shifts, trailers)."""
-    rs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.arange(0, BLOCK_D)
-    rm = rs < R
-    m = rm[:, None] & (cols < D)[None, :]
+    rs, cols, rm, m = _row_tile(R, D, BLOCK_R, BLOCK_D)
     c = tl.load(meta_ptr + rs, mask=rm, other=0)
     rec = rs.to(tl.int64) * D + tl.load(meta_ptr + R + c, mask=rm, other=0)
     b = tl.load(buf_ptr + rec[:, None] + cols[None, :], mask=m, other=0).to(tl.int32)

@@ -54,6 +54,7 @@ MODES = ["off", "simulate", "codec", "codec+dedup", "fp16", "bf16", "fp8", "int8
 CONFIGS = {"debug": ("configs/debug.yaml", []),
            "terabyte": ("configs/terabyte.yaml", ["data.max_ind_range=200000"])}
 LINKS_GBIT = (100, 200, 400)
+STEP_SHAPE, QUICK_SHAPE = (52, 1024 * 64), (4, 64 * 16)  # the Terabyte step's forward chunks; a toy
 COPY_NAMES = {"h2d": ("HtoD",), "d2h": ("DtoH",)}
 LAUNCH_NAMES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaGraphLaunch")
 SYNC_NAMES = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ")
@@ -127,14 +128,6 @@ def steps(configs: list[str], modes: list[str], iterations: int, block: int, war
 
 
 # ----------------------------------------------------------------------------- 2. stages
-def terabyte_chunks(device: torch.device, chunks: int = 52, rows: int = 1024, dim: int = 64) -> torch.Tensor:
-    """The Terabyte step's forward: ``chunks`` of ``rows x dim`` Gaussian values, a scale per chunk."""
-    g = torch.Generator().manual_seed(0)
-    scale = torch.logspace(-3, 0, chunks)[torch.randperm(chunks, generator=g)]
-    x = torch.randn(chunks, rows * dim, generator=g) * scale[:, None]
-    return x.to(device)
-
-
 def gbps(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e9 if seconds else float("inf")
 
@@ -144,12 +137,12 @@ def stages(device: torch.device, quick: bool) -> dict:
     `torch.compile` of them; the CPU smoke run: the torch ops), a device copy beside them, and the
     lossless stage on the codes of the path training takes."""
     from dlrm_comp.compress.device import available as triton_available
-    from dlrm_comp.compress.device.throughput import IMPLS, quantize_throughput
-    shape = (4, 64 * 16) if quick else (52, 1024 * 64)
+    from dlrm_comp.compress.device.throughput import IMPLS, quantize_throughput, step_batch
+    shape = QUICK_SHAPE if quick else STEP_SHAPE
     impls = [i for i in IMPLS if device.type == "cuda" and (i != "triton" or triton_available())] or ["torch"]
     kernels = [quantize_throughput(device, impl, *shape, repeat=3 if quick else 20) for impl in impls]
     chosen = kernels[0]  # the path training takes: Triton where it imports, else the torch ops
-    x = terabyte_chunks(device, *((4, 64, 16) if quick else ()))
+    x = step_batch(device, *shape)
     eb = torch.full((x.shape[0],), 0.02, dtype=torch.float64, device=device)
     nbytes = x.numel() * x.element_size()
     q = quantize_batch(x, eb)
@@ -187,7 +180,8 @@ def nvcomp_ans(codes: torch.Tensor, nbytes: int, zstd_cr: float, device: torch.d
 
 # ----------------------------------------------------------------------------- 3. codecs
 def codecs(device: torch.device, quick: bool) -> list[dict]:
-    x = terabyte_chunks(device, *((4, 64, 16) if quick else ()))
+    from dlrm_comp.compress.device.throughput import step_batch
+    x = step_batch(device, *(QUICK_SHAPE if quick else STEP_SHAPE))
     dim = 16 if quick else 64
     chunks = [c.reshape(-1, dim) for c in x]
     rows = []

@@ -303,7 +303,7 @@ def quantize_delta(x: torch.Tensor, eb_rel, counts: np.ndarray | None, base: tor
     eb = torch.as_tensor(eb_rel, dtype=torch.float64).to(dev)
     col = chunk_params(_Torch, f64(lo_v), f64(hi_v), eb, n, x.dtype, bound=(f64(lo_x), f64(hi_x)))
     eb_w = col["eb_abs"].to(wd)
-    row_err = (xw - bw).abs().view(c, u, d).amax(dim=2) if n else torch.zeros(c, u, dtype=wd, device=dev)
+    row_err = v.abs().view(c, u, d).amax(dim=2) if n else torch.zeros(c, u, dtype=wd, device=dev)
     hit_rows = cached & ((row_err < eb_w[:, None]) | (row_err == 0))  # NaN never hits
     hit = hit_rows.repeat_interleave(d, dim=1) if d else torch.zeros_like(x, dtype=torch.bool)
     safe_step = col["safe_step"]
@@ -315,16 +315,15 @@ def quantize_delta(x: torch.Tensor, eb_rel, counts: np.ndarray | None, base: tor
     err_h = torch.where(hit, (bw - xw).abs(), 0.0).amax(dim=1) if n else torch.zeros(c, dtype=wd, device=dev)
     ok = col["valid"] & (err_q < eb_w)
     err = torch.where(ok, torch.maximum(err_q, err_h), err_h).to(torch.float64)
-    pad = torch.arange(n, device=dev)[None, :] < (torch.as_tensor(np.asarray(counts, dtype=np.int64)).to(dev)[:, None]
-                                                  if counts is not None else n)
+    counts_t = None if counts is None else to_device(torch.from_numpy(np.asarray(counts, dtype=np.int64)), dev)
+    pad = torch.arange(n, device=dev)[None, :] < (counts_t[:, None] if counts_t is not None else n)
     codes = codes.to(torch.int32)
     return BatchQuant(
         kind=torch.where(ok, ChunkKind.QUANT, ChunkKind.RAW).to(torch.uint8),
         bits=torch.where(ok, col["bits"].to(torch.int64), 0), minimum=col["min"],
         step=torch.where(ok, col["step"], 0.0), eb_abs=col["eb_abs"],
         low=(codes & 255).to(torch.uint8), high=(codes >> 8).to(torch.uint8),
-        err=err, nonfinite=(~col["bound_finite"]).sum(), ok=ok, x=x, x_hat=y,
-        counts=None if counts is None else to_device(torch.from_numpy(np.asarray(counts, dtype=np.int64)), dev),
+        err=err, nonfinite=(~col["bound_finite"]).sum(), ok=ok, x=x, x_hat=y, counts=counts_t,
         base=base, hit=hit, sent_mask=pad & ~hit)
 
 

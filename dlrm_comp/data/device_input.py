@@ -10,6 +10,7 @@ ids on the host. On the CPU the device is the host: nothing is packed or copied.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,7 +29,7 @@ class Field:
 
     @property
     def nbytes(self) -> int:
-        return _numel(self.shape) * _itemsize(self.dtype)
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,6 @@ class PackedLayout:
         indices = tuple(place(t) for t in batch.indices)
         offsets = tuple(place(t) for t in batch.offsets)
         return cls(dense, labels, indices, offsets, max(cursor, ALIGN))
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def _fields(batch: Batch, layout: PackedLayout):

@@ -158,7 +158,8 @@ class Trainer:
                               f"{self.cfg.data.val_fraction} rounds to 0); raise data.val_fraction or use more data")
 
     # ----------------------------------------------------------------------------- state
-    def state_dict(self, iteration: int, wall_s: float) -> dict[str, Any]:
+    def state_dict(self, iteration: int, wall_s: float, losses: list[float]) -> dict[str, Any]:
+        """The run's state at ``iteration``; ``losses``: the open interval's, read (`_interval_losses`)."""
         return {
             "iteration": iteration,
             "model": self.model.state_dict(),
@@ -170,7 +171,7 @@ class Trainer:
             "data": self.data_files,
             "world_size": self.world_size,
             "iterations": self.iterations,
-            "pending": {"losses": self._interval_losses(iteration), "times": list(self.pending["times"])},
+            "pending": {"losses": losses, "times": list(self.pending["times"])},
             "extensions": {ext.name: ext.state_dict() for ext in self.extensions},
         }
 
@@ -544,12 +545,13 @@ class Trainer:
         return self.is_main or self.parallel is not None  # every rank saves the tables it owns
 
     def _save(self, iteration: int, t0: float) -> Path | None:
-        self._interval_losses(iteration)  # a diverged step since the last interval: no checkpoint of it
+        losses = self._interval_losses(iteration)  # a diverged step since the last interval: no checkpoint of it
         if not self._saves():
             return None
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise Diverged(self._divergence(iteration, "the parameters hold NaN or Inf"))
-        return self.checkpoints.save(iteration, self.state_dict(iteration, self.wall_before + time.perf_counter() - t0))
+        return self.checkpoints.save(iteration, self.state_dict(iteration, self.wall_before + time.perf_counter() - t0,
+                                                                losses))
 
     def _summary(self, final: dict[str, float], wall_s: float) -> dict[str, Any]:
         step_s_mean = float(np.mean(self.step_times)) if self.step_times else math.nan

@@ -157,3 +157,23 @@ if numba is not None:
             err_q[r] = eq
             err_h[r] = eh
         return err_q, err_h
+
+    @numba.njit(cache=True, nogil=True)
+    def take_spans(plane, start, stop, out):  # pragma: no cover
+        """``out`` = columns ``[start_r, stop_r)`` of each row of ``plane``, row after row: the
+        ragged gather of one byte plane (a boolean mask costs a pass over the whole plane)."""
+        pos = 0
+        for r in range(plane.shape[0]):
+            k = stop[r] - start[r]
+            out[pos:pos + k] = plane[r, start[r]:stop[r]]
+            pos += k
+        return out
+
+    @numba.njit(cache=True, nogil=True)
+    def put_spans(plane, start, stop, values):  # pragma: no cover
+        """Inverse of ``take_spans``: the flat ``values`` back into the spans of ``plane``'s rows."""
+        pos = 0
+        for r in range(plane.shape[0]):
+            k = stop[r] - start[r]
+            plane[r, start[r]:stop[r]] = values[pos:pos + k]
+            pos += k

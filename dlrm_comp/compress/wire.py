@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dlrm_comp.compress import cpu_kernels
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless import CodecCache, LosslessCodec
 from dlrm_comp.compress.lossless.identity import IdentityCodec
@@ -117,21 +118,38 @@ def _span_mask(width: int, start: np.ndarray, stop: np.ndarray) -> np.ndarray | 
     return (cols >= start[:, None]) & (cols < stop[:, None])
 
 
+def _spans(plane: np.ndarray, start, stop) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's span bounds as int64 arrays, clipped to the plane (the numba loops index
+    with them; a mask clips by construction)."""
+    width = plane.shape[1]
+    start = np.clip(np.broadcast_to(np.asarray(start, dtype=np.int64), len(plane)), 0, width)
+    return start, np.clip(np.broadcast_to(np.asarray(stop, dtype=np.int64), len(plane)), start, width)
+
+
 def _take(plane: np.ndarray, start, stop) -> np.ndarray:
-    """The spans of each row, row after row, flat (the ragged gather of one byte plane)."""
-    span = _span_mask(plane.shape[1], np.broadcast_to(start, len(plane)), np.broadcast_to(stop, len(plane)))
+    """The spans of each row, row after row, flat (the ragged gather of one byte plane): a
+    slice when every row shares its span, else one copy per row (numba) or a boolean mask."""
+    start, stop = _spans(plane, start, stop)
+    span = _span_mask(plane.shape[1], start, stop) if not cpu_kernels.available() or \
+        (len(start) and (start == start[0]).all() and (stop == stop[0]).all()) else None
     if isinstance(span, tuple):
         return plane[:, span[0]:span[1]].reshape(-1)
-    return plane[span]
+    if span is not None:
+        return plane[span]
+    return cpu_kernels.take_spans(plane, start, stop, np.empty(int((stop - start).sum()), plane.dtype))
 
 
 def _put(plane: np.ndarray, start, stop, values: np.ndarray) -> None:
     """Inverse of ``_take``: write the flat spans back into the rows of ``plane`` (a view)."""
-    span = _span_mask(plane.shape[1], np.broadcast_to(start, len(plane)), np.broadcast_to(stop, len(plane)))
+    start, stop = _spans(plane, start, stop)
+    span = _span_mask(plane.shape[1], start, stop) if not cpu_kernels.available() or \
+        (len(start) and (start == start[0]).all() and (stop == stop[0]).all()) else None
     if isinstance(span, tuple):
         plane[:, span[0]:span[1]] = values.reshape(len(plane), span[1] - span[0])
-    else:
+    elif span is not None:
         plane[span] = values
+    else:
+        cpu_kernels.put_spans(plane, start, stop, values)
 
 
 def _section_raw(hc: HostChunks, lo: int, hi: int) -> tuple[bytes, list[int]]:
@@ -148,12 +166,14 @@ def _section_raw(hc: HostChunks, lo: int, hi: int) -> tuple[bytes, list[int]]:
         lengths = np.where(kind == ChunkKind.QUANT, (n * bits + 7) // 8, 0)
         parts.append(_take(hc.low[lo:hi], 0, lengths))
     else:
-        primary = hc.low[lo:hi].copy()
-        if raw_rows.size:
-            primary[raw_rows] = hc.raw[lo + raw_rows, :primary.shape[1]]
-        primary[kind == ChunkKind.CONST] = 0
-        if hc.sz is not None:
-            primary[kind == ChunkKind.SZ] = 0
+        primary = hc.low[lo:hi]
+        if raw_rows.size or (kind == ChunkKind.CONST).any() or hc.sz is not None:  # a copy only to change rows
+            primary = primary.copy()
+            if raw_rows.size:
+                primary[raw_rows] = hc.raw[lo + raw_rows, :primary.shape[1]]
+            primary[kind == ChunkKind.CONST] = 0
+            if hc.sz is not None:
+                primary[kind == ChunkKind.SZ] = 0
         parts.append(_take(primary, 0, n))
         wide = np.flatnonzero((kind == ChunkKind.QUANT) & (bits > 8))
         if wide.size:

@@ -104,3 +104,24 @@ def test_parse_checks_the_chunk_count_before_allocating():
     assert parse(msg, 8, 4, expect_chunks=3).header.shape == (3,)
     with pytest.raises(CorruptPayloadError, match="expected 2"):
         parse(msg, 8, 4, expect_chunks=2)
+
+
+@settings(max_examples=60)
+@given(st.data())
+def test_ragged_spans_equal_the_boolean_mask(data):
+    """The numba span copies that assemble and parse a section equal the boolean-mask gather
+    and scatter they replace, clipping included (spans past the plane, empty, reversed)."""
+    from dlrm_comp.compress import cpu_kernels, wire
+    k = data.draw(st.integers(1, 6))
+    width = data.draw(st.integers(1, 40))
+    start = np.array(data.draw(st.lists(st.integers(-3, width + 3), min_size=k, max_size=k)), dtype=np.int64)
+    stop = np.array(data.draw(st.lists(st.integers(-3, width + 3), min_size=k, max_size=k)), dtype=np.int64)
+    plane = np.random.default_rng(k * width).integers(0, 256, (k, width)).astype(np.uint8)
+    cols = np.arange(width)[None, :]
+    mask = (cols >= start[:, None]) & (cols < stop[:, None])
+    assert cpu_kernels.available()
+    got = wire._take(plane, start, stop)
+    assert np.array_equal(got, plane[mask])
+    back = np.zeros_like(plane)
+    wire._put(back, start, stop, got)
+    assert np.array_equal(back, np.where(mask, plane, 0))

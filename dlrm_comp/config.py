@@ -72,8 +72,8 @@ def yaml_load(text: str):
 
 ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd")  # dist.allreduce_compression (train/allreduce.py)
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
-PEERS = ("all", "inter_node")  # compress.peers (compress/codecs/peers.py)
-INTER_NODE_MODES = ("off", *BYTE_MESSAGES)  # the modes compress.peers=inter_node routes (off: nothing to route)
+PEERS = ("all", "inter_node", "auto")  # compress.peers (compress/codecs/peers.py, train/peer_policy.py)
+INTER_NODE_MODES = ("off", *BYTE_MESSAGES)  # the modes compress.peers=inter_node and auto route (off: nothing to route)
 DATA_SOURCES = ("synthetic", "criteo")
 INTERACTIONS = ("dot", "cat")
 OPTIMIZERS = ("sgd", "adagrad")
@@ -298,8 +298,10 @@ class CompressConfig:
     # difference; `row_cache_rows` rows per (table, destination), both sides (README: row cache).
     row_cache: str = "off"
     row_cache_rows: int = 4096
-    # which peers' messages are compressed: `all`, or `inter_node` (peers on this rank's node get
-    # the rows uncompressed; byte-message modes codec and sz, dist.size_exchange=exact)
+    # which peers' messages are compressed: `all`, `inter_node` (peers on this rank's node get
+    # the rows uncompressed), or `auto` (per class of peer, this node's and the others, and per
+    # direction: where the speedup model says it pays, re-decided at print intervals); the last two
+    # for byte-message modes codec and sz, dist.size_exchange=exact
     peers: str = "all"
     print_tables: bool = True
     decay: DecaySchedule = field(default_factory=DecaySchedule)
@@ -312,10 +314,10 @@ class CompressConfig:
         _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES + TORCHREC_QCOMM_MODES)
         _choice("compress.layout", self.layout, ("bytes", "bitpack"))
         _choice("compress.peers", self.peers, PEERS)
-        if self.peers == "inter_node":
+        if self.peers != "all":
             for key, mode in (("compress.mode", self.mode), ("compress.backward.mode", self.backward.mode)):
                 if mode not in INTER_NODE_MODES:
-                    raise ConfigError(f"compress.peers: inter_node routes each message to its codec or to none, for "
+                    raise ConfigError(f"compress.peers: {self.peers} routes each message to its codec or to none, for "
                                       f"the byte-message modes ({', '.join(INTER_NODE_MODES)}); {key}={mode!r} is not "
                                       "one: use compress.peers=all or one of those modes")
         _choice("compress.dedup", self.dedup, DEDUP_MODES)
@@ -324,8 +326,8 @@ class CompressConfig:
         if any(not isinstance(t, int) or t < 0 for t in self.dedup_tables):
             raise ConfigError(f"compress.dedup_tables: {self.dedup_tables} must be table indices (integers >= 0)")
         self._validate_row_cache()
-        if self.row_cache == "on" and self.peers == "inter_node":
-            raise ConfigError("compress.row_cache: 'on' with compress.peers=inter_node is not supported (the cache "
+        if self.row_cache == "on" and self.peers != "all":
+            raise ConfigError(f"compress.row_cache: 'on' with compress.peers={self.peers} is not supported (the cache "
                               "mirrors the codec's own messages to every destination); use compress.peers=all or "
                               "compress.row_cache=off")
         self.bounds.validate()
@@ -437,9 +439,9 @@ class RunConfig:
                               "set train.iterations to a positive count")
         self._check_torchrec_qcomm()
         self._check_adaptive_modes()
-        if self.compress.peers == "inter_node" and self.dist.size_exchange != "exact":
-            raise ConfigError("compress.peers: inter_node sends uncompressed messages without the wire's preamble, "
-                              "which dist.size_exchange=slots reads for a message's length; use "
+        if self.compress.peers != "all" and self.dist.size_exchange != "exact":
+            raise ConfigError(f"compress.peers: {self.compress.peers} sends uncompressed messages without the "
+                              "wire's preamble, which dist.size_exchange=slots reads for a message's length; use "
                               "dist.size_exchange=exact or compress.peers=all")
         if self.compress.chunks > self.data.batch_size:
             raise ConfigError(f"compress.chunks: {self.compress.chunks} chunks cannot be cut from a batch of "

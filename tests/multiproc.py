@@ -41,6 +41,30 @@ def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 240
     return proc
 
 
+def torchrun_nodes(nodes: int, *args: str, timeout: int = 240) -> list[subprocess.CompletedProcess]:
+    """``nodes`` torchrun agents on this host, one rank each, each its own node (``GROUP_RANK``):
+    what the link benchmark runs in its namespaces, without the namespaces (gloo over loopback)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+                               f"--node_rank={i}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
+                               f"--master_port={port}", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, cwd=ROOT) for i in range(nodes)]
+    done = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
 def train_cli(out: Path, *overrides: str, base: tuple[str, ...] = tuple(TINY_OVERRIDES),
               configs: tuple[str, ...] = ()) -> list[str]:
     files = [arg for c in configs for arg in ("--config", str(ROOT / c))]

@@ -38,6 +38,8 @@ def cli(capsys, *args: str, sets: tuple[str, ...] = (), out: Path | None = None)
     (("data.source=criteo", "data.path=/nonexistent/day_0"), "does not exist"),
     (("data.cardinalities=[3, 4]",), "data.cardinalities: only used with data.profile=custom"),
     (("train.iterations=0",), "train.iterations"),
+    (("compress.peers=sometimes",), "compress.peers: 'sometimes' is not one of"),
+    (("compress.peers=auto", "compress.mode=fp8"), "compress.peers: auto routes"),
 ])
 def test_bad_values_exit_2_naming_the_field(capsys, tmp_path, sets, needle):
     code, err = cli(capsys, sets=sets, out=tmp_path / "run")

@@ -196,3 +196,31 @@ def test_inter_node_modes_run_by_default_only_with_several_ranks_per_node():
     assert {"codec+bwd+inter_node", "codec+bwd+dedup+inter_node"} <= set(default_modes(2))
     assert modes()["codec+bwd+dedup+inter_node"] == [*modes()["codec+bwd+dedup"], "compress.peers=inter_node"]
     assert modes()["codec+bwd+dedup+powersgd"][-1] == "dist.allreduce_compression=powersgd"
+
+
+def test_auto_modes_run_by_default_at_any_ranks_per_node():
+    from dlrm_comp.bench.link_run import default_modes, modes
+    for n in (1, 2):
+        assert {"codec+bwd+dedup+auto", "codec+bwd+dedup+powersgd+auto"} <= set(default_modes(n))
+    assert modes()["codec+bwd+dedup+auto"] == [*modes()["codec+bwd+dedup"], "compress.peers=auto"]
+    assert modes()["codec+bwd+dedup+powersgd+auto"] == [*modes()["codec+bwd+dedup+powersgd"], "compress.peers=auto"]
+
+
+def test_the_wire_check_adds_auto_probes_bytes(tmp_path):
+    """compress.peers=auto's link probes cross the veth: the bytes its ranks' probes sent to the
+    other node (the counter rows' fifth field) are expected on the wire too."""
+    from dlrm_comp.bench.link_run import wire_check
+    summary = {"world_size": 2, "iterations": 20, "compression": {"bytes_meta": 0}}
+
+    def check(probe: list[int]) -> dict:
+        for r in (0, 1):
+            counts = [[10, 0, 0, None, probe[0]], [20, 10_000, 0, None, probe[1]]]
+            (tmp_path / f"link.rank{r}.json").write_text(json.dumps(
+                {"rank": r, "dev": f"veth{r}", "dense_param_bytes": 100, "counts": counts, "tables": 2,
+                 "batch_size": 8, "emb_dim": 4}))
+        return wire_check(tmp_path, summary, {"fwd": 0.0, "bwd": 0.0}, 10, 20)
+
+    plain, probed = check([0, 0]), check([1000, 3000])
+    assert plain["probe_bytes_per_step"] == 0
+    assert probed["probe_bytes_per_step"] == 2 * 2000 / 10
+    assert probed["expected_bytes_per_step"] - plain["expected_bytes_per_step"] == pytest.approx(400)

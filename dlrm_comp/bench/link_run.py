@@ -60,12 +60,16 @@ def modes() -> dict[str, list[str]]:
     if "codec+bwd+dedup" in table:
         table["codec+bwd+dedup+inter_node"] = [*table["codec+bwd+dedup"], "compress.peers=inter_node"]
         table["codec+bwd+dedup+powersgd"] = [*table["codec+bwd+dedup"], "dist.allreduce_compression=powersgd"]
+        # compress.peers=auto: per class of peer and direction, compressed where the model says it pays
+        table["codec+bwd+dedup+auto"] = [*table["codec+bwd+dedup"], "compress.peers=auto"]
+        table["codec+bwd+dedup+powersgd+auto"] = [*table["codec+bwd+dedup+powersgd"], "compress.peers=auto"]
     return table
 
 
 def default_modes(ranks_per_node: int) -> list[str]:
     """Every mode; the ``inter_node`` ones only where a node holds several ranks (with one, the
-    only uncompressed message is a rank's message to itself)."""
+    only uncompressed message is a rank's message to itself). The ``auto`` ones always: they
+    decide for the other node's ranks too."""
     return [m for m in modes() if ranks_per_node > 1 or not m.endswith("inter_node")]
 
 
@@ -164,7 +168,8 @@ def wire_check(run: Path, summary: dict, sent: dict[str, float], first: int, las
     ``tc`` adds the collectives' own framing: TCP/IP headers, ACKs, gloo's headers. ``sent``: the
     recorder's bytes per direction over the steps (0 where uncompressed). Each namespace's
     counter is read by all of its ranks and counted once. With ``compress.peers=inter_node`` the
-    compressed directions' bytes that stayed inside a node are each rank's own count, subtracted."""
+    compressed directions' bytes that stayed inside a node are each rank's own count, subtracted;
+    with ``compress.peers=auto`` too, and its link probes' bytes to the other node are added."""
     ranks = [json.loads((run / f"link.rank{r}.json").read_text()) for r in range(summary["world_size"])]
     w = len(ranks)
     nodes = {part["dev"]: part for part in ranks}  # one counter per namespace
@@ -178,6 +183,10 @@ def wire_check(run: Path, summary: dict, sent: dict[str, float], first: int, las
     for part in ranks:
         at = {c[0]: c[2] if len(c) > 2 else 0 for c in part["counts"]}
         local += (at[last] - at[first]) / steps
+    probe = 0.0  # compress.peers=auto: what every rank's link probes sent to the other node, per step
+    for part in ranks:
+        at = {c[0]: c[4] if len(c) > 4 else 0 for c in part["counts"]}
+        probe += (at[last] - at[first]) / steps
     comp = summary.get("compression") or {}
     shape = ranks[0]
     raw_step = shape["batch_size"] * shape["emb_dim"] * 4 * shape["tables"]  # fp32, one direction, all destinations
@@ -193,10 +202,11 @@ def wire_check(run: Path, summary: dict, sent: dict[str, float], first: int, las
     if hooked:
         handed = (hooked[last] - hooked[first]) / steps
     allreduce = 2 * (w - 1) / w * handed * len(nodes)
-    expected = payload + meta + allreduce
+    expected = payload + meta + allreduce + probe
     per_step = counted / steps
     return {"tc_bytes_per_step": per_step, "payload_bytes_per_step": payload, "allreduce_bytes_per_step": allreduce,
-            "meta_bytes_per_step": meta, "expected_bytes_per_step": expected, "tc_over_expected": per_step / expected}
+            "meta_bytes_per_step": meta, "probe_bytes_per_step": probe, "expected_bytes_per_step": expected,
+            "tc_over_expected": per_step / expected}
 
 
 def probe_rate(link: VethLink, seconds: float = 1.5) -> float:

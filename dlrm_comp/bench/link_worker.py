@@ -43,7 +43,9 @@ class LinkCounter(TrainingExtension):
         local = exchange.bytes_local if exchange is not None else 0  # compress.peers=inter_node's, never on the link
         hook = next((e for e in self.trainer.extensions if e.name == "allreduce"), None)
         allreduce = hook.bytes_sent if hook is not None else None  # what dist.allreduce_compression handed over
-        self.counts.append([int(iteration), qdisc_bytes(self.dev), int(local), allreduce])
+        policy = getattr(self.trainer.compression, "peer_policy", None)  # compress.peers=auto's link probes
+        probe = policy.probe_sent["remote"] if policy is not None else 0
+        self.counts.append([int(iteration), qdisc_bytes(self.dev), int(local), allreduce, int(probe)])
 
     def summary(self) -> dict:
         t = self.trainer

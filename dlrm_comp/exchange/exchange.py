@@ -44,7 +44,8 @@ class Exchange:
                  recorder=None, size_exchange: str = "exact", store: SymbolModelStore | None = None,
                  local_peers: Sequence[bool] | None = None):
         self.transport = transport
-        self.local_peers = local_peers  # compress.peers=inter_node: per destination, on this node
+        self.local_peers = local_peers  # compress.peers: per destination, on this node (None: not routed)
+        self.raw_peers: dict[str, list[bool]] = {}  # compress.peers=auto: per direction, who gets raw rows
         self.owners = list(owners)
         self.dim = dim
         self.plan = plan or CompressionPlan.off(len(self.owners))
@@ -100,9 +101,26 @@ class Exchange:
         if codec is None:
             codec = build_codec(plan.mode, plan, self.codecs, self.transport.device)
             if self.local_peers is not None and codec.byte_messages:
-                codec = PeerRoutedCodec(codec, self.local_peers)
+                codec = PeerRoutedCodec(codec, self.local_peers, self.raw_peers.get(self._direction(plan)))
             self._mode_codecs[key] = codec
         return codec
+
+    def _direction(self, plan: DirectionPlan) -> str:
+        return "bwd" if plan is self.plan.bwd else "fwd"
+
+    def route(self, direction: str, raw: Sequence[bool]) -> None:
+        """``compress.peers=auto``: from the next step on, ``direction``'s messages to the
+        destinations where ``raw`` is True travel uncompressed, the others through its codec."""
+        self.raw_peers[direction] = list(raw)
+        codec = self.routed(direction)
+        if codec is not None:
+            codec.raw = raw
+
+    def routed(self, direction: str) -> PeerRoutedCodec | None:
+        """The routed codec of ``direction`` where one is built (None: not routed, or not yet used)."""
+        plan = self.plan.bwd if direction == "bwd" else self.plan.fwd
+        codec = self._mode_codecs.get((id(plan), plan.mode))
+        return codec if isinstance(codec, PeerRoutedCodec) else None
 
     @property
     def row_cache(self):

@@ -1,7 +1,7 @@
 """The training loop's compression extension: owns the per-table plan that the exchange holds by
 reference, and at the loop's hook points sets each step's bounds (`bound_control`), drives the
 closed loop and the lossless tuner (`table_codecs`), re-decides `auto` dedup
-(`compression_plan`) and reports the statistics (`compression_stats`)."""
+(`compression_plan`) and `auto` peers (`peer_policy`) and reports the statistics (`compression_stats`)."""
 from __future__ import annotations
 
 import sys
@@ -39,6 +39,7 @@ class CompressionExtension(TrainingExtension):
         self.iteration = 0
         self.exchange: Exchange | None = None
         self.step_bounds: StepBounds | None = None  # this step's bounds, both directions (the trainer passes them on)
+        self.peer_policy = None  # compress.peers=auto's decisions (built with the exchange)
 
     def bound(self, table: int) -> float:
         if self.step_bounds is None:
@@ -52,18 +53,29 @@ class CompressionExtension(TrainingExtension):
         """The exchange of this run (loopback in one process, the process group in several)."""
         self.exchange = Exchange(transport, owners, dim, self.plan, self.recorder, size_exchange,
                                  local_peers=self._local_peers(transport))
+        if self.peer_policy is not None:  # compressed everywhere until its first decision
+            self.peer_policy.apply(self.exchange)
         return self.exchange
 
     def _local_peers(self, transport) -> list[bool] | None:
-        """``compress.peers=inter_node``: per destination, whether it is on this rank's node
-        (one process: all of its virtual destinations are); warns where every peer is."""
-        if self.cfg.peers != "inter_node":
+        """``compress.peers=inter_node`` and ``auto``: per destination, whether it is on this rank's
+        node (one process: all of its virtual destinations are); ``inter_node`` warns where every
+        peer is, ``auto`` builds its policy."""
+        if self.cfg.peers == "all":
             return None
+        nodes = None
         if hasattr(transport, "group"):
-            from dlrm_comp.distributed.nodes import same_node_peers
-            local = same_node_peers()
+            from dlrm_comp.distributed.nodes import node_ids, same_node_peers
+            nodes = node_ids()
+            local = same_node_peers(nodes)
         else:
             local = [True] * transport.destinations
+        if self.cfg.peers == "auto":
+            from dlrm_comp.train.peer_policy import PeerPolicy
+            routed = [d for d, p in (("fwd", self.plan.fwd), ("bwd", self.plan.bwd)) if p.enabled and p.byte_messages]
+            if routed:  # nothing to route where neither direction sends byte messages (dedup alone)
+                self.peer_policy = PeerPolicy(routed, nodes, self.rank, transport.destinations)
+            return local
         if all(local) and self.rank == 0:
             print(f"warning: compress.peers=inter_node: all {len(local)} destinations are on this node, so every "
                   "message travels uncompressed (use compress.peers=all on one node)", file=sys.stderr, flush=True)
@@ -76,6 +88,8 @@ class CompressionExtension(TrainingExtension):
 
     def before_step(self, iteration: int) -> None:
         self.iteration = iteration
+        if self.peer_policy is not None:
+            self.peer_policy.before_step(self.exchange)
         if iteration > 0 and iteration % self.adaptive.interval == 0:
             log = getattr(self.trainer, "log", None)
             if self.bounds.controller is not None:
@@ -100,6 +114,8 @@ class CompressionExtension(TrainingExtension):
 
     def on_interval(self, iteration: int, log: Callable[..., None], echo: Callable[[str], None]) -> None:
         self._decide_dedup(iteration, log)
+        if self.peer_policy is not None:
+            self.peer_policy.interval(iteration, self.exchange, log, echo)
         if self.exchange is not None:
             self.exchange.check_finite()
         self.stats.interval(self.exchange, iteration, log, echo if self.cfg.print_tables else None)
@@ -125,6 +141,8 @@ class CompressionExtension(TrainingExtension):
                  "bag_counts": self.exchange.bag_counts.tolist() if self.exchange is not None else None}
         if self.bounds.controller is not None:
             state["controller"] = self.bounds.controller.state_dict()
+        if self.peer_policy is not None:
+            state["peers"] = self.peer_policy.state_dict()
         stage = self.exchange.row_cache if self.exchange is not None else None
         if stage is not None:  # the caches are the run's state: a resumed run decodes as an uninterrupted one
             state["row_cache"] = stage.state_dict()
@@ -145,6 +163,8 @@ class CompressionExtension(TrainingExtension):
                 raise ValueError("compress.row_cache: the checkpoint holds no row caches (saved with "
                                  "compress.row_cache=off); resume with the setting it was saved with")
             stage.load_state_dict(state["row_cache"])
+        if self.peer_policy is not None and "peers" in state:  # auto's routes, as the run left them
+            self.peer_policy.load_state_dict(state["peers"], self.exchange)
         if self.cfg.dedup == "auto" and "dedup" in state:  # auto's per-table decision and its open window
             self.plan.dedup[:] = [bool(v) for v in state["dedup"]]
             if self.exchange is not None and state.get("bag_counts") is not None:

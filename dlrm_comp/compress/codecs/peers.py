@@ -1,15 +1,21 @@
-"""``compress.peers=inter_node``: messages to peers on this rank's own node travel uncompressed.
+"""``compress.peers=inter_node`` and ``auto``: some peers' messages travel uncompressed.
 
 Inside a node (loopback, NVLink) bytes are cheap and the codec is not: Meta's compressed
 all-to-all (torchcomms' ctran) compresses only what leaves the node. This codec routes each
-message by its peer: the mode's codec for peers on other nodes, the rows as they are (their
-bytes, in the rows' dtype) for peers on this node, this rank included. Being on one node is
-symmetric, so a receiver routes message m exactly as its sender did. Byte-message modes only
-(``codec``, ``sz``): their messages travel with their sizes already (``dist.size_exchange=exact``),
-so an uncompressed message is one more byte string and the exchange is unchanged.
+message by its peer: the mode's codec where the ``raw`` mask is False, the rows as they are (their
+bytes, in the rows' dtype) where it is True. ``inter_node`` sets ``raw`` to the peers on this
+rank's node (this rank included) for the whole run; ``auto`` (``train/peer_policy.py``) sets it
+per class of peer between steps. Being on one node is symmetric and every rank holds the same
+``auto`` decisions, so a receiver routes message m exactly as its sender did. Byte-message modes
+only (``codec``, ``sz``): their messages travel with their sizes already
+(``dist.size_exchange=exact``), so an uncompressed message is one more byte string and the
+exchange is unchanged. ``counts`` keeps what ``auto`` decides from: bytes per destination and
+the inner codec's own bytes and seconds (host clock: byte messages end on the host anyway).
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -25,19 +31,56 @@ def sub_layout(layout: ChunkLayout, messages: list[int]) -> ChunkLayout:
                        [layout.slices[m] for m in messages], layout.dim, layout.deduplicated)
 
 
+@dataclass
+class RouteCounts:
+    """One direction's traffic since it was last taken: per destination, the rows' uncompressed
+    bytes and the bytes sent for them; the inner codec's uncompressed bytes in and out and its
+    seconds, encoding here and decoding what peers compressed for this rank."""
+    raw: np.ndarray
+    sent: np.ndarray
+    calls: int = 0
+    enc_raw: float = 0.0
+    enc_sent: float = 0.0
+    enc_s: float = 0.0
+    dec_raw: float = 0.0
+    dec_s: float = 0.0
+
+    @classmethod
+    def empty(cls, destinations: int) -> "RouteCounts":
+        return cls(np.zeros(destinations), np.zeros(destinations))
+
+
 class PeerRoutedCodec(ModeCodec):
-    """``inner`` (a byte-message codec) for the peers where ``local`` is False; raw rows elsewhere."""
+    """``inner`` (a byte-message codec) for the peers where ``raw`` is False, raw rows elsewhere;
+    ``local``: the peers on this rank's node (``raw`` defaults to them, ``inter_node``)."""
 
     byte_messages = True
 
-    def __init__(self, inner: ModeCodec, local: Sequence[bool]):
+    def __init__(self, inner: ModeCodec, local: Sequence[bool], raw: Sequence[bool] | None = None):
         if not inner.byte_messages:
-            raise ValueError(f"compress.peers=inter_node routes byte-message modes (codec, sz), not {inner.name!r}")
+            raise ValueError(f"compress.peers routes byte-message modes (codec, sz), not {inner.name!r}")
         super().__init__(inner.plan, inner.cache, inner.device)
         self.inner, self.local = inner, [bool(v) for v in local]
         self.name = inner.name
-        self.remote = [m for m, here in enumerate(self.local) if not here]
+        self.raw = self.local if raw is None else raw
         self.bytes_local = 0  # bytes of the messages to this node's ranks (they never cross a link)
+        self.counts = RouteCounts.empty(len(self.local))
+
+    @property
+    def raw(self) -> list[bool]:
+        return self._raw
+
+    @raw.setter
+    def raw(self, mask: Sequence[bool]) -> None:
+        """Takes effect from the next message: set between steps, the same on every rank."""
+        if len(mask) != len(self.local):
+            raise ValueError(f"a raw mask of {len(mask)} destinations for {len(self.local)}")
+        self._raw = [bool(v) for v in mask]
+        self.remote = [m for m, r in enumerate(self._raw) if not r]  # the messages the inner codec codes
+
+    def take_counts(self) -> RouteCounts:
+        counts, self.counts = self.counts, RouteCounts.empty(len(self.local))
+        return counts
 
     def order(self, tables: list[int]) -> list[int]:
         return self.inner.order(tables)
@@ -53,17 +96,20 @@ class PeerRoutedCodec(ModeCodec):
         if self.remote:
             xr = torch.cat([part[m] for m in self.remote])
             ebr = None if eb is None else torch.cat([eb[chunks[m]:chunks[m + 1]] for m in self.remote])
+            t0 = time.perf_counter()
             inner = self.inner.encode(xr, ebr, sub_layout(layout, self.remote))
+            self.counts.enc_s += time.perf_counter() - t0
+            self.counts.enc_raw += xr.numel() * x.element_size()
+            self.counts.enc_sent += sum(len(m) for m in inner.messages)
         messages, sent, ideal, ratio = [], [], [], []
         nonfinite = torch.zeros((), dtype=torch.int64)
         at = 0  # chunk position in the inner codec's statistics
         pending = iter(inner.messages if inner is not None else ())
-        for m, here in enumerate(self.local):
+        for m, raw_here in enumerate(self.raw):
             n = int(chunks[m + 1] - chunks[m])
-            if here:
+            if raw_here:
                 values = part[m].detach().contiguous().cpu()
                 messages.append(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
-                self.bytes_local += len(messages[-1])
                 raw = torch.from_numpy(layout.rows[m] * layout.dim * x.element_size()).to(torch.float64)
                 sent.append(raw)
                 ideal.append(raw)
@@ -75,6 +121,10 @@ class PeerRoutedCodec(ModeCodec):
             ideal.append((inner.ideal if inner.ideal is not None else inner.sent)[at:at + n].to(torch.float64))
             ratio.append(None if inner.err_ratio is None else inner.err_ratio[at:at + n].to(torch.float64))
             at += n
+        self.counts.calls += 1
+        self.counts.raw += [part[m].numel() * x.element_size() for m in range(len(self.local))]
+        self.counts.sent += [len(msg) for msg in messages]
+        self.bytes_local += sum(len(msg) for msg, here in zip(messages, self.local) if here)
         if inner is not None and inner.nonfinite is not None:
             nonfinite = nonfinite + inner.nonfinite.to(torch.int64).cpu()
         keep_ratio = inner is None or inner.err_ratio is not None
@@ -87,11 +137,14 @@ class PeerRoutedCodec(ModeCodec):
         remote = None
         if self.remote:
             sub = sub_layout(layout, self.remote)
+            t0 = time.perf_counter()
             got = self.inner.decode([received[m] for m in self.remote], sub, dtype)
+            self.counts.dec_s += time.perf_counter() - t0
+            self.counts.dec_raw += got.numel() * got.element_size()
             remote = iter(torch.split(got, sub.message_rows))
         out = []
-        for m, here in enumerate(self.local):
-            if not here:
+        for m, raw_here in enumerate(self.raw):
+            if not raw_here:
                 out.append(next(remote).to(self.device))
                 continue
             msg = bytes(received[m])

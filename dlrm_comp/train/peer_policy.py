@@ -1,0 +1,206 @@
+"""``compress.peers=auto``: per class of peer and direction, compress only where it pays.
+
+The classes are this rank's node (``local``, the rank itself included) and the other nodes
+(``remote``). At each print interval, for each routed direction (a byte-message mode) and each
+class, the speedup model of the benchmarks and Btune,
+
+    speedup = 1 / (1/CR + B (1/Tc + 1/Td)),
+
+says what compressing buys over sending the rows raw: B the class's link throughput, Tc and Td the
+codec's encode and decode throughput and CR its ratio (all in fp32 bytes). The class is compressed
+where the speedup exceeds 1. The first decision has no margin; later ones switch with hysteresis
+(``HYSTERESIS``): compression goes on above 1.05 and stays on until the speedup falls below
+1/1.05, so noise in the measurements around 1 does not flip the route at every interval, and a
+kept decision is at most 5% slower than the other choice.
+
+Inputs:
+- CR, Tc, Td per direction from the routed codec's own counts over the interval (its inner
+  codec's bytes in and out and seconds, not the recorder's: those mix in the raw messages and
+  dedup's saving, which the raw alternative keeps too). The run's first step is not counted (the
+  codec's first calls compile and allocate). A direction whose classes all travelled raw keeps
+  its last figures: nothing was coded to measure; a direction never measured keeps compressing.
+- B per class from ``distributed/link_probe.py``, measured at every decision (see there why a
+  probe). One process (the loopback) or one rank per node has no link inside its node: B is
+  infinite, the speedup 0, and the class travels raw; the loopback counts as one node.
+
+Every rank's counts are gathered into one matrix and the probe's times reduced to their maximum,
+so every rank computes the same decision from the same numbers: CR from the summed bytes (the
+wire's ratio), Tc and Td from the slowest rank (an exchange waits for it). Before the first
+decision everything is compressed, as ``compress.peers=all`` does, so the codec is measured.
+Decisions, the last figures and the first-decision flag are checkpointed: a resumed run routes
+as the run it continues.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dlrm_comp.compress.codecs.peers import RouteCounts
+from dlrm_comp.distributed import link_probe
+
+HYSTERESIS = 1.05
+FIELDS = ("calls", "enc_raw", "enc_sent", "enc_s", "dec_raw", "dec_s", "raw_local", "sent_local", "raw_remote",
+          "sent_remote", "message_bytes")
+
+
+@dataclass(frozen=True)
+class CodecFigures:
+    """One direction's codec: ratio and encode/decode throughput (fp32 bytes per second)."""
+    cr: float
+    tc: float
+    td: float
+
+
+def modeled_speedup(figures: CodecFigures, link: float) -> float:
+    """The model's speedup of compressing over raw rows on a link of ``link`` bytes/s (inf: no link, 0)."""
+    if math.isinf(link):
+        return 0.0
+    return 1.0 / (1.0 / figures.cr + link * (1.0 / figures.tc + 1.0 / figures.td))
+
+
+def decide(speedup: float, compressing: bool | None) -> bool:
+    """Whether to compress: above 1 at the first decision (``compressing`` None), then with hysteresis."""
+    if compressing is None:
+        return speedup > 1.0
+    return speedup >= 1.0 / HYSTERESIS if compressing else speedup > HYSTERESIS
+
+
+def rank_row(counts: RouteCounts, local: list[bool]) -> list[float]:
+    """One rank's counts of one direction, in ``FIELDS`` order (what every rank gathers)."""
+    here = np.asarray(local)
+    message = counts.raw.sum() / (counts.calls * len(local)) if counts.calls else 0.0
+    return [counts.calls, counts.enc_raw, counts.enc_sent, counts.enc_s, counts.dec_raw, counts.dec_s,
+            counts.raw[here].sum(), counts.sent[here].sum(), counts.raw[~here].sum(), counts.sent[~here].sum(),
+            message]
+
+
+def figures_of(rows: np.ndarray) -> CodecFigures | None:
+    """The gathered rows ``[W, FIELDS]`` of one direction -> its codec figures (None: none measured)."""
+    col = {f: rows[:, i] for i, f in enumerate(FIELDS)}
+    enc = (col["enc_raw"] > 0) & (col["enc_s"] > 0)
+    dec = (col["dec_raw"] > 0) & (col["dec_s"] > 0)
+    if not enc.any() or not dec.any() or col["enc_sent"].sum() <= 0:
+        return None
+    return CodecFigures(cr=float(col["enc_raw"].sum() / col["enc_sent"].sum()),
+                        tc=float((col["enc_raw"][enc] / col["enc_s"][enc]).min()),
+                        td=float((col["dec_raw"][dec] / col["dec_s"][dec]).min()))
+
+
+class PeerPolicy:
+    """The decisions of one run and what they were taken from; routes the exchange by them."""
+
+    def __init__(self, directions: list[str], nodes: list[str] | None, rank: int, destinations: int):
+        self.directions = list(directions)  # the routed ones: byte-message modes
+        self.nodes, self.rank = nodes, rank  # nodes None: one process (the loopback, one node)
+        self.local = [True] * destinations if nodes is None else [n == nodes[rank] for n in nodes]
+        remote = nodes is not None and len(set(nodes)) > 1
+        self.classes = ["local", "remote"] if remote else ["local"]
+        self.compress = {d: {c: True for c in self.classes} for d in self.directions}  # as `all` until decided
+        self.decided = {d: False for d in self.directions}  # the first decision has no margin
+        self.figures: dict[str, CodecFigures | None] = {d: None for d in self.directions}
+        self.steps = 0  # steps this process ran (the first one's counts are dropped)
+        self.probe_sent = {c: 0 for c in link_probe.CLASSES}  # bytes this process's probes sent, per class
+
+    def mask(self, direction: str) -> list[bool]:
+        """Per destination: whether it gets raw rows in ``direction``."""
+        on = self.compress[direction]
+        return [not on["local" if here else "remote"] for here in self.local]
+
+    def apply(self, exchange) -> None:
+        for d in self.directions:
+            exchange.route(d, self.mask(d))
+
+    def before_step(self, exchange) -> None:
+        self.steps += 1
+        if self.steps == 2:  # the first step's codec calls compile and allocate: not what the codec costs
+            self._take(exchange)
+
+    def _take(self, exchange) -> dict[str, RouteCounts]:
+        counts = {}
+        for d in self.directions:
+            codec = exchange.routed(d)
+            counts[d] = codec.take_counts() if codec is not None else RouteCounts.empty(len(self.local))
+        return counts
+
+    def _gather(self, exchange, mine: np.ndarray) -> np.ndarray:
+        """Every rank's rows ``[W, directions, FIELDS]``, the same on every rank."""
+        transport = exchange.transport
+        if not hasattr(transport, "group"):
+            return mine[None]
+        t = torch.from_numpy(mine).to(transport.device)
+        parts = [torch.empty_like(t) for _ in range(transport.world_size)]
+        dist.all_gather(parts, t, group=transport.group)
+        return torch.stack(parts).cpu().numpy()
+
+    def interval(self, iteration: int, exchange, log: Callable[..., None], echo: Callable[[str], None]) -> None:
+        """Measure, decide and route; rank 0 logs a `peers` record and prints one line."""
+        counts = self._take(exchange)
+        if self.steps < 2:  # only the first step so far (an interval of one step): nothing to measure by
+            counts = {d: RouteCounts.empty(len(self.local)) for d in self.directions}
+        mine = np.asarray([rank_row(counts[d], self.local) for d in self.directions], dtype=np.float64)
+        rows = self._gather(exchange, mine)
+        message = float(rows[..., FIELDS.index("message_bytes")].max())
+        size = link_probe.probe_size(message)
+        link = self.measure_link(iteration, exchange.transport, size)
+        probed = any(link[c] is not None and math.isfinite(link[c]) for c in self.classes)
+        record: dict[str, Any] = {"hysteresis": HYSTERESIS, "probe_bytes": size if probed else None,
+                                  "link_Bps": {c: link[c] for c in self.classes}}
+        for i, d in enumerate(self.directions):
+            measured = figures_of(rows[:, i])
+            if measured is not None:
+                self.figures[d] = measured
+            figures = self.figures[d]
+            speedup = {}
+            for c in self.classes:
+                if figures is None:  # never measured: keep compressing, to measure
+                    continue
+                speedup[c] = modeled_speedup(figures, link[c])
+                self.compress[d][c] = decide(speedup[c], self.compress[d][c] if self.decided[d] else None)
+            col = {f: rows[:, i, j].sum() for j, f in enumerate(FIELDS)}
+            record[d] = {**(asdict(figures) if figures is not None else {"cr": None, "tc": None, "td": None}),
+                         "measured": measured is not None, "speedup": speedup, "compress": dict(self.compress[d]),
+                         "bytes_raw": {c: int(col[f"raw_{c}"]) for c in self.classes},
+                         "bytes_sent": {c: int(col[f"sent_{c}"]) for c in self.classes}}
+            self.decided[d] = figures is not None
+        self.apply(exchange)
+        if self.rank == 0:
+            log("peers", iteration, **record)
+            echo(self.line(iteration, record))
+
+    def measure_link(self, iteration: int, transport, size: int) -> dict[str, float | None]:
+        """B per class (bytes/s; inf: no link). The tests' seam for measurements of their choosing."""
+        return link_probe.probe_link(transport, self.nodes, size, sent=self.probe_sent)
+
+    def line(self, iteration: int, record: dict[str, Any]) -> str:
+        def rate(v):
+            return "no link" if v is None or math.isinf(v) else f"{v / 1e6:.3g} MB/s"
+        parts = []
+        for d in self.directions:
+            r = record[d]
+            routes = " ".join(f"{c}={'codec' if r['compress'][c] else 'raw'}"
+                              + (f" ({r['speedup'][c]:.2f}x)" if c in r["speedup"] else "") for c in self.classes)
+            figs = "" if r["cr"] is None else f" [cr {r['cr']:.1f}, enc {rate(r['tc'])}, dec {rate(r['td'])}]"
+            parts.append(f"{d} {routes}{figs}")
+        links = ", ".join(f"{c} {rate(record['link_Bps'][c])}" for c in self.classes)
+        return f"[peers] iteration {iteration}: {'; '.join(parts)}; link {links}"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"compress": {d: dict(v) for d, v in self.compress.items()}, "decided": dict(self.decided),
+                "figures": {d: asdict(f) if f is not None else None for d, f in self.figures.items()}}
+
+    def load_state_dict(self, state: dict[str, Any], exchange) -> None:
+        """The saved decisions, routed from the first resumed step (a class the run no longer has is dropped)."""
+        for d, on in state.get("compress", {}).items():
+            if d in self.compress:
+                self.compress[d].update({c: bool(v) for c, v in on.items() if c in self.compress[d]})
+        self.decided.update({d: bool(v) for d, v in state.get("decided", {}).items() if d in self.decided})
+        for d, f in state.get("figures", {}).items():
+            if d in self.figures and f is not None:
+                self.figures[d] = CodecFigures(**f)
+        if exchange is not None:
+            self.apply(exchange)

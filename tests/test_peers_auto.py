@@ -1,0 +1,251 @@
+"""compress.peers=auto: per class of peer and direction, compress where the speedup model says it
+pays, with hysteresis; every rank decides the same; a raw class travels raw and a compressed one
+compressed; switching between steps keeps the received rows right; records and resume."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dlrm_comp.compress.codecs.peers import PeerRoutedCodec, RouteCounts
+from dlrm_comp.config import ConfigError
+from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, LoopbackTransport, destination_rows
+from dlrm_comp.train.peer_policy import (FIELDS, HYSTERESIS, CodecFigures, PeerPolicy, decide, figures_of,
+                                         modeled_speedup, rank_row)
+from dlrm_comp.distributed.link_probe import PROBE_MAX, PROBE_MIN, class_peers, probe_size
+
+MODES = ("compress.peers=auto", "compress.mode=codec", "compress.backward.mode=codec", "compress.print_tables=false",
+         "train.tensorboard=false")
+AUTO = (*MODES, "compress.chunks=2")  # one process: 2 virtual destinations
+
+
+# ------------------------------------------------------------------ the model and the decision (pure)
+def test_the_speedup_model():
+    f = CodecFigures(cr=10.0, tc=1e9, td=1e9)
+    assert modeled_speedup(f, 0.0) == pytest.approx(10.0)  # free codec and a slow link: the ratio
+    assert modeled_speedup(f, 1e8) == pytest.approx(1 / (0.1 + 0.2))
+    assert modeled_speedup(f, math.inf) == 0.0  # no link: compressing only costs
+
+
+@pytest.mark.parametrize("speedup, before, after", [
+    (1.01, None, True), (0.99, None, False),  # the first decision: no margin
+    (1.04, False, False), (1.06, False, True),  # off -> on above the margin only
+    (0.96, True, True), (1 / HYSTERESIS - 0.01, True, False),  # on stays on down to 1/margin
+])
+def test_the_decision_has_hysteresis(speedup, before, after):
+    assert decide(speedup, before) is after
+
+
+def test_figures_take_the_summed_ratio_and_the_slowest_rank():
+    rows = np.zeros((2, len(FIELDS)))
+    col = {f: i for i, f in enumerate(FIELDS)}
+    for r, (enc_s, dec_s) in enumerate(((1.0, 2.0), (4.0, 1.0))):
+        rows[r, [col["enc_raw"], col["enc_sent"], col["enc_s"], col["dec_raw"], col["dec_s"]]] = \
+            [400.0, 40.0 * (r + 1), enc_s, 400.0, dec_s]
+    f = figures_of(rows)
+    assert f == CodecFigures(cr=800 / 120, tc=100.0, td=200.0)
+    assert figures_of(np.zeros((2, len(FIELDS)))) is None  # nothing coded: nothing measured
+
+
+def test_a_ranks_row_splits_bytes_by_class():
+    counts = RouteCounts(np.array([10.0, 20.0, 30.0]), np.array([10.0, 2.0, 3.0]), calls=2)
+    row = dict(zip(FIELDS, rank_row(counts, [True, False, False])))
+    assert (row["raw_local"], row["sent_local"], row["raw_remote"], row["sent_remote"]) == (10, 10, 50, 5)
+    assert row["message_bytes"] == pytest.approx(60 / 6)
+
+
+def test_probe_classes_and_size():
+    nodes = ["a", "a", "b", "b"]
+    assert class_peers(nodes, 0, "local") == [False, True, False, False]
+    assert class_peers(nodes, 0, "remote") == [False, False, True, True]
+    assert probe_size(10) == PROBE_MIN and probe_size(1e12) == PROBE_MAX and probe_size(PROBE_MIN + 1) == PROBE_MIN + 1
+
+
+def test_the_probe_sends_to_one_class_at_a_time(monkeypatch):
+    """Rank 0 of nodes a, a, b: the local probe sends to rank 1 only, the remote one to rank 2
+    only; B is the busiest rank's bytes over the time; what it sent is counted per class."""
+    from types import SimpleNamespace
+    from dlrm_comp.distributed import link_probe
+    from dlrm_comp.exchange.transport import _Done
+    sends = []
+
+    class Transport:
+        rank, group, device = 0, None, torch.device("cpu")
+
+        def exchange(self, send, in_splits, out_splits):
+            sends.append(list(in_splits))
+            return _Done(send)
+    fake = SimpleNamespace(barrier=lambda group: None, all_reduce=lambda t, op, group: None,
+                           ReduceOp=SimpleNamespace(MAX="max"))
+    monkeypatch.setattr(link_probe, "dist", fake)
+    sent = {}
+    link = link_probe.probe_link(Transport(), ["a", "a", "b"], 1000, repeats=2, sent=sent)
+    assert sends == [[0, 1000, 0]] * 2 + [[0, 0, 1000]] * 2
+    assert sent == {"local": 2000, "remote": 2000}
+    assert 0 < link["local"] < math.inf and 0 < link["remote"] < math.inf
+    assert link_probe.probe_link(Transport(), ["a", "b"], 1000)["local"] == math.inf  # only itself on its node
+    assert link_probe.probe_link(Transport(), ["a", "a"], 1000, repeats=1)["remote"] is None  # one node
+
+
+def test_policy_masks_and_state_round_trip():
+    policy = PeerPolicy(["fwd", "bwd"], ["a", "a", "b"], rank=0, destinations=3)
+    assert policy.classes == ["local", "remote"] and policy.mask("fwd") == [False] * 3  # compressed until decided
+    policy.compress["fwd"].update(local=False)
+    policy.figures["fwd"] = CodecFigures(3.0, 1e8, 2e8)
+    policy.decided["fwd"] = True
+    assert policy.mask("fwd") == [True, True, False] and policy.mask("bwd") == [False] * 3
+    again = PeerPolicy(["fwd", "bwd"], ["a", "a", "b"], rank=0, destinations=3)
+    again.load_state_dict(json.loads(json.dumps(policy.state_dict())), None)
+    assert again.state_dict() == policy.state_dict()
+    one = PeerPolicy(["fwd"], None, rank=0, destinations=4)  # one process: one node, no remote class
+    assert one.classes == ["local"]
+
+
+# ------------------------------------------------------------------ routes switched between steps
+def _exchange(t=3, w=4):
+    plan = CompressionPlan(DirectionPlan("codec", t, eb_rel=[0.02] * t), DirectionPlan("codec", t, eb_rel=[0.02] * t))
+    return Exchange(LoopbackTransport(w), [0] * t, 4, plan, local_peers=[True] * w)
+
+
+def test_switching_routes_between_steps_keeps_the_rows_right():
+    """Raw destinations receive the rows exactly and their bytes are the rows'; compressed ones
+    within the bound and fewer bytes; the gradients come back the same way; across switches."""
+    ex = _exchange()
+    g = torch.Generator().manual_seed(3)
+    for raw in ([False] * 4, [True, False, True, False], [True] * 4, [False, True, False, True]):
+        ex.route("fwd", raw)
+        ex.route("bwd", raw)
+        pooled = [(torch.randn(26, 4, generator=g) * 0.05).requires_grad_(True) for _ in range(3)]
+        grads = [torch.randn(26, 4, generator=g) for _ in range(3)]
+        out = ex(pooled, compress=True)
+        torch.autograd.backward(out, grads)
+        counts = ex.routed("fwd").take_counts()
+        bwd = ex.routed("bwd").take_counts()
+        for dest, (a, b) in enumerate(destination_rows(26, 4)):
+            for p, o, gr in zip(pooled, out, grads):
+                chunk = p.detach()[a:b].double()
+                err = float((o[a:b].double() - chunk).abs().max())
+                if raw[dest]:
+                    assert torch.equal(o[a:b], p.detach()[a:b]) and torch.equal(p.grad[a:b], gr[a:b])
+                else:
+                    assert 0 < err <= 0.02 * float(chunk.max() - chunk.min())
+                    assert not torch.equal(p.grad[a:b], gr[a:b])
+            for c in (counts, bwd):
+                assert (c.sent[dest] == c.raw[dest]) if raw[dest] else (c.sent[dest] < c.raw[dest])
+        coded = sum(not r for r in raw)
+        assert (counts.enc_raw > 0) == bool(coded) and (counts.dec_raw > 0) == bool(coded)
+
+
+def test_a_route_set_before_the_codec_exists_applies_to_it():
+    ex = _exchange()
+    ex.route("fwd", [True] * 4)
+    assert ex.routed("fwd") is None
+    pooled = [torch.randn(26, 4) for _ in range(3)]
+    for p, o in zip(pooled, ex.forward(pooled, compress=True)):
+        assert torch.equal(p, o)
+    assert isinstance(ex.routed("fwd"), PeerRoutedCodec) and ex.routed("fwd").raw == [True] * 4
+
+
+# ------------------------------------------------------------------ config
+@pytest.mark.parametrize("overrides, named", [
+    (["compress.peers=auto", "compress.mode=int8"], "compress.peers: auto.*compress.mode='int8'"),
+    (["compress.peers=auto", "compress.mode=codec", "dist.size_exchange=slots"], "dist.size_exchange=exact"),
+    (["compress.peers=auto", "compress.mode=codec", "compress.dedup=on", "compress.row_cache=on"],
+     "compress.row_cache: 'on' with compress.peers=auto"),
+])
+def test_bad_settings_stop_before_work(tiny_cfg, overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        tiny_cfg(*overrides)
+
+
+# ------------------------------------------------------------------ training: records, switches, resume
+LINKS = {10: 1e3, 20: math.inf, 30: 1e3, 40: math.inf}  # bytes/s per decision: slow link, none, slow, none
+
+
+@pytest.fixture
+def scheduled_links(monkeypatch):
+    """The link measurements of the test's choosing, by iteration (deterministic decisions)."""
+    monkeypatch.setattr(PeerPolicy, "measure_link",
+                        lambda self, iteration, transport, size: {"local": LINKS[iteration]})
+
+
+def _peers(run):
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "peers"]
+
+
+def test_one_process_decides_from_the_measurements_and_resumes_with_them(tiny_cfg, scheduled_links,
+                                                                         straight_and_resumed, tmp_path):
+    cfg = tiny_cfg(*AUTO, "train.eval_every=0", "train.keep_checkpoints=10")
+    straight, resumed = straight_and_resumed(cfg, stop_after=25)
+    records = _peers(tmp_path / "straight")
+    assert [r["iteration"] for r in records] == [10, 20, 30, 40]
+    for r, expected in zip(records, (True, False, True, False)):
+        assert r["link_Bps"]["local"] == (None if math.isinf(LINKS[r["iteration"]]) else LINKS[r["iteration"]])
+        for d in ("fwd", "bwd"):
+            assert r[d]["compress"] == {"local": expected}
+            assert r[d]["cr"] > 1 and r[d]["tc"] > 0 and r[d]["td"] > 0
+            assert r[d]["speedup"]["local"] == (0.0 if not expected else pytest.approx(r[d]["cr"], rel=0.02))
+    # the bytes of each interval travelled as the decision before it said (the first: compressed)
+    for before, r in zip([True, True, False, True], records):
+        for d in ("fwd", "bwd"):
+            raw, sent = r[d]["bytes_raw"]["local"], r[d]["bytes_sent"]["local"]
+            assert (sent < raw) if before else (sent == raw), (r["iteration"], d)
+    # resumed from the checkpoint of 20 (raw) and stopped at 25: the saved decision, routed from its first step
+    saved = torch.load(tmp_path / "resumed/checkpoints/ckpt_000000020.pt", weights_only=False)
+    assert saved["extensions"]["compression"]["peers"]["compress"] == {"fwd": {"local": False}, "bwd": {"local": False}}
+    again = _peers(tmp_path / "resumed")
+    assert [r[d]["compress"] for r in again for d in ("fwd", "bwd")] == \
+        [r[d]["compress"] for r in records for d in ("fwd", "bwd")]
+    assert again[2]["fwd"]["bytes_sent"] == again[2]["fwd"]["bytes_raw"]
+    assert resumed["final_eval"] == straight["final_eval"]
+    assert resumed["compression"]["bytes_sent"] == straight["compression"]["bytes_sent"]
+
+
+def test_one_process_without_a_link_sends_raw_after_the_first_interval(tiny_cfg, tmp_path, capsys):
+    from dlrm_comp.train.loop import Trainer
+    Trainer(tiny_cfg(*AUTO, "train.eval_every=0", "train.iterations=20"), tmp_path / "run").run()
+    records = _peers(tmp_path / "run")
+    assert records[0]["link_Bps"] == {"local": None} and records[0]["probe_bytes"] is None
+    assert all(r[d]["compress"] == {"local": False} for r in records for d in ("fwd", "bwd"))
+    assert "[peers] iteration 10: fwd local=raw (0.00x)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ two nodes: the ranks agree
+@pytest.mark.multiprocess
+def test_two_nodes_decide_alike_and_route_as_decided(tmp_path):
+    """Two torchrun agents, one rank each, as two nodes: a real probe over gloo's loopback. Every
+    rank holds the same decisions and figures at every checkpoint; each interval's bytes per class
+    travelled as the decision before it said."""
+    from multiproc import torchrun_nodes, train_cli
+    out = tmp_path / "run"
+    procs = torchrun_nodes(2, *train_cli(out, *MODES, "train.eval_every=0", "train.keep_checkpoints=10"))
+    assert all(p.returncode == 0 for p in procs), procs[0].stderr[-3000:] + procs[1].stderr[-3000:]
+    records = _peers(out)
+    assert [r["iteration"] for r in records] == [10, 20, 30, 40]
+    before = {d: {"local": True, "remote": True} for d in ("fwd", "bwd")}
+    for r in records:
+        assert r["link_Bps"]["local"] is None and r["link_Bps"]["remote"] > 0  # one rank per node: no local link
+        assert r["probe_bytes"] >= 256 << 10
+        for d in ("fwd", "bwd"):
+            assert set(r[d]["compress"]) == {"local", "remote"}
+            for c in ("local", "remote"):
+                raw, sent = r[d]["bytes_raw"][c], r[d]["bytes_sent"][c]
+                assert raw > 0 and ((sent < raw) if before[d][c] else (sent == raw)), (r["iteration"], d, c)
+            assert r[d]["compress"]["local"] is False  # the rank itself: no link to save
+        before = {d: r[d]["compress"] for d in ("fwd", "bwd")}
+    for it in (10, 20, 30, 40):
+        states = [torch.load(out / f"checkpoints/ckpt_{it:09d}.rank{k}.pt", weights_only=False)
+                  ["extensions"]["compression"]["peers"] for k in (0, 1)]
+        assert states[0] == states[1]
+        assert states[0]["compress"] == {d: records[it // 10 - 1][d]["compress"] for d in ("fwd", "bwd")}
+
+
+def test_dedup_alone_has_nothing_to_route(tiny_cfg, tmp_path):
+    from dlrm_comp.train.loop import Trainer
+    trainer = Trainer(tiny_cfg("compress.peers=auto", "compress.dedup=on", "compress.chunks=2", "train.iterations=10",
+                               "train.eval_every=0", "train.tensorboard=false"), tmp_path / "run")
+    trainer.run()
+    assert trainer.compression.peer_policy is None and not _peers(tmp_path / "run")

@@ -15,13 +15,6 @@ import zstandard
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless.base import LosslessCodec, check_size
 
-# Level 1's match finder, tuned for quantizer codes (decoders need nothing: the frame is standard).
-# Codes are low-entropy bytes with few long repeats, so nearly all of the gain is the Huffman
-# coding of literals: looking only for matches of 7+ bytes in a 256-entry table finds the ones
-# that pay and skips the rest. Measured on a Kaggle-shaped step's code streams (batch 2048,
-# dim 32, 26 chunks a stream, trained embeddings and gradients): ratio 3.148x vs 3.096x, encode
-# 478 vs 349 MB/s, decode 1419 vs 1258 MB/s on one core.
-CODE_TUNING = {1: {"min_match": 7, "hash_log": 8}}
 BLOCK_LIMIT = 16384  # mean chunk bytes above which a block per chunk no longer pays (see compress_blocks)
 _LOCAL = threading.local()  # zstd contexts are not thread-safe: one per thread and level
 
@@ -33,7 +26,7 @@ def _contexts(level: int) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecom
     ctx = cache.get(level)
     if ctx is None:
         params = zstandard.ZstdCompressionParameters.from_level(level, write_checksum=False, write_content_size=False,
-                                                                write_dict_id=False, **CODE_TUNING.get(level, {}))
+                                                                write_dict_id=False)
         ctx = cache[level] = (zstandard.ZstdCompressor(compression_params=params), zstandard.ZstdDecompressor())
     return ctx
 

@@ -249,3 +249,27 @@ def test_dedup_alone_has_nothing_to_route(tiny_cfg, tmp_path):
                                "train.eval_every=0", "train.tensorboard=false"), tmp_path / "run")
     trainer.run()
     assert trainer.compression.peer_policy is None and not _peers(tmp_path / "run")
+
+
+def test_every_destination_raw_travels_as_off_does():
+    """With every destination raw, a direction is one tensor exchange of sizes known from the
+    layout (no size exchange, no byte messages), counted as the routed codec counts raw ones."""
+    from dlrm_comp.compress.codecs.peers import AllRawRoute
+    ex = _exchange()
+    sent_messages = []
+    send = ex.sender.send
+    ex.sender.send = lambda messages, *a, **k: sent_messages.append(len(messages)) or send(messages, *a, **k)
+    pooled = [torch.randn(26, 4) for _ in range(3)]
+    ex.route("fwd", [True, False, True, False])
+    ex.forward(pooled, compress=True)
+    assert sent_messages == [4]  # byte messages: through the size protocol
+    ex.route("fwd", [True] * 4)
+    assert isinstance(ex.codec(ex.plan.fwd), AllRawRoute)
+    ex.routed("fwd").take_counts()
+    local = ex.bytes_local
+    for p, o in zip(pooled, ex.forward(pooled, compress=True)):
+        assert torch.equal(p, o)
+    assert sent_messages == [4]
+    counts = ex.routed("fwd").take_counts()
+    assert counts.calls == 1 and counts.enc_raw == 0 and np.array_equal(counts.sent, counts.raw)
+    assert counts.raw.sum() == 3 * 26 * 4 * 4 and ex.bytes_local - local == counts.raw.sum()

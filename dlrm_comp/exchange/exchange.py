@@ -103,6 +103,8 @@ class Exchange:
             if self.local_peers is not None and codec.byte_messages:
                 codec = PeerRoutedCodec(codec, self.local_peers, self.raw_peers.get(self._direction(plan)))
             self._mode_codecs[key] = codec
+        if isinstance(codec, PeerRoutedCodec) and all(codec.raw):  # nothing to code: the rows as `off` sends them
+            return codec.all_raw
         return codec
 
     def _direction(self, plan: DirectionPlan) -> str:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec
+from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, rows_bytes
 from dlrm_comp.compress.errors import CorruptPayloadError
 
 
@@ -77,6 +78,11 @@ class PeerRoutedCodec(ModeCodec):
             raise ValueError(f"a raw mask of {len(mask)} destinations for {len(self.local)}")
         self._raw = [bool(v) for v in mask]
         self.remote = [m for m, r in enumerate(self._raw) if not r]  # the messages the inner codec codes
+
+    @cached_property
+    def all_raw(self) -> "AllRawRoute":
+        """What the exchange runs while every destination gets raw rows."""
+        return AllRawRoute(self)
 
     def take_counts(self) -> RouteCounts:
         counts, self.counts = self.counts, RouteCounts.empty(len(self.local))
@@ -155,3 +161,38 @@ class PeerRoutedCodec(ModeCodec):
             values = torch.frombuffer(bytearray(msg), dtype=dtype) if msg else torch.zeros(0, dtype=dtype)
             out.append(values.view(rows, layout.dim).to(self.device))
         return torch.cat(out) if out else torch.zeros(0, layout.dim, device=self.device)
+
+
+class AllRawRoute(ModeCodec):
+    """A routed direction whose every destination gets raw rows: they travel as ``off`` sends
+    them, in one tensor all-to-all of sizes known from the layout (no size exchange, no host
+    copy), so ``compress.peers=auto`` costs nothing over ``off`` where compression never pays.
+    Counted as its routed codec counts raw messages (the policy's bytes, ``bytes_local``)."""
+
+    byte_messages = False
+
+    def __init__(self, routed: PeerRoutedCodec):
+        super().__init__(routed.plan, routed.cache, routed.device)
+        self.routed = routed
+        self.name = routed.name
+
+    def order(self, tables: list[int]) -> list[int]:
+        return self.routed.order(tables)  # the layout is the routed codec's: both sides switch together
+
+    def sizes(self, layout: ChunkLayout) -> list[int]:
+        return [r * layout.dim for r in layout.message_rows]
+
+    def encode(self, x: torch.Tensor, eb: torch.Tensor | None, layout: ChunkLayout) -> Encoded:
+        item = x.element_size()
+        per_message = np.asarray(layout.message_rows, dtype=np.float64) * layout.dim * item
+        counts = self.routed.counts
+        counts.calls += 1
+        counts.raw += per_message
+        counts.sent += per_message
+        self.routed.bytes_local += int(per_message[np.asarray(self.routed.local, dtype=bool)].sum())
+        sent = rows_bytes(layout, layout.dim * item, 0, x.device)
+        return Encoded(x.reshape(-1), self.sizes(layout), sent=sent, ideal=sent,
+                       err_ratio=torch.zeros_like(sent), nonfinite=(~torch.isfinite(x)).any().to(torch.int64))
+
+    def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return received.view(-1, layout.dim)

@@ -190,12 +190,16 @@ def test_the_dedup_mode_appears_once_the_config_has_the_key(monkeypatch):
     assert list(link_run.modes())[:6] == ["off", "fp16", "fp8", "int8", "codec", "codec+bwd"]
 
 
-def test_inter_node_modes_run_by_default_only_with_several_ranks_per_node():
-    from dlrm_comp.bench.link_run import default_modes, modes
-    assert not any(m.endswith("inter_node") for m in default_modes(1))
-    assert {"codec+bwd+inter_node", "codec+bwd+dedup+inter_node"} <= set(default_modes(2))
+def test_the_headline_modes():
+    """The default modes: off, the best fixed combination (PowerSGD, a rank's own message raw) and
+    auto beside the earlier ones; compressing only between nodes too with several ranks a node."""
+    from dlrm_comp.bench.link_run import HEADLINE, default_modes, modes
+    assert default_modes(1) == HEADLINE and set(HEADLINE) <= set(modes())
+    assert default_modes(2) == [m for m in modes() if m in {*HEADLINE, "codec+bwd+dedup+inter_node"}]
     assert modes()["codec+bwd+dedup+inter_node"] == [*modes()["codec+bwd+dedup"], "compress.peers=inter_node"]
     assert modes()["codec+bwd+dedup+powersgd"][-1] == "dist.allreduce_compression=powersgd"
+    assert modes()["codec+bwd+dedup+powersgd+inter_node"] == [*modes()["codec+bwd+dedup+powersgd"],
+                                                               "compress.peers=inter_node"]
 
 
 def test_auto_modes_run_by_default_at_any_ranks_per_node():

@@ -60,17 +60,24 @@ def modes() -> dict[str, list[str]]:
     if "codec+bwd+dedup" in table:
         table["codec+bwd+dedup+inter_node"] = [*table["codec+bwd+dedup"], "compress.peers=inter_node"]
         table["codec+bwd+dedup+powersgd"] = [*table["codec+bwd+dedup"], "dist.allreduce_compression=powersgd"]
+        table["codec+bwd+dedup+powersgd+inter_node"] = [*table["codec+bwd+dedup+powersgd"], "compress.peers=inter_node"]
         # compress.peers=auto: per class of peer and direction, compressed where the model says it pays
         table["codec+bwd+dedup+auto"] = [*table["codec+bwd+dedup"], "compress.peers=auto"]
         table["codec+bwd+dedup+powersgd+auto"] = [*table["codec+bwd+dedup+powersgd"], "compress.peers=auto"]
     return table
 
 
+HEADLINE = ["off", "fp16", "fp8", "int8", "codec", "codec+bwd", "codec+bwd+dedup", "codec+bwd+dedup+powersgd",
+            "codec+bwd+dedup+powersgd+inter_node", "codec+bwd+dedup+auto", "codec+bwd+dedup+powersgd+auto"]
+
+
 def default_modes(ranks_per_node: int) -> list[str]:
-    """Every mode; the ``inter_node`` ones only where a node holds several ranks (with one, the
-    only uncompressed message is a rank's message to itself). The ``auto`` ones always: they
-    decide for the other node's ranks too."""
-    return [m for m in modes() if ranks_per_node > 1 or not m.endswith("inter_node")]
+    """The headline's modes: the earlier ones, PowerSGD, the best fixed combination (PowerSGD,
+    and a rank's message to itself raw: it never crosses a link, and at two nodes it is half the
+    codec's work) and ``auto``; with several ranks per node, compressing only between nodes too
+    (``--modes`` picks any of ``modes()``)."""
+    extra = ["codec+bwd+dedup+inter_node"] if ranks_per_node > 1 else []
+    return [m for m in modes() if m in HEADLINE or m in extra]
 
 
 def overrides_for(config: str, mode: str, iterations: int) -> list[str]:

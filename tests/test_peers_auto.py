@@ -64,30 +64,62 @@ def test_probe_classes_and_size():
     assert probe_size(10) == PROBE_MIN and probe_size(1e12) == PROBE_MAX and probe_size(PROBE_MIN + 1) == PROBE_MIN + 1
 
 
-def test_the_probe_sends_to_one_class_at_a_time(monkeypatch):
-    """Rank 0 of nodes a, a, b: the local probe sends to rank 1 only, the remote one to rank 2
-    only; B is the busiest rank's bytes over the time; what it sent is counted per class."""
+def _fake_dist(monkeypatch):
     from types import SimpleNamespace
     from dlrm_comp.distributed import link_probe
-    from dlrm_comp.exchange.transport import _Done
-    sends = []
-
-    class Transport:
-        rank, group, device = 0, None, torch.device("cpu")
-
-        def exchange(self, send, in_splits, out_splits):
-            sends.append(list(in_splits))
-            return _Done(send)
     fake = SimpleNamespace(barrier=lambda group: None, all_reduce=lambda t, op, group: None,
                            ReduceOp=SimpleNamespace(MAX="max"))
     monkeypatch.setattr(link_probe, "dist", fake)
+    return link_probe
+
+
+class _Link:
+    """A transport over a token-bucket link: each exchange's bytes (the busiest peer's) take
+    ``latency + max(0, bytes - burst) / rate`` on a clock the probe reads."""
+
+    rank, group, device = 0, None, torch.device("cpu")
+
+    def __init__(self, rate: float, burst: int, latency: float = 1e-4):
+        self.rate, self.burst, self.latency, self.now, self.sends = rate, burst, latency, 0.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def exchange(self, send, in_splits, out_splits):
+        from dlrm_comp.exchange.transport import _Done
+        self.sends.append(list(in_splits))
+        self.now += self.latency + max(0, max(in_splits) - self.burst) / self.rate
+        return _Done(send)
+
+
+def test_the_probe_sends_to_one_class_at_a_time(monkeypatch):
+    """Rank 0 of nodes a, a, b: the local probe sends to rank 1 only, the remote one to rank 2
+    only, doubling its size; what it sent is counted per class."""
+    link_probe = _fake_dist(monkeypatch)
+    link = _Link(rate=45e6, burst=450_000)
     sent = {}
-    link = link_probe.probe_link(Transport(), ["a", "a", "b"], 1000, repeats=2, sent=sent)
-    assert sends == [[0, 1000, 0]] * 2 + [[0, 0, 1000]] * 2
-    assert sent == {"local": 2000, "remote": 2000}
-    assert 0 < link["local"] < math.inf and 0 < link["remote"] < math.inf
-    assert link_probe.probe_link(Transport(), ["a", "b"], 1000)["local"] == math.inf  # only itself on its node
-    assert link_probe.probe_link(Transport(), ["a", "a"], 1000, repeats=1)["remote"] is None  # one node
+    got = link_probe.probe_link(link, ["a", "a", "b"], PROBE_MIN, repeats=2, sent=sent, clock=link.clock)
+    local = [s for s in link.sends if s[2] == 0]
+    remote = [s for s in link.sends if s[1] == 0]
+    assert len(local) + len(remote) == len(link.sends) and all(s[0] == 0 for s in link.sends)
+    assert [s[1] for s in local][::2] == [PROBE_MIN << k for k in range(len(local) // 2)]  # doubling, 2 repeats
+    assert sent == {"local": 2 * sum(s[1] for s in local[::2]), "remote": 2 * sum(s[2] for s in remote[::2])}
+    # B counts the busiest rank's bytes: rank 2 (node b) sends to two remote peers in the same time
+    assert got["local"] == pytest.approx(45e6) and got["remote"] == pytest.approx(2 * 45e6)
+    assert link_probe.probe_link(link, ["a", "b"], 1000, clock=link.clock)["local"] == math.inf  # only itself
+    assert link_probe.probe_link(link, ["a", "a"], 1000, repeats=1, clock=link.clock)["remote"] is None  # one node
+
+
+@pytest.mark.parametrize("rate, burst", [(45e6, 450_000), (125e6, 1_250_000), (1.25e9, 12_500_000), (45e6, 0)])
+def test_the_probe_sees_through_bursts_and_latency(monkeypatch, rate, burst):
+    """The rate between two sizes past the burst is the link's, whatever its burst (the
+    benchmark's tbf bursts 10 ms of its rate) and latency; one transfer's bytes over time is not."""
+    link_probe = _fake_dist(monkeypatch)
+    link = _Link(rate=rate, burst=burst, latency=2e-3)
+    got = link_probe.probe_link(link, ["a", "b"], 528_000, clock=link.clock)["remote"]
+    assert got == pytest.approx(rate, rel=1e-6)
+    one = 528_000 / (link.latency + max(0, 528_000 - burst) / rate)
+    assert burst == 0 or abs(one / rate - 1) > 0.5  # what a single transfer would have said
 
 
 def test_policy_masks_and_state_round_trip():
@@ -168,6 +200,8 @@ LINKS = {10: 1e3, 20: math.inf, 30: 1e3, 40: math.inf}  # bytes/s per decision: 
 @pytest.fixture
 def scheduled_links(monkeypatch):
     """The link measurements of the test's choosing, by iteration (deterministic decisions)."""
+    from dlrm_comp.train import peer_policy
+    monkeypatch.setattr(peer_policy, "PROBE_EVERY", 1)  # a probe at every decision
     monkeypatch.setattr(PeerPolicy, "measure_link",
                         lambda self, iteration, transport, size: {"local": LINKS[iteration]})
 
@@ -204,6 +238,18 @@ def test_one_process_decides_from_the_measurements_and_resumes_with_them(tiny_cf
     assert resumed["compression"]["bytes_sent"] == straight["compression"]["bytes_sent"]
 
 
+def test_the_link_is_probed_at_the_first_decision_then_every_probe_every_th(tiny_cfg, tmp_path, monkeypatch):
+    from dlrm_comp.train import peer_policy
+    from dlrm_comp.train.loop import Trainer
+    probed = []
+    monkeypatch.setattr(peer_policy, "PROBE_EVERY", 3)
+    monkeypatch.setattr(PeerPolicy, "measure_link",
+                        lambda self, iteration, transport, size: probed.append(iteration) or {"local": 1e3})
+    Trainer(tiny_cfg(*AUTO, "train.eval_every=0", "train.iterations=50"), tmp_path / "run").run()
+    assert probed == [10, 40]
+    assert [r["link_Bps"]["local"] for r in _peers(tmp_path / "run")] == [1e3] * 5  # the last probe's, kept
+
+
 def test_one_process_without_a_link_sends_raw_after_the_first_interval(tiny_cfg, tmp_path, capsys):
     from dlrm_comp.train.loop import Trainer
     Trainer(tiny_cfg(*AUTO, "train.eval_every=0", "train.iterations=20"), tmp_path / "run").run()
@@ -228,7 +274,7 @@ def test_two_nodes_decide_alike_and_route_as_decided(tmp_path):
     before = {d: {"local": True, "remote": True} for d in ("fwd", "bwd")}
     for r in records:
         assert r["link_Bps"]["local"] is None and r["link_Bps"]["remote"] > 0  # one rank per node: no local link
-        assert r["probe_bytes"] >= 256 << 10
+        assert (r["probe_bytes"] >= 256 << 10) if r["iteration"] == 10 else r["probe_bytes"] is None  # probed once
         for d in ("fwd", "bwd"):
             assert set(r[d]["compress"]) == {"local", "remote"}
             for c in ("local", "remote"):

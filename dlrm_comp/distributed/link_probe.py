@@ -1,14 +1,21 @@
-"""The link throughput to each class of peer (``compress.peers=auto``): a small timed all-to-all.
+"""The link throughput to each class of peer (``compress.peers=auto``): a timed all-to-all.
 
 Why a probe, not the exchange's own transfers: one exchange carries both classes in one
 collective, and its time includes the wait for the slowest peer's encode and compute, so it cannot
 be split per class, and a compressed class's transfer says nothing about the raw bytes' time. The
 probe sends to one class at a time (zero bytes to every other peer), after a barrier so every
-rank starts together, and times the bytes alone. It is sized like the step's messages, clamped to
-256 KiB - 4 MiB per peer (big enough that per-message latency does not dominate, small enough to
-cost tens of milliseconds on the slowest link), and repeated: each repetition's time is the
-slowest rank's (an all-to-all ends when its last rank does), and the fastest repetition is kept
-(the one least disturbed by other work on the host).
+rank starts together, and times the bytes alone.
+
+Why a slope: a link passes its first bytes faster than its rate (a token bucket's burst, switch
+and socket buffers) and every transfer pays a fixed latency, so bytes over time of one transfer
+overstate or understate the rate by the size chosen (measured on the link benchmark's 360 Mbit/s
+veth, whose ``tbf`` bursts 10 ms of its rate: 0.5 MB per peer timed as 1.6 Gbit/s). The probe
+doubles its size from the step's mean message (at least 256 KiB) until a transfer lasts
+``MIN_SECONDS``, and takes the rate between the last two sizes, ``(S2 - S1) / (T2 - T1)``: the
+burst and the latency are in both and cancel. Each size is timed ``repeats`` times; a repetition's
+time is the slowest rank's (an all-to-all ends when its last rank does) and the fastest
+repetition is kept (the one least disturbed by other work on the host), so every rank computes the
+same sizes and the same rate.
 """
 from __future__ import annotations
 
@@ -19,8 +26,10 @@ import torch
 import torch.distributed as dist
 
 CLASSES = ("local", "remote")  # this rank's node (itself included), other nodes
-PROBE_MIN, PROBE_MAX = 256 << 10, 4 << 20  # bytes per peer
-REPEATS = 3
+PROBE_MIN, PROBE_MAX = 256 << 10, 4 << 20  # the first size per peer (the step's mean message, clamped)
+PROBE_CAP = 64 << 20  # the largest size per peer
+MIN_SECONDS = 0.03  # the larger transfer of the pair lasts this long at least: past any burst
+REPEATS = 2
 
 
 def probe_size(message_bytes: float) -> int:
@@ -35,7 +44,7 @@ def class_peers(nodes: list[str], rank: int, cls: str) -> list[bool]:
 
 
 def probe_link(transport, nodes: list[str] | None, size: int, repeats: int = REPEATS,
-               sent: dict[str, int] | None = None) -> dict[str, float | None]:
+               sent: dict[str, int] | None = None, clock=time.perf_counter) -> dict[str, float | None]:
     """Per class: bytes per second one rank sends to its peers of the class while every rank
     does at once. ``inf`` where no rank has a peer of the class but itself (nothing crosses a
     link: one rank per node, or one process, ``nodes`` None); None where the class is empty for
@@ -50,18 +59,29 @@ def probe_link(transport, nodes: list[str] | None, size: int, repeats: int = REP
         if not any(counts):
             out[cls] = math.inf if cls == "local" else None
             continue
-        splits = [size if peer else 0 for peer in class_peers(nodes, rank, cls)]
-        send = torch.zeros(sum(splits), dtype=torch.uint8, device=transport.device)
-        times = torch.zeros(repeats, dtype=torch.float64, device=transport.device)
-        for i in range(repeats):
-            dist.barrier(group=group)
-            t0 = time.perf_counter()
-            transport.exchange(send, splits, splits).wait()  # symmetric: what a peer sends, this rank receives
-            if transport.device.type == "cuda":
-                torch.cuda.synchronize(transport.device)
-            times[i] = time.perf_counter() - t0
-        if sent is not None:
-            sent[cls] = sent.get(cls, 0) + repeats * len(send)
-        dist.all_reduce(times, op=dist.ReduceOp.MAX, group=group)
-        out[cls] = max(counts) * size / max(float(times.min()), 1e-9)
+        peers = class_peers(nodes, rank, cls)
+
+        def timed(per_peer: int) -> float:
+            splits = [per_peer if peer else 0 for peer in peers]
+            send = torch.zeros(sum(splits), dtype=torch.uint8, device=transport.device)
+            times = torch.zeros(repeats, dtype=torch.float64, device=transport.device)
+            for i in range(repeats):
+                dist.barrier(group=group)
+                t0 = clock()
+                transport.exchange(send, splits, splits).wait()  # symmetric: what a peer sends, this rank receives
+                if transport.device.type == "cuda":
+                    torch.cuda.synchronize(transport.device)
+                times[i] = clock() - t0
+            if sent is not None:
+                sent[cls] = sent.get(cls, 0) + repeats * len(send)
+            dist.all_reduce(times, op=dist.ReduceOp.MAX, group=group)
+            return float(times.min())
+        small, t_small = size, timed(size)
+        big, t_big = 2 * size, timed(2 * size)
+        while t_big < MIN_SECONDS and big < PROBE_CAP:  # the same on every rank: the times are reduced
+            small, t_small = big, t_big
+            big, t_big = 2 * big, timed(2 * big)
+        # no growth between the two (both inside a burst, or noise): the larger one's mean rate
+        seconds = t_big - t_small if t_big > t_small else t_big
+        out[cls] = max(counts) * ((big - small) if t_big > t_small else big) / max(seconds, 1e-9)
     return out

@@ -19,9 +19,10 @@ Inputs:
   dedup's saving, which the raw alternative keeps too). The run's first step is not counted (the
   codec's first calls compile and allocate). A direction whose classes all travelled raw keeps
   its last figures: nothing was coded to measure; a direction never measured keeps compressing.
-- B per class from ``distributed/link_probe.py``, measured at every decision (see there why a
-  probe). One process (the loopback) or one rank per node has no link inside its node: B is
-  infinite, the speedup 0, and the class travels raw; the loopback counts as one node.
+- B per class from ``distributed/link_probe.py`` (see there why a probe, and why a slope),
+  measured at a process's first decision and every ``PROBE_EVERY``-th after it. One process
+  (the loopback) or one rank per node has no link inside its node: B is infinite, the speedup
+  0, and the class travels raw; the loopback counts as one node.
 
 Every rank's counts are gathered into one matrix and the probe's times reduced to their maximum,
 so every rank computes the same decision from the same numbers: CR from the summed bytes (the
@@ -44,6 +45,7 @@ from dlrm_comp.compress.codecs.peers import RouteCounts
 from dlrm_comp.distributed import link_probe
 
 HYSTERESIS = 1.05
+PROBE_EVERY = 8  # decisions per link probe (a probe costs tens of ms of transfers: 1-3% of a short interval)
 FIELDS = ("calls", "enc_raw", "enc_sent", "enc_s", "dec_raw", "dec_s", "raw_local", "sent_local", "raw_remote",
           "sent_remote", "message_bytes")
 
@@ -105,6 +107,8 @@ class PeerPolicy:
         self.figures: dict[str, CodecFigures | None] = {d: None for d in self.directions}
         self.steps = 0  # steps this process ran (the first one's counts are dropped)
         self.probe_sent = {c: 0 for c in link_probe.CLASSES}  # bytes this process's probes sent, per class
+        self.link: dict[str, float | None] | None = None  # B per class, probed at the first decision
+        self.decisions = 0  # taken by this process (it probes at every PROBE_EVERY-th)
 
     def mask(self, direction: str) -> list[bool]:
         """Per destination: whether it gets raw rows in ``direction``."""
@@ -146,8 +150,12 @@ class PeerPolicy:
         rows = self._gather(exchange, mine)
         message = float(rows[..., FIELDS.index("message_bytes")].max())
         size = link_probe.probe_size(message)
-        link = self.measure_link(iteration, exchange.transport, size)
-        probed = any(link[c] is not None and math.isfinite(link[c]) for c in self.classes)
+        fresh = self.link is None or self.decisions % PROBE_EVERY == 0
+        if fresh:  # a link's rate holds still; the codec's figures are what each interval refreshes
+            self.link = self.measure_link(iteration, exchange.transport, size)
+        self.decisions += 1
+        link = self.link
+        probed = fresh and any(link[c] is not None and math.isfinite(link[c]) for c in self.classes)
         record: dict[str, Any] = {"hysteresis": HYSTERESIS, "probe_bytes": size if probed else None,
                                   "link_Bps": {c: link[c] for c in self.classes}}
         for i, d in enumerate(self.directions):

@@ -6,16 +6,18 @@ be split per class, and a compressed class's transfer says nothing about the raw
 probe sends to one class at a time (zero bytes to every other peer), after a barrier so every
 rank starts together, and times the bytes alone.
 
-Why a slope: a link passes its first bytes faster than its rate (a token bucket's burst, switch
-and socket buffers) and every transfer pays a fixed latency, so bytes over time of one transfer
-overstate or understate the rate by the size chosen (measured on the link benchmark's 360 Mbit/s
-veth, whose ``tbf`` bursts 10 ms of its rate: 0.5 MB per peer timed as 1.6 Gbit/s). The probe
-doubles its size from the step's mean message (at least 256 KiB) until a transfer lasts
-``MIN_SECONDS``, and takes the rate between the last two sizes, ``(S2 - S1) / (T2 - T1)``: the
-burst and the latency are in both and cancel. Each size is timed ``repeats`` times; a repetition's
-time is the slowest rank's (an all-to-all ends when its last rank does) and the fastest
-repetition is kept (the one least disturbed by other work on the host), so every rank computes the
-same sizes and the same rate.
+Why the size grows: a link passes its first bytes faster than its rate (a token bucket's burst,
+switch and socket buffers) and every transfer pays a fixed latency, so one short transfer's bytes
+over time can say anything (measured on the link benchmark's 360 Mbit/s veth, whose ``tbf``
+bursts 10 ms of its rate: 0.5 MB per peer timed as 1.6 Gbit/s). The probe doubles its size from
+the step's mean message (at least 256 KiB a peer) until a transfer lasts ``MIN_SECONDS`` and
+takes that transfer's rate: a burst of 10 ms of the rate then overstates it by at most a fifth,
+and latency below a millisecond understates it by 2%. (The rate between the last two sizes
+cancels both in theory, but on that link it scattered by +-40% from one probe to the next,
+where the one transfer's rate stayed within 10%.) Each size is timed ``repeats`` times; a
+repetition's time is the slowest rank's (an all-to-all ends when its last rank does) and the
+fastest repetition is kept (the one least disturbed by other work on the host), so every rank
+computes the same sizes and the same rate.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch.distributed as dist
 CLASSES = ("local", "remote")  # this rank's node (itself included), other nodes
 PROBE_MIN, PROBE_MAX = 256 << 10, 4 << 20  # the first size per peer (the step's mean message, clamped)
 PROBE_CAP = 64 << 20  # the largest size per peer
-MIN_SECONDS = 0.03  # the larger transfer of the pair lasts this long at least: past any burst
+MIN_SECONDS = 0.05  # the timed transfer lasts this long at least: a burst is a small part of it
 REPEATS = 2
 
 
@@ -76,12 +78,9 @@ def probe_link(transport, nodes: list[str] | None, size: int, repeats: int = REP
                 sent[cls] = sent.get(cls, 0) + repeats * len(send)
             dist.all_reduce(times, op=dist.ReduceOp.MAX, group=group)
             return float(times.min())
-        small, t_small = size, timed(size)
-        big, t_big = 2 * size, timed(2 * size)
-        while t_big < MIN_SECONDS and big < PROBE_CAP:  # the same on every rank: the times are reduced
-            small, t_small = big, t_big
-            big, t_big = 2 * big, timed(2 * big)
-        # no growth between the two (both inside a burst, or noise): the larger one's mean rate
-        seconds = t_big - t_small if t_big > t_small else t_big
-        out[cls] = max(counts) * ((big - small) if t_big > t_small else big) / max(seconds, 1e-9)
+        per_peer, seconds = size, timed(size)
+        while seconds < MIN_SECONDS and 2 * per_peer <= PROBE_CAP:  # the same on every rank: the times are reduced
+            per_peer *= 2
+            seconds = timed(per_peer)
+        out[cls] = max(counts) * per_peer / max(seconds, 1e-9)
     return out

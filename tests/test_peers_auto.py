@@ -131,6 +131,8 @@ def test_policy_masks_and_state_round_trip():
     policy = PeerPolicy(["fwd", "bwd"], ["a", "a", "b"], rank=0, destinations=3)
     assert policy.classes == ["local", "remote"] and policy.mask("fwd") == [False] * 3  # compressed until decided
     policy.compress["fwd"].update(local=False)
+    policy.route["fwd"] = "remote"
+    policy.seconds["fwd"] = {"raw": 0.02, "remote": 0.01}
     policy.figures["fwd"] = CodecFigures(3.0, 1e8, 2e8)
     policy.decided["fwd"] = True
     assert policy.mask("fwd") == [True, True, False] and policy.mask("bwd") == [False] * 3
@@ -139,6 +141,50 @@ def test_policy_masks_and_state_round_trip():
     assert again.state_dict() == policy.state_dict()
     one = PeerPolicy(["fwd"], None, rank=0, destinations=4)  # one process: one node, no remote class
     assert one.classes == ["local"]
+
+
+def test_a_close_model_is_checked_against_the_measured_exchange():
+    """Clearly faster by the model: taken as it is. Close to 1: each of the model's route and
+    all raw travels one interval as a trial, then the faster by measurement wins, with
+    hysteresis; all raw by the model needs no trial."""
+    policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2)
+    on = {"local": False, "remote": True}
+    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 2.0}) == ("remote", False)
+    assert policy._measured_route("fwd", {"local": False, "remote": False}, {"remote": 0.5}) == ("raw", False)
+    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 1.2}) == ("raw", True)
+    policy.seconds["fwd"]["raw"] = 0.030
+    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 1.2}) == ("remote", True)
+    policy.seconds["fwd"]["remote"] = 0.033  # compressed measured slower than raw: raw
+    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 1.2}) == ("raw", False)
+    policy.route["fwd"], policy.seconds["fwd"]["remote"] = "raw", 0.0295  # faster, but within the hysteresis
+    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 1.2}) == ("raw", False)
+    policy.seconds["fwd"]["remote"] = 0.020
+    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 1.2}) == ("remote", False)
+    policy.route["fwd"], policy.seconds["fwd"]["remote"] = "remote", 0.0305  # on: stays until 5% slower
+    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 1.2}) == ("remote", False)
+
+
+def test_trials_measure_the_route_that_travelled():
+    """Each interval's exchange time is filed under the route that travelled in it (never the
+    first interval's: the codec's warm-up), and a re-probe of the link measures routes again."""
+    from types import SimpleNamespace
+    from dlrm_comp.train import peer_policy as pp
+    policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2)
+    policy.measure_link = lambda iteration, transport, size: {"local": math.inf, "remote": 1e8}
+    close = CodecFigures(cr=2.0, tc=1e9, td=1e9)  # modeled remote speedup 1/(0.5 + 0.2) = 1.43: close
+    ex = SimpleNamespace(transport=SimpleNamespace(), route=lambda d, mask: None, routed=lambda d: None)
+    records = []
+    log = lambda kind, it, **r: records.append(r)  # noqa: E731
+    routes = []
+    for it, seconds in enumerate((0.5, 0.030, 0.020, 0.020), start=1):
+        policy.figures["fwd"] = close
+        policy.interval(it, ex, log, lambda line: None, {"fwd": seconds, "bwd": 0.0})
+        routes.append((policy.route["fwd"], records[-1]["fwd"]["trial"]))
+    assert routes == [("raw", True), ("remote", True), ("remote", False), ("remote", False)]
+    assert policy.seconds["fwd"] == {"raw": 0.030, "remote": 0.020}  # 0.5 (warm-up) never filed
+    policy.decisions = pp.PROBE_EVERY  # the next decision probes again: the routes are measured again
+    policy.interval(5, ex, log, lambda line: None, {"fwd": 0.020, "bwd": 0.0})
+    assert policy.seconds["fwd"] == {} and policy.route["fwd"] == "raw" and records[-1]["fwd"]["trial"]
 
 
 # ------------------------------------------------------------------ routes switched between steps

@@ -48,6 +48,7 @@ class StepBreakdown:
         self._bwd_start = None
         self._engine_done = None
         self.run_sums = dict.fromkeys(("step_s", *PHASES), 0.0)
+        self.exchange_s: dict[str, float] | None = None  # the last interval's exchange s/step per direction
         self.run_steps = 0
 
     # ------------------------------------------------------------------ marks, within a step
@@ -126,11 +127,13 @@ class StepBreakdown:
         bwd = max(sums["bwd_a2a_s"] - codec["bwd"], 0.0)
         codec_s = codec["fwd"] + codec["bwd"]
         compute = sums["step_s"] - fwd - bwd - sums["allreduce_s"] - codec_s
-        local = [sums["step_s"], fwd, bwd, sums["allreduce_s"], max(compute, 0.0), codec_s]
+        local = [sums["step_s"], fwd, bwd, sums["allreduce_s"], max(compute, 0.0), codec_s,
+                 sums["fwd_a2a_s"], sums["bwd_a2a_s"]]
         means = [v / n for v in local] if n else [0.0] * len(local)
         if self.reduce is not None:
             means = self.reduce(means)
-        out = dict(zip(("step_s", *PHASES), means))
+        self.exchange_s = {"fwd": means[-2], "bwd": means[-1]} if n else None  # codec included: what a route costs
+        out = dict(zip(("step_s", *PHASES), means[:-2]))
         for key, value in out.items():
             self.run_sums[key] += value * n
         self.run_steps += n

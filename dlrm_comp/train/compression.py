@@ -115,7 +115,9 @@ class CompressionExtension(TrainingExtension):
     def on_interval(self, iteration: int, log: Callable[..., None], echo: Callable[[str], None]) -> None:
         self._decide_dedup(iteration, log)
         if self.peer_policy is not None:
-            self.peer_policy.interval(iteration, self.exchange, log, echo)
+            breakdown = getattr(self.trainer, "breakdown", None)  # the interval's measured exchange times
+            self.peer_policy.interval(iteration, self.exchange, log, echo,
+                                      breakdown.exchange_s if breakdown is not None else None)
         if self.exchange is not None:
             self.exchange.check_finite()
         self.stats.interval(self.exchange, iteration, log, echo if self.cfg.print_tables else None)

@@ -45,6 +45,7 @@ from dlrm_comp.compress.codecs.peers import RouteCounts
 from dlrm_comp.distributed import link_probe
 
 HYSTERESIS = 1.05
+CLEAR = 1.5  # a modeled speedup this far from 1 is taken as it is; closer, the measured exchange decides
 PROBE_EVERY = 8  # decisions per link probe (a probe costs tens of ms of transfers: 1-3% of a short interval)
 FIELDS = ("calls", "enc_raw", "enc_sent", "enc_s", "dec_raw", "dec_s", "raw_local", "sent_local", "raw_remote",
           "sent_remote", "message_bytes")
@@ -109,11 +110,34 @@ class PeerPolicy:
         self.probe_sent = {c: 0 for c in link_probe.CLASSES}  # bytes this process's probes sent, per class
         self.link: dict[str, float | None] | None = None  # B per class, probed at the first decision
         self.decisions = 0  # taken by this process (it probes at every PROBE_EVERY-th)
+        self.route = {d: self._key(self.compress[d]) for d in self.directions}  # what travels now
+        self.seconds: dict[str, dict[str, float]] = {d: {} for d in self.directions}  # route -> exchange s/step
+        self.intervals = 0  # intervals this process ran (its first holds the codec's warm-up)
+
+    def _key(self, on: dict[str, bool]) -> str:
+        """A route's name: the compressed classes (``raw``: none)."""
+        return "+".join(c for c in self.classes if on[c]) or "raw"
 
     def mask(self, direction: str) -> list[bool]:
-        """Per destination: whether it gets raw rows in ``direction``."""
-        on = self.compress[direction]
-        return [not on["local" if here else "remote"] for here in self.local]
+        """Per destination: whether it gets raw rows in ``direction`` (the route that travels)."""
+        on = self.route[direction].split("+")
+        return [("local" if here else "remote") not in on for here in self.local]
+
+    def _measured_route(self, d: str, model: dict[str, bool], speedup: dict[str, float]) -> tuple[str, bool]:
+        """The route of direction ``d`` for the next interval, and whether it is a trial. The
+        model's route where it is all raw or clearly faster (every compressed class at CLEAR or
+        more); closer to 1, the measured exchange time per step (the direction's all-to-all phase,
+        codec included, every rank's mean) decides between it and all raw, trying whichever of the
+        two has no measurement yet for one interval."""
+        key = self._key(model)
+        if key == "raw" or all(speedup.get(c, math.inf) >= CLEAR for c in self.classes if model[c]):
+            return key, False
+        for trial in ("raw", key):
+            if trial not in self.seconds[d]:
+                return trial, True
+        t_raw, t_model = self.seconds[d]["raw"], self.seconds[d][key]
+        faster = t_model * HYSTERESIS < t_raw if self.route[d] == "raw" else t_model < t_raw * HYSTERESIS
+        return (key if faster else "raw"), False
 
     def apply(self, exchange) -> None:
         for d in self.directions:
@@ -141,8 +165,15 @@ class PeerPolicy:
         dist.all_gather(parts, t, group=transport.group)
         return torch.stack(parts).cpu().numpy()
 
-    def interval(self, iteration: int, exchange, log: Callable[..., None], echo: Callable[[str], None]) -> None:
-        """Measure, decide and route; rank 0 logs a `peers` record and prints one line."""
+    def interval(self, iteration: int, exchange, log: Callable[..., None], echo: Callable[[str], None],
+                 exchange_s: dict[str, float] | None = None) -> None:
+        """Measure, decide and route; rank 0 logs a `peers` record and prints one line.
+        ``exchange_s``: the interval's exchange seconds per step and direction (all-to-all phase,
+        codec included; the same on every rank), which measure the route that travelled."""
+        self.intervals += 1
+        if exchange_s is not None and self.intervals > 1:  # the first interval holds the codec's warm-up
+            for d in self.directions:
+                self.seconds[d][self.route[d]] = float(exchange_s[d])
         counts = self._take(exchange)
         if self.steps < 2:  # only the first step so far (an interval of one step): nothing to measure by
             counts = {d: RouteCounts.empty(len(self.local)) for d in self.directions}
@@ -153,6 +184,8 @@ class PeerPolicy:
         fresh = self.link is None or self.decisions % PROBE_EVERY == 0
         if fresh:  # a link's rate holds still; the codec's figures are what each interval refreshes
             self.link = self.measure_link(iteration, exchange.transport, size)
+            if self.decisions:  # and the routes' exchange times are measured again as they travel
+                self.seconds = {d: {} for d in self.directions}
         self.decisions += 1
         link = self.link
         probed = fresh and any(link[c] is not None and math.isfinite(link[c]) for c in self.classes)
@@ -169,9 +202,17 @@ class PeerPolicy:
                     continue
                 speedup[c] = modeled_speedup(figures, link[c])
                 self.compress[d][c] = decide(speedup[c], self.compress[d][c] if self.decided[d] else None)
+            trial = False
+            if exchange_s is not None and figures is not None:
+                self.route[d], trial = self._measured_route(d, self.compress[d], speedup)
+            else:
+                self.route[d] = self._key(self.compress[d])
             col = {f: rows[:, i, j].sum() for j, f in enumerate(FIELDS)}
+            travels = self.route[d].split("+")
             record[d] = {**(asdict(figures) if figures is not None else {"cr": None, "tc": None, "td": None}),
-                         "measured": measured is not None, "speedup": speedup, "compress": dict(self.compress[d]),
+                         "measured": measured is not None, "speedup": speedup, "model": dict(self.compress[d]),
+                         "compress": {c: c in travels for c in self.classes}, "trial": trial,
+                         "exchange_s": dict(self.seconds[d]),
                          "bytes_raw": {c: int(col[f"raw_{c}"]) for c in self.classes},
                          "bytes_sent": {c: int(col[f"sent_{c}"]) for c in self.classes}}
             self.decided[d] = figures is not None
@@ -193,12 +234,13 @@ class PeerPolicy:
             routes = " ".join(f"{c}={'codec' if r['compress'][c] else 'raw'}"
                               + (f" ({r['speedup'][c]:.2f}x)" if c in r["speedup"] else "") for c in self.classes)
             figs = "" if r["cr"] is None else f" [cr {r['cr']:.1f}, enc {rate(r['tc'])}, dec {rate(r['td'])}]"
-            parts.append(f"{d} {routes}{figs}")
+            parts.append(f"{d} {routes}{' (trial)' if r['trial'] else ''}{figs}")
         links = ", ".join(f"{c} {rate(record['link_Bps'][c])}" for c in self.classes)
         return f"[peers] iteration {iteration}: {'; '.join(parts)}; link {links}"
 
     def state_dict(self) -> dict[str, Any]:
         return {"compress": {d: dict(v) for d, v in self.compress.items()}, "decided": dict(self.decided),
+                "route": dict(self.route), "seconds": {d: dict(v) for d, v in self.seconds.items()},
                 "figures": {d: asdict(f) if f is not None else None for d, f in self.figures.items()}}
 
     def load_state_dict(self, state: dict[str, Any], exchange) -> None:
@@ -207,6 +249,9 @@ class PeerPolicy:
             if d in self.compress:
                 self.compress[d].update({c: bool(v) for c, v in on.items() if c in self.compress[d]})
         self.decided.update({d: bool(v) for d, v in state.get("decided", {}).items() if d in self.decided})
+        for d in self.directions:
+            self.route[d] = state.get("route", {}).get(d, self._key(self.compress[d]))
+            self.seconds[d] = {k: float(v) for k, v in state.get("seconds", {}).get(d, {}).items()}
         for d, f in state.get("figures", {}).items():
             if d in self.figures and f is not None:
                 self.figures[d] = CodecFigures(**f)

@@ -40,6 +40,16 @@ def straight_and_resumed(tmp_path):
     return run
 
 
+@pytest.fixture(scope="session")
+def codec_two_ranks(tmp_path_factory):
+    """2 torchrun ranks of the tiny config with the codec forward and backward (bound 0.01, the
+    size exchange `exact`: the defaults), 40 steps: one launch (on first use) shared by the
+    tests that read such a run: its byte counts, its timing breakdown, the slot exchange's
+    comparison, the uninterrupted side of a resume. `codec_two_ranks.finished()` is its directory."""
+    from multiproc import CODEC_BOTH_WAYS, SharedRun
+    return SharedRun(tmp_path_factory.mktemp("codec_two_ranks") / "run", 2, *CODEC_BOTH_WAYS)
+
+
 def pytest_collection_modifyitems(config, items):
     """`cuda` tests skip without a device; whole multi-process modules carry their marker."""
     no_cuda = pytest.mark.skip(reason="no CUDA device")

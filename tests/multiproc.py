@@ -16,6 +16,8 @@ from dlrm_comp.distributed.sharding import place_tables, tables_of
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["train.progress=false", "compress.print_tables=false", "train.tensorboard=false"]
+# the codec both ways at its default bound: conftest's shared 2-rank run (`codec_two_ranks`)
+CODEC_BOTH_WAYS = ("compress.mode=codec", "compress.backward.mode=codec", "compress.backward.error_bound=0.01")
 
 
 # A rank of a TorchRec run once died in CI with this C++ abort (no Python error; 0 of 56 runs
@@ -91,56 +93,126 @@ def final_state(run: Path, iterations: int, world: int, cards: list[int], dim: i
     return state
 
 
-def single_and_multi(tiny_cfg, tmp_path: Path, world: int, *overrides: str, single: tuple[str, ...] = ()):
+def together(*launches):
+    """Call independent launches (zero-argument callables: each starts its processes and waits
+    for them) at the same time, one thread each, and return their results in order. Two launches
+    spend most of their time importing torch; side by side they share the cores instead of
+    waiting on each other. An exception in any is raised here, after all have finished."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(launches)) as pool:
+        futures = [pool.submit(launch) for launch in launches]
+        return [future.result() for future in futures]
+
+
+class SharedRun:
+    """One torchrun launch of the tiny config (plus ``overrides``) that several tests of a module
+    read, instead of each launching the same configuration again: ``run.out`` after
+    ``run.finished()``, which launches it the first time and asserts that it succeeded."""
+
+    def __init__(self, out: Path, world: int, *overrides: str):
+        self.out, self.world, self.overrides, self.proc = out, world, overrides, None
+
+    def finished(self) -> Path:
+        if self.proc is None:
+            self.proc = torchrun(self.world, *train_cli(self.out, *self.overrides))
+        assert self.proc.returncode == 0, self.proc.stderr[-3000:]
+        return self.out
+
+
+def single_and_multi(tiny_cfg, tmp_path: Path, world: int, *overrides: str, single: tuple[str, ...] = (),
+                     multi: SharedRun | None = None):
     """The tiny config trained in one process (plus ``single`` overrides) and by ``world``
-    torchrun ranks; checks that their final parameters match and returns the one-process trainer."""
+    torchrun ranks; checks that their final parameters match and returns the one-process trainer.
+    ``multi``: the ranks' run of the same ``world`` and ``overrides``, shared with other tests."""
     from dlrm_comp.train.loop import Trainer
+    if multi is not None:
+        assert (multi.world, multi.overrides) == (world, overrides)
     one = Trainer(tiny_cfg(*overrides, *QUIET, *single), tmp_path / "single")
     one.run()
-    proc = torchrun(world, *train_cli(tmp_path / "multi", *overrides))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if multi is None:
+        proc = torchrun(world, *train_cli(tmp_path / "multi", *overrides))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    multi_out = tmp_path / "multi" if multi is None else multi.finished()
     cards = one.source.cardinalities
     a = final_state(tmp_path / "single", one.iterations, 1, cards)
-    b = final_state(tmp_path / "multi", one.iterations, world, cards)
+    b = final_state(multi_out, one.iterations, world, cards)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
     return one
 
 
-def straight_and_resumed(tmp_path: Path, *overrides: str, world: int = 2, fail_at: int = 25, iterations: int = 40):
+def straight_and_resumed(tmp_path: Path, *overrides: str, world: int = 2, fail_at: int = 25, iterations: int = 40,
+                         straight: SharedRun | None = None):
     """A torchrun run straight through (``a``) and the same run killed after ``fail_at`` steps
-    then resumed (``b``); returns both runs' final parameters and summaries."""
+    then resumed (``b``); returns both runs' final parameters and summaries. The straight run and
+    the killed one are independent: they run side by side. ``straight``: the straight run of the
+    same ``world`` and ``overrides``, shared with other tests."""
     import json
-    straight = torchrun(world, *train_cli(tmp_path / "a", *overrides))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = torchrun(world, *train_cli(tmp_path / "b", *overrides), env={"DLRM_COMP_FAIL_AT": str(fail_at)})
+    killed_run = lambda: torchrun(world, *train_cli(tmp_path / "b", *overrides),  # noqa: E731
+                                  env={"DLRM_COMP_FAIL_AT": str(fail_at)})
+    if straight is None:
+        straight = SharedRun(tmp_path / "a", world, *overrides)
+        _, killed = together(straight.finished, killed_run)
+    else:
+        assert (straight.world, straight.overrides) == (world, overrides)
+        killed = killed_run()
+    runs = (straight.finished(), tmp_path / "b")
     assert killed.returncode != 0
+    assert f"injected failure on rank 0 after iteration {fail_at}" in killed.stderr, killed.stderr[-3000:]
     resumed = torchrun(world, *train_cli(tmp_path / "b", *overrides), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
-    summaries = [json.loads((tmp_path / r / "summary.json").read_text()) for r in ("a", "b")]
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     cards = summaries[0]["data"]["cardinalities"]
-    states = [final_state(tmp_path / r, iterations, world, cards) for r in ("a", "b")]
+    states = [final_state(r, iterations, world, cards) for r in runs]
     return states, summaries
 
 
-def kill_after_checkpoint(out: Path, *overrides: str, iteration: int = 60, timeout: float = 180) -> None:
+def kill_after_checkpoint(out: Path, *overrides: str, iteration: int = 60, timeout: float = 180, meanwhile=None):
     """Start the training CLI (the tiny config, then ``overrides``) into ``out`` and kill -9
     it a moment after its checkpoint of ``iteration`` appears: an arbitrary point mid-step or
-    mid-write, as a scheduler's kill would be."""
+    mid-write, as a scheduler's kill would be. ``meanwhile``: a callable run in this thread while
+    the CLI trains (a thread of its own watches for the checkpoint and kills); its result is
+    returned once the CLI is dead."""
     import signal
+    import threading
     import time
     cmd = [sys.executable, str(ROOT / "launch/train.py"), "--set", *TINY_OVERRIDES, *overrides, "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     ckpt, name = out / "checkpoints", f"ckpt_{iteration:09d}.pt"
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_dir() and any(p.name >= name for p in ckpt.glob("ckpt_*.pt")):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    time.sleep(0.003)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+    def watch_and_kill():
+        try:
+            deadline = time.time() + timeout
+            while time.time() < deadline and proc.poll() is None:
+                if ckpt.is_dir() and any(p.name >= name for p in ckpt.glob("ckpt_*.pt")):
+                    break
+                time.sleep(0.01)
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.003)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+    if meanwhile is None:
+        return watch_and_kill()
+    failure = []
+    watcher = threading.Thread(target=lambda: failure.extend(_raised(watch_and_kill)))
+    watcher.start()
+    try:
+        result = meanwhile()
+    finally:
+        watcher.join()
+    if failure:
+        raise failure[0]
+    return result
+
+
+def _raised(call) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:  # handed to the caller's thread
+        return [exc]
+    return []

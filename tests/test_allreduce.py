@@ -6,8 +6,17 @@ import json
 import pytest
 import torch
 
-from multiproc import straight_and_resumed, torchrun, train_cli
+from multiproc import SharedRun, straight_and_resumed, torchrun, train_cli
 from dlrm_comp.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def hook_runs(tmp_path_factory):
+    """2 ranks, the codec forward, the dense allreduce through a half-precision hook: one launch
+    per hook, read by the hook's byte counts and (fp16) as the resume test's uninterrupted run."""
+    root = tmp_path_factory.mktemp("hooks")
+    return {hook: SharedRun(root / hook, 2, f"dist.allreduce_compression={hook}", "compress.mode=codec")
+            for hook in ("fp16", "bf16")}
 
 
 @pytest.mark.parametrize("override, named", [
@@ -30,10 +39,8 @@ def test_one_process_warns_that_it_does_nothing(tiny_cfg, tmp_path, capsys):
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("hook, cr", [("fp16", 2.0), ("bf16", 2.0)])
-def test_half_precision_hooks_halve_the_allreduce(tmp_path, hook, cr):
-    proc = torchrun(2, *train_cli(tmp_path / "run", f"dist.allreduce_compression={hook}", "compress.mode=codec"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+def test_half_precision_hooks_halve_the_allreduce(hook_runs, hook, cr):
+    summary = json.loads((hook_runs[hook].finished() / "summary.json").read_text())
     ar = summary["allreduce"]
     assert ar["compression"] == hook and ar["bytes_raw"] > 0 and ar["cr"] == pytest.approx(cr)
     comp = summary["compression"]  # the exact backward crossed too: 40 steps x 32 rows x 4 dims x 4 B x 8 tables
@@ -43,10 +50,12 @@ def test_half_precision_hooks_halve_the_allreduce(tmp_path, hook, cr):
 
 
 @pytest.mark.multiprocess
-def test_fp16_allreduce_resumes_exactly_after_a_kill(tmp_path):
+def test_fp16_allreduce_resumes_exactly_after_a_kill(tmp_path, hook_runs):
     """Killed after 25 steps (checkpoint at 20), resumed to 40: every parameter equals the
-    uninterrupted run's, and so do the allreduce's byte counts."""
-    (a, b), (sa, sb) = straight_and_resumed(tmp_path, "dist.allreduce_compression=fp16")
+    uninterrupted run's, and so do the allreduce's byte counts. (With the codec forward, as the
+    hook's own test runs it: that run is the uninterrupted one.)"""
+    (a, b), (sa, sb) = straight_and_resumed(tmp_path, "dist.allreduce_compression=fp16", "compress.mode=codec",
+                                            straight=hook_runs["fp16"])
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert sa["allreduce"] == sb["allreduce"] and sa["allreduce"]["cr"] == 2.0

@@ -1,19 +1,12 @@
 """The step-time breakdown: its accounting (on a counting clock), and its fields in real runs."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tiny import TINY_OVERRIDES
 from dlrm_comp.train.breakdown import PHASES, StepBreakdown
 from dlrm_comp.train.logging import read_jsonl
 from dlrm_comp.train.loop import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class CountingClock:
@@ -100,18 +93,13 @@ def test_every_train_record_and_the_summary_carry_the_breakdown(tiny_cfg, tmp_pa
 
 
 @pytest.mark.multiprocess
-def test_two_ranks_time_the_allreduce_and_both_exchanges(tmp_path):
-    quiet = ["train.progress=false", "compress.print_tables=false", "train.tensorboard=false"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "launch/train.py"), "--set", *TINY_OVERRIDES, *quiet, "compress.mode=codec",
-           "compress.backward.mode=codec", "--out", str(tmp_path / "run")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    train = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+def test_two_ranks_time_the_allreduce_and_both_exchanges(codec_two_ranks):
+    """2 torchrun ranks, the codec both ways (conftest's shared run of that configuration)."""
+    run = codec_two_ranks.finished()
+    train = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
     for r in train:
         assert set(PHASES) <= set(r) and all(r[k] >= 0 for k in PHASES)
-    breakdown = json.loads((tmp_path / "run" / "summary.json").read_text())["breakdown"]
+    breakdown = json.loads((run / "summary.json").read_text())["breakdown"]
     assert breakdown["steps"] == 40
     for phase in ("fwd_a2a", "bwd_a2a", "codec"):  # each was timed: a real exchange ran both ways
         assert breakdown[f"{phase}_s"] > 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multiproc import ROOT, final_state, single_and_multi, straight_and_resumed, torchrun, train_cli
+from multiproc import CODEC_BOTH_WAYS, ROOT, final_state, single_and_multi, straight_and_resumed, torchrun, train_cli
 from dlrm_comp.train.logging import read_jsonl
 
 pytestmark = pytest.mark.multiprocess
@@ -31,11 +31,9 @@ def test_exchange_bound_bytes_and_gradients(world, sharding):
     assert proc.stdout.count("exchange checks passed") == world
 
 
-def test_codec_run_counts_real_bytes(tmp_path):
-    proc = torchrun(2, *train_cli(tmp_path / "run", "compress.mode=codec", "compress.backward.mode=codec",
-                                  "compress.backward.error_bound=0.01"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    comp = json.loads((tmp_path / "run" / "summary.json").read_text())["compression"]
+def test_codec_run_counts_real_bytes(codec_two_ranks):
+    run = codec_two_ranks.finished()
+    comp = json.loads((run / "summary.json").read_text())["compression"]
     # 40 iterations x 32 rows x 4 dims x 4 bytes x 8 tables, forward and backward
     assert comp["bytes_raw"] == 40 * 32 * 4 * 4 * 8
     assert comp["estimated"] is False and comp["cr"] > 2
@@ -43,7 +41,7 @@ def test_codec_run_counts_real_bytes(tmp_path):
     assert 0 < comp["max_err_ratio"] <= 1
     back = comp["backward"]
     assert back["bytes_raw"] == 40 * 32 * 4 * 4 * 8 and back["bytes_sent"] > 0
-    tables = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "table"]
+    tables = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "table"]
     assert {r["direction"] for r in tables} == {"fwd", "bwd"}
 
 
@@ -60,8 +58,8 @@ def test_failing_rank_stops_the_run_with_its_error(tmp_path):
     assert "injected failure on rank 1" in proc.stderr
 
 
-def test_distributed_resume_matches_uninterrupted(tmp_path):
-    (a, b), (sa, sb) = straight_and_resumed(tmp_path, "compress.mode=codec")
+def test_distributed_resume_matches_uninterrupted(tmp_path, codec_two_ranks):
+    (a, b), (sa, sb) = straight_and_resumed(tmp_path, *CODEC_BOTH_WAYS, straight=codec_two_ranks)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert sa["compression"]["bytes_sent"] == sb["compression"]["bytes_sent"]
@@ -107,17 +105,17 @@ def test_mpiexec_config_error_is_exit_2_with_its_message(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_slot_size_exchange_trains_exactly_like_the_size_all_to_all(tmp_path):
+def test_slot_size_exchange_trains_exactly_like_the_size_all_to_all(tmp_path, codec_two_ranks):
     """dist.size_exchange=slots moves the same messages with one collective instead of two (the
     first step's messages all overflow point-to-point): the parameters are bit-identical."""
-    runs = {}
-    for how in ("exact", "slots"):
-        proc = torchrun(2, *train_cli(tmp_path / how, "compress.mode=codec", "compress.backward.mode=codec",
-                                      f"dist.size_exchange={how}", "train.iterations=20"))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[how] = json.loads((tmp_path / how / "summary.json").read_text())
+    proc = torchrun(2, *train_cli(tmp_path / "slots", *CODEC_BOTH_WAYS, "dist.size_exchange=slots"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dirs = {"exact": codec_two_ranks.finished(), "slots": tmp_path / "slots"}  # exact: the default
+    runs = {how: json.loads((run / "summary.json").read_text()) for how, run in dirs.items()}
+    saved = torch.load(dirs["exact"] / "checkpoints" / "ckpt_000000040.rank0.pt", weights_only=False)["config"]
+    assert saved["dist"]["size_exchange"] == "exact"
     cards = runs["exact"]["data"]["cardinalities"]
-    a, b = (final_state(tmp_path / how, 20, 2, cards) for how in ("exact", "slots"))
+    a, b = (final_state(dirs[how], 40, 2, cards) for how in ("exact", "slots"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     exact, slots = runs["exact"]["compression"], runs["slots"]["compression"]
     assert slots["bytes_sent"] == exact["bytes_sent"] and slots["bytes_meta"] == 0 < exact["bytes_meta"]

@@ -283,10 +283,9 @@ def test_real_sigkill_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     """A real kill -9 of the CLI with the cache on, then --resume: the same parameters and metrics."""
     from multiproc import kill_after_checkpoint
     extra = [*CACHE, "train.iterations=300", "train.eval_every=50"]
-    kill_after_checkpoint(tmp_path / "k", *QUIET, *extra)
     cfg = tiny_cfg(*QUIET, *extra)
     straight = Trainer(cfg, tmp_path / "a")
-    straight.run()
+    kill_after_checkpoint(tmp_path / "k", *QUIET, *extra, meanwhile=straight.run)  # the two side by side
     resumed = Trainer(cfg, tmp_path / "k", resume=True)
     resumed.run()
     assert resumed.start_iteration >= 60
@@ -298,13 +297,25 @@ def test_real_sigkill_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     assert strip(tmp_path / "k") == strip(tmp_path / "a")
 
 
+RANKS = ("data.batch_size=36", "data.eval_batch_size=510", *CACHE)  # 36 rows: a whole share per rank at 2 and 3
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """2 ranks with the cache: one launch, read against one process and as the uninterrupted run
+    of the kill-and-resume test."""
+    from multiproc import SharedRun
+    return SharedRun(tmp_path_factory.mktemp("cache") / "multi", 2, *RANKS)
+
+
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_match_one_process(tiny_cfg, tmp_path, world):
+def test_ranks_match_one_process(tiny_cfg, tmp_path, world, two_ranks):
     from multiproc import single_and_multi
-    single_and_multi(tiny_cfg, tmp_path, world, "data.batch_size=36", "data.eval_batch_size=510", *CACHE,
-                     single=(f"compress.chunks={world}",))
-    multi = json.loads((tmp_path / "multi" / "summary.json").read_text())["compression"]
+    shared = two_ranks if world == 2 else None
+    single_and_multi(tiny_cfg, tmp_path, world, *RANKS, single=(f"compress.chunks={world}",), multi=shared)
+    multi_out = tmp_path / "multi" if shared is None else shared.finished()
+    multi = json.loads((multi_out / "summary.json").read_text())["compression"]
     one = json.loads((tmp_path / "single" / "summary.json").read_text())["compression"]
     # the same rows hit (messages differ: W per rank, so the framing bytes do)
     assert multi["cache_hit_fraction"] == pytest.approx(one["cache_hit_fraction"]) and one["cache_hit_fraction"] > 0
@@ -325,10 +336,10 @@ def test_the_stage_is_bit_identical_on_a_device():
 
 
 @pytest.mark.multiprocess
-def test_two_ranks_stopped_and_resumed_equal_uninterrupted(tmp_path):
+def test_two_ranks_stopped_and_resumed_equal_uninterrupted(tmp_path, two_ranks):
     """Each rank's caches (its mirrors and its receiver caches) come back from its own checkpoint."""
     from multiproc import straight_and_resumed
-    (a, b), (sa, sb) = straight_and_resumed(tmp_path, *CACHE)
+    (a, b), (sa, sb) = straight_and_resumed(tmp_path, *RANKS, straight=two_ranks)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for key in ("bytes_sent", "cache_hit_fraction", "cache_bytes_saved", "max_err_ratio"):
         assert sa["compression"][key] == sb["compression"][key], key

@@ -245,9 +245,9 @@ def test_checkpoints_carry_the_run_identity(tiny_cfg, tmp_path, straight):
 def test_real_sigkill_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     """A real kill -9 of the CLI at an arbitrary moment (mid-step, mid-write), then --resume."""
     from multiproc import kill_after_checkpoint
-    kill_after_checkpoint(tmp_path / "k", *QUIET, "train.iterations=300", "train.eval_every=50")
     straight = Trainer(load := tiny_cfg(*QUIET, "train.iterations=300", "train.eval_every=50"), tmp_path / "a")
-    straight.run()
+    kill_after_checkpoint(tmp_path / "k", *QUIET, "train.iterations=300", "train.eval_every=50",
+                          meanwhile=straight.run)  # the uninterrupted run trains while the CLI does
     resumed = Trainer(load, tmp_path / "k", resume=True)
     resumed.run()
     assert resumed.start_iteration >= 60

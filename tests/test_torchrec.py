@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("torchrec")
 pytest.importorskip("fbgemm_gpu")
 
-from multiproc import ROOT, final_state, straight_and_resumed, torchrun, train_cli  # noqa: E402
+from multiproc import ROOT, final_state, straight_and_resumed, together, torchrun, train_cli  # noqa: E402
 from dlrm_comp.config import ConfigError, load_config  # noqa: E402
 from dlrm_comp.data.synthetic import SyntheticCriteo  # noqa: E402
 from dlrm_comp.model import DLRM  # noqa: E402
@@ -59,13 +59,22 @@ def test_fp8_on_cpu_is_a_startup_error(tmp_path):
     assert "no CPU kernel" in proc.stderr and not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+PLANS = ("ours", "planner")
+
+
+@pytest.fixture(scope="module")
+def exchange_checks():
+    """One launch of 2 ranks checking every plan in turn (the checks print a line per plan)."""
+    return torchrun(2, str(ROOT / "tests/torchrec_exchange_check.py"), *PLANS)
+
+
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("plan", ["ours", "planner"])
-def test_exchange_as_output_dist_bound_and_exactness(plan):
+@pytest.mark.parametrize("plan", PLANS)
+def test_exchange_as_output_dist_bound_and_exactness(plan, exchange_checks):
     """Every received value within its bound; exact through our output dist == TorchRec's own."""
-    proc = torchrun(2, str(ROOT / "tests/torchrec_exchange_check.py"), plan)
+    proc = exchange_checks
+    assert proc.stdout.count(f"torchrec exchange checks passed ({plan} plan") == 2, proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("torchrec exchange checks passed") == 2
 
 
 @pytest.mark.multiprocess
@@ -75,12 +84,12 @@ def test_off_matches_the_torch_backend_after_300_iterations(tmp_path):
     enough that fbgemm's one-rounding update of a repeated row (the sum of its gradients, then the
     step) against torch's sparse SGD (one step per occurrence) drifts past that (README: TorchRec)."""
     runs = {}
-    for backend in ("torch", "torchrec"):
-        run = tmp_path / backend
-        proc = torchrun(2, *train_cli(run, *DEBUG_SHORT, "train.iterations=300", "train.lr=0.05", "compress.mode=off",
-                                      f"model.backend={backend}", base=(), configs=DEBUG))
+    launch = lambda backend: lambda: torchrun(2, *train_cli(  # noqa: E731
+        tmp_path / backend, *DEBUG_SHORT, "train.iterations=300", "train.lr=0.05", "compress.mode=off",
+        f"model.backend={backend}", base=(), configs=DEBUG))
+    for backend, proc in zip(("torch", "torchrec"), together(launch("torch"), launch("torchrec"))):
         assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[backend] = summary(run)
+        runs[backend] = summary(tmp_path / backend)
     cards = runs["torch"]["data"]["cardinalities"]
     a = final_state(tmp_path / "torch", 300, 2, cards, dim=16)
     b = final_state(tmp_path / "torchrec", 300, 2, cards, dim=16)
@@ -93,12 +102,12 @@ def test_off_matches_the_torch_backend_after_300_iterations(tmp_path):
 @pytest.mark.multiprocess
 def test_codec_bound_and_wire_ratio_match_the_torch_backend(tmp_path):
     comp = {}
-    for backend in ("torch", "torchrec"):
-        run = tmp_path / backend
-        proc = torchrun(2, *train_cli(run, *DEBUG_SHORT, "train.iterations=100", "compress.mode=codec",
-                                      f"model.backend={backend}", base=(), configs=DEBUG))
+    launch = lambda backend: lambda: torchrun(2, *train_cli(  # noqa: E731
+        tmp_path / backend, *DEBUG_SHORT, "train.iterations=100", "compress.mode=codec", f"model.backend={backend}",
+        base=(), configs=DEBUG))
+    for backend, proc in zip(("torch", "torchrec"), together(launch("torch"), launch("torchrec"))):
         assert proc.returncode == 0, proc.stderr[-3000:]
-        comp[backend] = summary(run)["compression"]
+        comp[backend] = summary(tmp_path / backend)["compression"]
     ours, theirs = comp["torch"], comp["torchrec"]
     assert theirs["bytes_raw"] == ours["bytes_raw"] == 100 * 128 * 16 * 4 * 26
     assert 0 < theirs["max_err_ratio"] <= 1
@@ -133,11 +142,11 @@ def test_one_process_runs_the_same_code_on_a_one_rank_group(tmp_path, dedup):
     transport with compress.chunks virtual destinations, as the pure-torch backend does (bag
     deduplication included: the same distinct bags, the same bytes)."""
     comp = {}
-    for backend in ("torch", "torchrec"):
-        proc = subprocess.run([sys.executable, *train_cli(tmp_path / backend, f"model.backend={backend}",
-                                                          "compress.mode=codec", "compress.chunks=2",
-                                                          f"compress.dedup={dedup}")],
-                              capture_output=True, text=True, timeout=180, cwd=ROOT)
+    launch = lambda backend: lambda: subprocess.run(  # noqa: E731
+        [sys.executable, *train_cli(tmp_path / backend, f"model.backend={backend}", "compress.mode=codec",
+                                    "compress.chunks=2", f"compress.dedup={dedup}")],
+        capture_output=True, text=True, timeout=180, cwd=ROOT)
+    for backend, proc in zip(("torch", "torchrec"), together(launch("torch"), launch("torchrec"))):
         assert proc.returncode == 0, proc.stderr[-3000:]
         comp[backend] = summary(tmp_path / backend)["compression"]
     assert comp["torchrec"]["bytes_raw"] == comp["torch"]["bytes_raw"]

@@ -5,7 +5,8 @@ sharded EmbeddingBagCollection, against TorchRec's own output dist on the same b
    relative to the range of the chunk this rank received), and something was compressed;
 2. exact forward and backward through our output dist: after one SGD step, every table and the
    dense part equal those of TorchRec's native output dist.
-Exits non-zero with a message on any failure."""
+The plans to check are the arguments (default: ours); one launch checks each in turn, on the one
+process group. Exits non-zero with a message on any failure."""
 import sys
 
 import torch
@@ -42,8 +43,14 @@ def received(parallel, local) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     dist.init_process_group("gloo")
+    for plan in sys.argv[1:] or ["ours"]:
+        check(plan)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def check(plan: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
-    plan = sys.argv[1] if len(sys.argv) > 1 else "ours"
     cfg, source, ours, opt_ours, exts = build("codec", plan)
     batch = source.batch("train", 3, cfg.data.batch_size)
     per = cfg.data.batch_size // world
@@ -79,7 +86,6 @@ def main() -> None:
         assert torch.allclose(a[key], b[key], rtol=0, atol=1e-7), f"rank {rank} {key}: {(a[key] - b[key]).abs().max()}"
     assert not all(torch.equal(before[k], b[k]) for k in b if k.startswith("embeddings.")), "no table trained"
     dist.barrier()
-    dist.destroy_process_group()
     print(f"rank {rank}: torchrec exchange checks passed ({plan} plan, owners {ours.owners})")
 
 

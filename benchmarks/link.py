@@ -17,7 +17,7 @@ rates, or given with `--reference-rate`. Prints one JSON object; writes `results
 `report.md` and `link_breakdown.png` under `--out`. Needs root and iproute2; elsewhere it prints
 {"skipped": "<reason>"} and exits 0. The namespaces are deleted on every exit path.
 
-    python benchmarks/link.py                      # headline: kaggle, reference rate, every mode
+    python benchmarks/link.py --rates reference 1gbit   # headline: kaggle, the headline modes (HEADLINE)
     python benchmarks/link.py --configs debug --rates 1gbit --modes off codec --iterations 40
     python benchmarks/link.py --ranks-per-node 2 --rates 1gbit   # 2 nodes x 2 ranks
 """
@@ -40,7 +40,7 @@ from dlrm_comp.bench.link_run import (CONFIGS, INTERVALS, RunFailed, default_mod
 from dlrm_comp.bench.link_search import find_reference_rate  # noqa: E402
 from dlrm_comp.bench.netns import VethLink, parse_rate, unavailable  # noqa: E402
 
-ITERATIONS = {"debug": 400, "kaggle": 300}  # per mode: the headline (search + 7 modes) takes ~15 minutes
+ITERATIONS = {"debug": 400, "kaggle": 300}  # per mode: the headline (2 rates x 11 modes) takes ~40 minutes
 SEARCH_ITERATIONS = {"debug": 200, "kaggle": 50}
 
 

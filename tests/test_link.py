@@ -32,35 +32,66 @@ def run_link(*args: str, env: dict | None = None, timeout: int = 170) -> subproc
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-@pytest.mark.multiprocess
-def test_short_run_counts_the_recorders_bytes_on_the_wire(tmp_path):
+SHARED_MODES = ["codec", "codec+bwd+dedup", "codec+bwd+dedup+powersgd", "codec+bwd+dedup+auto"]
+
+
+@pytest.fixture(scope="module")
+def link_run(tmp_path_factory):
+    """One short run across a 1gbit veth, one rank per node, shared by the tests below (a link
+    run costs its set-up, a rate probe and `off` before any mode): (payload, out dir)."""
     reason = _reason()
     if reason:
         pytest.skip(f"no veth link here: {reason}")
-    proc = run_link("--configs", "debug", "--rates", "1gbit", "--modes", "off", "codec", "--iterations", "40",
-                    "--out", str(tmp_path))
+    out = tmp_path_factory.mktemp("link")
+    proc = run_link("--configs", "debug", "--rates", "1gbit", "--modes", *SHARED_MODES, "--iterations", "40",
+                    "--out", str(out), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    payload = json.loads(proc.stdout)
-    assert [r["mode"] for r in payload["results"]] == ["off", "codec"]
+    return json.loads(proc.stdout), out
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(600)  # the first to ask runs the shared link run
+def test_short_run_counts_the_recorders_bytes_on_the_wire(link_run):
+    payload, out = link_run
+    assert [r["mode"] for r in payload["results"]] == ["off", *SHARED_MODES]
     for row in payload["results"]:
         for key in ("config", "rate", "mode", "step_s", "speedup_vs_off", "modeled_speedup", "ideal_speedup",
                     "link_rate_measured_mbit", "fwd_cr", "bwd_cr", "auc", "breakdown", "comm_free_limit",
                     "fraction_of_limit"):
             assert key in row, key
         assert set(row["breakdown"]) == {"fwd_a2a_s", "bwd_a2a_s", "allreduce_s", "compute_s", "codec_s"}
-        wire = row["wire"]
-        low, high = WIRE_MARGIN
-        assert low <= wire["tc_over_expected"] <= high, wire
-    off, codec = payload["results"]
+    low, high = WIRE_MARGIN
+    off, codec = payload["results"][:2]
+    for row in (off, codec):
+        assert low <= row["wire"]["tc_over_expected"] <= high, row["wire"]
     assert off["fwd_cr"] == 1.0 and codec["fwd_cr"] > 1.0 and codec["bwd_cr"] == 1.0
     assert codec["wire"]["payload_bytes_per_step"] < off["wire"]["payload_bytes_per_step"]
     for name in ("report.md", "link_breakdown.png", "results.json"):
-        assert (tmp_path / name).is_file()
+        assert (out / name).is_file()
     assert not set(payload["link"]["namespaces"]) & set(remaining())
     assert payload["ranks_per_node"] == 1
     limit = off["step_s"] / off["breakdown"]["compute_s"]
     assert off["comm_free_limit"] == codec["comm_free_limit"] == pytest.approx(limit)
     assert codec["fraction_of_limit"] == pytest.approx(codec["speedup_vs_off"] / limit)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(600)  # the first to ask runs the shared link run
+def test_auto_probes_a_real_link_and_its_bytes_are_accounted(link_run):
+    """compress.peers=auto across the veth: the probe's rate is the link's order of magnitude
+    (not a burst's), every decision is a record, and what crossed (probes included) is what the
+    run accounts for, within the usual margin."""
+    payload, out = link_run
+    auto = next(r for r in payload["results"] if r["mode"] == "codec+bwd+dedup+auto")
+    low, high = WIRE_MARGIN
+    assert low <= auto["wire"]["tc_over_expected"] <= high, auto["wire"]
+    assert auto["wire"]["probe_bytes_per_step"] > 0
+    records = [json.loads(line) for line in (out / "runs/modes/debug/1gbit/codec+bwd+dedup+auto/metrics.jsonl")
+               .read_text().splitlines()]
+    peers = [r for r in records if r["kind"] == "peers"]
+    assert len(peers) == 5 and peers[0]["probe_bytes"] > 0  # one per print interval (8 steps)
+    assert 0.2e9 / 8 < peers[0]["link_Bps"]["remote"] < 2e9 / 8  # a 1gbit link, both ways at once
+    assert all(r[d]["compress"]["local"] is False for r in peers for d in ("fwd", "bwd"))  # the rank itself
 
 
 @pytest.mark.multiprocess
@@ -88,21 +119,16 @@ def test_two_nodes_of_two_ranks_cross_the_link_between_nodes_only(tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_powersgd_allreduce_crosses_the_link_at_the_bytes_its_hook_handed_over(tmp_path):
+@pytest.mark.timeout(600)  # the first to ask runs the shared link run
+def test_powersgd_allreduce_crosses_the_link_at_the_bytes_its_hook_handed_over(link_run):
     """dist.allreduce_compression=powersgd (from iteration 4 of 40: every measured step): the
     bytes tc stops seeing against the same mode without it are the ring allreduce's saving the
     hook's counts predict. (With PowerSGD so few bytes cross per step on the debug shape that the
     messages' fixed framing, ~14 KB a step, is most of what tc adds: the difference cancels it.)"""
-    reason = _reason()
-    if reason:
-        pytest.skip(f"no veth link here: {reason}")
-    proc = run_link("--configs", "debug", "--rates", "1gbit", "--modes", "codec+bwd+dedup", "codec+bwd+dedup+powersgd",
-                    "--iterations", "40", "--out", str(tmp_path), timeout=500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    off, plain, psgd = json.loads(proc.stdout)["results"]
+    rows = {r["mode"]: r for r in link_run[0]["results"]}
+    plain, psgd = rows["codec+bwd+dedup"], rows["codec+bwd+dedup+powersgd"]
     low, high = WIRE_MARGIN
-    for row in (off, plain):
-        assert low <= row["wire"]["tc_over_expected"] <= high, row["wire"]
+    assert low <= plain["wire"]["tc_over_expected"] <= high, plain["wire"]
     assert psgd["wire"]["allreduce_bytes_per_step"] < plain["wire"]["allreduce_bytes_per_step"] / 4
     saved_tc = plain["wire"]["tc_bytes_per_step"] - psgd["wire"]["tc_bytes_per_step"]
     saved_expected = plain["wire"]["expected_bytes_per_step"] - psgd["wire"]["expected_bytes_per_step"]

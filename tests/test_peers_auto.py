@@ -149,7 +149,7 @@ def test_a_close_model_is_checked_against_the_measured_exchange():
     hysteresis; all raw by the model needs no trial."""
     policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2)
     on = {"local": False, "remote": True}
-    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 2.0}) == ("remote", False)
+    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 2.5}) == ("remote", False)
     assert policy._measured_route("fwd", {"local": False, "remote": False}, {"remote": 0.5}) == ("raw", False)
     assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 1.2}) == ("raw", True)
     policy.seconds["fwd"]["raw"] = 0.030

@@ -72,10 +72,9 @@ HEADLINE = ["off", "fp16", "fp8", "int8", "codec", "codec+bwd", "codec+bwd+dedup
 
 
 def default_modes(ranks_per_node: int) -> list[str]:
-    """The headline's modes: the earlier ones, PowerSGD, the best fixed combination (PowerSGD,
-    and a rank's message to itself raw: it never crosses a link, and at two nodes it is half the
-    codec's work) and ``auto``; with several ranks per node, compressing only between nodes too
-    (``--modes`` picks any of ``modes()``)."""
+    """The headline's modes: the earlier ones, PowerSGD, a fixed combination (PowerSGD, and a
+    rank's message to itself raw: it never crosses a link) and ``auto``; with several ranks per
+    node, compressing only between nodes too (``--modes`` picks any of ``modes()``)."""
     extra = ["codec+bwd+dedup+inter_node"] if ranks_per_node > 1 else []
     return [m for m in modes() if m in HEADLINE or m in extra]
 

@@ -110,47 +110,61 @@ def body_sizes(h: np.ndarray, cols: int, itemsize: int, sz: list[bytes] | None =
     return size
 
 
+def _uniform(start: np.ndarray, stop: np.ndarray, width: int) -> tuple[int, int] | None:
+    """The span every row shares (chunks of equal size: a plain slice), clipped to the plane
+    as a mask would be, else None."""
+    if len(start) and (start == start[0]).all() and (stop == stop[0]).all():
+        a = min(max(int(start[0]), 0), width)
+        return a, min(max(int(stop[0]), a), width)
+    return None
+
+
 def _span_mask(width: int, start: np.ndarray, stop: np.ndarray) -> np.ndarray | tuple[int, int]:
     """Columns ``[start_c, stop_c)`` of each row of a ``[k, width]`` plane: a plain slice when
-    every row shares it (chunks of equal size), else a boolean mask."""
-    if len(start) and (start == start[0]).all() and (stop == stop[0]).all():
-        return int(start[0]), int(stop[0])
+    every row shares it, else a boolean mask."""
+    shared = _uniform(start, stop, width)
+    if shared is not None:
+        return shared
     cols = np.arange(width)[None, :]
     return (cols >= start[:, None]) & (cols < stop[:, None])
 
 
-def _spans(plane: np.ndarray, start, stop) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's span bounds as int64 arrays, clipped to the plane (the numba loops index
-    with them; a mask clips by construction)."""
+def _spans(plane: np.ndarray, start, stop):
+    """``(slice, None)`` for a span every row shares, else ``(None, (start, stop))`` clipped to
+    the plane as int64 (what the numba loops index with; a mask clips by construction) or, without
+    numba, ``(mask, None)``."""
+    start, stop = np.broadcast_to(start, len(plane)), np.broadcast_to(stop, len(plane))
+    if not cpu_kernels.available():
+        return _span_mask(plane.shape[1], start, stop), None
     width = plane.shape[1]
-    start = np.clip(np.broadcast_to(np.asarray(start, dtype=np.int64), len(plane)), 0, width)
-    return start, np.clip(np.broadcast_to(np.asarray(stop, dtype=np.int64), len(plane)), start, width)
+    shared = _uniform(start, stop, width)
+    if shared is not None:
+        return shared, None
+    start = np.clip(start.astype(np.int64), 0, width)
+    return None, (start, np.clip(stop.astype(np.int64), start, width))
 
 
 def _take(plane: np.ndarray, start, stop) -> np.ndarray:
     """The spans of each row, row after row, flat (the ragged gather of one byte plane): a
     slice when every row shares its span, else one copy per row (numba) or a boolean mask."""
-    start, stop = _spans(plane, start, stop)
-    span = _span_mask(plane.shape[1], start, stop) if not cpu_kernels.available() or \
-        (len(start) and (start == start[0]).all() and (stop == stop[0]).all()) else None
+    span, ragged = _spans(plane, start, stop)
     if isinstance(span, tuple):
         return plane[:, span[0]:span[1]].reshape(-1)
     if span is not None:
         return plane[span]
+    start, stop = ragged
     return cpu_kernels.take_spans(plane, start, stop, np.empty(int((stop - start).sum()), plane.dtype))
 
 
 def _put(plane: np.ndarray, start, stop, values: np.ndarray) -> None:
     """Inverse of ``_take``: write the flat spans back into the rows of ``plane`` (a view)."""
-    start, stop = _spans(plane, start, stop)
-    span = _span_mask(plane.shape[1], start, stop) if not cpu_kernels.available() or \
-        (len(start) and (start == start[0]).all() and (stop == stop[0]).all()) else None
+    span, ragged = _spans(plane, start, stop)
     if isinstance(span, tuple):
         plane[:, span[0]:span[1]] = values.reshape(len(plane), span[1] - span[0])
     elif span is not None:
         plane[span] = values
     else:
-        cpu_kernels.put_spans(plane, start, stop, values)
+        cpu_kernels.put_spans(plane, *ragged, values)
 
 
 def _section_raw(hc: HostChunks, lo: int, hi: int) -> tuple[bytes, list[int]]:

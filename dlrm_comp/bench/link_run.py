@@ -185,14 +185,16 @@ def wire_check(run: Path, summary: dict, sent: dict[str, float], first: int, las
         at = {c[0]: c[1] for c in part["counts"]}
         counted += at[last] - at[first]
     steps = last - first
-    local = 0.0  # compress.peers=inter_node: what every rank sent uncompressed inside its node, per step
-    for part in ranks:
-        at = {c[0]: c[2] if len(c) > 2 else 0 for c in part["counts"]}
-        local += (at[last] - at[first]) / steps
-    probe = 0.0  # compress.peers=auto: what every rank's link probes sent to the other node, per step
-    for part in ranks:
-        at = {c[0]: c[4] if len(c) > 4 else 0 for c in part["counts"]}
-        probe += (at[last] - at[first]) / steps
+
+    def per_step(column: int) -> float:
+        """A counter column's growth over the window, per step, summed over the ranks (0 where absent)."""
+        total = 0.0
+        for part in ranks:
+            at = {c[0]: c[column] if len(c) > column else 0 for c in part["counts"]}
+            total += (at[last] - at[first]) / steps
+        return total
+    local = per_step(2)  # compress.peers=inter_node/auto: what every rank sent uncompressed inside its node
+    probe = per_step(4)  # compress.peers=auto: what every rank's link probes sent to the other node
     comp = summary.get("compression") or {}
     shape = ranks[0]
     raw_step = shape["batch_size"] * shape["emb_dim"] * 4 * shape["tables"]  # fp32, one direction, all destinations

@@ -84,6 +84,14 @@ class PeerRoutedCodec(ModeCodec):
         """What the exchange runs while every destination gets raw rows."""
         return AllRawRoute(self)
 
+    def count(self, raw: np.ndarray | list, sent: np.ndarray | list) -> None:
+        """One call's bytes per destination: uncompressed, and what was sent for them (the
+        policy's counts; ``bytes_local``: what stayed on this node)."""
+        self.counts.calls += 1
+        self.counts.raw += raw
+        self.counts.sent += sent
+        self.bytes_local += int(np.asarray(sent, dtype=np.float64)[np.asarray(self.local, dtype=bool)].sum())
+
     def take_counts(self) -> RouteCounts:
         counts, self.counts = self.counts, RouteCounts.empty(len(self.local))
         return counts
@@ -127,10 +135,7 @@ class PeerRoutedCodec(ModeCodec):
             ideal.append((inner.ideal if inner.ideal is not None else inner.sent)[at:at + n].to(torch.float64))
             ratio.append(None if inner.err_ratio is None else inner.err_ratio[at:at + n].to(torch.float64))
             at += n
-        self.counts.calls += 1
-        self.counts.raw += [part[m].numel() * x.element_size() for m in range(len(self.local))]
-        self.counts.sent += [len(msg) for msg in messages]
-        self.bytes_local += sum(len(msg) for msg, here in zip(messages, self.local) if here)
+        self.count([part[m].numel() * x.element_size() for m in range(len(self.local))], [len(msg) for msg in messages])
         if inner is not None and inner.nonfinite is not None:
             nonfinite = nonfinite + inner.nonfinite.to(torch.int64).cpu()
         keep_ratio = inner is None or inner.err_ratio is not None
@@ -185,11 +190,7 @@ class AllRawRoute(ModeCodec):
     def encode(self, x: torch.Tensor, eb: torch.Tensor | None, layout: ChunkLayout) -> Encoded:
         item = x.element_size()
         per_message = np.asarray(layout.message_rows, dtype=np.float64) * layout.dim * item
-        counts = self.routed.counts
-        counts.calls += 1
-        counts.raw += per_message
-        counts.sent += per_message
-        self.routed.bytes_local += int(per_message[np.asarray(self.routed.local, dtype=bool)].sum())
+        self.routed.count(per_message, per_message)
         sent = rows_bytes(layout, layout.dim * item, 0, x.device)
         return Encoded(x.reshape(-1), self.sizes(layout), sent=sent, ideal=sent,
                        err_ratio=torch.zeros_like(sent), nonfinite=(~torch.isfinite(x)).any().to(torch.int64))

@@ -306,3 +306,51 @@ def test_device_bag_sum_is_the_cpu_one():
     cpu = sum_by_bag(rows, torch.from_numpy(expand), total)
     device_path = sum_by_bag(rows, torch.from_numpy(expand), total, (torch.from_numpy(perm), torch.from_numpy(lengths)))
     assert torch.equal(cpu, device_path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_distinct_rows_kernel_equals_a_sort_per_chunk(data):
+    """``cpu_kernels.distinct_rows`` (the index's one pass) against ``np.unique`` per chunk: the
+    same distinct sets and counts, first occurrences in row order, every row pointing at a sent
+    row with its code, over codes across the whole int64 range (hash collisions forced by few
+    buckets: slices of 1 row up to 64)."""
+    from dlrm_comp.compress import cpu_kernels
+    t = data.draw(st.integers(1, 4))
+    edges = sorted(set(data.draw(st.lists(st.integers(1, 64), min_size=1, max_size=4))))
+    bounds = np.array([0, *edges], np.int64)
+    b = int(bounds[-1])
+    pool = data.draw(st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=6))
+    codes = np.array(data.draw(st.lists(st.sampled_from(pool), min_size=t * b, max_size=t * b)),
+                     np.int64).reshape(t, b)
+    w = len(bounds) - 1
+    first = np.full(t * b, -1, np.int64)
+    bag = np.full((t, b), -1, np.int64)
+    counts = np.zeros(t * w, np.int64)
+    total = cpu_kernels.distinct_rows(codes, bounds, first, bag, counts)
+    assert total == counts.sum()
+    pos = 0
+    for ti in range(t):
+        for q in range(w):
+            lo, hi = bounds[q], bounds[q + 1]
+            chunk = codes[ti, lo:hi]
+            n = counts[ti * w + q]
+            assert n == len(np.unique(chunk))
+            sent = first[pos:pos + n]
+            assert np.array_equal(sent, np.sort(np.unique(chunk, return_index=True)[1]) + lo)  # first occurrences
+            assert np.array_equal(codes[ti, sent[bag[ti, lo:hi]]], chunk)
+            pos += n
+
+
+@settings(max_examples=40, deadline=None)
+@given(r=st.integers(0, 50), d=st.integers(1, 9), total=st.integers(1, 12), seed=st.integers(0, 999),
+       wide=st.booleans())
+def test_sum_by_bag_on_the_cpu_equals_index_add_bit_for_bit(r, d, total, seed, wide):
+    """The numba row sums (``cpu_kernels.add_rows``) add in ``index_add_``'s order: bit-identical."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if wide else torch.float32
+    rows = torch.randn(r, d, generator=g, dtype=dtype) * torch.logspace(-3, 3, d, dtype=dtype)
+    expand = torch.randint(0, total, (r,), generator=g)
+    from dlrm_comp.exchange.dedup import sum_by_bag
+    got = sum_by_bag(rows, expand, total)
+    assert torch.equal(got, torch.zeros(total, d, dtype=dtype).index_add_(0, expand, rows))

@@ -177,3 +177,70 @@ if numba is not None:
             k = stop[r] - start[r]
             plane[r, start[r]:stop[r]] = values[pos:pos + k]
             pos += k
+
+
+def _njit(fn):
+    """Compiled with numba where it imports (a dependency); the same Python otherwise (slow, exact)."""
+    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+
+
+@_njit
+def distinct_rows(codes, bounds, first, bag, counts):  # pragma: no cover - compiled
+    """Bag deduplication's index in one pass (``exchange/dedup.py``): for every (table t, slice
+    q) chunk of ``codes [T, B]`` (slice q: rows ``bounds[q]:bounds[q+1]``), its distinct codes in
+    order of first occurrence. Writes the batch row of each distinct code's first occurrence to
+    ``first`` (chunk after chunk), each row's position among its chunk's distinct codes to
+    ``bag [T, B]``, and the distinct count of each chunk to ``counts [T*W]``; returns how many
+    ``first`` holds. An open-addressing hash table per chunk (stamped, never cleared): linear in
+    the rows, where a sort of the whole batch's (table, slice, code) keys took 1.9 ms at 26 x 2048."""
+    t_count = codes.shape[0]
+    w = len(bounds) - 1
+    widest = 1
+    for q in range(w):
+        widest = max(widest, bounds[q + 1] - bounds[q])
+    bits = 1
+    while (1 << bits) < 2 * widest:
+        bits += 1
+    mask = (1 << bits) - 1
+    shift = 64 - bits
+    keys = np.empty(1 << bits, np.int64)
+    value = np.empty(1 << bits, np.int64)
+    stamp = np.zeros(1 << bits, np.int64)
+    golden = np.int64(-7046029254386353131)  # 0x9E3779B97F4A7C15 = 2^64/phi: Fibonacci hashing (wrapping)
+    pos = 0
+    generation = 0
+    for t in range(t_count):
+        for q in range(w):
+            generation += 1
+            n = 0
+            for r in range(bounds[q], bounds[q + 1]):
+                k = codes[t, r]
+                h = ((k * golden) >> shift) & mask  # the product's top bits
+                while True:
+                    if stamp[h] != generation:
+                        stamp[h] = generation
+                        keys[h] = k
+                        value[h] = n
+                        first[pos + n] = r
+                        bag[t, r] = n
+                        n += 1
+                        break
+                    if keys[h] == k:
+                        bag[t, r] = value[h]
+                        break
+                    h = (h + 1) & mask
+            counts[t * w + q] = n
+            pos += n
+    return pos
+
+
+@_njit
+def add_rows(rows, target, out):  # pragma: no cover - compiled
+    """``out[target[i]] += rows[i]`` in row order (what ``index_add_`` computes on the CPU, in the
+    same order, so bit for bit; it ran at 2.3 ms against 0.3 for a Kaggle step's gradients)."""
+    for i in range(rows.shape[0]):
+        o = out[target[i]]
+        r = rows[i]
+        for j in range(rows.shape[1]):
+            o[j] += r[j]
+    return out

@@ -9,8 +9,8 @@ the transpose: the receiver sums the gradients of rows that share a bag, the own
 sum on the bag's first row (an EmbeddingBag gives identical bags identical Jacobians, so the
 owner's table gradient is the same up to the order of the float summation).
 
-The index is computed on the host from the ids (numpy: one sort over all tables per step, plus
-one per multi-hot table to rank its id sequences), never from device tensors: no host sync. Every
+The index is computed on the host from the ids (one linear pass over all tables per step, plus
+a sort per multi-hot table to rank its id sequences), never from device tensors: no host sync. Every
 rank holds the global batch here; with a TorchRec-style input distribution a receiver would hold
 its own samples' ids, which is all the receiving side needs.
 """
@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from dlrm_comp.compress import cpu_kernels
 
 
 @dataclass
@@ -98,51 +100,33 @@ def batch_codes(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor]
 
 def build_bag_index(indices: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor],
                     slices: list[tuple[int, int]], dedup: Sequence[bool]) -> BagIndex:
-    """The distinct bags of every (table, slice) of a batch, with one sort over all tables."""
+    """The distinct bags of every (table, slice) of a batch, in one linear pass over all tables
+    (``cpu_kernels.distinct_rows``: each chunk's bags in order of first occurrence)."""
     t_count, w = len(offsets), len(slices)
     b = slices[-1][1] if slices else 0
     codes, stable = batch_codes(indices, offsets, b, with_ids=True)
-    ids = codes
-    lo, hi = (int(codes.min()), int(codes.max())) if codes.size else (0, 0)
-    if (hi - lo + 1) * max(t_count * w, 1) >= 2**62:  # composite keys would overflow: dense ranks per table
-        codes = np.stack([np.unique(c, return_inverse=True)[1].reshape(-1) for c in codes]).astype(np.int64)
-        lo, hi = 0, int(codes.max())
-    codes = codes - lo  # >= 0 from here on
-    span = hi - lo + 1
-    widths = [hi_ - lo_ for lo_, hi_ in slices]
-    slice_of = np.repeat(np.arange(w), widths)
-    order, inverse, counts = _distinct(codes, slice_of, w, span)
+    bounds = np.array([0] + [hi for _, hi in slices], np.int64)
+    first_all = np.empty(t_count * b, np.int64)
+    bag_all = np.empty((t_count, b), np.int64)
+    counts = np.zeros(t_count * w, np.int64)
+    cpu_kernels.distinct_rows(np.ascontiguousarray(codes), bounds, first_all, bag_all, counts)
     distinct = counts.reshape(t_count, w)
     dedup = np.asarray(dedup, dtype=bool)
     chunk_start = np.concatenate([[0], np.cumsum(counts)])
-    table_start = chunk_start[np.arange(t_count) * w]
-    # each row's position among its chunk's distinct bags, for every table at once
-    bag_all = inverse.reshape(t_count, b) - chunk_start[np.arange(t_count)[:, None] * w + slice_of[None, :]]
     rows, local, starts = _identity(slices, t_count)
     firsts, bags, keys = [], [], []
     for t in range(t_count):
         if dedup[t]:
-            first, last = table_start[t], chunk_start[(t + 1) * w]
-            firsts.append(order[first:last] - t * b)
+            first, last = chunk_start[t * w], chunk_start[(t + 1) * w]
+            firsts.append(first_all[first:last])
             starts[t] = chunk_start[t * w:(t + 1) * w + 1] - first
             bags.append(bag_all[t])
-            keys.append(ids[t][firsts[-1]] if stable[t] else None)  # distinct per chunk: the cache's keys
+            keys.append(codes[t][firsts[-1]] if stable[t] else None)  # distinct per chunk: the cache's keys
         else:
             firsts.append(rows)
             bags.append(local)
             keys.append(None)
     return BagIndex(slices, dedup, distinct, firsts, starts, bags, keys=keys)
-
-
-def _distinct(codes: np.ndarray, slice_of: np.ndarray, w: int, span: int):
-    """Distinct (table, slice, code) keys of ``codes [T, B]``: the batch-flat row of each key's
-    first occurrence (keys in order), each row's key, and the keys per chunk."""
-    t_count, b = codes.shape
-    chunk = (np.arange(t_count)[:, None] * w + slice_of[None, :]).reshape(-1)
-    keys = chunk * span + codes.reshape(-1)
-    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    counts = np.bincount(uniq // span, minlength=t_count * w)
-    return first, inverse.reshape(-1), counts
 
 
 def _identity(slices: list[tuple[int, int]], num_tables: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -168,7 +152,11 @@ def sum_by_bag(rows: torch.Tensor, expand: torch.Tensor, total: int, sorted_orde
     where it would use atomics, ``segment_reduce`` over the rows sorted by target (``sorted_order``
     = ``(permutation, lengths)``, host-built) keeps it deterministic."""
     if sorted_order is None:
-        return rows.new_zeros(total, rows.shape[1]).index_add_(0, expand, rows)
+        out = rows.new_zeros(total, rows.shape[1])
+        if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64) and not rows.requires_grad:
+            cpu_kernels.add_rows(rows.contiguous().numpy(), expand.numpy(), out.numpy())  # index_add_'s order
+            return out
+        return out.index_add_(0, expand, rows)
     perm, lengths = sorted_order  # host-built, valid by construction: unsafe=True skips two host reads
     return torch.segment_reduce(rows.index_select(0, perm), "sum", lengths=lengths, axis=0, unsafe=True)
 

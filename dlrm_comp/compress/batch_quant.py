@@ -361,7 +361,8 @@ def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> 
     xn = x.detach().contiguous().numpy()
     c, n = xn.shape
     eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
-    mn, mx = xn.min(axis=1), xn.max(axis=1)  # numpy's SIMD reductions; NaN propagates as in torch
+    sent = np.full(c, n, np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    mn, mx = xn.min(axis=1), xn.max(axis=1)  # numpy's SIMD reductions (padding repeats its chunk: same range)
     with np.errstate(invalid="ignore", over="ignore"):
         p = chunk_params(_Numpy, mn.astype(np.float64), mx.astype(np.float64), eb.astype(np.float64), n,
                          torch.float32)
@@ -369,7 +370,6 @@ def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> 
     high = np.zeros((c, n), np.uint8)
     hist = np.zeros((c, 512), np.int64)
     entropy = np.zeros(c, np.float64)
-    sent = np.full(c, n, np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
     ok, err = cpu_kernels.quantize_rows(xn, p["valid"], p["min"], p["safe_step"], p["max_code"], p["eb_abs"],
                                         low, high, hist, entropy, sent)
     const = p["const"]
@@ -395,18 +395,20 @@ def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tens
 
 def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, bits: torch.Tensor,
                       low: torch.Tensor, high: torch.Tensor, raw: torch.Tensor, dtype: torch.dtype,
-                      base: torch.Tensor | None = None) -> torch.Tensor:
+                      base: torch.Tensor | None = None, counts: np.ndarray | None = None) -> torch.Tensor:
     """``dequantize_batch`` from the codes' byte planes (the fused loop for CPU float32, one
-    Triton launch on CUDA; behind the row cache, ``base``, the torch ops)."""
+    Triton launch on CUDA; behind the row cache, ``base``, the torch ops). ``counts`` (host):
+    the values of each row that are read afterwards; the fused loop leaves the rest zero."""
     if base is None and device_kernels.use_triton(low):
         from dlrm_comp.compress.device import quant as device_quant
         return device_quant.dequantize_planes(kind, minimum, step, bits, low, high, raw, dtype)
     if base is None and low.device.type == "cpu" and dtype == torch.float32 and cpu_kernels.available() \
             and low.shape[1]:
-        out = np.empty(low.shape, np.float32)
+        out = np.zeros(low.shape, np.float32)  # pages the loop never writes are never touched
+        read = np.full(len(out), out.shape[1], np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
         cpu_kernels.dequantize_rows(low.numpy(), high.numpy(), (bits > 8).numpy(), kind.to(torch.int64).numpy(),
                                     minimum.to(torch.float64).numpy(), step.to(torch.float64).numpy(),
-                                    raw.contiguous().numpy(), out)
+                                    raw.contiguous().numpy(), read, out)
         return torch.from_numpy(out)
     codes = low.to(torch.int32) | (high.to(torch.int32) << 8)
     return dequantize_batch(kind, minimum, step, codes, raw, dtype, base)

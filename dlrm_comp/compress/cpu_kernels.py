@@ -30,7 +30,8 @@ if numba is not None:
     def quantize_rows(x, valid, minimum, step, max_code, eb_abs, low, high, hist, entropy, counts):  # pragma: no cover
         """Codes (low/high byte planes), the check, byte-plane histograms and their order-0
         entropy in bytes (as ``BatchQuant.entropy_bytes`` computes it) over the first ``counts[r]``
-        values (the rest is padding that does not travel), per valid row.
+        values, per valid row. The rest of a row pads it (dedup's ragged chunks padded to the
+        widest: 1.7x the values on a Kaggle step) and is left as it is in the planes.
         Returns per row: True if the bound held (err < eb in float32), and the max error.
 
         Three passes, each one LLVM vectorises: codes with their reconstruction error into a
@@ -44,13 +45,14 @@ if numba is not None:
         for r in range(c):
             if not valid[r]:
                 continue
+            m = counts[r]
             m32 = np.float32(minimum[r])
             inv = np.float32(1.0 / step[r])
             s64 = step[r]
             m64 = minimum[r]
             top = np.float32(max_code[r])
             xr, lr, hr = x[r], low[r], high[r]
-            for i in range(n):
+            for i in range(m):
                 v = xr[i]
                 q = np.rint((v - m32) * inv)
                 q = min(max(q, np.float32(0.0)), top)  # NaN cannot occur in a valid row (its range is finite)
@@ -60,13 +62,12 @@ if numba is not None:
                 lr[i] = np.uint8(k & 255)
                 hr[i] = np.uint8(k >> 8)
             worst = np.int32(0)
-            for i in range(n):
+            for i in range(m):
                 worst = max(worst, bits[i])
             err = np.array([worst], np.int32).view(np.float32)[0]
             ok[r] = err < np.float32(eb_abs[r])
             err_out[r] = err
             hrow = hist[r]
-            m = counts[r]
             for i in range(m):
                 hrow[lr[i]] += 1
             if top > 255:
@@ -82,11 +83,13 @@ if numba is not None:
         return ok, err_out
 
     @numba.njit(cache=True, nogil=True)
-    def dequantize_rows(low, high, wide, kind, minimum, step, raw, out):  # pragma: no cover
-        """The receiver's values: float32(code*step + min) in float64 for QUANT rows, the
+    def dequantize_rows(low, high, wide, kind, minimum, step, raw, counts, out):  # pragma: no cover
+        """The receiver's values of the first ``counts[r]`` columns of each row (the rest pads
+        it and is left as it is): float32(code*step + min) in float64 for QUANT rows, the
         constant for CONST rows, the travelled values for RAW rows."""
-        c, n = out.shape
+        c = out.shape[0]
         for r in range(c):
+            n = counts[r]
             if kind[r] == _QUANT:
                 s64 = step[r]
                 m64 = minimum[r]

@@ -95,12 +95,15 @@ class ByteMessageCodec(ModeCodec):
                     expect_dtype=dtype)
         if tables is not None and rec.header["table"].astype(np.int64).tolist() != list(tables):
             raise CorruptPayloadError(f"message carries tables {rec.header['table'].tolist()}, expected {list(tables)}")
-        return unpad_chunks(reconstruct(rec, self.device), rec.header["rows"].astype(np.int64), dim)
+        rows = rec.header["rows"].astype(np.int64)
+        return unpad_chunks(reconstruct(rec, self.device, counts=rows * dim), rows, dim)
 
 
-def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None) -> torch.Tensor:
+def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None,
+                counts: np.ndarray | None = None) -> torch.Tensor:
     """The receiver's ``[C, N]`` values of a parsed message, on ``dev`` (``base``: the row
-    cache's copies the codes are differences from, ``[C, N]``)."""
+    cache's copies the codes are differences from, ``[C, N]``; ``counts``: the values of each
+    chunk read afterwards, the rest may be left zero)."""
     h = rec.header
     n = rec.low.shape[1]
     t = torch.from_numpy
@@ -116,4 +119,4 @@ def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None
     raw = raw.view(torch.bfloat16) if rec.dtype == torch.bfloat16 else raw
     return dequantize_planes(t(kind).to(dev), t(h["minimum"].astype(np.float64)).to(dev),
                              t(h["step"].astype(np.float64)).to(dev), t(bits).to(dev), low.to(dev),
-                             high.to(dev), raw.to(dev), rec.dtype, base)
+                             high.to(dev), raw.to(dev), rec.dtype, base, counts)

@@ -43,6 +43,9 @@ from dlrm_comp.compress.lossless import CodecCache, LosslessCodec
 from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.kinds import ChunkKind
 
+# the kinds as plain ints: numpy compares them without an enum lookup per use (Python 3.11's is slow)
+_RAW, _CONST, _QUANT, _SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT, ChunkKind.SZ))
+
 MAGIC, VERSION = 0xDB, 4
 PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 22, 16
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -102,11 +105,11 @@ def body_sizes(h: np.ndarray, cols: int, itemsize: int, sz: list[bytes] | None =
     kind, bits, layout = h["kind"].astype(np.int64), h["bits"].astype(np.int64), h["layout"].astype(np.int64)
     n = h["rows"].astype(np.int64) * cols
     quant = np.where(layout == 1, (n * bits + 7) // 8, np.where(bits > 8, 2 * n, n))
-    size = np.where(kind == ChunkKind.QUANT, quant, np.where(kind == ChunkKind.RAW, n * itemsize,
+    size = np.where(kind == _QUANT, quant, np.where(kind == _RAW, n * itemsize,
                                                          np.where(layout == 1, 0, n)))
     if sz is not None:
         szs = np.array([len(b) for b in sz], dtype=np.int64)
-        size = np.where(kind == ChunkKind.SZ, szs, size)
+        size = np.where(kind == _SZ, szs, size)
     return size
 
 
@@ -176,28 +179,28 @@ def _section_raw(hc: HostChunks, lo: int, hi: int) -> tuple[bytes, list[int]]:
     n = h["rows"].astype(np.int64) * hc.cols
     item = hc.raw.shape[1] // max(hc.rows * hc.cols, 1) if hc.raw is not None else 0
     parts = []
-    raw_rows = np.flatnonzero(kind == ChunkKind.RAW)
+    raw_rows = np.flatnonzero(kind == _RAW)
     if h["layout"][0] == 1:
-        lengths = np.where(kind == ChunkKind.QUANT, (n * bits + 7) // 8, 0)
+        lengths = np.where(kind == _QUANT, (n * bits + 7) // 8, 0)
         parts.append(_take(hc.low[lo:hi], 0, lengths))
     else:
         primary = hc.low[lo:hi]
-        if raw_rows.size or (kind == ChunkKind.CONST).any() or hc.sz is not None:  # a copy only to change rows
+        if raw_rows.size or (kind == _CONST).any() or hc.sz is not None:  # a copy only to change rows
             primary = primary.copy()
             if raw_rows.size:
                 primary[raw_rows] = hc.raw[lo + raw_rows, :primary.shape[1]]
-            primary[kind == ChunkKind.CONST] = 0
+            primary[kind == _CONST] = 0
             if hc.sz is not None:
-                primary[kind == ChunkKind.SZ] = 0
+                primary[kind == _SZ] = 0
         parts.append(_take(primary, 0, n))
-        wide = np.flatnonzero((kind == ChunkKind.QUANT) & (bits > 8))
+        wide = np.flatnonzero((kind == _QUANT) & (bits > 8))
         if wide.size:
             parts.append(_take(hc.high[lo + wide], 0, n[wide]))
     if raw_rows.size:
         start = np.zeros(raw_rows.size, np.int64) if h["layout"][0] == 1 else n[raw_rows]
         parts.append(_take(hc.raw[lo + raw_rows], start, n[raw_rows] * item))
     if hc.sz is not None:
-        parts += [np.frombuffer(hc.sz[lo + c], dtype=np.uint8) for c in np.flatnonzero(kind == ChunkKind.SZ)]
+        parts += [np.frombuffer(hc.sz[lo + c], dtype=np.uint8) for c in np.flatnonzero(kind == _SZ)]
     raw = b"".join(p.tobytes() for p in parts)
     if h["layout"][0] == 1 or not n.sum():
         return raw, [len(raw)]
@@ -374,21 +377,21 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
     width = m_rows * cols
     n = chunk_rows * cols
     kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
-    if n_chunks and (np.any(kind > ChunkKind.SZ) or np.any(bits > 16) or np.any(layout > 1)
+    if n_chunks and (np.any(kind > _SZ) or np.any(bits > 16) or np.any(layout > 1)
                      or np.any(np.diff(sec) < 0) or sec[0] != 0 or sec[-1] != n_sections - 1
                      or np.any(np.diff(sec) > 1)
                      or np.any((np.diff(layout.astype(np.int64)) != 0) & (np.diff(sec) == 0))):
         raise CorruptPayloadError("chunk table has out-of-range fields")
-    if np.any((kind == ChunkKind.SZ) & ((layout != 1) | (h["nbytes"] > n * item))):
+    if np.any((kind == _SZ) & ((layout != 1) | (h["nbytes"] > n * item))):
         raise CorruptPayloadError("SZ chunk with a bad layout or a body larger than its raw size")
     expect = body_sizes(h, cols, item)
-    fixed = kind != ChunkKind.SZ
+    fixed = kind != _SZ
     if np.any(h["nbytes"][fixed] != expect[fixed]):
         raise CorruptPayloadError("chunk body sizes do not match their kinds and widths")
     low = np.zeros((n_chunks, width), dtype=np.uint8)
     high = np.zeros((n_chunks, width), dtype=np.uint8)
     raw = np.zeros((n_chunks, width * item), dtype=np.uint8)
-    packed = np.zeros((n_chunks, 2 * width), dtype=np.uint8) if np.any((layout == 1) & (kind == ChunkKind.QUANT)) else None
+    packed = np.zeros((n_chunks, 2 * width), dtype=np.uint8) if np.any((layout == 1) & (kind == _QUANT)) else None
     sz_bodies: dict[int, bytes] = {}
     pos, lo = sections_at, 0
     for s in range(n_sections):
@@ -446,9 +449,9 @@ def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: np.ndarray, it
     """Inverse of ``_section_raw``: the stream of one section into the planes (``n`` values per chunk)."""
     kind, bits = h["kind"], h["bits"].astype(np.int64)
     k = len(h)
-    raw_rows = np.flatnonzero(kind == ChunkKind.RAW)
+    raw_rows = np.flatnonzero(kind == _RAW)
     if h["layout"][0] == 1:
-        lengths = np.where(kind == ChunkKind.QUANT, (n * bits + 7) // 8, 0)
+        lengths = np.where(kind == _QUANT, (n * bits + 7) // 8, 0)
         used = int(lengths.sum())
         if used:  # bit-packed codes (SZ and RAW chunks of this layout carry none)
             _put(packed[lo:lo + k], 0, lengths, stream[:used])
@@ -458,7 +461,7 @@ def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: np.ndarray, it
         used = int(n.sum())
         _put(low[lo:lo + k], 0, n, stream[:used])
         pos = used
-        wide = np.flatnonzero((kind == ChunkKind.QUANT) & (bits > 8))
+        wide = np.flatnonzero((kind == _QUANT) & (bits > 8))
         if wide.size:
             block = high[lo + wide]
             take = int(n[wide].sum())
@@ -477,7 +480,7 @@ def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: np.ndarray, it
         _put(block, start, stop, stream[pos:pos + take])
         raw[lo + raw_rows] = block
         pos += take
-    for c in np.flatnonzero(kind == ChunkKind.SZ):
+    for c in np.flatnonzero(kind == _SZ):
         nb = int(h["nbytes"][c])
         sz_bodies[lo + int(c)] = stream[pos:pos + nb].tobytes()
         pos += nb

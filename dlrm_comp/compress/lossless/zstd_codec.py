@@ -48,28 +48,33 @@ class ZstdCodec(LosslessCodec):
         return _contexts(self.level)[0].compress(buf)
 
     def compress_blocks(self, buf: bytes, blocks: list[int]) -> bytes:
-        """One frame, a zstd block per chunk (FLUSH_BLOCK): each chunk gets its own Huffman table,
-        as per-chunk DEFLATE did, at a few microseconds per block. Measured on trained debug
-        embeddings (26 chunks per destination stream): 11.95x vs 11.10x as one block at 1,024
-        codes per chunk, 14.3x vs 12.6x at 2,048; at 65,536 (the Terabyte shape) 25.9x vs
-        25.7x for 10% more time, so chunks above BLOCK_LIMIT bytes share zstd's own blocks."""
+        """A zstd frame per chunk, back to back: each chunk gets its own Huffman table, as
+        per-chunk DEFLATE did. Measured on trained debug embeddings (26 chunks per destination
+        stream): 11.95x vs 11.10x as one frame at 1,024 codes per chunk, 14.3x vs 12.6x at 2,048;
+        at 65,536 (the Terabyte shape) 25.9x vs 25.7x for 10% more time, so chunks above
+        BLOCK_LIMIT bytes share one frame. Frames rather than a block per chunk in one frame
+        (``FLUSH_BLOCK``): the one-shot call skips the streaming API's copy of its input, 25%
+        faster on 40 Kaggle-shaped gradient streams (359 to 448 MB/s, ratio 3.096 to 3.113)."""
         if len(blocks) <= 1 or len(buf) > BLOCK_LIMIT * len(blocks):
             return self.compress(buf, 1)
-        co = _contexts(self.level)[0].compressobj()
+        ctx = _contexts(self.level)[0]
         view = memoryview(buf)
         out, pos = [], 0
         for size in blocks:
-            out.append(co.compress(view[pos:pos + size]))
-            out.append(co.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+            out.append(ctx.compress(view[pos:pos + size]))
             pos += size
-        out.append(co.flush())
         return b"".join(out)
 
     def decompress(self, buf: bytes, nbytes: int) -> bytes:
+        """One frame or several back to back (``compress_blocks``), read across frames in C."""
         try:
-            out = _contexts(self.level)[1].decompress(buf, max_output_size=max(nbytes, 1))  # 0 means "unknown"
+            with _contexts(self.level)[1].stream_reader(buf, read_size=max(len(buf), 1), read_across_frames=True) as r:
+                out = r.read(nbytes)
+                rest = r.read(1) if len(out) == nbytes else b""
         except zstandard.ZstdError as e:
             raise CorruptPayloadError(f"zstd: {e}") from None
+        if rest:
+            raise CorruptPayloadError(f"zstd: more than the {nbytes} bytes expected")
         return check_size(self.name, out, nbytes)
 
     def header_params(self) -> bytes:

@@ -149,6 +149,68 @@ def test_powersgd_switched_off_adds_its_residual_back_once():
     assert torch.equal(again.buffer(), grads) and psgd.state.iter == 9
 
 
+class _Head(torch.nn.Module):
+    """A dense head as the settle pass calls it: (dense, pooled embeddings) -> logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+    def forward(self, dense, pooled):
+        return self.mlp(torch.cat([dense, *pooled], 1)).squeeze(1)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A one-rank gloo group in this process (as TorchRec's one-process runs make), gone after."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_the_hook_switches_settings_and_loses_no_gradient_to_powersgd(one_rank_group):
+    """The one hook on a real DDP head (one rank), its setting switched between steps as auto
+    switches it: each off step delivers the gradient exactly; PowerSGD's steps deliver less
+    (their residual pending); the first step after PowerSGD adds the residual back, so from then
+    the gradients delivered sum to the true ones exactly: switching loses nothing. Bytes per
+    setting are counted."""
+    import copy
+    from types import SimpleNamespace
+    from torch.nn.parallel import DistributedDataParallel
+    from dlrm_comp.train.allreduce import AllreduceCompression
+    from dlrm_comp.train.powersgd import bucket_kwargs
+    torch.manual_seed(0)
+    head = _Head()
+    plain = copy.deepcopy(head)  # the true gradients (nothing is stepped)
+    ddp = DistributedDataParallel(head, **bucket_kwargs("auto", head))
+    trainer = SimpleNamespace(parallel=SimpleNamespace(head=ddp), iterations=100, rank=0, start_iteration=0,
+                              device=torch.device("cpu"), source=SimpleNamespace(cardinalities=[10, 10]),
+                              cfg=SimpleNamespace(data=SimpleNamespace(num_dense=8), model=SimpleNamespace(emb_dim=4)))
+    hook = AllreduceCompression("auto", powersgd_rank=1, powersgd_start_iter=2)
+    hook.bind(trainer)
+    delivered = [torch.zeros_like(p) for p in head.parameters()]
+    true = [torch.zeros_like(p) for p in head.parameters()]
+    schedule = ["off", "off", "powersgd", "powersgd", "powersgd", "off", "off", "powersgd", "powersgd", "off"]
+    for step, setting in enumerate(schedule):
+        hook.setting = setting
+        dense, pooled, y = torch.randn(8, 8), [torch.randn(8, 4), torch.randn(8, 4)], torch.rand(8)
+        for module, sums in ((ddp, delivered), (plain, true)):
+            torch.nn.functional.binary_cross_entropy_with_logits(module(dense, pooled), y).backward()
+            for total, p in zip(sums, module.parameters()):
+                total += p.grad
+                p.grad = None
+        exact = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(delivered, true))
+        pending = bool(hook.powersgd.state.error_dict)
+        assert exact == (setting == "off") and pending == (setting == "powersgd"), (step, setting)
+    assert hook.powersgd.state.iter == len(schedule)
+    assert {c: v["steps"] for c, v in hook.by_setting.items()} == {"off": 5, "fp16": 0, "powersgd": 5}
+    counts = hook.by_setting
+    assert counts["off"]["bytes_sent"] == counts["off"]["bytes_raw"] > 4 * counts["powersgd"]["bytes_sent"]
+
+
 # ------------------------------------------------------------------ config
 def test_auto_is_accepted_and_an_unknown_value_lists_it(tiny_cfg):
     assert tiny_cfg("dist.allreduce_compression=auto").dist.allreduce_compression == "auto"

@@ -33,7 +33,7 @@ class AllreduceCompression(TrainingExtension):
         self.setting = self.candidates[0]  # what the hook runs this step (auto: its policy's, switched between steps)
         self.policy = None  # auto's decisions (built at bind, when PowerSGD's start is known)
         self.seed = seed
-        self.bytes_raw = self.bytes_sent = 0
+        # per setting: steps run, bytes handed to the hook and bytes it handed to the wire
         self.by_setting = {c: {"steps": 0, "bytes_raw": 0, "bytes_sent": 0} for c in self.candidates}
         self.powersgd = None
         self.trainer = None
@@ -63,8 +63,6 @@ class AllreduceCompression(TrainingExtension):
             buffer = bucket.buffer()
             raw = buffer.numel() * buffer.element_size()  # before the send: PowerSGD reuses the buffer
             future, sent = sends[setting](bucket)
-            self.bytes_raw += raw
-            self.bytes_sent += sent
             counts = self.by_setting[setting]
             counts["bytes_raw"] += raw
             counts["bytes_sent"] += sent
@@ -75,6 +73,14 @@ class AllreduceCompression(TrainingExtension):
             cfg = trainer.cfg
             self.powersgd.settle(head, cfg.data.num_dense, len(trainer.source.cardinalities), cfg.model.emb_dim,
                                  trainer.device)
+
+    @property
+    def bytes_raw(self) -> int:
+        return sum(c["bytes_raw"] for c in self.by_setting.values())
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(c["bytes_sent"] for c in self.by_setting.values())
 
     @staticmethod
     def _plain(setting: str) -> Callable:
@@ -137,8 +143,7 @@ class AllreduceCompression(TrainingExtension):
         return {"allreduce": section}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {**self.settings, "bytes_raw": self.bytes_raw, "bytes_sent": self.bytes_sent,
-                 "by_setting": {c: dict(v) for c, v in self.by_setting.items()}}
+        state = {**self.settings, "by_setting": {c: dict(v) for c, v in self.by_setting.items()}}
         if self.powersgd is not None:
             state["powersgd"] = self.powersgd.state_dict()
         if self.policy is not None:
@@ -148,8 +153,9 @@ class AllreduceCompression(TrainingExtension):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Called before ``bind``; another setting (--resume-allow) starts its counts and state afresh."""
         if all(state.get(k) == v for k, v in self.settings.items()):
-            self.bytes_raw, self.bytes_sent = state.get("bytes_raw", 0), state.get("bytes_sent", 0)
-            for c, counts in state.get("by_setting", {}).items():
+            old = {"steps": 0, "bytes_raw": state.get("bytes_raw", 0), "bytes_sent": state.get("bytes_sent", 0)}
+            saved = state.get("by_setting") or {self.mode: old}  # a checkpoint from before the counts per setting
+            for c, counts in saved.items():
                 if c in self.by_setting:
                     self.by_setting[c].update(counts)
             self._saved = state.get("powersgd")

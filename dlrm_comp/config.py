@@ -70,7 +70,8 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd")  # dist.allreduce_compression (train/allreduce.py)
+# dist.allreduce_compression (train/allreduce.py; auto: chosen by measurement, train/allreduce_policy.py)
+ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd", "auto")
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
 PEERS = ("all", "inter_node", "auto")  # compress.peers (compress/codecs/peers.py, train/peer_policy.py)
 INTER_NODE_MODES = ("off", *BYTE_MESSAGES)  # the modes compress.peers=inter_node and auto route (off: nothing to route)
@@ -390,11 +391,12 @@ class DistConfig:
     # model.backend=torchrec: the table-wise plan handed to DistributedModelParallel, `ours`
     # (dist.sharding's placement as a ShardingPlan) or `planner` (TorchRec's planner, table-wise)
     torchrec_plan: str = "ours"
-    # DDP's dense allreduce through torch's communication hooks: off | fp16 | bf16 | powersgd
+    # DDP's dense allreduce through torch's communication hooks: off | fp16 | bf16 | powersgd | auto
+    # (auto: off, fp16 or powersgd, whichever its trials at print intervals measure fastest)
     allreduce_compression: str = "off"
-    # powersgd: the rank of each gradient matrix's approximation, and the first iteration it
-    # compresses (plain allreduce before: torch asks for about 10% of the steps; 0 = 10% of
-    # the run's iterations, at least 2)
+    # powersgd (and auto's PowerSGD): the rank of each gradient matrix's approximation, and the
+    # first iteration it compresses (plain allreduce before: torch asks for about 10% of the
+    # steps; 0 = 10% of the run's iterations, at least 2; auto tries PowerSGD from there on)
     powersgd_rank: int = 1
     powersgd_start_iter: int = 0
 

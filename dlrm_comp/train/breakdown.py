@@ -49,6 +49,7 @@ class StepBreakdown:
         self._engine_done = None
         self.run_sums = dict.fromkeys(("step_s", *PHASES), 0.0)
         self.exchange_s: dict[str, float] | None = None  # the last interval's exchange s/step per direction
+        self.last: dict[str, float] | None = None  # the last interval's step and phases, s/step (None: no step)
         self.run_steps = 0
 
     # ------------------------------------------------------------------ marks, within a step
@@ -134,6 +135,7 @@ class StepBreakdown:
             means = self.reduce(means)
         self.exchange_s = {"fwd": means[-2], "bwd": means[-1]} if n else None  # codec included: what a route costs
         out = dict(zip(("step_s", *PHASES), means[:-2]))
+        self.last = dict(out) if n else None
         for key, value in out.items():
             self.run_sums[key] += value * n
         self.run_steps += n

@@ -187,8 +187,9 @@ def _allreduce_extensions(cfg, world_size: int, rank: int) -> list[TrainingExten
         return []
     if world_size == 1:  # no DDP, no allreduce: merely useless, so a warning
         if rank == 0:
-            print(f"warning: dist.allreduce_compression={d.allreduce_compression} does nothing in one process "
-                  "(there is no allreduce)", file=sys.stderr, flush=True)
+            what = ("is useless in one process: there is no allreduce to choose a setting for"
+                    if d.allreduce_compression == "auto" else "does nothing in one process (there is no allreduce)")
+            print(f"warning: dist.allreduce_compression={d.allreduce_compression} {what}", file=sys.stderr, flush=True)
         return []
     from dlrm_comp.train.allreduce import AllreduceCompression
     return [AllreduceCompression(d.allreduce_compression, d.powersgd_rank, d.powersgd_start_iter, cfg.train.seed)]

@@ -76,6 +76,23 @@ def decide(speedup: float, compressing: bool | None) -> bool:
     return speedup >= 1.0 / HYSTERESIS if compressing else speedup > HYSTERESIS
 
 
+def first_unmeasured(candidates, seconds: dict[str, float]) -> str | None:
+    """The first of ``candidates`` with no measurement in ``seconds`` yet: the next trial (None: all measured)."""
+    return next((c for c in candidates if c not in seconds), None)
+
+
+def keep_or_switch(seconds: dict[str, float], incumbent: str) -> str:
+    """The measured fastest of ``seconds`` (setting -> seconds per step) where it beats the
+    ``incumbent`` by more than ``HYSTERESIS``, else the incumbent: a switch either way needs a
+    5% gain, so noise around a tie does not flip the choice at every interval. The trials of
+    ``compress.peers=auto`` (raw against the model's route) and of ``dist.allreduce_compression=auto``
+    (``train/allreduce_policy.py``) both decide by it."""
+    best = min(seconds, key=seconds.__getitem__)
+    if incumbent not in seconds:
+        return best
+    return best if best != incumbent and seconds[best] * HYSTERESIS < seconds[incumbent] else incumbent
+
+
 def rank_row(counts: RouteCounts, local: list[bool]) -> list[float]:
     """One rank's counts of one direction, in ``FIELDS`` order (what every rank gathers)."""
     here = np.asarray(local)
@@ -135,12 +152,11 @@ class PeerPolicy:
         key = self._key(model)
         if key == "raw" or all(speedup.get(c, math.inf) >= CLEAR for c in self.classes if model[c]):
             return key, False
-        for trial in ("raw", key):
-            if trial not in self.seconds[d]:
-                return trial, True
-        t_raw, t_model = self.seconds[d]["raw"], self.seconds[d][key]
-        faster = t_model * HYSTERESIS < t_raw if self.route[d] == "raw" else t_model < t_raw * HYSTERESIS
-        return (key if faster else "raw"), False
+        trial = first_unmeasured(("raw", key), self.seconds[d])
+        if trial is not None:
+            return trial, True
+        measured = {r: self.seconds[d][r] for r in ("raw", key)}
+        return keep_or_switch(measured, "raw" if self.route[d] == "raw" else key), False
 
     def apply(self, exchange) -> None:
         for d in self.directions:

@@ -36,7 +36,7 @@ def bucket_kwargs(allreduce_compression: str, head: nn.Module) -> dict[str, Any]
     collective and bucket 0's second in different orders, and gloo matches collectives by launch
     order ("Received data size doesn't match expected size", seen on the Kaggle shape's two
     buckets). With one bucket every collective of the step is launched in one chain."""
-    if allreduce_compression != "powersgd":
+    if allreduce_compression not in ("powersgd", "auto"):  # auto: PowerSGD is one of its candidates
         return {}
     size = sum(p.numel() * p.element_size() for p in head.parameters())
     return {"bucket_cap_mb": size / 2 ** 20 + 1}  # an explicit cap applies to DDP's first bucket too
@@ -69,6 +69,26 @@ class PowerSGD:
         future = psgd.powerSGD_hook(self.state, bucket)
         sent = self.state.total_numel_after_compression - before
         return future, (sent or buffer.numel()) * buffer.element_size()
+
+    def idle(self, bucket) -> None:
+        """This step's allreduce is another setting's (``dist.allreduce_compression=auto``).
+
+        PowerSGD's error feedback holds, per bucket, what its last compressed step left out of
+        each rank's gradient (the rank's gradient less the decompressed mean). Switched off, that
+        residual is added back, once, to the rank's bucket before the other setting's allreduce,
+        and dropped from the state: the mean of the ranks' residuals is exactly what the
+        compressed steps had not yet delivered, so nothing of the gradient is lost and nothing is
+        added twice. Switched on again, PowerSGD starts its error feedback from zero (torch's
+        hook creates it), its warm-start factors kept (any start is valid; a warm one converges
+        sooner). Its iteration counter advances as if it ran, so ``dist.powersgd_start_iter``
+        counts the run's steps whatever travelled."""
+        if self.settling:
+            return
+        self._check_layout(bucket)
+        residual = self.state.error_dict.pop(bucket.index(), None)
+        if residual is not None:
+            bucket.buffer().add_(residual)
+        self.state.maybe_increase_iter(bucket)
 
     def _check_layout(self, bucket) -> None:
         names = tuple(self.names[p] for p in bucket.parameters())

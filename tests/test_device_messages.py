@@ -128,6 +128,25 @@ def test_the_device_path_round_trips_within_the_bound_and_equals_the_host_path_b
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_device_path_over_the_triton_kernels_equals_the_host_path(dtype):
+    """The Triton quantizer's and reconstruction's planes (through Triton's interpreter on the
+    CPU; compiled on a GPU host) assemble and parse as the torch path's do."""
+    pytest.importorskip("triton", exc_type=ImportError)
+    from dlrm_comp.compress.device import device_kernels
+    lay = layout(2, [np.array([3, 5]), np.array([5, 1])], 4)
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(int(lay.chunk_rows.sum()), 4, generator=g) * 3).to(dtype)
+    x[:3] = 1.5  # a constant chunk
+    x[8, 2] = float("inf")  # a RAW chunk
+    eb = torch.tensor([0.02, 0.01, 0.001, 0.05], dtype=torch.float64)
+    with device_kernels("triton"):
+        y, enc = roundtrip(codec("device", 2), x, eb, lay)
+    with device_kernels("torch"):
+        y_ref, _ = roundtrip(codec("host", 2, IdentityCodec()), x, eb, lay)
+    assert enc.device_messages and same_bits(y, y_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_statistics_split_each_message_over_its_chunks(dtype):
     g = torch.Generator().manual_seed(1)
     lay = layout(3, [np.array([4, 2, 4]), np.array([1, 4, 3])], 8)

@@ -74,6 +74,8 @@ class DeviceLayout:
     chunk_message: torch.Tensor  # [C] int64: each chunk's message
     gather: torch.Tensor | None  # [V] int64 positions in the flat [C * N] planes (None: every chunk full)
     width: int  # N: the padded planes' width (values)
+    body: torch.Tensor  # [C] float64: each chunk's plane bytes (s x its values)
+    framing: torch.Tensor  # [C] float64: its entry and its share of its message's header
 
     @property
     def item(self) -> int:
@@ -106,10 +108,13 @@ def device_layout(tables: list[list[int]], rows: list[np.ndarray], dim: int, dty
         gather = np.repeat(starts, n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
         gather = to_device(torch.from_numpy(gather.astype(np.int64)), device)
     t = torch.from_numpy
+    item = _ITEMSIZE[dtype]
+    framing = np.repeat(HEADER / np.maximum(np.asarray(counts, np.float64), 1), counts) + ENTRY
     return DeviceLayout(dtype, counts, values, sizes, to_device(t(head.copy()), device), to_device(t(fixed), device),
                         to_device(t(_FIXED.copy()), device),
                         to_device(t(np.repeat(np.arange(len(counts)), counts).astype(np.int64)), device),
-                        gather, u * dim)
+                        gather, u * dim, to_device(t((chunk_rows * dim * item).astype(np.float64)), device),
+                        to_device(t(framing.astype(np.float64)), device))
 
 
 def _f32_bytes(v: torch.Tensor) -> torch.Tensor:

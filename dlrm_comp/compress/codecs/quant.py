@@ -86,11 +86,8 @@ class QuantCodec(ByteMessageCodec):
         coded, sizes = stage.encode(device_wire.assemble(q, chunks, lay), lay.sizes)
         self.plan.device_stage = stage.name
         dev = x.device
-        body = to_device(torch.from_numpy((rows * dim * lay.item).astype(np.float64)), dev)
         ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes().to(dev),
-                            torch.where(q.kind == ChunkKind.RAW, body, 0.0))
-        per_chunk = np.repeat(device_wire.HEADER / np.maximum(lay.counts, 1), lay.counts) + device_wire.ENTRY
-        ideal = ideal + to_device(torch.from_numpy(per_chunk.astype(np.float64)), dev)
+                            torch.where(q.kind == ChunkKind.RAW, lay.body, 0.0)) + lay.framing
         msg = lay.chunk_message
         total = torch.zeros(len(sizes), dtype=torch.float64, device=dev).index_add_(0, msg, ideal)
         coded_t = to_device(torch.tensor(sizes, dtype=torch.float64), dev)

@@ -459,30 +459,27 @@ class RunConfig:
                               f"chunks per table (compress.chunks); use at least {self.compress.chunks} rows")
         return self
 
-    def _device_path_blockers(self) -> list[str]:
+    def _check_message_path(self) -> None:
+        """``compress.message_path=device`` carries codec's plain messages only: refused, naming
+        the setting, with what it does not carry (the row cache's flags, bit-packed codes, routing
+        per peer, slot sizes, per-table host coders, SZ3 bodies)."""
         c = self.compress
-        return [key for key, on in (
+        if c.message_path != "device":
+            return
+        blockers = [key for key, on in (
             ("compress.row_cache=on", c.row_cache == "on"), ("compress.layout=bitpack", c.layout == "bitpack"),
             (f"compress.peers={c.peers}", c.peers != "all"),
             ("dist.size_exchange=slots", self.dist.size_exchange == "slots"),
             ("adaptive.lossless_tuning=true", bool(self.adaptive.lossless_tuning)),
             (f"compress.mode={c.mode}", c.mode == "sz"),
             (f"compress.backward.mode={c.backward.mode}", c.backward.mode == "sz")) if on]
-
-    def _check_message_path(self) -> None:
-        """``compress.message_path=device`` carries codec's plain messages only: refused, naming
-        the setting, with what it does not carry (the row cache's flags, bit-packed codes, routing
-        per peer, slot sizes, per-table host coders, SZ3 bodies)."""
-        if self.compress.message_path != "device":
-            return
-        blockers = self._device_path_blockers()
         if blockers:
             raise ConfigError(f"compress.message_path: 'device' does not carry {blockers[0]} (the device message "
                               "format holds codec's byte planes only); accepted values with it: host, auto")
-        if "codec" not in (self.compress.mode, self.compress.backward.mode):
+        if "codec" not in (c.mode, c.backward.mode):
             raise ConfigError(f"compress.message_path: 'device' is codec mode's message path, and neither "
-                              f"compress.mode={self.compress.mode!r} nor compress.backward.mode="
-                              f"{self.compress.backward.mode!r} is codec; accepted values with them: host, auto")
+                              f"compress.mode={c.mode!r} nor compress.backward.mode={c.backward.mode!r} is codec; "
+                              "accepted values with them: host, auto")
 
     def _check_adaptive_modes(self) -> None:
         """The closed loop moves error bounds and the tuner picks lossless stages: refused for a

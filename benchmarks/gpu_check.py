@@ -56,7 +56,8 @@ from dlrm_comp.compress.batch_quant import quantize_batch  # noqa: E402
 from dlrm_comp.compress.codecs.offline import roundtrip  # noqa: E402
 from dlrm_comp.compress.timing import best_time  # noqa: E402
 
-MODES = ["off", "simulate", "codec", "codec+dedup", "fp16", "bf16", "fp8", "int8", "mx4"]
+# codec: compress.message_path=auto, the device message path on CUDA with nvcomp; codec+host: the host path beside it
+MODES = ["off", "simulate", "codec", "codec+host", "codec+dedup", "fp16", "bf16", "fp8", "int8", "mx4"]
 CONFIGS = {"debug": ("configs/debug.yaml", []),
            "terabyte": ("configs/terabyte.yaml", ["data.max_ind_range=200000"])}
 LINKS_GBIT = (100, 200, 400)
@@ -191,7 +192,7 @@ def codecs(device: torch.device, quick: bool) -> list[dict]:
     dim = 16 if quick else 64
     chunks = [c.reshape(-1, dim) for c in x]
     rows = []
-    for mode in [m for m in MODES if m not in ("off", "codec+dedup")]:
+    for mode in [m for m in MODES if m != "off" and "+" not in m]:
         rt = roundtrip(mode, chunks, 0.02, reps=2 if quick else 5)
         tc, td = rt.bytes_raw / rt.enc_s, rt.bytes_raw / rt.dec_s
         rows.append({"mode": mode, "cr": rt.cr, "encode_GBps": tc / 1e9, "decode_GBps": td / 1e9,

@@ -49,7 +49,7 @@ class QuantCodec(ByteMessageCodec):
         would send the codes uncoded: the host path's zstd is better there). ``device`` with a
         setting this path does not carry is refused, never quietly changed."""
         path = getattr(self.plan, "message_path", "host") if self.plan is not None else "host"
-        if path == "host":
+        if path == "host" or (path == "auto" and not x.is_cuda):
             return False
         blockers = [why for why, on in (
             ("compress.row_cache=on", self.stage is not None),

@@ -191,6 +191,14 @@ def test_a_forced_device_path_refuses_what_it_does_not_carry():
     assert not auto.device_path(torch.zeros(1))  # auto: the device path only for CUDA rows (with nvcomp)
 
 
+def test_pieces_are_aligned_for_the_batched_device_coder():
+    buf = torch.arange(23, dtype=torch.uint8)
+    flat, offsets = device_wire.aligned(buf, [5, 0, 16, 2], align=8)
+    assert offsets == [0, 8, 8, 24] and flat.numel() == 32
+    for (at, size), start in zip(((0, 5), (5, 0), (5, 16), (21, 2)), offsets):
+        assert torch.equal(flat[start:start + size], buf[at:at + size])
+
+
 # ----------------------------------------------------------------------------- the exchange
 def exchange(tables: int, dedup: bool, fwd: str = "codec", bwd: str = "codec", path: str = "device"):
     plan = CompressionPlan(DirectionPlan(fwd, tables, eb_rel=[0.02] * tables, message_path=path,

@@ -249,6 +249,22 @@ class IdentityStage(DeviceStage):
         return coded
 
 
+def aligned(buf: torch.Tensor, sizes: list[int], align: int = 16) -> tuple[torch.Tensor, list[int]]:
+    """``buf``'s consecutive pieces of ``sizes`` bytes, each moved to start at a multiple of
+    ``align`` (zero gaps; one ``cat``), and their new offsets: nvcomp's batched calls want aligned
+    inputs, while messages (and the all-to-all's received ones) sit back to back at any byte."""
+    pieces, offsets, at, out = [], [], 0, 0
+    gap = torch.zeros(align, dtype=torch.uint8, device=buf.device)
+    for size in sizes:
+        offsets.append(out)
+        pieces.append(buf[at:at + size])
+        pad = -size % align
+        if pad:
+            pieces.append(gap[:pad])
+        at, out = at + size, out + size + pad
+    return (torch.cat(pieces) if pieces else buf[:0]), offsets
+
+
 class NvcompStage(DeviceStage):  # pragma: no cover - CUDA and the nvidia-nvcomp wheel only
     """nvcomp's ANS over every destination's message in one batched call each way
     (``nvcomp.as_arrays(buffer, offsets, sizes)``: a ``BatchArray`` over one contiguous buffer).
@@ -274,8 +290,10 @@ class NvcompStage(DeviceStage):  # pragma: no cover - CUDA and the nvidia-nvcomp
         return codec
 
     def _batch(self, buf: torch.Tensor, sizes: list[int]):
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist() if sizes else []
-        return self.nvcomp.as_arrays(buf, offsets, list(sizes))
+        """A ``BatchArray`` over ``buf``'s pieces, each moved to a 16-byte boundary first."""
+        flat, offsets = aligned(buf.contiguous(), list(sizes))
+        self._keep = flat  # nvcomp's arrays view it: alive until the call returns
+        return self.nvcomp.as_arrays(flat, offsets, list(sizes))
 
     def _flat(self, arrays, dev) -> tuple[torch.Tensor, list[int]]:
         parts = [torch.as_tensor(a, device=dev).view(torch.uint8).reshape(-1) for a in arrays]
@@ -283,11 +301,11 @@ class NvcompStage(DeviceStage):  # pragma: no cover - CUDA and the nvidia-nvcomp
             [int(p.numel()) for p in parts]
 
     def encode(self, buf: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, list[int]]:
-        return self._flat(self._codec().encode(self._batch(buf.contiguous(), sizes)), buf.device)
+        return self._flat(self._codec().encode(self._batch(buf, sizes)), buf.device)
 
     def decode(self, coded: torch.Tensor, coded_sizes: list[int], sizes: list[int]) -> torch.Tensor:
         try:
-            out, got = self._flat(self._codec().decode(self._batch(coded.contiguous(), coded_sizes)), coded.device)
+            out, got = self._flat(self._codec().decode(self._batch(coded, coded_sizes)), coded.device)
         except Exception as e:  # noqa: BLE001
             raise CorruptPayloadError(f"nvcomp: {e}") from None
         if got != list(sizes):

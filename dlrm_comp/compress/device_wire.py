@@ -89,11 +89,11 @@ def device_layout(tables: list[list[int]], rows: list[np.ndarray], dim: int, dty
         raise TypeError(f"device messages carry {', '.join(map(str, DTYPES))}, not {dtype}")
     counts = [len(t) for t in tables]
     chunk_rows = np.concatenate([np.asarray(r, np.int64) for r in rows]) if rows else np.zeros(0, np.int64)
-    if len(chunk_rows) > 0xFFFF * max(len(tables), 1) or any(c > 0xFFFF for c in counts) or dim > 0xFFFF:
-        raise ValueError(f"a device message holds at most 65535 chunks of at most 65535 columns, got "
-                         f"{max(counts, default=0)} x {dim}")
     values = [int(np.asarray(r, np.int64).sum()) * dim for r in rows]
     sizes = [message_bytes(c, v, dtype) for c, v in zip(counts, values)]
+    if any(c > 0xFFFF for c in counts) or dim > 0xFFFF or any(size >= 2**32 for size in sizes):
+        raise ValueError(f"a device message holds at most 65535 chunks of at most 65535 columns in under 4 GiB, "
+                         f"got {max(counts, default=0)} chunks x {dim} columns, {max(sizes, default=0)} bytes")
     head = np.frombuffer(b"".join(_HEADER.pack(MAGIC, VERSION, DTYPES.index(dtype), 0, c, dim, v, s)
                                   for c, v, s in zip(counts, values, sizes)), np.uint8).reshape(-1, HEADER)
     fixed = np.zeros((len(chunk_rows), ENTRY), np.uint8)

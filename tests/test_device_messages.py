@@ -354,3 +354,18 @@ def test_the_device_path_on_cuda_with_nvcomp_round_trips_bit_identical_to_the_ho
     y_host, _ = roundtrip(codec("host", 3), x, eb, lay)
     assert same_bits(y.cpu(), y_host)
     c.check_messages()
+
+
+def test_routing_per_peer_keeps_the_codec_on_the_host_path():
+    """`compress.peers` routes host wire messages: the exchange marks its codec host-only (where
+    `auto` then stays on the host path, even on CUDA) and a forced `device` is refused (the config
+    refuses it at load too)."""
+    for path in ("auto", "device"):
+        plan = CompressionPlan(DirectionPlan("codec", 2, eb_rel=[0.02] * 2, message_path=path),
+                               DirectionPlan("off", 2))
+        ex = Exchange(LoopbackTransport(2, "cpu"), [0, 0], 8, plan, CompressionRecorder(2), local_peers=[True, False])
+        base, _ = inputs(2)
+        assert ex.codec(plan.fwd).inner.host_only == "compress.peers routing"
+        if path == "device":
+            with pytest.raises(ValueError, match="does not carry compress.peers routing"):
+                ex(list(base.unbind(0)), compress=True)

@@ -369,3 +369,17 @@ def test_routing_per_peer_keeps_the_codec_on_the_host_path():
         if path == "device":
             with pytest.raises(ValueError, match="does not carry compress.peers routing"):
                 ex(list(base.unbind(0)), compress=True)
+
+
+def test_auto_takes_the_device_path_for_cuda_rows_only_where_nvcomp_imports(monkeypatch):
+    class CudaRows:  # what `device_path` reads of the rows
+        is_cuda = True
+    c = build_codec("codec", DirectionPlan("codec", 2, message_path="auto"), None, "cpu")
+    monkeypatch.setattr(device_wire, "nvcomp_ready", lambda: False)
+    assert not c.device_path(CudaRows())  # without nvcomp the identity stage would send the codes uncoded
+    monkeypatch.setattr(device_wire, "nvcomp_ready", lambda: True)
+    assert c.device_path(CudaRows()) and not c.device_path(torch.zeros(1))
+    c.host_only = "dist.size_exchange=slots"
+    assert not c.device_path(CudaRows())
+    packed = build_codec("codec", DirectionPlan("codec", 2, message_path="auto", bitpack=[False, True]), None, "cpu")
+    assert not packed.device_path(CudaRows())

@@ -351,7 +351,8 @@ def table(report: dict) -> str:
         def fmt(v):
             return f"{v:.2f}" if isinstance(v, float) else str(v)
         lines.append(f"codec on the device path ({d['stage']}): cr {d['cr']:.2f} (zstd-1 {fmt(d['zstd1_cr'])}, host "
-                     f"path {fmt(d['host_path_cr'])})  enc {d['encode_GBps']:.2f} GB/s  dec {d['decode_GBps']:.2f} GB/s  "
+                     f"path {fmt(d['host_path_cr'])})  enc {d['encode_GBps']:.2f} GB/s  "
+                     f"dec {d['decode_GBps']:.2f} GB/s  "
                      "speedup@100/200/400 Gbit/s " + " ".join(f"{d[f'speedup_{g}gbit']:.2f}" for g in LINKS_GBIT))
     return "\n".join(lines)
 

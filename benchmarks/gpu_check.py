@@ -15,6 +15,12 @@
 3. `codecs`: every mode's whole codec (`compress/codecs/offline.roundtrip`: quantize, assemble,
    lossless, and back) on the same chunks: ratio, encode and decode GB/s, max error / bound, and
    the modeled speedup `1 / (1/CR + B (1/Tc + 1/Td))` at 100, 200 and 400 Gbit/s per GPU.
+3b. `device_codec`: `codec` on its device message path (`compress.message_path=device`,
+   `compress/device_wire.py`) over the same chunks as two destinations' messages (26 tables x 2,
+   1024 x 64 each): encode (quantize, assemble, the one lossless call: nvcomp ANS on CUDA where
+   the `gpu` extra imports, else the identity stage) and decode GB/s of fp32 input, its ratio
+   beside zstd level 1 on the same uncoded messages (a call per destination, on the host) and the
+   host path's own ratio, and the modeled speedup at 100, 200 and 400 Gbit/s from those figures.
 4. `distributed`: torchrun with NCCL at world size 1 (NCCL refuses two ranks on one GPU), and two
    gloo ranks with CUDA compute, each training the debug config with compression.
 5. `cuda_tests`: the suite's CUDA-only tests (`pytest -m cuda`); tests needing optional packages
@@ -50,7 +56,8 @@ from dlrm_comp.compress.batch_quant import quantize_batch  # noqa: E402
 from dlrm_comp.compress.codecs.offline import roundtrip  # noqa: E402
 from dlrm_comp.compress.timing import best_time  # noqa: E402
 
-MODES = ["off", "simulate", "codec", "codec+dedup", "fp16", "bf16", "fp8", "int8", "mx4"]
+# codec: compress.message_path=auto, the device message path on CUDA with nvcomp; codec+host: the host path beside it
+MODES = ["off", "simulate", "codec", "codec+host", "codec+dedup", "fp16", "bf16", "fp8", "int8", "mx4"]
 CONFIGS = {"debug": ("configs/debug.yaml", []),
            "terabyte": ("configs/terabyte.yaml", ["data.max_ind_range=200000"])}
 LINKS_GBIT = (100, 200, 400)
@@ -185,13 +192,73 @@ def codecs(device: torch.device, quick: bool) -> list[dict]:
     dim = 16 if quick else 64
     chunks = [c.reshape(-1, dim) for c in x]
     rows = []
-    for mode in [m for m in MODES if m not in ("off", "codec+dedup")]:
+    for mode in [m for m in MODES if m != "off" and "+" not in m]:
         rt = roundtrip(mode, chunks, 0.02, reps=2 if quick else 5)
         tc, td = rt.bytes_raw / rt.enc_s, rt.bytes_raw / rt.dec_s
         rows.append({"mode": mode, "cr": rt.cr, "encode_GBps": tc / 1e9, "decode_GBps": td / 1e9,
                      "max_err_ratio": rt.max_err_ratio,
                      **{f"speedup_{g}gbit": speedup(rt.cr, tc, td, g * 1e9 / 8) for g in LINKS_GBIT}})
     return rows
+
+
+def device_codec(device: torch.device, quick: bool) -> dict:
+    """`codec`'s device message path on the Terabyte step's forward (see the module docstring)."""
+    import numpy as np
+    from dlrm_comp.compress import device_wire
+    from dlrm_comp.compress.codecs.base import ChunkLayout
+    from dlrm_comp.compress.device.throughput import step_batch
+    from dlrm_comp.compress.modes import build_codec
+    from dlrm_comp.exchange.plan import DirectionPlan
+    chunks, n = QUICK_SHAPE if quick else STEP_SHAPE
+    dim = 16 if quick else 64
+    tables, rows = chunks // 2, n // dim
+    x = step_batch(device, chunks, n).reshape(-1, dim)
+    eb = torch.full((chunks,), 0.02, dtype=torch.float64, device=device)
+    lay = ChunkLayout([list(range(tables))] * 2, [np.full(tables, rows, np.int64)] * 2,
+                      [(0, rows), (rows, 2 * rows)], dim)
+    plan = DirectionPlan("codec", tables, eb_rel=[0.02] * tables, message_path="device")
+    codec = build_codec("codec", plan, None, device)
+    reps = 3 if quick else 20
+    enc, enc_s = best_time(lambda: codec.encode(x, eb, lay), reps, device=device)
+    got = device_wire.DeviceReceived(enc.payload, enc.sizes)
+    y, dec_s = best_time(lambda: codec.decode(got, lay, x.dtype), reps, device=device)
+    codec.check_messages()
+    nbytes = x.numel() * x.element_size()
+    cr = nbytes / sum(enc.sizes)
+    err = float(enc.err_ratio.max())
+    tc, td = nbytes / enc_s, nbytes / dec_s
+    out = {"shape": [chunks, n], "messages": 2, "stage": plan.device_stage, "cr": cr,
+           "encode_GBps": tc / 1e9, "decode_GBps": td / 1e9, "max_err_ratio": err,
+           "bit_identical_to_host_path": None, "zstd1_cr": None, "cr_vs_zstd1": None, "host_path_cr": None,
+           **{f"speedup_{g}gbit": speedup(cr, tc, td, g * 1e9 / 8) for g in LINKS_GBIT}}
+    raw = device_wire.assemble(*_quantized(codec, x, eb, lay))  # the uncoded messages
+    try:
+        import zstandard
+        zc = zstandard.ZstdCompressor(level=1)
+        host = raw.cpu().numpy().tobytes()
+        at = np.concatenate([[0], np.cumsum(codec._device_layout(lay, x.dtype, device).sizes)])
+        z = sum(len(zc.compress(host[a:b])) for a, b in zip(at[:-1], at[1:]))
+        out["zstd1_cr"] = nbytes / z
+        out["cr_vs_zstd1"] = cr / out["zstd1_cr"]
+    except ImportError:
+        out["zstd1_cr"] = "zstandard not installed"
+    try:
+        host_plan = DirectionPlan("codec", tables, eb_rel=[0.02] * tables, message_path="host")
+        host_codec = build_codec("codec", host_plan, None, device)
+        henc = host_codec.encode(x, eb, lay)
+        out["host_path_cr"] = nbytes / sum(len(m) for m in henc.messages)
+        y_host = host_codec.decode(henc.messages, lay, x.dtype)
+        out["bit_identical_to_host_path"] = bool(torch.equal(y.view(torch.int32), y_host.view(torch.int32)))
+    except ImportError as e:  # the default host coder's package absent on a bare GPU host
+        out["host_path_cr"] = f"not measured: {e}"
+    return out
+
+
+def _quantized(codec, x, eb, lay):
+    from dlrm_comp.compress.batch_quant import quantize_batch
+    from dlrm_comp.compress.codecs.base import pad_chunks
+    chunks, counts = pad_chunks(x, lay.chunk_rows, lay.dim)
+    return quantize_batch(chunks, eb, counts), chunks, codec._device_layout(lay, x.dtype, x.device)
 
 
 # ----------------------------------------------------------------------------- 4. distributed
@@ -279,6 +346,14 @@ def table(report: dict) -> str:
         lines.append(f"codec {r['mode']:<9} cr {r['cr']:6.2f}  enc {r['encode_GBps']:7.2f} GB/s  dec "
                      f"{r['decode_GBps']:7.2f} GB/s  speedup@100/200/400 Gbit/s " +
                      " ".join(f"{r[f'speedup_{g}gbit']:.2f}" for g in LINKS_GBIT))
+    d = report.get("device_codec")
+    if d:
+        def fmt(v):
+            return f"{v:.2f}" if isinstance(v, float) else str(v)
+        lines.append(f"codec on the device path ({d['stage']}): cr {d['cr']:.2f} (zstd-1 {fmt(d['zstd1_cr'])}, host "
+                     f"path {fmt(d['host_path_cr'])})  enc {d['encode_GBps']:.2f} GB/s  "
+                     f"dec {d['decode_GBps']:.2f} GB/s  "
+                     "speedup@100/200/400 Gbit/s " + " ".join(f"{d[f'speedup_{g}gbit']:.2f}" for g in LINKS_GBIT))
     return "\n".join(lines)
 
 
@@ -310,6 +385,7 @@ def main() -> None:
                                 2 if args.quick else 10, device, quick)
         report["stages"] = stages(device, args.quick)
         report["codecs"] = codecs(device, args.quick)
+        report["device_codec"] = device_codec(device, args.quick)
         if not args.skip_distributed:
             report["distributed"] = distributed(device, 20 if args.quick else 100)
         if not args.skip_tests:

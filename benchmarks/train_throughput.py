@@ -88,10 +88,13 @@ class Run:
 
 def mode_overrides(label: str) -> list[str]:
     """``codec`` -> compress.mode=codec; ``codec+dedup`` also switches bag deduplication on;
-    ``codec+dedup+cache`` the row cache too."""
+    ``codec+dedup+cache`` the row cache too; ``codec+host`` / ``codec+device`` pin
+    ``compress.message_path`` (the default, ``auto``, takes the device path on CUDA with nvcomp)."""
     mode, _, extra = label.partition("+")
-    if extra not in ("", "dedup", "dedup+cache"):
-        raise SystemExit(f"--modes: {label!r}: the only suffixes are +dedup and +dedup+cache")
+    if extra not in ("", "dedup", "dedup+cache", "host", "device"):
+        raise SystemExit(f"--modes: {label!r}: the only suffixes are +dedup, +dedup+cache, +host and +device")
+    if extra in ("host", "device"):
+        return [f"compress.mode={mode}", f"compress.message_path={extra}"]
     return [f"compress.mode={mode}"] + (["compress.dedup=on"] if extra else []) + \
         (["compress.row_cache=on"] if extra.endswith("cache") else [])
 

@@ -73,6 +73,7 @@ def yaml_load(text: str):
 # dist.allreduce_compression (train/allreduce.py; auto: chosen by measurement, train/allreduce_policy.py)
 ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd", "auto")
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
+MESSAGE_PATHS = ("host", "device", "auto")  # compress.message_path (compress/device_wire.py)
 PEERS = ("all", "inter_node", "auto")  # compress.peers (compress/codecs/peers.py, train/peer_policy.py)
 INTER_NODE_MODES = ("off", *BYTE_MESSAGES)  # the modes compress.peers=inter_node and auto route (off: nothing to route)
 DATA_SOURCES = ("synthetic", "criteo")
@@ -304,6 +305,11 @@ class CompressConfig:
     # direction: where the speedup model says it pays, re-decided at print intervals); the last two
     # for byte-message modes codec and sz, dist.size_exchange=exact
     peers: str = "all"
+    # codec mode: where its messages are assembled and coded. `host` (the wire format, the codes on
+    # the host, each table's lossless stage), `device` (compress/device_wire.py: device ops and one
+    # lossless call per direction on the device, nvcomp's ANS on CUDA, the identity stage where
+    # nvcomp is absent) or `auto` (device for rows on CUDA where nvcomp imports, host otherwise)
+    message_path: str = "auto"
     print_tables: bool = True
     decay: DecaySchedule = field(default_factory=DecaySchedule)
     lossless: LosslessConfig = field(default_factory=LosslessConfig)
@@ -315,6 +321,7 @@ class CompressConfig:
         _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES + TORCHREC_QCOMM_MODES)
         _choice("compress.layout", self.layout, ("bytes", "bitpack"))
         _choice("compress.peers", self.peers, PEERS)
+        _choice("compress.message_path", self.message_path, MESSAGE_PATHS)
         if self.peers != "all":
             for key, mode in (("compress.mode", self.mode), ("compress.backward.mode", self.backward.mode)):
                 if mode not in INTER_NODE_MODES:
@@ -441,6 +448,7 @@ class RunConfig:
                               "set train.iterations to a positive count")
         self._check_torchrec_qcomm()
         self._check_adaptive_modes()
+        self._check_message_path()
         if self.compress.peers != "all" and self.dist.size_exchange != "exact":
             raise ConfigError(f"compress.peers: {self.compress.peers} sends uncompressed messages without the "
                               "wire's preamble, which dist.size_exchange=slots reads for a message's length; use "
@@ -452,6 +460,28 @@ class RunConfig:
             raise ConfigError(f"adaptive.probe_batch: the probe (one process) sends what training sends, {self.compress.chunks} "
                               f"chunks per table (compress.chunks); use at least {self.compress.chunks} rows")
         return self
+
+    def _check_message_path(self) -> None:
+        """``compress.message_path=device`` carries codec's plain messages only: refused, naming
+        the setting, with what it does not carry (the row cache's flags, bit-packed codes, routing
+        per peer, slot sizes, per-table host coders, SZ3 bodies)."""
+        c = self.compress
+        if c.message_path != "device":
+            return
+        blockers = [key for key, on in (
+            ("compress.row_cache=on", c.row_cache == "on"), ("compress.layout=bitpack", c.layout == "bitpack"),
+            (f"compress.peers={c.peers}", c.peers != "all"),
+            ("dist.size_exchange=slots", self.dist.size_exchange == "slots"),
+            ("adaptive.lossless_tuning=true", bool(self.adaptive.lossless_tuning)),
+            (f"compress.mode={c.mode}", c.mode == "sz"),
+            (f"compress.backward.mode={c.backward.mode}", c.backward.mode == "sz")) if on]
+        if blockers:
+            raise ConfigError(f"compress.message_path: 'device' does not carry {blockers[0]} (the device message "
+                              "format holds codec's byte planes only); accepted values with it: host, auto")
+        if "codec" not in (c.mode, c.backward.mode):
+            raise ConfigError(f"compress.message_path: 'device' is codec mode's message path, and neither "
+                              f"compress.mode={c.mode!r} nor compress.backward.mode={c.backward.mode!r} is codec; "
+                              "accepted values with them: host, auto")
 
     def _check_adaptive_modes(self) -> None:
         """The closed loop moves error bounds and the tuner picks lossless stages: refused for a

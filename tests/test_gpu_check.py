@@ -34,6 +34,9 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     assert {"codec", "fp16", "fp8", "int8", "mx4", "simulate"} <= set(codecs)
     assert all(r["max_err_ratio"] is None or r["max_err_ratio"] <= 1.0 for r in codecs.values())
     assert codecs["fp16"]["cr"] == 2.0 and all("speedup_100gbit" in r for r in codecs.values())
+    dev = report["device_codec"]  # codec's device message path (the identity stage on the CPU)
+    assert dev["stage"] == "identity" and dev["bit_identical_to_host_path"] is True and dev["max_err_ratio"] <= 1.0
+    assert dev["encode_GBps"] > 0 and dev["decode_GBps"] > 0 and "speedup_100gbit" in dev and "cr_vs_zstd1" in dev
     world1, two = report["distributed"]
     assert world1["returncode"] == 0 and world1["result"]["slots"]["backward_ok"], world1
     assert two["returncode"] == 0 and two["max_err_ratio"] <= 1.0, two

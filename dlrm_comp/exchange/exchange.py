@@ -100,6 +100,11 @@ class Exchange:
         codec = self._mode_codecs.get(key)
         if codec is None:
             codec = build_codec(plan.mode, plan, self.codecs, self.transport.device)
+            if hasattr(codec, "host_only"):  # the device message path carries neither of these
+                if self.sender.size_exchange == "slots" and not self.loopback:
+                    codec.host_only = "dist.size_exchange=slots"
+                if self.local_peers is not None:
+                    codec.host_only = "compress.peers routing"
             if self.local_peers is not None and codec.byte_messages:
                 codec = PeerRoutedCodec(codec, self.local_peers, self.raw_peers.get(self._direction(plan)))
             self._mode_codecs[key] = codec
@@ -242,7 +247,11 @@ class Exchange:
         if not plan.byte_messages:
             raise ValueError(f"encode: only byte modes build messages, not {plan.mode!r}")
         lay = self.layout(self.bag_index(pooled[0].shape[0], bags), plan)
-        return self._encode(self._owner_rows(list(pooled), lay), lay.owner, plan, "fwd", bounds).messages
+        enc = self._encode(self._owner_rows(list(pooled), lay), lay.owner, plan, "fwd", bounds)
+        if enc.device_messages:
+            raise ValueError("encode: the forward took the device message path (compress.message_path); host wire "
+                             "messages need compress.message_path=host")
+        return enc.messages
 
     def decode(self, messages: Sequence[bytes], rows: Sequence[int | np.ndarray]) -> list[torch.Tensor]:
         """Each message's travelling rows ``[R_m, d]`` (the receiver's side of ``encode``;
@@ -350,7 +359,9 @@ class Exchange:
         if count:  # training traffic (evaluation batches are neither compressed nor counted)
             self.wire_raw += int(out.full_rows.sum()) * self.dim * flat.element_size()
             self.wire_sent += sum(enc.sizes) * (1 if codec.byte_messages else enc.payload.element_size())
-        if codec.byte_messages:
+        if enc.device_messages:  # the device message path: the payload stays on the device
+            receive = self.sender.send_device(enc.payload, enc.sizes, direction, async_op)
+        elif codec.byte_messages:
             receive = self.sender.send(enc.messages, direction, async_op)
         else:
             receive = self.transport.exchange(enc.payload, enc.sizes, codec.sizes(inc), async_op).wait
@@ -387,8 +398,13 @@ class Exchange:
         self._nonfinite = nonfinite if self._nonfinite is None else self._nonfinite + nonfinite
 
     def check_finite(self) -> None:
-        """Raise NonFiniteError if a device-side exchange saw NaN/Inf chunks since the last check."""
+        """Raise NonFiniteError if a device-side exchange saw NaN/Inf chunks since the last check,
+        and CorruptPayloadError if a device message failed its checks (``QuantCodec.check_messages``)."""
         pending, self._nonfinite = self._nonfinite, None
+        for codec in list(self._mode_codecs.values()):  # device messages that failed their checks
+            check = getattr(codec, "check_messages", None)
+            if check is not None:
+                check()
         if pending is not None and int(pending):
             raise NonFiniteError(int(pending), -1)
 

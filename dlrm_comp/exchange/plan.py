@@ -23,11 +23,17 @@ class DirectionPlan:
     nonfinite: str = "error"  # NONFINITE_POLICIES: "error" stops the run, "passthrough" sends such chunks raw
     version: int = 0  # bumped by set_coder: the exchange memoises message layouts on it
     row_cache_rows: int = 0  # the row cache's rows per table and destination (forward; 0: no cache)
+    # codec mode: where messages are assembled and coded (compress.message_path: host | device | auto;
+    # auto: the device path for rows on CUDA where nvcomp imports, compress/device_wire.py)
+    message_path: str = "auto"
+    device_stage: str | None = None  # the device path's lossless stage while it runs (labels), None: host
 
     def __post_init__(self) -> None:
         mode(self.mode)  # ValueError naming the valid modes
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"compress.nonfinite: must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
+        if self.message_path not in ("host", "device", "auto"):
+            raise ValueError(f"compress.message_path: must be one of host, device, auto, got {self.message_path!r}")
         n = self.num_tables
         self.eb_rel = list(self.eb_rel) or [0.01] * n
         self.coders = list(self.coders) or [build_lossless(DEFAULT_LOSSLESS) for _ in range(n)]
@@ -66,6 +72,8 @@ class DirectionPlan:
     def codec_name(self, table: int) -> str:
         if self.mode != "codec":
             return self.mode
+        if self.device_stage is not None:
+            return f"codec:device+{self.device_stage}"
         return f"codec:{'bitpack+' if self.bitpack[table] else ''}{self.coders[table].spec.label()}"
 
     def codec_names(self) -> list[str]:

@@ -5,6 +5,9 @@ byte all-to-all. ``slots``: fixed per-pair slots instead of the size all-to-all;
 is a capacity both sides compute from the sizes they already saw (``SlotSizer``), a message is
 zero-padded to its slot, its real length travels in its preamble, and what exceeds the slot
 follows point-to-point: one collective instead of two, the padding reported as ``bytes_pad``.
+
+``send_device``: the device message path's (``compress/device_wire.py``) messages, already one
+flat device tensor with host sizes: the ``exact`` protocol, its receive splits the one host read.
 """
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from dlrm_comp.compress.device_wire import DeviceReceived
 from dlrm_comp.compress.wire import PREAMBLE, message_length
+from dlrm_comp.runtime import to_device
 
 SIZE_EXCHANGES = ("exact", "slots")
 
@@ -50,6 +55,19 @@ class MessageSender:
             starts = np.concatenate([[0], np.cumsum(out_splits)]).astype(np.int64)
             return [host[starts[p]:starts[p + 1]] for p in range(len(out_splits))]
         return finish
+
+    def send_device(self, payload: torch.Tensor, sizes: list[int], direction: str,
+                    async_op: bool = False) -> Callable[[], DeviceReceived]:
+        """The device messages of one direction (``payload``: message after message, on the
+        transport's device; ``sizes`` their lengths): W int64 in one small all-to-all, one host
+        read of the receive splits, then the byte all-to-all. The payload never leaves the device."""
+        dev = self.transport.device
+        recv_sizes = self.transport.exchange_sizes(to_device(torch.tensor(list(sizes), dtype=torch.int64), dev))
+        self.bytes_meta += 0 if self.loopback else 8 * len(sizes)
+        out_splits = recv_sizes.tolist()  # the one host read of the direction: the receive splits
+        self.host_syncs += 1
+        handle = self.transport.exchange(payload, list(sizes), out_splits, async_op)
+        return lambda: DeviceReceived(handle.wait(), out_splits)
 
     def _send_slots(self, messages: list[bytes], direction: str, async_op: bool) -> Callable[[], list]:
         sizer = self._sizers.setdefault(direction, SlotSizer(len(messages)))

@@ -30,6 +30,8 @@ class CompressionExtension(TrainingExtension):
         self.world_size, self.rank = world_size, rank
         self.bounds = BoundControl(cfg, self.adaptive, self.cardinalities, world_size)
         self.plan = build_plan(cfg, len(self.cardinalities))
+        if self.adaptive.lossless_tuning and cfg.message_path == "auto":  # the tuner picks host coders per table
+            self.plan.fwd.message_path = self.plan.bwd.message_path = "host"
         first = self.bounds.step_bounds(0)  # the configured default for a call without StepBounds (tools, probes)
         self.plan.fwd.eb_rel, self.plan.bwd.eb_rel = first.fwd.tolist(), first.bwd.tolist()
         self.codecs = TableCodecs(self.adaptive, self.plan.fwd, world_size, tuning=cfg.mode == "codec")

@@ -24,9 +24,10 @@ def build_plan(cfg: CompressConfig, num_tables: int) -> CompressionPlan:
     coder = build_coder(cfg.lossless.name, cfg.lossless.params)
     bitpack = cfg.layout == "bitpack"
     fwd = DirectionPlan(cfg.mode, num_tables, coders=[coder] * num_tables, bitpack=[bitpack] * num_tables,
-                        nonfinite=cfg.nonfinite, row_cache_rows=cfg.row_cache_rows if cfg.row_cache == "on" else 0)
+                        nonfinite=cfg.nonfinite, row_cache_rows=cfg.row_cache_rows if cfg.row_cache == "on" else 0,
+                        message_path=cfg.message_path)
     bwd = DirectionPlan(cfg.backward.mode, num_tables, coders=[coder] * num_tables,
-                        bitpack=[bitpack] * num_tables, nonfinite=fwd.nonfinite)
+                        bitpack=[bitpack] * num_tables, nonfinite=fwd.nonfinite, message_path=cfg.message_path)
     bad = [t for t in cfg.dedup_tables if t >= num_tables]
     if bad:
         raise ConfigError(f"compress.dedup_tables: {bad} are not tables of this model (0..{num_tables - 1})")

@@ -76,6 +76,8 @@ class Encoded:
     nonfinite: torch.Tensor | None = None
     messages: list[bytes] | None = None
     hits: torch.Tensor | None = None  # [C] rows the row cache served (only a flag travelled); None: no cache
+    device_messages: bool = False  # byte messages that stay on the device: ``payload`` holds them, message
+    # after message (``device_wire.py``), ``sizes`` their coded lengths (host ints); ``messages`` is None
 
 
 class ModeCodec:

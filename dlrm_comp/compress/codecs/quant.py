@@ -4,14 +4,22 @@ stage over a destination's whole stream: the bytes that really travel.
 Per step and direction: ``quantize_batch`` on the device over every (table x destination) chunk
 (padded to one width by repeating their own rows) -> the chunk table and code planes on the host
 in one copy -> one lossless call per (message, section) -> ``wire.assemble``. A message's chunks
-are grouped by lossless stage and code layout (a section each), stable within a stage."""
+are grouped by lossless stage and code layout (a section each), stable within a stage.
+
+The device message path (``compress.message_path``; ``compress/device_wire.py``): the same
+quantizer, then every destination's message assembled by device ops in a format whose size
+follows from the layout, one lossless call per direction on the device (nvcomp's ANS on CUDA,
+the identity stage elsewhere), and the receiver parses by device ops and reconstructs with the
+same ``dequantize_planes``. No host copy of the codes; the one host read per direction is the
+size protocol's (``sizes.MessageSender.send_device``)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlrm_comp.compress.batch_quant import ChunkKind, quantize_batch
+from dlrm_comp.compress import device_wire
+from dlrm_comp.compress.batch_quant import ChunkKind, dequantize_planes, quantize_batch
 from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, pad_chunks, unpad_chunks
 from dlrm_comp.compress.codecs.cache_stage import message_flags
 from dlrm_comp.compress.codecs.messages import ByteMessageCodec, reconstruct
@@ -27,6 +35,85 @@ class QuantCodec(ByteMessageCodec):
 
     name = "codec"
     row_cache = True
+    host_only: str | None = None  # why the messages must be host wire messages (set by the exchange), None: free
+
+    def __init__(self, plan=None, cache=None, device="cpu"):
+        super().__init__(plan, cache, device)
+        self._stages: dict = {}  # device -> its DeviceStage
+        self._bad: torch.Tensor | None = None  # device count of device messages that failed their checks
+
+    # ------------------------------------------------------------------ the device message path
+    def device_path(self, x: torch.Tensor) -> bool:
+        """Whether this call's messages take the device path: ``compress.message_path`` (the
+        plan's), ``auto`` = rows on CUDA where nvcomp imports (without nvcomp the identity stage
+        would send the codes uncoded: the host path's zstd is better there). ``device`` with a
+        setting this path does not carry is refused, never quietly changed."""
+        path = getattr(self.plan, "message_path", "host") if self.plan is not None else "host"
+        if path == "host" or (path == "auto" and not x.is_cuda):
+            return False
+        blockers = [why for why, on in (
+            ("compress.row_cache=on", self.stage is not None),
+            ("compress.layout=bitpack", any(self.plan.bitpack)),
+            (self.host_only, self.host_only is not None)) if on]
+        if path == "auto":
+            return x.is_cuda and device_wire.nvcomp_ready() and not blockers
+        if blockers:
+            raise ValueError(f"compress.message_path=device does not carry {blockers[0]}; accepted values with it: "
+                             "host, auto")
+        return True
+
+    def device_stage(self, device) -> device_wire.DeviceStage:
+        key = str(device)
+        stage = self._stages.get(key)
+        if stage is None:
+            stage = self._stages[key] = device_wire.default_stage(device)
+        return stage
+
+    def _device_layout(self, layout: ChunkLayout, dtype: torch.dtype, device) -> device_wire.DeviceLayout:
+        key = ("device", tuple(map(tuple, layout.tables)), layout.chunk_rows.tobytes(), layout.dim, dtype, str(device))
+        return self._memo_get(key, lambda: device_wire.device_layout(layout.tables, layout.rows, layout.dim,
+                                                                     dtype, device))
+
+    def _encode_device(self, x: torch.Tensor, eb: torch.Tensor, layout: ChunkLayout) -> Encoded:
+        """Quantize, assemble every destination's message and code them all in one call, on
+        ``x``'s device; per-chunk statistics as device tensors (the coded bytes of a message are
+        split over its chunks by their order-0 entropy, as the host path does)."""
+        rows, dim = layout.chunk_rows, layout.dim
+        chunks, counts = pad_chunks(x, rows, dim)
+        q = quantize_batch(chunks, eb, counts)
+        lay = self._device_layout(layout, x.dtype, x.device)
+        stage = self.device_stage(x.device)
+        coded, sizes = stage.encode(device_wire.assemble(q, chunks, lay), lay.sizes)
+        self.plan.device_stage = stage.name
+        dev = x.device
+        ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes().to(dev),
+                            torch.where(q.kind == ChunkKind.RAW, lay.body, 0.0)) + lay.framing
+        msg = lay.chunk_message
+        total = torch.zeros(len(sizes), dtype=torch.float64, device=dev).index_add_(0, msg, ideal)
+        coded_t = to_device(torch.tensor(sizes, dtype=torch.float64), dev)
+        sent = ideal / total.index_select(0, msg).clamp_min(1e-300) * coded_t.index_select(0, msg)
+        return Encoded(coded, list(sizes), sent=sent, ideal=ideal, err_ratio=q.error_ratio(), nonfinite=q.nonfinite,
+                       device_messages=True)
+
+    def _decode_device(self, got: device_wire.DeviceReceived, layout: ChunkLayout,
+                       dtype: torch.dtype | None) -> torch.Tensor:
+        dtype = dtype or torch.float32
+        dev = got.buffer.device
+        lay = self._device_layout(layout, dtype, dev)
+        p = device_wire.parse(self.device_stage(dev).decode(got.buffer, got.sizes, lay.sizes), lay)
+        values = dequantize_planes(p.kind, p.minimum, p.step, p.bits, p.low, p.high, p.raw, dtype)
+        values = values.masked_fill(p.bad[:, None], float("nan"))  # a failed message never decodes to numbers
+        bad = p.bad.sum()
+        self._bad = bad if self._bad is None else self._bad + bad
+        return unpad_chunks(values, layout.chunk_rows, layout.dim).to(self.device)
+
+    def check_messages(self) -> None:
+        """Raise CorruptPayloadError if a device message failed its checks since the last call
+        (the count stays on the device until the statistics are read: no per-step host read)."""
+        pending, self._bad = self._bad, None
+        if pending is not None and int(pending):
+            raise CorruptPayloadError(f"{int(pending)} chunks of device messages failed their checks (header or "
+                                      "chunk table not what the layout expects): messages corrupted")
 
     def memo_key(self):
         return id(self.plan), self.plan.version
@@ -73,6 +160,10 @@ class QuantCodec(ByteMessageCodec):
 
     # ------------------------------------------------------------------ behind the row cache
     def encode(self, x: torch.Tensor, eb: torch.Tensor, layout: ChunkLayout) -> Encoded:
+        if self.device_path(x):
+            return self._encode_device(x, eb, layout)
+        if self.plan is not None:
+            self.plan.device_stage = None
         if self.stage is None or not self.stage.active(layout):
             return super().encode(x, eb, layout)
         sections, coders = self.sections(layout)
@@ -127,6 +218,8 @@ class QuantCodec(ByteMessageCodec):
         return hc, ideal, q.error_ratio(), q.nonfinite, hits_dev, flag_bytes
 
     def decode(self, received, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
+        if isinstance(received, device_wire.DeviceReceived):
+            return self._decode_device(received, layout, dtype)
         if self.stage is None or not self.stage.active(layout):
             return super().decode(received, layout, dtype)
         cache, step = self.stage.begin("recv", layout)

@@ -85,12 +85,14 @@ def test_auto_probes_a_real_link_and_its_bytes_are_accounted(link_run):
     auto = next(r for r in payload["results"] if r["mode"] == "codec+bwd+dedup+auto")
     low, high = WIRE_MARGIN
     assert low <= auto["wire"]["tc_over_expected"] <= high, auto["wire"]
-    assert auto["wire"]["probe_bytes_per_step"] == 0  # its one probe ran at the first decision, before the window
+    assert auto["wire"]["probe_bytes_per_step"] > 0  # probed at the first decision, and at the 9th: in the window
     records = [json.loads(line) for line in (out / "runs/modes/debug/1gbit/codec+bwd+dedup+auto/metrics.jsonl")
                .read_text().splitlines()]
     peers = [r for r in records if r["kind"] == "peers"]
-    assert len(peers) == 5 and peers[0]["probe_bytes"] > 0  # one per print interval (8 steps)
-    assert all(r["probe_bytes"] is None for r in peers[1:])  # the link is probed again at the 8th decision
+    assert len(peers) == 10  # one per print interval (4 steps)
+    probed = [i for i, r in enumerate(peers) if r["probe_bytes"]]
+    assert probed == [0, 8]  # the link is probed at the first decision and every 8th after it
+    assert auto["settled_steps"] <= auto["measured_steps"] and auto["step_s_settled"] > 0
     assert 0.2e9 / 8 < peers[0]["link_Bps"]["remote"] < 2e9 / 8  # a 1gbit link, both ways at once
     assert all(r[d]["compress"]["local"] is False for r in peers for d in ("fwd", "bwd"))  # the rank itself
 
@@ -258,3 +260,24 @@ def test_the_wire_check_adds_auto_probes_bytes(tmp_path):
     assert plain["probe_bytes_per_step"] == 0
     assert probed["probe_bytes_per_step"] == 2 * 2000 / 10
     assert probed["expected_bytes_per_step"] - plain["expected_bytes_per_step"] == pytest.approx(400)
+
+
+def test_auto_rows_are_also_measured_outside_their_trials():
+    """An interval that opened with a trial (a peers route or an allreduce setting on trial) is
+    left out of ``step_s_settled``; the report lists the auto rows again over the rest."""
+    from dlrm_comp.bench.link_report import _settled, compare
+    from dlrm_comp.bench.link_run import trial_intervals
+    records = [{"kind": "peers", "iteration": 10, "fwd": {"trial": False}, "bwd": {"trial": True}},
+               {"kind": "peers", "iteration": 20, "fwd": {"trial": False}, "bwd": {"trial": False}},
+               {"kind": "allreduce", "iteration": 20, "trial": False},
+               {"kind": "allreduce", "iteration": 30, "trial": True}, {"kind": "train", "iteration": 30}]
+    assert trial_intervals(records) == {10, 30}
+    breakdown = {"fwd_a2a_s": 0.03, "bwd_a2a_s": 0.03, "allreduce_s": 0.01, "compute_s": 0.03, "codec_s": 0.0}
+    base = {"link_rate_measured_mbit": 1000.0, "fwd_cr": 1.0, "bwd_cr": 1.0, "auc": 0.7, "breakdown": breakdown,
+            "codec_GBps": {"fwd": None, "bwd": None}, "measured_steps": 40}
+    rows = [{**base, "mode": "off", "step_s": 0.1, "settled_steps": 40, "step_s_settled": 0.1},
+            {**base, "mode": "codec+auto", "step_s": 0.09, "settled_steps": 20, "step_s_settled": 0.08}]
+    compare(rows)
+    assert rows[1]["speedup_settled"] == pytest.approx(0.1 / 0.08)
+    text = "\n".join(_settled(rows))
+    assert "| codec+auto | 20 of 40 | 80.0 | 1.250 |" in text and "| off |" not in text

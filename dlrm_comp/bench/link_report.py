@@ -44,6 +44,8 @@ def compare(rows: list[dict]) -> None:
         r["auc_delta_vs_off"] = r["auc"] - off["auc"]
         r["comm_free_limit"] = off["step_s"] / off["breakdown"]["compute_s"]
         r["fraction_of_limit"] = r["speedup_vs_off"] / r["comm_free_limit"]
+        settled = r.get("step_s_settled")
+        r["speedup_settled"] = off["step_s"] / settled if settled else None
 
 
 def plot(results: list[dict], path: Path) -> Path:
@@ -117,6 +119,7 @@ def markdown(payload: dict, plot_path: Path | None) -> str:
                          f"{b['allreduce_s'] * 1e3:.1f} | {b['codec_s'] * 1e3:.1f} | {b['compute_s'] * 1e3:.1f} | "
                          f"{s['fwd_a2a'] + s['bwd_a2a']:.0%} | {r['wire']['tc_over_expected']:.3f} |")
         lines += ["", _limits(rows), ""]
+        lines += _settled(rows)
     search = payload.get("reference_search")
     if search:
         lines += ["## Reference-rate search (`off`)", "", "| rate | step ms | a2a share | allreduce share |",
@@ -129,6 +132,21 @@ def markdown(payload: dict, plot_path: Path | None) -> str:
     if plot_path is not None:
         lines += [f"![breakdown]({plot_path.name})", ""]
     return "\n".join(lines)
+
+
+def _settled(rows: list[dict]) -> list[str]:
+    """The ``auto`` rows once more, over the intervals that ran what ``auto`` had chosen (the
+    trials it ran to measure the other routes and settings left out); the table above counts them."""
+    picked = [r for r in rows if r.get("step_s_settled") and r["settled_steps"] < r["measured_steps"]]
+    if not picked:
+        return []
+    out = ["Outside trials (`auto` rows: the intervals that ran its choice; the table above includes its trials):", "",
+           "| mode | steps | step ms | speedup vs off | of limit | all intervals ms |", "|---|---|---|---|---|---|"]
+    for r in picked:
+        out.append(f"| {r['mode']} | {r['settled_steps']} of {r['measured_steps']} | {r['step_s_settled'] * 1e3:.1f} | "
+                   f"{r['speedup_settled']:.3f} | {r['speedup_settled'] / r['comm_free_limit']:.0%} | "
+                   f"{r['step_s'] * 1e3:.1f} |")
+    return out + [""]
 
 
 def allreduce_wire_share(row: dict) -> float:

@@ -29,7 +29,7 @@ from dlrm_comp.train.logging import read_jsonl
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("link_worker.py")
 PORT = 29531  # the namespaces' own port space: no other process listens there
-INTERVALS = 5  # print intervals per run; the first is warm-up, the rest are measured
+INTERVALS = 10  # print intervals per run; the first is warm-up, the rest are measured (auto decides at each)
 
 # the configs: the debug model, and a Kaggle-shape one (the reference's dims, batch 2048, tables
 # capped at 200k rows: the exchanged bytes do not depend on table size, memory and checkpoints do)
@@ -148,13 +148,31 @@ def read_run(run: Path, config: str, mode: str) -> dict:
     def mean(key):
         return sum(r[key] * w for r, w in zip(measured, weights)) / steps
     window = {d: _window_totals(records, d, first, measured[-1]["iteration"]) for d in ("fwd", "bwd")}
+    trials = trial_intervals(records)
+    settled = [(r, w) for p, r, w in zip(train, measured, weights) if p["iteration"] not in trials]
+    settled_steps = sum(w for _, w in settled)
     row = {"config": config, "mode": mode, "iterations": summary["iterations"], "measured_steps": steps,
            "step_s": mean("step_s"), "breakdown": {k: mean(k) for k in PHASES},
+           "settled_steps": settled_steps,
+           "step_s_settled": sum(r["step_s"] * w for r, w in settled) / settled_steps if settled_steps else None,
            "auc": summary["final_eval"]["auc"], "logloss": summary["final_eval"]["logloss"],
            "fwd_cr": window["fwd"]["cr"], "bwd_cr": window["bwd"]["cr"],
            "codec_GBps": {d: window[d]["GBps"] for d in ("fwd", "bwd")}}
     row["wire"] = wire_check(run, summary, {d: window[d]["sent"] for d in window}, first, measured[-1]["iteration"])
     return row
+
+
+def trial_intervals(records: list[dict]) -> set[int]:
+    """The iterations at which an interval began that ran a trial of ``auto`` (a route of
+    ``compress.peers=auto`` or a setting of ``dist.allreduce_compression=auto`` measured on
+    trial, not chosen): each decision record names what travels in the interval it opens."""
+    out = set()
+    for r in records:
+        if r["kind"] == "allreduce" and r.get("trial"):
+            out.add(r["iteration"])
+        elif r["kind"] == "peers" and any(isinstance(r.get(d), dict) and r[d].get("trial") for d in ("fwd", "bwd")):
+            out.add(r["iteration"])
+    return out
 
 
 def _window_totals(records: list[dict], direction: str, first: int, last: int) -> dict:

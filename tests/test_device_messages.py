@@ -34,7 +34,7 @@ from dlrm_comp.exchange.transport import LoopbackTransport
 from dlrm_comp.recorder import CompressionRecorder
 from multiproc import ROOT, single_and_multi
 from test_device_input import HostReads, _count_host_copies
-from test_step_kernels import Kernels
+from test_step_kernels import count_kernels
 
 QUIET = ("train.tensorboard=false", "train.eval_every=0", "train.checkpoint_every=0", "compress.print_tables=false")
 _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
@@ -252,16 +252,8 @@ def test_an_exchange_step_reads_the_host_once_per_direction_on_the_device_path(m
 
 
 def kernels(tables: int, dedup: bool) -> tuple[collections.Counter, collections.Counter]:
-    ex = exchange(tables, dedup)
     base, bags = inputs(tables)
-    for _ in range(2):
-        ex(list(base.unbind(0)), compress=True, bags=bags)
-    with Kernels() as forward:
-        out = ex(list(base.unbind(0)), compress=True, bags=bags)
-    loss = torch.cat(out).sum()
-    with Kernels() as backward:
-        loss.backward()
-    return forward.ops, backward.ops
+    return count_kernels(exchange(tables, dedup), base, bags)
 
 
 @pytest.mark.parametrize("device_path", [False, True], ids=["cpu-loops", "torch-ops"])

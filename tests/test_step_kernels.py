@@ -42,7 +42,13 @@ def kernels(fwd: str, bwd: str, dedup: bool, tables: int) -> tuple[collections.C
     ids = [torch.randint(0, 40, (BATCH,), generator=g) for _ in range(tables)]  # repeats, unequal distinct rows
     bags = Batch(torch.zeros(BATCH, 1), ids, [torch.arange(BATCH)] * tables, torch.zeros(BATCH))
     base = torch.randn(tables, BATCH, DIM, generator=g).requires_grad_()
-    for _ in range(2):  # what the first steps build and cache
+    return count_kernels(exchange, base, bags)
+
+
+def count_kernels(exchange: Exchange, base: torch.Tensor, bags) -> tuple[collections.Counter, collections.Counter]:
+    """The ops of one forward and one backward through ``exchange``, after two steps that build
+    and cache what later steps reuse."""
+    for _ in range(2):
         exchange(list(base.unbind(0)), compress=True, bags=bags)
     with Kernels() as forward:
         out = exchange(list(base.unbind(0)), compress=True, bags=bags)

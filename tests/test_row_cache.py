@@ -219,7 +219,7 @@ def test_a_corrupted_flag_section_is_refused():
     lay = ex.layout(index, ex.plan.fwd)
     pooled = [torch.randn(48, 8, generator=g) for _ in range(3)]
     enc = codec.encode(ex._owner_rows(pooled, lay), torch.full((6,), 0.05, dtype=torch.float64), lay.owner)
-    assert isinstance(codec, QuantCodec) and enc.messages[0][1] == 4  # wire version 4
+    assert isinstance(codec, QuantCodec) and enc.messages[0][1] == 5  # wire version 5
     bad = bytearray(enc.messages[0])
     bad[20 + 6 * 22 + 16] ^= 0xFF  # the first coded byte of the flag section
     with pytest.raises(CorruptPayloadError):

@@ -46,7 +46,7 @@ from dlrm_comp.compress.kinds import ChunkKind
 # the kinds as plain ints: numpy compares them without an enum lookup per use (Python 3.11's is slow)
 _RAW, _CONST, _QUANT, _SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT, ChunkKind.SZ))
 
-MAGIC, VERSION = 0xDB, 4
+MAGIC, VERSION = 0xDB, 5  # 5: a zstd section is a frame per chunk (4: one frame, a block per chunk)
 PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 22, 16
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 HEADER_DTYPE = np.dtype([("table", "<u2"), ("kind", "u1"), ("bits", "u1"), ("section", "u1"), ("layout", "u1"),

@@ -103,7 +103,7 @@ def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None
                 counts: np.ndarray | None = None) -> torch.Tensor:
     """The receiver's ``[C, N]`` values of a parsed message, on ``dev`` (``base``: the row
     cache's copies the codes are differences from, ``[C, N]``; ``counts``: the values of each
-    chunk read afterwards, the rest may be left zero)."""
+    chunk read afterwards, the rest may be left unset)."""
     h = rec.header
     n = rec.low.shape[1]
     t = torch.from_numpy

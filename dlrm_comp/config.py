@@ -75,6 +75,7 @@ ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd", "auto")
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
 MESSAGE_PATHS = ("host", "device", "auto")  # compress.message_path (compress/device_wire.py)
 PEERS = ("all", "inter_node", "auto")  # compress.peers (compress/codecs/peers.py, train/peer_policy.py)
+PEERS_FIXED = ("off", "fp16", "bf16")  # compress.peers_fixed: auto's fixed-rate route (peers.AllFixedRoute)
 INTER_NODE_MODES = ("off", *BYTE_MESSAGES)  # the modes compress.peers=inter_node and auto route (off: nothing to route)
 DATA_SOURCES = ("synthetic", "criteo")
 INTERACTIONS = ("dot", "cat")
@@ -305,6 +306,9 @@ class CompressConfig:
     # direction: where the speedup model says it pays, re-decided at print intervals); the last two
     # for byte-message modes codec and sz, dist.size_exchange=exact
     peers: str = "all"
+    # compress.peers=auto: the fixed-rate mode (`fp16`, `bf16`) a direction may also travel whole in,
+    # measured on trial beside the codec and raw rows (`off`: codec or raw only)
+    peers_fixed: str = "fp16"
     # codec mode: where its messages are assembled and coded. `host` (the wire format, the codes on
     # the host, each table's lossless stage), `device` (compress/device_wire.py: device ops and one
     # lossless call per direction on the device, nvcomp's ANS on CUDA, the identity stage where
@@ -321,6 +325,7 @@ class CompressConfig:
         _choice("compress.backward.mode", self.backward.mode, COMPRESS_MODES + TORCHREC_QCOMM_MODES)
         _choice("compress.layout", self.layout, ("bytes", "bitpack"))
         _choice("compress.peers", self.peers, PEERS)
+        _choice("compress.peers_fixed", self.peers_fixed, PEERS_FIXED)
         _choice("compress.message_path", self.message_path, MESSAGE_PATHS)
         if self.peers != "all":
             for key, mode in (("compress.mode", self.mode), ("compress.backward.mode", self.backward.mode)):

@@ -172,7 +172,7 @@ def test_trials_measure_the_route_that_travelled():
     policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2)
     policy.measure_link = lambda iteration, transport, size: {"local": math.inf, "remote": 1e8}
     close = CodecFigures(cr=2.0, tc=1e9, td=1e9)  # modeled remote speedup 1/(0.5 + 0.2) = 1.43: close
-    ex = SimpleNamespace(transport=SimpleNamespace(), route=lambda d, mask: None, routed=lambda d: None)
+    ex = SimpleNamespace(transport=SimpleNamespace(), route=lambda d, mask, fixed=False: None, routed=lambda d: None)
     records = []
     log = lambda kind, it, **r: records.append(r)  # noqa: E731
     routes = []
@@ -232,9 +232,75 @@ def test_a_route_set_before_the_codec_exists_applies_to_it():
     assert isinstance(ex.routed("fwd"), PeerRoutedCodec) and ex.routed("fwd").raw == [True] * 4
 
 
+def test_a_fixed_rate_route_is_the_third_candidate():
+    """With compress.peers_fixed, a direction may travel whole in fp16: where the model is close
+    (or says raw) and a link exists, raw, the model's route and fp16 each travel one interval as
+    a trial, then the fastest by measurement wins with hysteresis; without a link (one node) raw
+    stays untried; a model clearly faster needs no trial."""
+    policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2, fixed="fp16")
+    on, raw = {"local": False, "remote": True}, {"local": False, "remote": False}
+    close = {"local": 0.0, "remote": 1.2}
+    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 2.5}) == ("remote", False)
+    assert policy._measured_route("fwd", raw, {"remote": 0.5}, linked=False) == ("raw", False)
+    assert policy._measured_route("fwd", raw, {"remote": 0.5}) == ("raw", True)  # raw by the model: fp16 tried
+    policy.seconds["fwd"]["raw"] = 0.030
+    assert policy._measured_route("fwd", raw, {"remote": 0.5}) == ("fp16", True)
+    assert policy._measured_route("fwd", on, close) == ("remote", True)
+    policy.seconds["fwd"]["remote"] = 0.033
+    assert policy._measured_route("fwd", on, close) == ("fp16", True)
+    policy.seconds["fwd"]["fp16"] = 0.024  # fp16 more than 5% faster than the incumbent
+    policy.route["fwd"] = "raw"
+    assert policy._measured_route("fwd", on, close) == ("fp16", False)
+    policy.route["fwd"], policy.seconds["fwd"]["raw"] = "fp16", 0.0235  # raw faster, within the hysteresis
+    assert policy._measured_route("fwd", on, close) == ("fp16", False)
+
+
+def test_a_fixed_rate_route_sends_the_direction_whole_in_fp16():
+    """Routed to fp16 both ways: every destination gets fp16 rows (what the fp16 mode sends,
+    half the bytes) and the gradients come back in fp16; routed back, the codec's bound holds."""
+    t, w = 3, 4
+    plan = CompressionPlan(DirectionPlan("codec", t, eb_rel=[0.02] * t), DirectionPlan("codec", t, eb_rel=[0.02] * t))
+    ex = Exchange(LoopbackTransport(w), [0] * t, 4, plan, local_peers=[True] * w, peers_fixed="fp16")
+    g = torch.Generator().manual_seed(5)
+    for fixed in (True, False):
+        ex.route("fwd", [False] * w, fixed=fixed)
+        ex.route("bwd", [False] * w, fixed=fixed)
+        pooled = [(torch.randn(26, 4, generator=g) * 0.05).requires_grad_(True) for _ in range(t)]
+        grads = [torch.randn(26, 4, generator=g) for _ in range(t)]
+        out = ex(pooled, compress=True)
+        torch.autograd.backward(out, grads)
+        fwd, bwd = ex.routed("fwd").take_counts(), ex.routed("bwd").take_counts()
+        for p, o, gr in zip(pooled, out, grads):
+            if fixed:
+                assert torch.equal(o, p.detach().half().float()) and torch.equal(p.grad, gr.half().float())
+            else:
+                err = (o.double() - p.detach().double()).abs().max()
+                assert 0 < err <= 0.02 * float(p.detach().max() - p.detach().min())
+        if fixed:
+            assert np.array_equal(fwd.sent, fwd.raw / 2) and np.array_equal(bwd.sent, bwd.raw / 2)
+            assert fwd.enc_raw == 0 and bwd.enc_raw == 0  # the codec did not run
+    with pytest.raises(ValueError, match="compress.peers_fixed"):
+        Exchange(LoopbackTransport(w), [0] * t, 4, plan, local_peers=[True] * w).route("fwd", [False] * w, fixed=True)
+
+
+def test_the_policy_routes_the_exchange_to_its_fixed_rate_route_and_resumes_it():
+    from types import SimpleNamespace
+    policy = PeerPolicy(["fwd", "bwd"], ["a", "b"], rank=0, destinations=2, fixed="fp16")
+    policy.route["fwd"] = "fp16"
+    calls = {}
+    ex = SimpleNamespace(route=lambda d, mask, fixed=False: calls.__setitem__(d, (mask, fixed)))
+    policy.apply(ex)
+    assert calls == {"fwd": ([True, True], True), "bwd": ([False, False], False)}
+    again = PeerPolicy(["fwd", "bwd"], ["a", "b"], rank=0, destinations=2, fixed="fp16")
+    again.load_state_dict(json.loads(json.dumps(policy.state_dict())), ex)
+    assert again.route["fwd"] == "fp16" and calls["fwd"] == ([True, True], True)
+
+
 # ------------------------------------------------------------------ config
 @pytest.mark.parametrize("overrides, named", [
     (["compress.peers=auto", "compress.mode=int8"], "compress.peers: auto.*compress.mode='int8'"),
+    (["compress.peers=auto", "compress.mode=codec", "compress.peers_fixed=fp8"],
+     "compress.peers_fixed.*'fp8'.*off, fp16, bf16"),
     (["compress.peers=auto", "compress.mode=codec", "dist.size_exchange=slots"], "dist.size_exchange=exact"),
     (["compress.peers=auto", "compress.mode=codec", "compress.dedup=on", "compress.row_cache=on"],
      "compress.row_cache: 'on' with compress.peers=auto"),

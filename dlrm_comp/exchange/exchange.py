@@ -42,10 +42,12 @@ class Exchange:
 
     def __init__(self, transport, owners: Sequence[int], dim: int, plan: CompressionPlan | None = None,
                  recorder=None, size_exchange: str = "exact", store: SymbolModelStore | None = None,
-                 local_peers: Sequence[bool] | None = None):
+                 local_peers: Sequence[bool] | None = None, peers_fixed: str | None = None):
         self.transport = transport
         self.local_peers = local_peers  # compress.peers: per destination, on this node (None: not routed)
         self.raw_peers: dict[str, list[bool]] = {}  # compress.peers=auto: per direction, who gets raw rows
+        self.peers_fixed = peers_fixed  # compress.peers_fixed: the fixed-rate mode auto may send a direction in
+        self.fixed_routes: dict[str, bool] = {}  # compress.peers=auto: per direction, sent whole in peers_fixed
         self.owners = list(owners)
         self.dim = dim
         self.plan = plan or CompressionPlan.off(len(self.owners))
@@ -106,22 +108,33 @@ class Exchange:
                 if self.local_peers is not None:
                     codec.host_only = "compress.peers routing"
             if self.local_peers is not None and codec.byte_messages:
-                codec = PeerRoutedCodec(codec, self.local_peers, self.raw_peers.get(self._direction(plan)))
+                fixed = build_codec(self.peers_fixed, plan, self.codecs, self.transport.device) \
+                    if self.peers_fixed else None
+                codec = PeerRoutedCodec(codec, self.local_peers, self.raw_peers.get(self._direction(plan)), fixed)
+                codec.whole_fixed = self.fixed_routes.get(self._direction(plan), False)
             self._mode_codecs[key] = codec
-        if isinstance(codec, PeerRoutedCodec) and all(codec.raw):  # nothing to code: the rows as `off` sends them
-            return codec.all_raw
+        if isinstance(codec, PeerRoutedCodec):
+            if codec.whole_fixed:  # the whole direction in the fixed-rate mode, as that mode sends it
+                return codec.all_fixed
+            if all(codec.raw):  # nothing to code: the rows as `off` sends them
+                return codec.all_raw
         return codec
 
     def _direction(self, plan: DirectionPlan) -> str:
         return "bwd" if plan is self.plan.bwd else "fwd"
 
-    def route(self, direction: str, raw: Sequence[bool]) -> None:
+    def route(self, direction: str, raw: Sequence[bool], fixed: bool = False) -> None:
         """``compress.peers=auto``: from the next step on, ``direction``'s messages to the
-        destinations where ``raw`` is True travel uncompressed, the others through its codec."""
+        destinations where ``raw`` is True travel uncompressed, the others through its codec;
+        ``fixed``: every message in ``compress.peers_fixed``'s mode instead."""
+        if fixed and not self.peers_fixed:
+            raise ValueError("a route in a fixed-rate mode needs compress.peers_fixed")
         self.raw_peers[direction] = list(raw)
+        self.fixed_routes[direction] = bool(fixed)
         codec = self.routed(direction)
         if codec is not None:
             codec.raw = raw
+            codec.whole_fixed = bool(fixed)
 
     def routed(self, direction: str) -> PeerRoutedCodec | None:
         """The routed codec of ``direction`` where one is built (None: not routed, or not yet used)."""

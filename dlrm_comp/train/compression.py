@@ -54,10 +54,14 @@ class CompressionExtension(TrainingExtension):
     def build_exchange(self, transport, owners: list[int], dim: int, size_exchange: str = "exact") -> Exchange:
         """The exchange of this run (loopback in one process, the process group in several)."""
         self.exchange = Exchange(transport, owners, dim, self.plan, self.recorder, size_exchange,
-                                 local_peers=self._local_peers(transport))
+                                 local_peers=self._local_peers(transport), peers_fixed=self._peers_fixed())
         if self.peer_policy is not None:  # compressed everywhere until its first decision
             self.peer_policy.apply(self.exchange)
         return self.exchange
+
+    def _peers_fixed(self) -> str | None:
+        """``compress.peers_fixed`` where ``auto`` may route by it, else None."""
+        return self.cfg.peers_fixed if self.cfg.peers == "auto" and self.cfg.peers_fixed != "off" else None
 
     def _local_peers(self, transport) -> list[bool] | None:
         """``compress.peers=inter_node`` and ``auto``: per destination, whether it is on this rank's
@@ -76,7 +80,7 @@ class CompressionExtension(TrainingExtension):
             from dlrm_comp.train.peer_policy import PeerPolicy
             routed = [d for d, p in (("fwd", self.plan.fwd), ("bwd", self.plan.bwd)) if p.enabled and p.byte_messages]
             if routed:  # nothing to route where neither direction sends byte messages (dedup alone)
-                self.peer_policy = PeerPolicy(routed, nodes, self.rank, transport.destinations)
+                self.peer_policy = PeerPolicy(routed, nodes, self.rank, transport.destinations, self._peers_fixed())
             return local
         if all(local) and self.rank == 0:
             print(f"warning: compress.peers=inter_node: all {len(local)} destinations are on this node, so every "

@@ -117,8 +117,10 @@ def figures_of(rows: np.ndarray) -> CodecFigures | None:
 class PeerPolicy:
     """The decisions of one run and what they were taken from; routes the exchange by them."""
 
-    def __init__(self, directions: list[str], nodes: list[str] | None, rank: int, destinations: int):
+    def __init__(self, directions: list[str], nodes: list[str] | None, rank: int, destinations: int,
+                 fixed: str | None = None):
         self.directions = list(directions)  # the routed ones: byte-message modes
+        self.fixed = fixed  # compress.peers_fixed: the fixed-rate mode a direction may travel whole in (a route)
         self.nodes, self.rank = nodes, rank  # nodes None: one process (the loopback, one node)
         self.local = [True] * destinations if nodes is None else [n == nodes[rank] for n in nodes]
         remote = nodes is not None and len(set(nodes)) > 1
@@ -139,28 +141,36 @@ class PeerPolicy:
         return "+".join(c for c in self.classes if on[c]) or "raw"
 
     def mask(self, direction: str) -> list[bool]:
-        """Per destination: whether it gets raw rows in ``direction`` (the route that travels)."""
+        """Per destination: whether it gets raw rows in ``direction`` (the route that travels; a
+        fixed-rate route names no class, so its mask is all raw, overridden by ``apply``)."""
         on = self.route[direction].split("+")
         return [("local" if here else "remote") not in on for here in self.local]
 
-    def _measured_route(self, d: str, model: dict[str, bool], speedup: dict[str, float]) -> tuple[str, bool]:
+    def _measured_route(self, d: str, model: dict[str, bool], speedup: dict[str, float],
+                        linked: bool = True) -> tuple[str, bool]:
         """The route of direction ``d`` for the next interval, and whether it is a trial. The
-        model's route where it is all raw or clearly faster (every compressed class at CLEAR or
-        more); closer to 1, the measured exchange time per step (the direction's all-to-all phase,
-        codec included, every rank's mean) decides between it and all raw, trying whichever of the
-        two has no measurement yet for one interval."""
+        model's route where it is clearly faster (every compressed class at CLEAR or more), or
+        where it is all raw and no fixed-rate route is on offer; otherwise the measured exchange
+        time per step (the direction's all-to-all phase, codec included, every rank's mean)
+        decides between it, all raw and, with ``compress.peers_fixed`` and a link to send over
+        (``linked``), the whole direction in that fixed-rate mode, trying whichever has no
+        measurement yet for one interval."""
         key = self._key(model)
-        if key == "raw" or all(speedup.get(c, math.inf) >= CLEAR for c in self.classes if model[c]):
+        fixed = self.fixed if linked else None
+        if key != "raw" and all(speedup.get(c, math.inf) >= CLEAR for c in self.classes if model[c]):
             return key, False
-        trial = first_unmeasured(("raw", key), self.seconds[d])
+        if key == "raw" and fixed is None:
+            return key, False
+        candidates = [r for r in dict.fromkeys(("raw", key, fixed)) if r is not None]
+        trial = first_unmeasured(candidates, self.seconds[d])
         if trial is not None:
             return trial, True
-        measured = {r: self.seconds[d][r] for r in ("raw", key)}
-        return keep_or_switch(measured, "raw" if self.route[d] == "raw" else key), False
+        measured = {r: self.seconds[d][r] for r in candidates}
+        return keep_or_switch(measured, self.route[d] if self.route[d] in measured else key), False
 
     def apply(self, exchange) -> None:
         for d in self.directions:
-            exchange.route(d, self.mask(d))
+            exchange.route(d, self.mask(d), fixed=self.fixed is not None and self.route[d] == self.fixed)
 
     def before_step(self, exchange) -> None:
         self.steps += 1
@@ -223,14 +233,15 @@ class PeerPolicy:
                 self.compress[d][c] = decide(speedup[c], self.compress[d][c] if self.decided[d] else None)
             trial = False
             if exchange_s is not None and figures is not None:
-                self.route[d], trial = self._measured_route(d, self.compress[d], speedup)
+                linked = any(link[c] is not None and math.isfinite(link[c]) for c in self.classes)
+                self.route[d], trial = self._measured_route(d, self.compress[d], speedup, linked)
             else:
                 self.route[d] = self._key(self.compress[d])
             col = {f: rows[:, i, j].sum() for j, f in enumerate(FIELDS)}
             travels = self.route[d].split("+")
             record[d] = {**(asdict(figures) if figures is not None else {"cr": None, "tc": None, "td": None}),
                          "measured": measured is not None, "speedup": speedup, "model": dict(self.compress[d]),
-                         "compress": {c: c in travels for c in self.classes}, "trial": trial,
+                         "compress": {c: c in travels for c in self.classes}, "route": self.route[d], "trial": trial,
                          "exchange_s": dict(self.seconds[d]),
                          "bytes_raw": {c: int(col[f"raw_{c}"]) for c in self.classes},
                          "bytes_sent": {c: int(col[f"sent_{c}"]) for c in self.classes}}
@@ -250,7 +261,7 @@ class PeerPolicy:
         parts = []
         for d in self.directions:
             r = record[d]
-            routes = " ".join(f"{c}={'codec' if r['compress'][c] else 'raw'}"
+            routes = " ".join(f"{c}={'codec' if r['compress'][c] else r['route'] if r['route'] == self.fixed else 'raw'}"
                               + (f" ({r['speedup'][c]:.2f}x)" if c in r["speedup"] else "") for c in self.classes)
             figs = "" if r["cr"] is None else f" [cr {r['cr']:.1f}, enc {rate(r['tc'])}, dec {rate(r['td'])}]"
             parts.append(f"{d} {routes}{' (trial)' if r['trial'] else ''}{figs}")

@@ -57,13 +57,18 @@ class PeerRoutedCodec(ModeCodec):
 
     byte_messages = True
 
-    def __init__(self, inner: ModeCodec, local: Sequence[bool], raw: Sequence[bool] | None = None):
+    def __init__(self, inner: ModeCodec, local: Sequence[bool], raw: Sequence[bool] | None = None,
+                 fixed: ModeCodec | None = None):
         if not inner.byte_messages:
             raise ValueError(f"compress.peers routes byte-message modes (codec, sz), not {inner.name!r}")
+        if fixed is not None and fixed.byte_messages:
+            raise ValueError(f"compress.peers_fixed: a fixed-rate mode, not {fixed.name!r}")
         super().__init__(inner.plan, inner.cache, inner.device)
         self.inner, self.local = inner, [bool(v) for v in local]
         self.name = inner.name
         self.raw = self.local if raw is None else raw
+        self.fixed = fixed  # compress.peers_fixed's codec (auto's third route), None: codec or raw only
+        self.whole_fixed = False  # the direction travels whole in ``fixed`` (set between steps, as ``raw``)
         self.bytes_local = 0  # bytes of the messages to this node's ranks (they never cross a link)
         self.counts = RouteCounts.empty(len(self.local))
 
@@ -83,6 +88,13 @@ class PeerRoutedCodec(ModeCodec):
     def all_raw(self) -> "AllRawRoute":
         """What the exchange runs while every destination gets raw rows."""
         return AllRawRoute(self)
+
+    @cached_property
+    def all_fixed(self) -> "AllFixedRoute":
+        """What the exchange runs while the direction travels whole in the fixed-rate mode."""
+        if self.fixed is None:
+            raise ValueError("a route in a fixed-rate mode needs compress.peers_fixed")
+        return AllFixedRoute(self, self.fixed)
 
     def count(self, raw: np.ndarray | list, sent: np.ndarray | list) -> None:
         """One call's bytes per destination: uncompressed, and what was sent for them (the
@@ -197,3 +209,33 @@ class AllRawRoute(ModeCodec):
 
     def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
         return received.view(-1, layout.dim)
+
+
+class AllFixedRoute(ModeCodec):
+    """A routed direction sent whole in a fixed-rate mode (``compress.peers_fixed``, e.g. fp16):
+    ``compress.peers=auto``'s third route beside the codec and raw rows, for links where the codec
+    costs more than it saves and half the bytes still pay (the link benchmark at 1 Gbit/s: fp16
+    1.03x, the codec 1.02x). Its row records travel as that mode sends them, in one tensor
+    all-to-all of sizes known from the layout; counted as its routed codec counts messages."""
+
+    byte_messages = False
+
+    def __init__(self, routed: PeerRoutedCodec, fixed: ModeCodec):
+        super().__init__(routed.plan, routed.cache, routed.device)
+        self.routed, self.fixed = routed, fixed
+        self.name = fixed.name
+
+    def order(self, tables: list[int]) -> list[int]:
+        return self.routed.order(tables)  # the layout is the routed codec's: both sides switch together
+
+    def sizes(self, layout: ChunkLayout) -> list[int]:
+        return self.fixed.sizes(layout)
+
+    def encode(self, x: torch.Tensor, eb: torch.Tensor | None, layout: ChunkLayout) -> Encoded:
+        enc = self.fixed.encode(x, None, layout)
+        raw = np.asarray(layout.message_rows, dtype=np.float64) * layout.dim * x.element_size()
+        self.routed.count(raw, np.asarray(enc.sizes, dtype=np.float64) * enc.payload.element_size())
+        return enc
+
+    def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.fixed.decode(received, layout, dtype)

@@ -389,6 +389,7 @@ def test_two_nodes_decide_alike_and_route_as_decided(tmp_path):
     records = _peers(out)
     assert [r["iteration"] for r in records] == [10, 20, 30, 40]
     before = {d: {"local": True, "remote": True} for d in ("fwd", "bwd")}
+    route = {d: None for d in ("fwd", "bwd")}  # the route before: fp16 (compress.peers_fixed) sends half
     for r in records:
         assert r["link_Bps"]["local"] is None and r["link_Bps"]["remote"] > 0  # one rank per node: no local link
         assert (r["probe_bytes"] >= 256 << 10) if r["iteration"] == 10 else r["probe_bytes"] is None  # probed once
@@ -396,9 +397,11 @@ def test_two_nodes_decide_alike_and_route_as_decided(tmp_path):
             assert set(r[d]["compress"]) == {"local", "remote"}
             for c in ("local", "remote"):
                 raw, sent = r[d]["bytes_raw"][c], r[d]["bytes_sent"][c]
-                assert raw > 0 and ((sent < raw) if before[d][c] else (sent == raw)), (r["iteration"], d, c)
+                expect = (2 * sent == raw) if route[d] == "fp16" else (sent < raw) if before[d][c] else (sent == raw)
+                assert raw > 0 and expect, (r["iteration"], d, c, route[d])
             assert r[d]["compress"]["local"] is False  # the rank itself: no link to save
         before = {d: r[d]["compress"] for d in ("fwd", "bwd")}
+        route = {d: r[d]["route"] for d in ("fwd", "bwd")}
     for it in (10, 20, 30, 40):
         states = [torch.load(out / f"checkpoints/ckpt_{it:09d}.rank{k}.pt", weights_only=False)
                   ["extensions"]["compression"]["peers"] for k in (0, 1)]

@@ -48,6 +48,16 @@ def test_each_candidate_is_tried_then_the_fastest_wins():
     assert policy.seconds == times and policy.chosen == "powersgd"
 
 
+def test_the_chosen_setting_is_measured_by_the_mean_of_its_intervals():
+    """Once chosen, PowerSGD is filed at every interval as the mean of its intervals: one slow
+    interval (0.0140, where its last alone would lose to fp16's 0.0098) keeps it."""
+    policy = AllreducePolicy(CANDIDATES, powersgd_start=0)
+    slow = {10 * k: 0.0140 for k in (6,)}  # the interval ending at iteration 60
+    got = _run(policy, lambda it, s: slow.get(it, {"off": 0.010, "fp16": 0.0098, "powersgd": 0.0050}[s]), 7)
+    assert [s for s, _ in got][3:] == ["powersgd"] * 4
+    assert policy.samples["powersgd"] > 1 and policy.seconds["powersgd"] < 0.0098
+
+
 def test_a_loss_keeps_off_and_a_gain_within_the_margin_does_not_switch():
     policy = AllreducePolicy(CANDIDATES, powersgd_start=0)
     times = {"off": 0.010, "fp16": 0.0097, "powersgd": 0.0140}  # fp16 3% faster, PowerSGD slower

@@ -14,7 +14,7 @@ from dlrm_comp.compress.codecs.peers import PeerRoutedCodec, RouteCounts
 from dlrm_comp.config import ConfigError
 from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, LoopbackTransport, destination_rows
 from dlrm_comp.train.peer_policy import (FIELDS, HYSTERESIS, CodecFigures, PeerPolicy, decide, figures_of,
-                                         modeled_speedup, rank_row)
+                                         keep_or_switch, modeled_speedup, rank_row)
 from dlrm_comp.distributed.link_probe import PROBE_MAX, PROBE_MIN, class_peers, probe_size
 
 MODES = ("compress.peers=auto", "compress.mode=codec", "compress.backward.mode=codec", "compress.print_tables=false",
@@ -133,6 +133,7 @@ def test_policy_masks_and_state_round_trip():
     policy.compress["fwd"].update(local=False)
     policy.route["fwd"] = "remote"
     policy.seconds["fwd"] = {"raw": 0.02, "remote": 0.01}
+    policy.samples["fwd"] = {"raw": 1, "remote": 3}
     policy.figures["fwd"] = CodecFigures(3.0, 1e8, 2e8)
     policy.decided["fwd"] = True
     assert policy.mask("fwd") == [True, True, False] and policy.mask("bwd") == [False] * 3
@@ -230,6 +231,25 @@ def test_a_route_set_before_the_codec_exists_applies_to_it():
     for p, o in zip(pooled, ex.forward(pooled, compress=True)):
         assert torch.equal(p, o)
     assert isinstance(ex.routed("fwd"), PeerRoutedCodec) and ex.routed("fwd").raw == [True] * 4
+
+
+def test_a_route_is_measured_by_the_mean_of_its_intervals():
+    """The route that keeps travelling is filed at every interval as the mean of all of them in
+    the round, so one slow interval of the machine does not switch it away (with its last
+    interval alone, 0.040 would lose to raw's one 0.030); a checkpoint keeps the counts."""
+    from dlrm_comp.train.peer_policy import file_mean
+    seconds, samples = {}, {}
+    for value in (0.020, 0.022, 0.040):
+        file_mean(seconds, samples, "remote", value)
+    file_mean(seconds, samples, "raw", 0.030)
+    assert seconds == {"remote": pytest.approx(0.082 / 3), "raw": 0.030} and samples == {"remote": 3, "raw": 1}
+    assert keep_or_switch(seconds, "remote") == "remote"
+    policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2)
+    policy.seconds["fwd"], policy.samples["fwd"] = dict(seconds), dict(samples)
+    again = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2)
+    again.load_state_dict(json.loads(json.dumps(policy.state_dict())), None)
+    file_mean(again.seconds["fwd"], again.samples["fwd"], "remote", 0.020)
+    assert again.seconds["fwd"]["remote"] == pytest.approx(0.102 / 4)
 
 
 def test_a_fixed_rate_route_is_the_third_candidate():

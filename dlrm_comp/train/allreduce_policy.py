@@ -6,7 +6,8 @@ plain one, at 360 Mbit/s it was the fastest. No model predicts the latency of th
 collectives and their callbacks, so the candidates (``CANDIDATES``: the plain allreduce, the
 16-bit cast and PowerSGD) are measured as they run: at each print interval, like
 ``compress.peers=auto`` (``train/peer_policy.py``, whose trial and hysteresis rules this shares),
-one candidate without a measurement travels for one interval as a trial; once every candidate
+one candidate without a measurement travels for one interval as a trial (a candidate's measure is
+the mean of every interval it ran in the round, ``file_mean``); once every candidate
 that can run has one, the fastest wins, switching away from the last chosen setting only when it
 is more than ``HYSTERESIS`` (5%) faster (``keep_or_switch``), in either direction. Every
 ``RETRIAL_EVERY`` decisions (the cadence of ``compress.peers=auto``'s link probes) the
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlrm_comp.train.peer_policy import HYSTERESIS, PROBE_EVERY, first_unmeasured, keep_or_switch
+from dlrm_comp.train.peer_policy import HYSTERESIS, PROBE_EVERY, file_mean, first_unmeasured, keep_or_switch
 
 CANDIDATES = ("off", "fp16", "powersgd")  # in trial order; fp16: the 16-bit cast (bf16 halves the bytes alike)
 RETRIAL_EVERY = PROBE_EVERY  # decisions between two rounds of trials
@@ -54,7 +55,8 @@ class AllreducePolicy:
         self.chosen = self.candidates[0]  # the incumbent: the last decided setting (`off` until a decision)
         self.setting = self.chosen  # what the hook runs in the open interval (a trial or the chosen one)
         self.since = 0  # the iteration the open interval began at
-        self.seconds: dict[str, float] = {}  # candidate -> the measure, seconds per step
+        self.seconds: dict[str, float] = {}  # candidate -> the measure, seconds per step (its intervals' mean)
+        self.samples: dict[str, int] = {}  # candidate -> intervals in that mean (this round)
         self.allreduce_s: dict[str, float] = {}  # candidate -> its allreduce phase alone (for the record)
         self.decisions = 0
 
@@ -68,11 +70,12 @@ class AllreducePolicy:
         next, and return the decision's record."""
         retrial = self.decisions > 0 and self.decisions % RETRIAL_EVERY == 0
         if retrial:  # the interval just run is the first of the new round's measurements
-            self.seconds, self.allreduce_s = {}, {}
+            self.seconds, self.allreduce_s, self.samples = {}, {}, {}
         filed = None
         if measured is not None and self.since > 0 and self.ready(self.setting, self.since):
             filed = self.setting
-            self.seconds[filed], self.allreduce_s[filed] = float(measured[0]), float(measured[1])
+            file_mean(self.seconds, self.samples, filed, float(measured[0]))
+            self.allreduce_s[filed] = float(measured[1])  # the record's: the last interval's phase
         self.decisions += 1
         trial = first_unmeasured([c for c in self.candidates if self.ready(c, iteration)], self.seconds)
         if trial is None:
@@ -92,7 +95,7 @@ class AllreducePolicy:
 
     def state_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen, "setting": self.setting, "since": self.since, "seconds": dict(self.seconds),
-                "allreduce_s": dict(self.allreduce_s), "decisions": self.decisions}
+                "samples": dict(self.samples), "allreduce_s": dict(self.allreduce_s), "decisions": self.decisions}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """A saved candidate this run no longer has is dropped (it starts from ``off`` then)."""
@@ -101,5 +104,7 @@ class AllreducePolicy:
         self.setting = state.get("setting") if state.get("setting") in known else self.chosen
         self.since = int(state.get("since", 0))
         self.seconds = {c: float(v) for c, v in state.get("seconds", {}).items() if c in known}
+        saved = state.get("samples", {})  # a checkpoint from before the means: one interval each
+        self.samples = {c: int(saved.get(c, 1)) for c in self.seconds}
         self.allreduce_s = {c: float(v) for c, v in state.get("allreduce_s", {}).items() if c in known}
         self.decisions = int(state.get("decisions", 0))

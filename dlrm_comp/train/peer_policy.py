@@ -81,6 +81,16 @@ def first_unmeasured(candidates, seconds: dict[str, float]) -> str | None:
     return next((c for c in candidates if c not in seconds), None)
 
 
+def file_mean(seconds: dict[str, float], samples: dict[str, int], key: str, value: float) -> None:
+    """File ``value`` (seconds per step of one interval) under ``key`` as the mean of every interval
+    ``key`` ran in this round. With the last interval alone, the route or setting that keeps
+    travelling is measured again at every interval while the others keep their one trial, so a
+    single slow interval of the machine (5-10% on the link benchmark) switched it away."""
+    n = samples.get(key, 0) if key in seconds else 0
+    seconds[key] = (seconds[key] * n + value) / (n + 1) if n else float(value)
+    samples[key] = n + 1
+
+
 def keep_or_switch(seconds: dict[str, float], incumbent: str) -> str:
     """The measured fastest of ``seconds`` (setting -> seconds per step) where it beats the
     ``incumbent`` by more than ``HYSTERESIS``, else the incumbent: a switch either way needs a
@@ -134,6 +144,7 @@ class PeerPolicy:
         self.decisions = 0  # taken by this process (it probes at every PROBE_EVERY-th)
         self.route = {d: self._key(self.compress[d]) for d in self.directions}  # what travels now
         self.seconds: dict[str, dict[str, float]] = {d: {} for d in self.directions}  # route -> exchange s/step
+        self.samples: dict[str, dict[str, int]] = {d: {} for d in self.directions}  # route -> intervals in its mean
         self.intervals = 0  # intervals this process ran (its first holds the codec's warm-up)
 
     def _key(self, on: dict[str, bool]) -> str:
@@ -202,7 +213,7 @@ class PeerPolicy:
         self.intervals += 1
         if exchange_s is not None and self.intervals > 1:  # the first interval holds the codec's warm-up
             for d in self.directions:
-                self.seconds[d][self.route[d]] = float(exchange_s[d])
+                file_mean(self.seconds[d], self.samples[d], self.route[d], float(exchange_s[d]))
         counts = self._take(exchange)
         if self.steps < 2:  # only the first step so far (an interval of one step): nothing to measure by
             counts = {d: RouteCounts.empty(len(self.local)) for d in self.directions}
@@ -215,6 +226,7 @@ class PeerPolicy:
             self.link = self.measure_link(iteration, exchange.transport, size)
             if self.decisions:  # and the routes' exchange times are measured again as they travel
                 self.seconds = {d: {} for d in self.directions}
+                self.samples = {d: {} for d in self.directions}
         self.decisions += 1
         link = self.link
         probed = fresh and any(link[c] is not None and math.isfinite(link[c]) for c in self.classes)
@@ -271,6 +283,7 @@ class PeerPolicy:
     def state_dict(self) -> dict[str, Any]:
         return {"compress": {d: dict(v) for d, v in self.compress.items()}, "decided": dict(self.decided),
                 "route": dict(self.route), "seconds": {d: dict(v) for d, v in self.seconds.items()},
+                "samples": {d: dict(v) for d, v in self.samples.items()},
                 "figures": {d: asdict(f) if f is not None else None for d, f in self.figures.items()}}
 
     def load_state_dict(self, state: dict[str, Any], exchange) -> None:
@@ -282,6 +295,8 @@ class PeerPolicy:
         for d in self.directions:
             self.route[d] = state.get("route", {}).get(d, self._key(self.compress[d]))
             self.seconds[d] = {k: float(v) for k, v in state.get("seconds", {}).get(d, {}).items()}
+            saved = state.get("samples", {}).get(d, {})  # a checkpoint from before the means: one interval each
+            self.samples[d] = {k: int(saved.get(k, 1)) for k in self.seconds[d]}
         for d, f in state.get("figures", {}).items():
             if d in self.figures and f is not None:
                 self.figures[d] = CodecFigures(**f)

@@ -25,6 +25,7 @@ from dlrm_comp.checks import non_negative as _non_negative
 from dlrm_comp.checks import positive as _positive
 from dlrm_comp.compress.bounds import TableBoundSpec
 from dlrm_comp.compress.decay import DecaySchedule
+from dlrm_comp.compress.device_wire import MESSAGE_PATHS
 from dlrm_comp.compress.errors import NONFINITE_POLICIES
 from dlrm_comp.compress.modes import BYTE_MESSAGES, EXCHANGE_MODES, TORCHREC_QCOMM_MODES
 
@@ -73,7 +74,6 @@ def yaml_load(text: str):
 # dist.allreduce_compression (train/allreduce.py; auto: chosen by measurement, train/allreduce_policy.py)
 ALLREDUCE_COMPRESSION = ("off", "fp16", "bf16", "powersgd", "auto")
 COMPRESS_MODES = EXCHANGE_MODES  # plus TORCHREC_QCOMM_MODES (TorchRec's own codecs) with model.backend=torchrec
-MESSAGE_PATHS = ("host", "device", "auto")  # compress.message_path (compress/device_wire.py)
 PEERS = ("all", "inter_node", "auto")  # compress.peers (compress/codecs/peers.py, train/peer_policy.py)
 PEERS_FIXED = ("off", "fp16", "bf16")  # compress.peers_fixed: auto's fixed-rate route (peers.AllFixedRoute)
 INTER_NODE_MODES = ("off", *BYTE_MESSAGES)  # the modes compress.peers=inter_node and auto route (off: nothing to route)

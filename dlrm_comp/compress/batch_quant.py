@@ -361,8 +361,7 @@ def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> 
     xn = x.detach().contiguous().numpy()
     c, n = xn.shape
     eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
-    sent = np.full(c, n, np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
-    mn, mx = xn.min(axis=1), xn.max(axis=1)  # numpy's SIMD reductions (padding repeats its chunk: same range)
+    mn, mx = xn.min(axis=1), xn.max(axis=1)  # numpy's SIMD reductions; NaN propagates as in torch
     with np.errstate(invalid="ignore", over="ignore"):
         p = chunk_params(_Numpy, mn.astype(np.float64), mx.astype(np.float64), eb.astype(np.float64), n,
                          torch.float32)
@@ -370,6 +369,7 @@ def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> 
     high = np.zeros((c, n), np.uint8)
     hist = np.zeros((c, 512), np.int64)
     entropy = np.zeros(c, np.float64)
+    sent = np.full(c, n, np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
     ok, err = cpu_kernels.quantize_rows(xn, p["valid"], p["min"], p["safe_step"], p["max_code"], p["eb_abs"],
                                         low, high, hist, entropy, sent)
     const = p["const"]

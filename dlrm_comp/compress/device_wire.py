@@ -49,7 +49,7 @@ _HEADER = struct.Struct("<BBBBHHII")
 _ITEMSIZE = {d: torch.empty((), dtype=d).element_size() for d in DTYPES}
 # the entry bytes that the layout fixes (table, rows) and those the data sets (kind, bits, minimum, step)
 _FIXED = np.array([1, 1, 0, 0, 1, 1, 1, 1] + [0] * 8, dtype=bool)
-MESSAGE_PATHS = ("host", "device", "auto")
+MESSAGE_PATHS = ("host", "device", "auto")  # compress.message_path (config.py, exchange/plan.py check by it)
 
 
 def message_bytes(chunks: int, values: int, dtype: torch.dtype) -> int:

@@ -153,7 +153,8 @@ def sum_by_bag(rows: torch.Tensor, expand: torch.Tensor, total: int, sorted_orde
     = ``(permutation, lengths)``, host-built) keeps it deterministic."""
     if sorted_order is None:
         out = rows.new_zeros(total, rows.shape[1])
-        if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64) and not rows.requires_grad:
+        if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64) and not rows.requires_grad \
+                and cpu_kernels.available():
             cpu_kernels.add_rows(rows.contiguous().numpy(), expand.numpy(), out.numpy())  # index_add_'s order
             return out
         return out.index_add_(0, expand, rows)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dlrm_comp.compress.device_wire import MESSAGE_PATHS
 from dlrm_comp.compress.errors import NONFINITE_POLICIES
 from dlrm_comp.compress.lossless import DEFAULT_LOSSLESS, LosslessCodec, build_lossless
 from dlrm_comp.compress.modes import BY_NAME, Mode, mode
@@ -32,8 +33,8 @@ class DirectionPlan:
         mode(self.mode)  # ValueError naming the valid modes
         if self.nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"compress.nonfinite: must be one of {', '.join(NONFINITE_POLICIES)}, got {self.nonfinite!r}")
-        if self.message_path not in ("host", "device", "auto"):
-            raise ValueError(f"compress.message_path: must be one of host, device, auto, got {self.message_path!r}")
+        if self.message_path not in MESSAGE_PATHS:
+            raise ValueError(f"compress.message_path: must be one of {', '.join(MESSAGE_PATHS)}, got {self.message_path!r}")
         n = self.num_tables
         self.eb_rel = list(self.eb_rel) or [0.01] * n
         self.coders = list(self.coders) or [build_lossless(DEFAULT_LOSSLESS) for _ in range(n)]

@@ -229,7 +229,8 @@ class PeerPolicy:
                 self.samples = {d: {} for d in self.directions}
         self.decisions += 1
         link = self.link
-        probed = fresh and any(link[c] is not None and math.isfinite(link[c]) for c in self.classes)
+        linked = any(link[c] is not None and math.isfinite(link[c]) for c in self.classes)  # a link to send over
+        probed = fresh and linked
         record: dict[str, Any] = {"hysteresis": HYSTERESIS, "probe_bytes": size if probed else None,
                                   "link_Bps": {c: link[c] for c in self.classes}}
         for i, d in enumerate(self.directions):
@@ -245,7 +246,6 @@ class PeerPolicy:
                 self.compress[d][c] = decide(speedup[c], self.compress[d][c] if self.decided[d] else None)
             trial = False
             if exchange_s is not None and figures is not None:
-                linked = any(link[c] is not None and math.isfinite(link[c]) for c in self.classes)
                 self.route[d], trial = self._measured_route(d, self.compress[d], speedup, linked)
             else:
                 self.route[d] = self._key(self.compress[d])

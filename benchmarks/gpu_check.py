@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """The GPU checks in one run (about 5 minutes on one GPU): JSON on stdout, a short table on stderr.
 
+0. `nvcomp_probe`: nvcomp's batched ANS through its C API, round-tripped once in a child process
+   (where it fails, the rest runs with the device path's identity stage, and the report says so).
 1. `steps`: the training step of every mode against `off`, on the debug config and the
    Terabyte-shaped one (`configs/terabyte.yaml`, `data.max_ind_range=200000`), in interleaved
    blocks of the Trainer's own steps (as `train_throughput.py`); per mode the median step and its
@@ -78,6 +80,41 @@ def _train_throughput():
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- 0. nvcomp's probe
+PROBE = """
+import sys, torch
+from dlrm_comp.compress.device_stages import ChunkedStage
+from dlrm_comp.compress.nvcomp_batched import BatchedAns
+g = torch.Generator().manual_seed(0)
+codes = torch.randint(0, 6, (3_000_000,), generator=g).to(torch.uint8).cuda()
+sizes = [1_000_000, 16, 1_999_984]
+stage = ChunkedStage(BatchedAns())
+coded, coded_sizes = stage.encode(codes, sizes)
+host = coded_sizes.tolist()
+out, starts = stage.decode(coded[:sum(host)], host, sizes)
+same = all(torch.equal(out[s:s + n], codes[a:a + n]) for s, n, a in zip(starts, sizes, [0, 1_000_000, 1_000_016]))
+print(same, codes.numel() / sum(host))
+"""
+
+
+def nvcomp_probe(device: torch.device) -> dict:
+    """nvcomp's batched ANS through its C API (``compress/nvcomp_batched.py``) once, in a child
+    process: a wrong call there can crash a process, and this one holds the whole report. Where
+    it fails, the run goes on with the device path's identity stage (and says so)."""
+    from dlrm_comp.compress import device_stages
+    if device.type != "cuda" or not device_stages.nvcomp_ready():
+        return {"ran": False, "why": "no CUDA device" if device.type != "cuda" else
+                "nvcomp's library is absent (pip install '.[gpu]')"}
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    words = proc.stdout.split()
+    ok = proc.returncode == 0 and words[:1] == ["True"]
+    if not ok:
+        device_stages.nvcomp_ready = lambda: False  # codec's `auto` takes the host path, as without nvcomp
+    return {"ran": True, "ok": ok, "returncode": proc.returncode, "cr": float(words[1]) if ok else None,
+            "error": None if ok else (proc.stderr or proc.stdout)[-2000:]}
 
 
 # ----------------------------------------------------------------------------- 1. steps
@@ -220,11 +257,11 @@ def device_codec(device: torch.device, quick: bool) -> dict:
     codec = build_codec("codec", plan, None, device)
     reps = 3 if quick else 20
     enc, enc_s = best_time(lambda: codec.encode(x, eb, lay), reps, device=device)
-    got = device_wire.DeviceReceived(enc.payload, enc.sizes)
+    got = device_wire.DeviceReceived.looped(enc.payload, enc.sizes)
     y, dec_s = best_time(lambda: codec.decode(got, lay, x.dtype), reps, device=device)
     codec.check_messages()
     nbytes = x.numel() * x.element_size()
-    cr = nbytes / sum(enc.sizes)
+    cr = nbytes / sum(got.sizes)
     err = float(enc.err_ratio.max())
     tc, td = nbytes / enc_s, nbytes / dec_s
     out = {"shape": [chunks, n], "messages": 2, "stage": plan.device_stage, "cr": cr,
@@ -380,20 +417,27 @@ def main() -> None:
     quick = ["data.num_val_samples=1024" if args.quick else "data.num_val_samples=16384"]  # no evaluation runs
     report = {"benchmark": "gpu_check", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__}
+    def save() -> None:  # after every section: a section that crashes the process leaves the others
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2))
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the JSON
+        report["nvcomp_probe"] = nvcomp_probe(device)
+        save()
         report["steps"] = steps(["debug"] if args.quick else list(CONFIGS), args.modes, args.iterations, args.block,
                                 2 if args.quick else 10, device, quick)
+        save()
         report["stages"] = stages(device, args.quick)
         report["codecs"] = codecs(device, args.quick)
+        save()
         report["device_codec"] = device_codec(device, args.quick)
+        save()
         if not args.skip_distributed:
             report["distributed"] = distributed(device, 20 if args.quick else 100)
+            save()
         if not args.skip_tests:
             report["cuda_tests"] = cuda_tests()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    save()
+    print(json.dumps(report, indent=2))
     print(table(report), file=sys.stderr)
 
 

@@ -22,7 +22,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlrm_comp.compress import cpu_kernels, device_wire
+from dlrm_comp.compress import cpu_kernels, device_stages, device_wire
 from dlrm_comp.compress.codecs.base import ChunkLayout
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless.identity import IdentityCodec
@@ -60,7 +60,7 @@ def layout(tables: int, rows: list[np.ndarray], dim: int) -> ChunkLayout:
 
 def roundtrip(c, x: torch.Tensor, eb: torch.Tensor, lay: ChunkLayout) -> tuple[torch.Tensor, object]:
     enc = c.encode(x, eb, lay)
-    got = device_wire.DeviceReceived(enc.payload, enc.sizes) if enc.device_messages else enc.messages
+    got = device_wire.DeviceReceived.looped(enc.payload, enc.sizes) if enc.device_messages else enc.messages
     return c.decode(got, lay, x.dtype), enc
 
 
@@ -108,7 +108,7 @@ def test_the_device_path_round_trips_within_the_bound_and_equals_the_host_path_b
     tables = len(lay.tables[0])
     y, enc = roundtrip(codec("device", tables), x, eb, lay)
     assert enc.device_messages and enc.messages is None
-    assert enc.sizes == [device_wire.message_bytes(len(ts), int(r.sum()) * lay.dim, x.dtype)
+    assert enc.sizes.tolist() == [device_wire.message_bytes(len(ts), int(r.sum()) * lay.dim, x.dtype)
                          for ts, r in zip(lay.tables, lay.rows)]  # known from the layout alone
     y_host, host = roundtrip(codec("host", tables, IdentityCodec()), x, eb, lay)
     assert not host.device_messages
@@ -153,7 +153,7 @@ def test_statistics_split_each_message_over_its_chunks(dtype):
     x = torch.randn(int(lay.chunk_rows.sum()), 8, generator=g).to(dtype)
     y, enc = roundtrip(codec("device", 3), x, torch.full((6,), 0.02, dtype=torch.float64), lay)
     per_message = [float(enc.sent[:3].sum()), float(enc.sent[3:].sum())]
-    assert per_message == pytest.approx(enc.sizes)
+    assert per_message == pytest.approx(enc.sizes.tolist())
     assert bool((enc.ideal > 0).all()) and int(enc.nonfinite) == 0
 
 
@@ -163,11 +163,12 @@ def test_a_corrupted_device_message_is_caught_never_decoded_to_numbers():
     eb = torch.full((4,), 0.02, dtype=torch.float64)
     c = codec("device", 2)
     enc = c.encode(x, eb, lay)
-    second = enc.sizes[0]
+    sizes = enc.sizes.tolist()
+    second = sizes[0]
     for at, value in ((0, 0x00), (second + device_wire.HEADER, 7)):  # a magic byte; message 1's first table id
         bad = enc.payload.clone()
         bad[at] = value
-        y = c.decode(device_wire.DeviceReceived(bad, enc.sizes), lay, x.dtype)
+        y = c.decode(device_wire.DeviceReceived(bad, sizes), lay, x.dtype)
         broken = slice(0, 6) if at == 0 else slice(6, 9)  # a bad header: its message; a bad entry: its chunk
         assert bool(torch.isnan(y[broken]).all())
         assert not bool(torch.isnan(y[6:] if at == 0 else y[:6]).any())
@@ -175,9 +176,9 @@ def test_a_corrupted_device_message_is_caught_never_decoded_to_numbers():
             c.check_messages()
     c.check_messages()  # nothing pending: nothing raised
     with pytest.raises(CorruptPayloadError, match="layout expects"):  # a short message: caught on the host
-        c.decode(device_wire.DeviceReceived(enc.payload[:-1], [enc.sizes[0], enc.sizes[1] - 1]), lay, x.dtype)
+        c.decode(device_wire.DeviceReceived(enc.payload[:-1], [sizes[0], sizes[1] - 1]), lay, x.dtype)
     with pytest.raises(CorruptPayloadError):  # another dtype than the receiver expects: the header differs
-        c.decode(device_wire.DeviceReceived(enc.payload, enc.sizes), lay, torch.float16)
+        c.decode(device_wire.DeviceReceived(enc.payload, sizes), lay, torch.float16)
         c.check_messages()
 
 
@@ -193,7 +194,7 @@ def test_a_forced_device_path_refuses_what_it_does_not_carry():
 
 def test_pieces_are_aligned_for_the_batched_device_coder():
     buf = torch.arange(23, dtype=torch.uint8)
-    flat, offsets = device_wire.aligned(buf, [5, 0, 16, 2], align=8)
+    flat, offsets = device_stages.aligned(buf, [5, 0, 16, 2], align=8)
     assert offsets == [0, 8, 8, 24] and flat.numel() == 32
     for (at, size), start in zip(((0, 5), (5, 0), (5, 16), (21, 2)), offsets):
         assert torch.equal(flat[start:start + size], buf[at:at + size])
@@ -222,8 +223,21 @@ def step(ex: Exchange, base: torch.Tensor, bags) -> list[torch.Tensor]:
     return out
 
 
+@pytest.fixture(params=["identity", "chunked"])
+def stage(request, monkeypatch) -> str:
+    """The device path's lossless stage: the identity (what the CPU runs) or the chunked stage
+    over a data-dependent coder of nvcomp's contract (``test_device_stages.TrailingZeros``), in
+    chunks small enough that every message spans several."""
+    if request.param == "chunked":
+        from test_device_stages import TrailingZeros
+        monkeypatch.setattr(device_stages, "default_stage",
+                            lambda device: device_stages.ChunkedStage(TrailingZeros(), chunk=128))
+        return "trailing-zeros"
+    return "identity"
+
+
 @pytest.mark.parametrize("dedup", [False, True])
-def test_the_exchange_on_the_device_path_equals_the_host_path(dedup):
+def test_the_exchange_on_the_device_path_equals_the_host_path(dedup, stage):
     results = []
     for path in ("device", "host"):
         ex = exchange(3, dedup, path=path)
@@ -232,12 +246,13 @@ def test_the_exchange_on_the_device_path_equals_the_host_path(dedup):
         results.append((torch.cat(out).detach(), base.grad.clone(), ex.plan.fwd.codec_names()[0]))
     (y_dev, g_dev, label), (y_host, g_host, host_label) = results
     assert torch.equal(y_dev, y_host) and torch.equal(g_dev, g_host)
-    assert label == "codec:device+identity" and host_label.startswith("codec:") and "device" not in host_label
+    assert label == f"codec:device+{stage}" and host_label.startswith("codec:") and "device" not in host_label
 
 
-def test_an_exchange_step_reads_the_host_once_per_direction_on_the_device_path(monkeypatch):
+def test_an_exchange_step_reads_the_host_once_per_direction_on_the_device_path(monkeypatch, stage):
     """The torch ops of the quantizer (numba off, as on a GPU): a forward and a backward read
-    exactly the two receive-size lists, nothing else (no `.item()`, no `.numpy()`, no `.cpu()`)."""
+    exactly two lists, each direction's coded sizes and receive splits in one, nothing else (no
+    `.item()`, no `.numpy()`, no `.cpu()`), with either stage."""
     monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     ex = exchange(3, dedup=False)
     base, _ = inputs(3)
@@ -258,7 +273,7 @@ def kernels(tables: int, dedup: bool) -> tuple[collections.Counter, collections.
 
 @pytest.mark.parametrize("device_path", [False, True], ids=["cpu-loops", "torch-ops"])
 @pytest.mark.parametrize("dedup", [False, True])
-def test_the_device_path_launches_as_many_kernels_for_12_tables_as_for_3(monkeypatch, dedup, device_path):
+def test_the_device_path_launches_as_many_kernels_for_12_tables_as_for_3(monkeypatch, dedup, device_path, stage):
     if device_path:
         monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     few_fwd, few_bwd = kernels(3, dedup)
@@ -334,7 +349,7 @@ def test_cli_exits_2_on_a_bad_message_path(tmp_path):
 # ----------------------------------------------------------------------------- CUDA only
 @pytest.mark.cuda
 def test_the_device_path_on_cuda_with_nvcomp_round_trips_bit_identical_to_the_host_path():  # pragma: no cover
-    if not device_wire.nvcomp_ready():
+    if not device_stages.nvcomp_ready():
         pytest.skip("nvcomp (the gpu extra) is not installed")
     lay = layout(3, [np.array([64, 64, 64])] * 2, 16)
     x = torch.randn(int(lay.chunk_rows.sum()), 16, generator=torch.Generator().manual_seed(3))
@@ -367,9 +382,9 @@ def test_auto_takes_the_device_path_for_cuda_rows_only_where_nvcomp_imports(monk
     class CudaRows:  # what `device_path` reads of the rows
         is_cuda = True
     c = build_codec("codec", DirectionPlan("codec", 2, message_path="auto"), None, "cpu")
-    monkeypatch.setattr(device_wire, "nvcomp_ready", lambda: False)
+    monkeypatch.setattr(device_stages, "nvcomp_ready", lambda: False)
     assert not c.device_path(CudaRows())  # without nvcomp the identity stage would send the codes uncoded
-    monkeypatch.setattr(device_wire, "nvcomp_ready", lambda: True)
+    monkeypatch.setattr(device_stages, "nvcomp_ready", lambda: True)
     assert c.device_path(CudaRows()) and not c.device_path(torch.zeros(1))
     c.host_only = "dist.size_exchange=slots"
     assert not c.device_path(CudaRows())

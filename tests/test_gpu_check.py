@@ -26,6 +26,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     assert [(r["config"], r["mode"]) for r in report["steps"]] == [("debug", "off"), ("debug", "codec"),
                                                                     ("debug", "fp8")]
     assert report["steps"][0]["vs_off"] == 1.0
+    assert report["nvcomp_probe"] == {"ran": False, "why": "no CUDA device"}
     for row in report["steps"]:
         assert {"step_ms", "kernel_launches", "h2d_copies", "d2h_copies", "sync_calls"} <= set(row)
     stages = report["stages"]

@@ -18,9 +18,10 @@ stage over them sees the low plane's skewed bytes apart from the (mostly zero) h
 and the sizes do not depend on the data. The planes of a RAW chunk are its values' bytes (the wire
 format's version-4 convention: the first bytes of a RAW chunk in the primary plane).
 
-The lossless stage runs once per direction over every destination's message (``DeviceStage``):
-nvcomp's batched ANS on CUDA (``NvcompStage``, the ``gpu`` extra), the identity stage where nvcomp is
-absent (``IdentityStage``: the message as it is; what the CPU tests run). The receiver parses by
+The lossless stage runs once per direction over every destination's message
+(``device_stages.py``): nvcomp's batched ANS on CUDA over 64 KiB chunks (``ChunkedStage``, the
+``gpu`` extra), the identity stage where nvcomp is absent (``IdentityStage``: the message as it
+is; what the CPU runs); its coded sizes stay on the device. The receiver parses by
 device ops: header and table fields that the layout fixes are compared with the expected bytes, the
 kind and bit width checked for range; a message that fails is counted on the device (read with the
 statistics, ``QuantCodec.check_messages``) and its rows decode as NaN, never as a silently wrong
@@ -161,6 +162,13 @@ class DeviceReceived:
     buffer: torch.Tensor
     sizes: list[int]
 
+    @classmethod
+    def looped(cls, payload: torch.Tensor, sizes: torch.Tensor) -> "DeviceReceived":
+        """What one process receives from itself (tests and benchmarks): the coded sizes read,
+        the payload cut to them."""
+        host = [int(s) for s in sizes.tolist()]
+        return cls(payload[:sum(host)], host)
+
 
 @dataclass
 class DeviceParsed:
@@ -176,16 +184,18 @@ class DeviceParsed:
     bad: torch.Tensor  # [C] bool: its message failed a check
 
 
-def parse(buf: torch.Tensor, lay: DeviceLayout) -> DeviceParsed:
-    """Split the received messages (one flat uint8 tensor, message after message, each of its
-    ``lay.sizes`` bytes: checked on the host by the caller) by device ops, and check every field
-    the layout fixes and the data-set ones' ranges, without a host read."""
+def parse(buf: torch.Tensor, lay: DeviceLayout, starts: list[int] | None = None) -> DeviceParsed:
+    """Split the received messages (one flat uint8 tensor, each of its ``lay.sizes`` bytes at
+    ``starts``, by default back to back) by device ops, and check every field the layout fixes and
+    the data-set ones' ranges, without a host read."""
     item, dev = lay.item, buf.device
     c, v = int(sum(lay.counts)), int(sum(lay.values))
-    if buf.numel() != sum(lay.sizes):
-        raise CorruptPayloadError(f"device messages of {buf.numel()} bytes, the layout expects {sum(lay.sizes)}")
-    heads, tabs, lows, highs, rests, at = [], [], [], [], [], 0
-    for cm, vm, size in zip(lay.counts, lay.values, lay.sizes):
+    if starts is None:
+        if buf.numel() != sum(lay.sizes):
+            raise CorruptPayloadError(f"device messages of {buf.numel()} bytes, the layout expects {sum(lay.sizes)}")
+        starts = np.concatenate([[0], np.cumsum(lay.sizes)[:-1]]).tolist() if lay.sizes else []
+    heads, tabs, lows, highs, rests = [], [], [], [], []
+    for cm, vm, at in zip(lay.counts, lay.values, starts):
         p = at + HEADER
         heads.append(buf[at:p])
         tabs.append(buf[p:p + ENTRY * cm])
@@ -194,7 +204,6 @@ def parse(buf: torch.Tensor, lay: DeviceLayout) -> DeviceParsed:
         highs.append(buf[p + vm:p + 2 * vm])
         if item > 2:
             rests.append(buf[p + 2 * vm:p + item * vm])
-        at += size
     if c == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=dev)
         return DeviceParsed(empty, empty, empty.double(), empty.double(), torch.zeros(0, 0, dtype=torch.uint8,
@@ -217,109 +226,3 @@ def parse(buf: torch.Tensor, lay: DeviceLayout) -> DeviceParsed:
     n = lay.width
     return DeviceParsed(kind, bits, minimum, step, flat[:, 0].contiguous().view(c, n),
                         flat[:, 1].contiguous().view(c, n), flat.view(lay.dtype).view(c, n), bad)
-
-
-# ----------------------------------------------------------------------------- lossless stages
-class DeviceStage:
-    """The lossless stage of the device path: every destination's message in one call each way.
-    ``encode(buf, sizes)`` -> the coded messages (one flat uint8 tensor) and their sizes (host
-    ints: what the size all-to-all sends); ``decode(coded, coded_sizes, sizes)`` -> the messages."""
-
-    name = "identity"
-
-    def encode(self, buf: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, list[int]]:
-        raise NotImplementedError
-
-    def decode(self, coded: torch.Tensor, coded_sizes: list[int], sizes: list[int]) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class IdentityStage(DeviceStage):
-    """The messages as they are (the ``identity`` lossless codec's semantics): where nvcomp is absent."""
-
-    name = "identity"
-
-    def encode(self, buf: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, list[int]]:
-        return buf, list(sizes)
-
-    def decode(self, coded: torch.Tensor, coded_sizes: list[int], sizes: list[int]) -> torch.Tensor:
-        if list(coded_sizes) != list(sizes):
-            raise CorruptPayloadError(f"device messages of {list(coded_sizes)} bytes, the layout expects "
-                                      f"{list(sizes)} (identity stage)")
-        return coded
-
-
-def aligned(buf: torch.Tensor, sizes: list[int], align: int = 16) -> tuple[torch.Tensor, list[int]]:
-    """``buf``'s consecutive pieces of ``sizes`` bytes, each moved to start at a multiple of
-    ``align`` (zero gaps; one ``cat``), and their new offsets: nvcomp's batched calls want aligned
-    inputs, while messages (and the all-to-all's received ones) sit back to back at any byte."""
-    pieces, offsets, at, out = [], [], 0, 0
-    gap = torch.zeros(align, dtype=torch.uint8, device=buf.device)
-    for size in sizes:
-        offsets.append(out)
-        pieces.append(buf[at:at + size])
-        pad = -size % align
-        if pad:
-            pieces.append(gap[:pad])
-        at, out = at + size, out + size + pad
-    return (torch.cat(pieces) if pieces else buf[:0]), offsets
-
-
-class NvcompStage(DeviceStage):  # pragma: no cover - CUDA and the nvidia-nvcomp wheel only
-    """nvcomp's ANS over every destination's message in one batched call each way
-    (``nvcomp.as_arrays(buffer, offsets, sizes)``: a ``BatchArray`` over one contiguous buffer).
-    Reading the compressed sizes through nvcomp's Python API waits for the device: that read is
-    the direction's one host read before the size all-to-all (the receive sizes are the second)."""
-
-    name = "nvcomp-ANS"
-
-    def __init__(self, algorithm: str = "ANS"):
-        from dlrm_comp.compress.lossless.nvcomp_codec import nvcomp, nvcomp_available
-        if not nvcomp_available():
-            raise ImportError("the device message path's nvcomp stage needs CUDA and the nvidia-nvcomp-cu13 wheel")
-        self.nvcomp = nvcomp
-        self.algorithm = algorithm
-        self.name = f"nvcomp-{algorithm}"
-        self._codecs: dict = {}
-
-    def _codec(self):
-        stream = torch.cuda.current_stream().cuda_stream
-        codec = self._codecs.get(stream)
-        if codec is None:
-            codec = self._codecs[stream] = self.nvcomp.Codec(algorithm=self.algorithm, cuda_stream=stream)
-        return codec
-
-    def _batch(self, buf: torch.Tensor, sizes: list[int]):
-        """A ``BatchArray`` over ``buf``'s pieces, each moved to a 16-byte boundary first."""
-        flat, offsets = aligned(buf.contiguous(), list(sizes))
-        self._keep = flat  # nvcomp's arrays view it: alive until the call returns
-        return self.nvcomp.as_arrays(flat, offsets, list(sizes))
-
-    def _flat(self, arrays, dev) -> tuple[torch.Tensor, list[int]]:
-        parts = [torch.as_tensor(a, device=dev).view(torch.uint8).reshape(-1) for a in arrays]
-        return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8, device=dev)), \
-            [int(p.numel()) for p in parts]
-
-    def encode(self, buf: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, list[int]]:
-        return self._flat(self._codec().encode(self._batch(buf, sizes)), buf.device)
-
-    def decode(self, coded: torch.Tensor, coded_sizes: list[int], sizes: list[int]) -> torch.Tensor:
-        try:
-            out, got = self._flat(self._codec().decode(self._batch(coded, coded_sizes)), coded.device)
-        except Exception as e:  # noqa: BLE001
-            raise CorruptPayloadError(f"nvcomp: {e}") from None
-        if got != list(sizes):
-            raise CorruptPayloadError(f"nvcomp decoded {got} bytes, the layout expects {list(sizes)}")
-        return out
-
-
-def default_stage(device) -> DeviceStage:
-    """nvcomp's ANS on CUDA where it imports, else the identity stage."""
-    if torch.device(device).type == "cuda" and nvcomp_ready():  # pragma: no cover - CUDA only
-        return NvcompStage()
-    return IdentityStage()
-
-
-def nvcomp_ready() -> bool:
-    from dlrm_comp.compress.lossless.nvcomp_codec import nvcomp_available
-    return nvcomp_available()

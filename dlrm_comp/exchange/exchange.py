@@ -369,15 +369,16 @@ class Exchange:
         plan = plan or self._off
         codec = self.codec(plan)
         enc = self._encode(flat, out, plan, direction, bounds)
-        if count:  # training traffic (evaluation batches are neither compressed nor counted)
-            self.wire_raw += int(out.full_rows.sum()) * self.dim * flat.element_size()
-            self.wire_sent += sum(enc.sizes) * (1 if codec.byte_messages else enc.payload.element_size())
+        sent_sizes = enc.sizes
         if enc.device_messages:  # the device message path: the payload stays on the device
-            receive = self.sender.send_device(enc.payload, enc.sizes, direction, async_op)
+            sent_sizes, receive = self.sender.send_device(enc.payload, enc.sizes, direction, async_op)
         elif codec.byte_messages:
             receive = self.sender.send(enc.messages, direction, async_op)
         else:
             receive = self.transport.exchange(enc.payload, enc.sizes, codec.sizes(inc), async_op).wait
+        if count:  # training traffic (evaluation batches are neither compressed nor counted)
+            self.wire_raw += int(out.full_rows.sum()) * self.dim * flat.element_size()
+            self.wire_sent += sum(sent_sizes) * (1 if codec.byte_messages else enc.payload.element_size())
         dtype = flat.dtype  # every rank exchanges its model's dtype
 
         def finish() -> torch.Tensor:

@@ -7,7 +7,8 @@ zero-padded to its slot, its real length travels in its preamble, and what excee
 follows point-to-point: one collective instead of two, the padding reported as ``bytes_pad``.
 
 ``send_device``: the device message path's (``compress/device_wire.py``) messages, already one
-flat device tensor with host sizes: the ``exact`` protocol, its receive splits the one host read.
+flat device tensor, their coded sizes a device tensor: the ``exact`` protocol, its one host read
+taking the sent sizes and the receive splits together.
 """
 from __future__ import annotations
 
@@ -56,18 +57,23 @@ class MessageSender:
             return [host[starts[p]:starts[p + 1]] for p in range(len(out_splits))]
         return finish
 
-    def send_device(self, payload: torch.Tensor, sizes: list[int], direction: str,
-                    async_op: bool = False) -> Callable[[], DeviceReceived]:
-        """The device messages of one direction (``payload``: message after message, on the
-        transport's device; ``sizes`` their lengths): W int64 in one small all-to-all, one host
-        read of the receive splits, then the byte all-to-all. The payload never leaves the device."""
+    def send_device(self, payload: torch.Tensor, sizes: torch.Tensor, direction: str,
+                    async_op: bool = False) -> tuple[list[int], Callable[[], DeviceReceived]]:
+        """The device messages of one direction (``payload``: message after message from its
+        start, on the transport's device; ``sizes`` their coded lengths, a device tensor): the W
+        sizes in one small all-to-all, then one host read of the sizes and the receive splits
+        together, then the byte all-to-all. The payload never leaves the device. Returns the sent
+        sizes (host ints) and ``finish()``."""
         dev = self.transport.device
-        recv_sizes = self.transport.exchange_sizes(to_device(torch.tensor(list(sizes), dtype=torch.int64), dev))
-        self.bytes_meta += 0 if self.loopback else 8 * len(sizes)
-        out_splits = recv_sizes.tolist()  # the one host read of the direction: the receive splits
+        sizes = to_device(sizes.to(torch.int64), dev)
+        recv_sizes = self.transport.exchange_sizes(sizes)
+        self.bytes_meta += 0 if self.loopback else 8 * sizes.numel()
+        both = torch.cat([sizes, recv_sizes]).tolist()  # the one host read of the direction
         self.host_syncs += 1
-        handle = self.transport.exchange(payload, list(sizes), out_splits, async_op)
-        return lambda: DeviceReceived(handle.wait(), out_splits)
+        w = sizes.numel()
+        in_splits, out_splits = both[:w], both[w:]
+        handle = self.transport.exchange(payload[:sum(in_splits)], in_splits, out_splits, async_op)
+        return in_splits, lambda: DeviceReceived(handle.wait(), out_splits)
 
     def _send_slots(self, messages: list[bytes], direction: str, async_op: bool) -> Callable[[], list]:
         sizer = self._sizers.setdefault(direction, SlotSizer(len(messages)))

@@ -69,7 +69,7 @@ class Encoded:
     count of chunks holding NaN/Inf (the exchange applies the policy)."""
 
     payload: torch.Tensor
-    sizes: list[int]
+    sizes: list[int] | torch.Tensor
     sent: torch.Tensor | None = None
     ideal: torch.Tensor | None = None
     err_ratio: torch.Tensor | None = None
@@ -77,7 +77,8 @@ class Encoded:
     messages: list[bytes] | None = None
     hits: torch.Tensor | None = None  # [C] rows the row cache served (only a flag travelled); None: no cache
     device_messages: bool = False  # byte messages that stay on the device: ``payload`` holds them, message
-    # after message (``device_wire.py``), ``sizes`` their coded lengths (host ints); ``messages`` is None
+    # after message from its start (``device_wire.py``; it may run longer), ``sizes`` their coded lengths as a
+    # ``[W]`` int64 device tensor (the size protocol reads them); ``messages`` is None
 
 
 class ModeCodec:

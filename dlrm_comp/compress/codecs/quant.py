@@ -9,16 +9,17 @@ are grouped by lossless stage and code layout (a section each), stable within a 
 The device message path (``compress.message_path``; ``compress/device_wire.py``): the same
 quantizer, then every destination's message assembled by device ops in a format whose size
 follows from the layout, one lossless call per direction on the device (nvcomp's ANS on CUDA,
-the identity stage elsewhere), and the receiver parses by device ops and reconstructs with the
-same ``dequantize_planes``. No host copy of the codes; the one host read per direction is the
-size protocol's (``sizes.MessageSender.send_device``)."""
+the identity stage elsewhere; ``device_stages.py``), its coded sizes left on the device, and the
+receiver parses by device ops and reconstructs with the same ``dequantize_planes``. No host copy
+of the codes; the one host read per direction is the size protocol's
+(``sizes.MessageSender.send_device``: the coded sizes and the receive splits, read together)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlrm_comp.compress import device_wire
+from dlrm_comp.compress import device_stages, device_wire
 from dlrm_comp.compress.batch_quant import ChunkKind, dequantize_planes, quantize_batch
 from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, pad_chunks, unpad_chunks
 from dlrm_comp.compress.codecs.cache_stage import message_flags
@@ -56,17 +57,17 @@ class QuantCodec(ByteMessageCodec):
             ("compress.layout=bitpack", any(self.plan.bitpack)),
             (self.host_only, self.host_only is not None)) if on]
         if path == "auto":
-            return x.is_cuda and device_wire.nvcomp_ready() and not blockers
+            return x.is_cuda and device_stages.nvcomp_ready() and not blockers
         if blockers:
             raise ValueError(f"compress.message_path=device does not carry {blockers[0]}; accepted values with it: "
                              "host, auto")
         return True
 
-    def device_stage(self, device) -> device_wire.DeviceStage:
+    def device_stage(self, device) -> device_stages.DeviceStage:
         key = str(device)
         stage = self._stages.get(key)
         if stage is None:
-            stage = self._stages[key] = device_wire.default_stage(device)
+            stage = self._stages[key] = device_stages.default_stage(device)
         return stage
 
     def _device_layout(self, layout: ChunkLayout, dtype: torch.dtype, device) -> device_wire.DeviceLayout:
@@ -89,10 +90,9 @@ class QuantCodec(ByteMessageCodec):
         ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes().to(dev),
                             torch.where(q.kind == ChunkKind.RAW, lay.body, 0.0)) + lay.framing
         msg = lay.chunk_message
-        total = torch.zeros(len(sizes), dtype=torch.float64, device=dev).index_add_(0, msg, ideal)
-        coded_t = to_device(torch.tensor(sizes, dtype=torch.float64), dev)
-        sent = ideal / total.index_select(0, msg).clamp_min(1e-300) * coded_t.index_select(0, msg)
-        return Encoded(coded, list(sizes), sent=sent, ideal=ideal, err_ratio=q.error_ratio(), nonfinite=q.nonfinite,
+        total = torch.zeros(len(lay.sizes), dtype=torch.float64, device=dev).index_add_(0, msg, ideal)
+        sent = ideal / total.index_select(0, msg).clamp_min(1e-300) * sizes.to(torch.float64).index_select(0, msg)
+        return Encoded(coded, sizes, sent=sent, ideal=ideal, err_ratio=q.error_ratio(), nonfinite=q.nonfinite,
                        device_messages=True)
 
     def _decode_device(self, got: device_wire.DeviceReceived, layout: ChunkLayout,
@@ -100,7 +100,8 @@ class QuantCodec(ByteMessageCodec):
         dtype = dtype or torch.float32
         dev = got.buffer.device
         lay = self._device_layout(layout, dtype, dev)
-        p = device_wire.parse(self.device_stage(dev).decode(got.buffer, got.sizes, lay.sizes), lay)
+        messages, starts = self.device_stage(dev).decode(got.buffer, got.sizes, lay.sizes)
+        p = device_wire.parse(messages, lay, starts)
         values = dequantize_planes(p.kind, p.minimum, p.step, p.bits, p.low, p.high, p.raw, dtype)
         values = values.masked_fill(p.bad[:, None], float("nan"))  # a failed message never decodes to numbers
         bad = p.bad.sum()

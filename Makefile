@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCHREC_STAMP := $(VENV)/.torchrec
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup torchrec demo test bench clean
+.PHONY: setup torchrec demo test bench gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,13 @@ test: $(STAMP) $(TORCHREC_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
+
+# The wheels a GPU host without network needs for benchmarks/gpu_session.sh (Python 3.11-3.13, x86-64)
+GPU_WHEEL_ARGS := --no-deps --only-binary=:all: --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download -q $(GPU_WHEEL_ARGS) nvidia-libnvcomp-cu13==6.0.0.12 nvidia-nvcomp-cu13==6.0.0.12
+	for v in 3.11 3.12 3.13; do $(BIN)/python -m pip download -q $(GPU_WHEEL_ARGS) --python-version $$v zstandard; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -107,6 +107,41 @@ def test_trials_run_again_every_retrial_every_decisions(monkeypatch):
     assert policy.seconds == slow_link
 
 
+def test_rounds_grow_apart_while_the_choice_holds_and_close_up_when_it_changes():
+    """RoundSchedule: a round that kept the choice doubles the gap (up to MAX_GAP x every), one
+    that changed it resets the gap; the run's first round is not a kept choice."""
+    from dlrm_comp.train.peer_policy import MAX_GAP, RoundSchedule
+    rounds = RoundSchedule(4)
+    assert not rounds.due(0) and not rounds.due(3) and rounds.due(4)
+    rounds.end("off")  # the first round's end: no choice before it
+    assert rounds.gap == 4
+    starts = []
+    for decision in range(1, 200):
+        if rounds.due(decision):
+            starts.append(decision)
+            rounds.begin(decision, "off")
+            rounds.end("off")  # kept
+    assert starts[:6] == [4, 12, 28, 60, 92, 124] and rounds.gap == MAX_GAP * 4
+    rounds.begin(200, "off")
+    rounds.end("fp16")  # changed: measured again soon
+    assert rounds.gap == 4 and rounds.due(204) and not rounds.due(203)
+    old = RoundSchedule(8)
+    old.load_state_dict(None, 19)  # a checkpoint from before the schedule: rounds at multiples of 8
+    assert not old.due(19) and old.due(24)
+
+
+def test_a_setting_that_keeps_winning_is_tried_against_ever_less_often():
+    policy = AllreducePolicy(CANDIDATES, powersgd_start=0)
+    times = {"off": 0.010, "fp16": 0.006, "powersgd": 0.012}
+    got = _run(policy, lambda it, s: times[s], 60)
+    trials = [k for k, (_, trial) in enumerate(got) if trial]
+    assert trials == [0, 1, 2, 8, 9, 24, 25, 56, 57]  # rounds at decisions 8, 24, 56: gaps of 8, 16, 32
+    assert policy.chosen == "fp16" and policy.rounds.gap == 64
+    again = AllreducePolicy(CANDIDATES, powersgd_start=0)
+    again.load_state_dict(json.loads(json.dumps(policy.state_dict())))
+    assert again.rounds.state_dict() == policy.rounds.state_dict()
+
+
 def test_the_first_interval_of_the_run_is_warm_up_and_the_state_round_trips():
     policy = AllreducePolicy(CANDIDATES, powersgd_start=0)
     record = policy.interval(10, (5.0, 1.0))

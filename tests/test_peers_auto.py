@@ -188,6 +188,32 @@ def test_trials_measure_the_route_that_travelled():
     assert policy.seconds["fwd"] == {} and policy.route["fwd"] == "raw" and records[-1]["fwd"]["trial"]
 
 
+def test_probes_grow_apart_while_the_routes_hold_and_close_up_when_they_change():
+    """The link is probed when a round begins: PROBE_EVERY decisions apart, the gap doubling while
+    the route holds (the records say the gap), back to PROBE_EVERY once a round changes it."""
+    from types import SimpleNamespace
+    from dlrm_comp.train import peer_policy as pp
+    policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2)
+    rates = {"remote": 1e7}
+    probes = []
+
+    def measure(iteration, transport, size):
+        probes.append(iteration)
+        return {"local": math.inf, **rates}
+    policy.measure_link = measure
+    clear = CodecFigures(cr=20.0, tc=1e10, td=1e10)  # compressing the remote class is clearly faster
+    ex = SimpleNamespace(transport=SimpleNamespace(), route=lambda d, mask, fixed=False: None, routed=lambda d: None)
+    records = []
+    for it in range(1, 61):
+        if it == 45:
+            rates["remote"] = 1e12  # a link so fast that the codec no longer pays: the route changes
+        policy.figures["fwd"] = clear
+        policy.interval(it, ex, lambda kind, i, **r: records.append(r), lambda line: None)
+    assert probes == [1, 9, 25, 57]  # decisions 0, 8, 24 (gap 16), 56 (gap 32)
+    assert records[24]["round_gap"] == 32 and records[55]["round_gap"] == 32
+    assert records[56]["fwd"]["route"] == "raw" and records[56]["round_gap"] == pp.PROBE_EVERY
+
+
 # ------------------------------------------------------------------ routes switched between steps
 def _exchange(t=3, w=4):
     plan = CompressionPlan(DirectionPlan("codec", t, eb_rel=[0.02] * t), DirectionPlan("codec", t, eb_rel=[0.02] * t))

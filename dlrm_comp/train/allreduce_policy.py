@@ -9,10 +9,12 @@ collectives and their callbacks, so the candidates (``CANDIDATES``: the plain al
 one candidate without a measurement travels for one interval as a trial (a candidate's measure is
 the mean of every interval it ran in the round, ``file_mean``); once every candidate
 that can run has one, the fastest wins, switching away from the last chosen setting only when it
-is more than ``HYSTERESIS`` (5%) faster (``keep_or_switch``), in either direction. Every
-``RETRIAL_EVERY`` decisions (the cadence of ``compress.peers=auto``'s link probes) the
-measurements are dropped, the interval just run becoming the first of the new round, and the
-others are tried again: a link's rate or the codec's share of the step may have moved.
+is more than ``HYSTERESIS`` (5%) faster (``keep_or_switch``), in either direction. At the start
+of every later round (``RoundSchedule``: ``RETRIAL_EVERY`` decisions after the last one began,
+the cadence of ``compress.peers=auto``'s link probes, the gap doubling after every round that
+kept the choice, up to 8 times, and back after one that changed it) the measurements are dropped,
+the interval just run becoming the first of the new round, and the others are tried again: a
+link's rate or the codec's share of the step may have moved.
 
 The measure (``AllreduceCompression.measure``): per step, the breakdown's ``allreduce_s`` plus
 ``compute_s``, every rank's mean (the breakdown's reduction), broadcast from rank 0 so every rank
@@ -39,10 +41,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlrm_comp.train.peer_policy import HYSTERESIS, PROBE_EVERY, file_mean, first_unmeasured, keep_or_switch
+from dlrm_comp.train.peer_policy import (HYSTERESIS, PROBE_EVERY, RoundSchedule, file_mean, first_unmeasured,
+                                         keep_or_switch)
 
 CANDIDATES = ("off", "fp16", "powersgd")  # in trial order; fp16: the 16-bit cast (bf16 halves the bytes alike)
-RETRIAL_EVERY = PROBE_EVERY  # decisions between two rounds of trials
+RETRIAL_EVERY = PROBE_EVERY  # decisions between two rounds of trials (doubling while the choice holds)
 
 
 class AllreducePolicy:
@@ -59,6 +62,7 @@ class AllreducePolicy:
         self.samples: dict[str, int] = {}  # candidate -> intervals in that mean (this round)
         self.allreduce_s: dict[str, float] = {}  # candidate -> its allreduce phase alone (for the record)
         self.decisions = 0
+        self.rounds = RoundSchedule(RETRIAL_EVERY)
 
     def ready(self, candidate: str, iteration: int) -> bool:
         """Whether an interval from ``iteration`` on runs ``candidate`` as itself on every step."""
@@ -68,8 +72,9 @@ class AllreducePolicy:
         """File ``measured`` (the measure and the allreduce phase, seconds per step, of the
         interval that ends at ``iteration``) under the setting that ran in it, decide what runs
         next, and return the decision's record."""
-        retrial = self.decisions > 0 and self.decisions % RETRIAL_EVERY == 0
+        retrial = self.rounds.due(self.decisions)
         if retrial:  # the interval just run is the first of the new round's measurements
+            self.rounds.begin(self.decisions, self.chosen)
             self.seconds, self.allreduce_s, self.samples = {}, {}, {}
         filed = None
         if measured is not None and self.since > 0 and self.ready(self.setting, self.since):
@@ -80,11 +85,12 @@ class AllreducePolicy:
         trial = first_unmeasured([c for c in self.candidates if self.ready(c, iteration)], self.seconds)
         if trial is None:
             self.chosen = keep_or_switch(self.seconds, self.chosen)
+            self.rounds.end(self.chosen)
         self.setting = trial or self.chosen
         self.since = iteration
         return {"setting": self.setting, "trial": trial is not None, "chosen": self.chosen, "measured": filed,
                 "retrial": retrial, "seconds": dict(self.seconds), "allreduce_s": dict(self.allreduce_s),
-                "hysteresis": HYSTERESIS}
+                "hysteresis": HYSTERESIS, "round_gap": self.rounds.gap}
 
     @staticmethod
     def line(iteration: int, record: dict[str, Any], candidates) -> str:
@@ -95,7 +101,8 @@ class AllreducePolicy:
 
     def state_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen, "setting": self.setting, "since": self.since, "seconds": dict(self.seconds),
-                "samples": dict(self.samples), "allreduce_s": dict(self.allreduce_s), "decisions": self.decisions}
+                "samples": dict(self.samples), "allreduce_s": dict(self.allreduce_s), "decisions": self.decisions,
+                "rounds": self.rounds.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """A saved candidate this run no longer has is dropped (it starts from ``off`` then)."""
@@ -108,3 +115,4 @@ class AllreducePolicy:
         self.samples = {c: int(saved.get(c, 1)) for c in self.seconds}
         self.allreduce_s = {c: float(v) for c, v in state.get("allreduce_s", {}).items() if c in known}
         self.decisions = int(state.get("decisions", 0))
+        self.rounds.load_state_dict(state.get("rounds"), self.decisions)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import log_loss, roc_auc_score
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """AUC, logloss and accuracy (threshold 0.5) of click predictions; AUC is NaN for one class."""
+    """AUC, logloss and accuracy (threshold 0.5) of click predictions; AUC is NaN for one class.
+    scikit-learn is imported here, not at start-up: it costs 0.7 s, and most runs (every rank of
+    a distributed run but the evaluator, short runs without evaluation) never evaluate."""
+    from sklearn.metrics import log_loss, roc_auc_score
     probs = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -50, 50)))
     labels = labels.astype(np.float64)
     has_both = 0 < labels.sum() < len(labels)

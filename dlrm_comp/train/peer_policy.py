@@ -20,7 +20,9 @@ Inputs:
   codec's first calls compile and allocate). A direction whose classes all travelled raw keeps
   its last figures: nothing was coded to measure; a direction never measured keeps compressing.
 - B per class from ``distributed/link_probe.py`` (see there why a probe, and why a slope),
-  measured at a process's first decision and every ``PROBE_EVERY``-th after it. One process
+  measured at a process's first decision and at the start of every later round of measurements
+  (``RoundSchedule``: ``PROBE_EVERY`` decisions apart, the gap doubling while the routes hold,
+  up to 8 times that). One process
   (the loopback) or one rank per node has no link inside its node: B is infinite, the speedup
   0, and the class travels raw; the loopback counts as one node.
 
@@ -50,6 +52,7 @@ HYSTERESIS = 1.05
 # exchange took 11-12 ms a step against 5.2 for the raw one hidden behind the bottom MLP.
 CLEAR = 2.0
 PROBE_EVERY = 8  # decisions per link probe (a probe costs tens of ms of transfers: 1-3% of a short interval)
+MAX_GAP = 8  # x PROBE_EVERY: the longest gap between two rounds once the choice keeps holding
 FIELDS = ("calls", "enc_raw", "enc_sent", "enc_s", "dec_raw", "dec_s", "raw_local", "sent_local", "raw_remote",
           "sent_remote", "message_bytes")
 
@@ -89,6 +92,45 @@ def file_mean(seconds: dict[str, float], samples: dict[str, int], key: str, valu
     n = samples.get(key, 0) if key in seconds else 0
     seconds[key] = (seconds[key] * n + value) / (n + 1) if n else float(value)
     samples[key] = n + 1
+
+
+class RoundSchedule:
+    """When the next round of measurements begins (a link probe, the routes' and settings' trials
+    again). Rounds used to begin every ``every`` decisions whatever they found; a round costs a
+    probe and an interval of each losing candidate (on the link benchmark's 300 steps, half the
+    intervals of ``auto``), so the gap now doubles after every round that kept the choice, up to
+    ``MAX_GAP`` x ``every``, and returns to ``every`` after a round that changed it: a run whose
+    link and codec hold still spends ever less of its time on trials, one whose conditions move
+    is re-measured as often as before. The run's first round (decision 0) is not a kept choice."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.gap = every
+        self.start = 0  # the decision the last round began at
+        self.before = None  # the choice when the open round began (None: no round open, or the first)
+
+    def due(self, decisions: int) -> bool:
+        return decisions > 0 and decisions - self.start >= self.gap
+
+    def begin(self, decisions: int, choice) -> None:
+        self.start, self.before = decisions, choice
+
+    def end(self, choice) -> None:
+        """The round's trials are over and ``choice`` was made: lengthen or reset the gap."""
+        if self.before is None:
+            return
+        self.gap = min(self.gap * 2, MAX_GAP * self.every) if choice == self.before else self.every
+        self.before = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gap": self.gap, "start": self.start, "before": self.before}
+
+    def load_state_dict(self, state: dict[str, Any] | None, decisions: int) -> None:
+        """A checkpoint from before the schedule began its rounds at every ``every``-th decision."""
+        if state is None:
+            self.gap, self.start, self.before = self.every, decisions - decisions % self.every, None
+        else:
+            self.gap, self.start, self.before = int(state["gap"]), int(state["start"]), state.get("before")
 
 
 def keep_or_switch(seconds: dict[str, float], incumbent: str) -> str:
@@ -141,7 +183,8 @@ class PeerPolicy:
         self.steps = 0  # steps this process ran (the first one's counts are dropped)
         self.probe_sent = {c: 0 for c in link_probe.CLASSES}  # bytes this process's probes sent, per class
         self.link: dict[str, float | None] | None = None  # B per class, probed at the first decision
-        self.decisions = 0  # taken by this process (it probes at every PROBE_EVERY-th)
+        self.decisions = 0  # taken by this process (it probes when a round begins)
+        self.rounds = RoundSchedule(PROBE_EVERY)  # this process's, as its decisions: a resumed one probes first
         self.route = {d: self._key(self.compress[d]) for d in self.directions}  # what travels now
         self.seconds: dict[str, dict[str, float]] = {d: {} for d in self.directions}  # route -> exchange s/step
         self.samples: dict[str, dict[str, int]] = {d: {} for d in self.directions}  # route -> intervals in its mean
@@ -221,10 +264,11 @@ class PeerPolicy:
         rows = self._gather(exchange, mine)
         message = float(rows[..., FIELDS.index("message_bytes")].max())
         size = link_probe.probe_size(message)
-        fresh = self.link is None or self.decisions % PROBE_EVERY == 0
+        fresh = self.link is None or self.rounds.due(self.decisions)
         if fresh:  # a link's rate holds still; the codec's figures are what each interval refreshes
             self.link = self.measure_link(iteration, exchange.transport, size)
             if self.decisions:  # and the routes' exchange times are measured again as they travel
+                self.rounds.begin(self.decisions, dict(self.route))
                 self.seconds = {d: {} for d in self.directions}
                 self.samples = {d: {} for d in self.directions}
         self.decisions += 1
@@ -233,6 +277,7 @@ class PeerPolicy:
         probed = fresh and linked
         record: dict[str, Any] = {"hysteresis": HYSTERESIS, "probe_bytes": size if probed else None,
                                   "link_Bps": {c: link[c] for c in self.classes}}
+        trials = False
         for i, d in enumerate(self.directions):
             measured = figures_of(rows[:, i])
             if measured is not None:
@@ -249,6 +294,7 @@ class PeerPolicy:
                 self.route[d], trial = self._measured_route(d, self.compress[d], speedup, linked)
             else:
                 self.route[d] = self._key(self.compress[d])
+            trials = trials or trial
             col = {f: rows[:, i, j].sum() for j, f in enumerate(FIELDS)}
             travels = self.route[d].split("+")
             record[d] = {**(asdict(figures) if figures is not None else {"cr": None, "tc": None, "td": None}),
@@ -258,6 +304,9 @@ class PeerPolicy:
                          "bytes_raw": {c: int(col[f"raw_{c}"]) for c in self.classes},
                          "bytes_sent": {c: int(col[f"sent_{c}"]) for c in self.classes}}
             self.decided[d] = figures is not None
+        if not trials:
+            self.rounds.end(dict(self.route))
+        record["round_gap"] = self.rounds.gap
         self.apply(exchange)
         if self.rank == 0:
             log("peers", iteration, **record)

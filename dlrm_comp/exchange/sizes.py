@@ -19,7 +19,6 @@ import torch
 
 from dlrm_comp.compress.device_wire import DeviceReceived
 from dlrm_comp.compress.wire import PREAMBLE, message_length
-from dlrm_comp.runtime import to_device
 
 SIZE_EXCHANGES = ("exact", "slots")
 
@@ -64,8 +63,7 @@ class MessageSender:
         sizes in one small all-to-all, then one host read of the sizes and the receive splits
         together, then the byte all-to-all. The payload never leaves the device. Returns the sent
         sizes (host ints) and ``finish()``."""
-        dev = self.transport.device
-        sizes = to_device(sizes.to(torch.int64), dev)
+        sizes = sizes.to(device=self.transport.device, dtype=torch.int64)  # gloo with CUDA rows: to the host
         recv_sizes = self.transport.exchange_sizes(sizes)
         self.bytes_meta += 0 if self.loopback else 8 * sizes.numel()
         both = torch.cat([sizes, recv_sizes]).tolist()  # the one host read of the direction

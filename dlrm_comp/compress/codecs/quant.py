@@ -98,9 +98,9 @@ class QuantCodec(ByteMessageCodec):
     def _decode_device(self, got: device_wire.DeviceReceived, layout: ChunkLayout,
                        dtype: torch.dtype | None) -> torch.Tensor:
         dtype = dtype or torch.float32
-        dev = got.buffer.device
+        dev = self.device  # the sender's stage runs here too (gloo hands CUDA rows' messages over on the host)
         lay = self._device_layout(layout, dtype, dev)
-        messages, starts = self.device_stage(dev).decode(got.buffer, got.sizes, lay.sizes)
+        messages, starts = self.device_stage(dev).decode(got.buffer.to(dev), got.sizes, lay.sizes)
         p = device_wire.parse(messages, lay, starts)
         values = dequantize_planes(p.kind, p.minimum, p.step, p.bits, p.low, p.high, p.raw, dtype)
         values = values.masked_fill(p.bad[:, None], float("nan"))  # a failed message never decodes to numbers

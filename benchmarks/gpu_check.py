@@ -22,7 +22,8 @@
    1024 x 64 each): encode (quantize, assemble, the one lossless call: nvcomp ANS on CUDA where
    the `gpu` extra imports, else the identity stage) and decode GB/s of fp32 input, its ratio
    beside zstd level 1 on the same uncoded messages (a call per destination, on the host) and the
-   host path's own ratio, and the modeled speedup at 100, 200 and 400 Gbit/s from those figures.
+   host path's own ratio, and the modeled speedup at 100, 200 and 400 Gbit/s from those figures;
+   `lossless_sweep`: the lossless stage alone (nvcomp's ANS) by chunk size and interleaved states.
 4. `distributed`: torchrun with NCCL at world size 1 (NCCL refuses two ranks on one GPU), and two
    gloo ranks with CUDA compute, each training the debug config with compression.
 5. `cuda_tests`: the suite's CUDA-only tests (`pytest -m cuda`); tests needing optional packages
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -288,7 +290,38 @@ def device_codec(device: torch.device, quick: bool) -> dict:
         out["bit_identical_to_host_path"] = bool(torch.equal(y.view(torch.int32), y_host.view(torch.int32)))
     except ImportError as e:  # the default host coder's package absent on a bare GPU host
         out["host_path_cr"] = f"not measured: {e}"
+    sizes = codec._device_layout(lay, x.dtype, device).sizes
+    out["lossless_sweep"] = lossless_sweep(raw, sizes, nbytes, out["zstd1_cr"], device, 3 if quick else 20)
     return out
+
+
+SWEEP_CHUNKS = (1 << 16, 1 << 18, 1 << 20)  # the chunked stage's chunk: nvcomp's advice, and larger
+
+
+def lossless_sweep(raw: torch.Tensor, sizes: list[int], nbytes: int, zstd_cr, device: torch.device,
+                   reps: int) -> list[dict] | str:
+    """The device path's lossless stage alone on the uncoded messages: nvcomp's ANS by chunk size
+    and interleaved states (a chunk's framing and nvcomp's per-sub-chunk states cost ratio, fewer
+    chunks cost parallelism): ratio (fp32 bytes over coded), its share of zstd level 1's, and
+    encode and decode GB/s of fp32 input, to choose ``ChunkedStage``'s defaults by measurement."""
+    from dlrm_comp.compress import device_stages, nvcomp_batched
+    if device.type != "cuda" or not device_stages.nvcomp_ready():
+        return "not run: needs CUDA and nvcomp's library"
+    rows = []
+    for chunk in SWEEP_CHUNKS:
+        for states in (0, 1):
+            stage = device_stages.ChunkedStage(nvcomp_batched.BatchedAns(states), chunk)
+            (coded, coded_sizes), enc_s = best_time(lambda: stage.encode(raw, sizes), reps, device=device)
+            host = [int(v) for v in coded_sizes.tolist()]
+            got = coded[:sum(host)]
+            (out, starts), dec_s = best_time(lambda: stage.decode(got, host, sizes), reps, device=device)
+            same = all(torch.equal(out[a:a + n], raw[b:b + n]) for a, n, b in
+                       zip(starts, sizes, [0, *itertools.accumulate(sizes)][:-1]))
+            cr = nbytes / sum(host)
+            rows.append({"chunk": chunk, "states_per_lane": states, "cr": cr, "round_trip": same,
+                         "cr_vs_zstd1": cr / zstd_cr if isinstance(zstd_cr, float) else None,
+                         "encode_GBps": nbytes / enc_s / 1e9, "decode_GBps": nbytes / dec_s / 1e9})
+    return rows
 
 
 def _quantized(codec, x, eb, lay):
@@ -391,6 +424,10 @@ def table(report: dict) -> str:
                      f"path {fmt(d['host_path_cr'])})  enc {d['encode_GBps']:.2f} GB/s  "
                      f"dec {d['decode_GBps']:.2f} GB/s  "
                      "speedup@100/200/400 Gbit/s " + " ".join(f"{d[f'speedup_{g}gbit']:.2f}" for g in LINKS_GBIT))
+        for r in d["lossless_sweep"] if isinstance(d.get("lossless_sweep"), list) else []:
+            lines.append(f"  nvcomp ANS chunk {r['chunk'] >> 10:5d} KiB states {r['states_per_lane']}: cr {r['cr']:.2f} "
+                         f"({fmt(r['cr_vs_zstd1'])} of zstd-1)  enc {r['encode_GBps']:.1f} GB/s  "
+                         f"dec {r['decode_GBps']:.1f} GB/s  round trip {r['round_trip']}")
     return "\n".join(lines)
 
 

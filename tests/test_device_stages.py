@@ -181,6 +181,10 @@ def test_the_binding_matches_nvcomp_6s_structs_and_host_calls():
             ans.max_out(bad)
     stage = ChunkedStage(ans)
     assert stage.name == "nvcomp-ANS" and stage.slot % ALIGN == 0 and stage.slot >= slot
+    one_state = nvcomp_batched.BatchedAns(states_per_lane=1)
+    assert one_state.copts.states_per_lane == 1 and one_state.max_out(device_stages.CHUNK) <= slot
+    with pytest.raises(ValueError, match="states_per_lane"):
+        nvcomp_batched.BatchedAns(states_per_lane=3)
 
 
 def test_without_the_library_the_binding_says_what_to_install(monkeypatch):

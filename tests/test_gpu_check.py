@@ -38,6 +38,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     dev = report["device_codec"]  # codec's device message path (the identity stage on the CPU)
     assert dev["stage"] == "identity" and dev["bit_identical_to_host_path"] is True and dev["max_err_ratio"] <= 1.0
     assert dev["encode_GBps"] > 0 and dev["decode_GBps"] > 0 and "speedup_100gbit" in dev and "cr_vs_zstd1" in dev
+    assert dev["lossless_sweep"] == "not run: needs CUDA and nvcomp's library"
     world1, two = report["distributed"]
     assert world1["returncode"] == 0 and world1["result"]["slots"]["backward_ok"], world1
     assert two["returncode"] == 0 and two["max_err_ratio"] <= 1.0, two

@@ -95,12 +95,16 @@ class BatchedAns:
 
     name = "nvcomp-ANS"
 
-    def __init__(self):
+    def __init__(self, states_per_lane: int = 0):
+        """``states_per_lane``: nvcomp's interleaved rANS states (0: its default, two; 1: one,
+        128 bytes less per sub-chunk, slower); ``gpu_check.py`` measures both."""
         lib = library()
         if lib is None:
             raise ImportError("nvcomp's batched ANS needs the nvidia-libnvcomp-cu13 wheel (the gpu extra)")
+        if states_per_lane not in (0, 1, 2):
+            raise ValueError(f"states_per_lane: 0 (nvcomp's default), 1 or 2, got {states_per_lane}")
         self.lib = lib
-        self.copts = CompressOpts(0, TYPE_UCHAR, 0, 0, 0)
+        self.copts = CompressOpts(0, TYPE_UCHAR, 0, states_per_lane, 0)
         self.dopts = DecompressOpts(0, TYPE_BITS, 0, 0, 0)
         self._scratch: dict = {}
 

@@ -13,10 +13,10 @@ matches collectives by launch order, so the ranks paired different tensors ("Rec
 doesn't match expected size", seen on the Kaggle shape's two buckets). So each bucket's
 hook returns at once a future of its own, and torch's hook runs on bucket k only when bucket
 k-1's PowerSGD future has completed (in its completion callback, which only launches and never
-waits): every rank launches bucket 0's three collectives, then bucket 1's, and so on. A step's
-buckets run one after another, as one bucket's would; bucket 0's chain still overlaps the rest of
-the backward, and the other settings (``auto``'s plain and 16-bit allreduces, one collective
-each, launched from the backward's thread in bucket order) keep DDP's overlap on every bucket.
+waits): every rank launches bucket 0's three collectives, then bucket 1's, and so on. Bucket
+0's chain still overlaps the rest of the backward, and the other settings (``auto``'s plain and
+16-bit allreduces, one collective each, launched from the backward's thread in bucket order) keep
+DDP's overlap on every bucket.
 ``dist.allreduce_compression=powersgd`` keeps the dense head one bucket (``bucket_kwargs``): its
 P and Q of all the parameters travel in one collective each, three a step, where several buckets
 would chain three each.

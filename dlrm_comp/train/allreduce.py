@@ -48,7 +48,9 @@ class AllreduceCompression(TrainingExtension):
         settings: restore its state and settle DDP's buckets too)."""
         self.trainer = trainer
         head = trainer.parallel.head
-        sends = {c: self._powersgd(trainer, head) if c == "powersgd" else self._plain(c) for c in self.candidates}
+        group = head.process_group  # DDP's: its collectives apart from the embeddings' (TorchRec's are on WORLD)
+        sends = {c: self._powersgd(trainer, head, group) if c == "powersgd" else self._plain(c, group)
+                 for c in self.candidates}
         if self.mode == "auto":
             from dlrm_comp.train.allreduce_policy import AllreducePolicy
             self.policy = AllreducePolicy(self.candidates, self.powersgd.state.start_powerSGD_iter)
@@ -86,7 +88,7 @@ class AllreduceCompression(TrainingExtension):
         return sum(c["bytes_sent"] for c in self.by_setting.values())
 
     @staticmethod
-    def _plain(setting: str) -> Callable:
+    def _plain(setting: str, group=None) -> Callable:
         """A stateless setting: torch's allreduce, or its cast to 16 bits and back (one
         collective, launched at once: ``send(bucket, sent)`` hands ``sent`` its bytes and returns
         the future, as ``PowerSGD`` does)."""
@@ -98,10 +100,10 @@ class AllreduceCompression(TrainingExtension):
         def send(bucket, sent: Callable[[int], None]):
             buffer = bucket.buffer()
             sent(buffer.numel() * (width or buffer.element_size()))
-            return hook(None, bucket)
+            return hook(group, bucket)
         return send
 
-    def _powersgd(self, trainer, head):
+    def _powersgd(self, trainer, head, group):
         from dlrm_comp.train.powersgd import PowerSGD, start_iteration
         start = start_iteration(self.settings["start_iter"], trainer.iterations)
         if start >= trainer.iterations and trainer.rank == 0:
@@ -109,7 +111,7 @@ class AllreduceCompression(TrainingExtension):
             print(f"warning: dist.powersgd_start_iter: PowerSGD would start at iteration {start}, at or past the "
                   f"run's {trainer.iterations}; {never} (lower dist.powersgd_start_iter)",
                   file=sys.stderr, flush=True)
-        self.powersgd = PowerSGD(head, self.settings["rank"], start, self.seed)
+        self.powersgd = PowerSGD(head, self.settings["rank"], start, self.seed, group)
         if self._saved is not None:
             self.powersgd.load_state_dict(self._saved, trainer.device)
         else:  # a fresh run, or a resume from one with other settings: its iterations count from here

@@ -13,7 +13,10 @@ matches collectives by launch order, so the ranks paired different tensors ("Rec
 doesn't match expected size", seen on the Kaggle shape's two buckets). So each bucket's
 hook returns at once a future of its own, and torch's hook runs on bucket k only when bucket
 k-1's PowerSGD future has completed (in its completion callback, which only launches and never
-waits): every rank launches bucket 0's three collectives, then bucket 1's, and so on. Bucket
+waits): every rank launches bucket 0's three collectives, then bucket 1's, and so on. The
+chain orders DDP's collectives among themselves only, so nothing else may share DDP's group
+during the backward: the embedding exchange has a group of its own, and under TorchRec, whose
+all-to-all is on the default group, DDP has one (``torchrec_parallel.py``). Bucket
 0's chain still overlaps the rest of the backward, and the other settings (``auto``'s plain and
 16-bit allreduces, one collective each, launched from the backward's thread in bucket order) keep
 DDP's overlap on every bucket.
@@ -75,8 +78,9 @@ class PowerSGD:
     """torch's hook and state, the layout of the buckets they ran on, the chain that runs the
     buckets one after another, and the settle pass."""
 
-    def __init__(self, head: nn.Module, rank: int, start_iter: int, seed: int):
-        self.state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
+    def __init__(self, head: nn.Module, rank: int, start_iter: int, seed: int, group=None):
+        """``group``: DDP's process group (None: the default group)."""
+        self.state = psgd.PowerSGDState(process_group=group, matrix_approximation_rank=rank,
                                         start_powerSGD_iter=start_iter, random_seed=seed)
         self.names = {p: n for n, p in head.named_parameters()}
         self.layout: dict[int, tuple[str, ...]] = {}  # bucket index -> its parameters, as run
@@ -90,7 +94,7 @@ class PowerSGD:
         then handed the bytes it hands to the wire (torch's own counts: P, Q and the tensors left
         uncompressed; the whole bucket before the start iteration)."""
         if self.settling:
-            return default_hooks.allreduce_hook(None, bucket)
+            return default_hooks.allreduce_hook(self.state.process_group, bucket)
         self._check_layout(bucket)
         previous = self._previous if bucket.index() else None
         if previous is None:  # the step's first bucket: nothing of this step in flight before it

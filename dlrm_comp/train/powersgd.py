@@ -13,16 +13,15 @@ matches collectives by launch order, so the ranks paired different tensors ("Rec
 doesn't match expected size", seen on the Kaggle shape's two buckets). So each bucket's
 hook returns at once a future of its own, and torch's hook runs on bucket k only when bucket
 k-1's PowerSGD future has completed (in its completion callback, which only launches and never
-waits): every rank launches bucket 0's three collectives, then bucket 1's, and so on. The
-chain orders DDP's collectives among themselves only, so nothing else may share DDP's group
-during the backward: the embedding exchange has a group of its own, and under TorchRec, whose
-all-to-all is on the default group, DDP has one (``torchrec_parallel.py``). Bucket
-0's chain still overlaps the rest of the backward, and the other settings (``auto``'s plain and
-16-bit allreduces, one collective each, launched from the backward's thread in bucket order) keep
-DDP's overlap on every bucket.
-``dist.allreduce_compression=powersgd`` keeps the dense head one bucket (``bucket_kwargs``): its
-P and Q of all the parameters travel in one collective each, three a step, where several buckets
-would chain three each.
+waits): every rank launches bucket 0's three collectives, then bucket 1's, and so on. The chain
+orders DDP's collectives among themselves only, so nothing else may share DDP's group during the
+backward: the embedding exchange has a group of its own, and under TorchRec, whose all-to-all is
+on the default group, DDP has one (``torchrec_parallel.py``). Bucket 0's chain still overlaps the
+rest of the backward, and the other settings (``auto``'s plain and 16-bit allreduces, one
+collective each, launched from the backward's thread in bucket order) keep DDP's overlap on every
+bucket. ``dist.allreduce_compression=powersgd`` keeps the dense head one bucket
+(``bucket_kwargs``): the P and Q of all its matrices travel in one collective each, three a step,
+where several buckets would chain three each.
 
 Why the buckets are settled first: PowerSGD keeps its error feedback and its warm-start matrices
 per DDP bucket, as flat tensors keyed by ``bucket.index()`` and laid out in the bucket's parameter

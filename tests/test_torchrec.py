@@ -164,3 +164,24 @@ def test_torchrec_powersgd_allreduce_resumes_exactly(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert sa["allreduce"] == sb["allreduce"] and sa["allreduce"]["cr"] > 1.5
+
+
+@pytest.mark.multiprocess
+def test_torchrec_auto_keeps_powersgd_on_ddps_buckets_in_step_with_the_all_to_all(tmp_path):
+    """model.backend=torchrec with TorchRec's own all-to-all (on the default group) and auto
+    choosing PowerSGD (injected measurements) from iteration 15 on, the top MLP larger than DDP's
+    first bucket: bucket 0 is ready before the backward launches its all-to-all, while PowerSGD
+    launches its later collectives from completion callbacks. DDP's collectives travel on a group
+    of their own, so the ranks stay in step (on one group gloo paired the all-to-all with a
+    PowerSGD allreduce and the run hung)."""
+    cli = train_cli(tmp_path / "run", "model.backend=torchrec", "dist.allreduce_compression=auto",
+                    "dist.powersgd_start_iter=5", "model.top_mlp=512-512-1", "train.print_every=5",
+                    "train.eval_every=0")
+    cli[0] = str(ROOT / "tests/allreduce_auto_run.py")
+    times = {"off": 0.010, "fp16": 0.0098, "powersgd": 0.0050}
+    proc = torchrun(2, *cli, env={"ALLREDUCE_AUTO_TIMES": json.dumps(times), "ALLREDUCE_AUTO_RETRIAL": "100"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by = summary(tmp_path / "run")["allreduce"]["by_setting"]
+    assert by["powersgd"]["steps"] == 25 and by["powersgd"]["bytes_sent"] * 1.5 < by["powersgd"]["bytes_raw"]
+    saved = torch.load(tmp_path / "run/checkpoints/ckpt_000000040.rank0.pt", weights_only=False)
+    assert set(saved["extensions"]["allreduce"]["powersgd"]["layout"]) == {0, 1}

@@ -10,8 +10,11 @@ the allreduce and back (half the bytes; no state, so a resumed run continues exa
 (``powersgd.py`` says how a resume stays exact); ``auto`` chooses among these by measurement,
 re-deciding at print intervals (``allreduce_policy.py``). One hook is registered, once, for every
 setting: it dispatches each bucket to the setting of the step, which ``auto`` switches between
-steps. Each rank counts the bytes it hands to the allreduce before and after (summary.json's
-``allreduce``: rank 0's; under ``auto`` per setting too).
+steps. The dense head keeps DDP's default buckets (several on the Kaggle shape: each bucket's
+allreduce overlaps the rest of the backward) under every setting but ``powersgd``, one bucket
+(``powersgd.bucket_kwargs``; how PowerSGD runs on several buckets under ``auto``:
+``powersgd.py``). Each rank counts the bytes it hands to the allreduce before and after
+(summary.json's ``allreduce``: rank 0's; under ``auto`` per setting too).
 """
 from __future__ import annotations
 
@@ -45,7 +48,9 @@ class AllreduceCompression(TrainingExtension):
         settings: restore its state and settle DDP's buckets too)."""
         self.trainer = trainer
         head = trainer.parallel.head
-        sends = {c: self._powersgd(trainer, head) if c == "powersgd" else self._plain(c) for c in self.candidates}
+        group = head.process_group  # DDP's: its collectives apart from the embeddings' (TorchRec's are on WORLD)
+        sends = {c: self._powersgd(trainer, head, group) if c == "powersgd" else self._plain(c, group)
+                 for c in self.candidates}
         if self.mode == "auto":
             from dlrm_comp.train.allreduce_policy import AllreducePolicy
             self.policy = AllreducePolicy(self.candidates, self.powersgd.state.start_powerSGD_iter)
@@ -56,18 +61,18 @@ class AllreduceCompression(TrainingExtension):
         def dispatch(state, bucket):
             psgd = self.powersgd
             if psgd is not None and psgd.settling:  # the settle pass: a plain allreduce, not counted
-                return psgd(bucket)[0]
+                return psgd(bucket)
             setting = self.setting
             if psgd is not None and setting != "powersgd":
                 psgd.idle(bucket)  # PowerSGD's residual back into the bucket, its iterations counted
             buffer = bucket.buffer()
-            raw = buffer.numel() * buffer.element_size()  # before the send: PowerSGD reuses the buffer
-            future, sent = sends[setting](bucket)
             counts = self.by_setting[setting]
-            counts["bytes_raw"] += raw
-            counts["bytes_sent"] += sent
+            counts["bytes_raw"] += buffer.numel() * buffer.element_size()
             counts["steps"] += int(bucket.is_last())
-            return future
+
+            def sent(nbytes: int) -> None:  # PowerSGD's later buckets: from a completion callback
+                counts["bytes_sent"] += nbytes
+            return sends[setting](bucket, sent)
         head.register_comm_hook(None, dispatch)
         if self.powersgd is not None:
             cfg = trainer.cfg
@@ -83,16 +88,22 @@ class AllreduceCompression(TrainingExtension):
         return sum(c["bytes_sent"] for c in self.by_setting.values())
 
     @staticmethod
-    def _plain(setting: str) -> Callable:
-        """A stateless setting: torch's allreduce, or its cast to 16 bits and back."""
+    def _plain(setting: str, group=None) -> Callable:
+        """A stateless setting: torch's allreduce, or its cast to 16 bits and back (one
+        collective, launched at once: ``send(bucket, sent)`` hands ``sent`` its bytes and returns
+        the future, as ``PowerSGD`` does)."""
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-        if setting == "off":
-            return lambda bucket: (default_hooks.allreduce_hook(None, bucket),
-                                   bucket.buffer().numel() * bucket.buffer().element_size())
-        cast = default_hooks.fp16_compress_hook if setting == "fp16" else default_hooks.bf16_compress_hook
-        return lambda bucket: (cast(None, bucket), bucket.buffer().numel() * 2)
+        hook = {"off": default_hooks.allreduce_hook, "fp16": default_hooks.fp16_compress_hook,
+                "bf16": default_hooks.bf16_compress_hook}[setting]
+        width = None if setting == "off" else 2  # bytes per element on the wire
 
-    def _powersgd(self, trainer, head):
+        def send(bucket, sent: Callable[[int], None]):
+            buffer = bucket.buffer()
+            sent(buffer.numel() * (width or buffer.element_size()))
+            return hook(group, bucket)
+        return send
+
+    def _powersgd(self, trainer, head, group):
         from dlrm_comp.train.powersgd import PowerSGD, start_iteration
         start = start_iteration(self.settings["start_iter"], trainer.iterations)
         if start >= trainer.iterations and trainer.rank == 0:
@@ -100,7 +111,7 @@ class AllreduceCompression(TrainingExtension):
             print(f"warning: dist.powersgd_start_iter: PowerSGD would start at iteration {start}, at or past the "
                   f"run's {trainer.iterations}; {never} (lower dist.powersgd_start_iter)",
                   file=sys.stderr, flush=True)
-        self.powersgd = PowerSGD(head, self.settings["rank"], start, self.seed)
+        self.powersgd = PowerSGD(head, self.settings["rank"], start, self.seed, group)
         if self._saved is not None:
             self.powersgd.load_state_dict(self._saved, trainer.device)
         else:  # a fresh run, or a resume from one with other settings: its iterations count from here

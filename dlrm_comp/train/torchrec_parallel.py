@@ -11,7 +11,10 @@ planner constrained to table-wise (`dist.torchrec_plan=planner`); either way our
 our checkpoints use the owners the plan chose. The embedding optimizer is fbgemm's fused one
 (exact SGD or exact Adagrad, applied in the backward), the dense one torch's, as before.
 One process (plain `python launch/train.py`) runs the same code on a one-rank gloo group, with
-the exchange on the loopback transport (`compress.chunks` virtual destinations).
+the exchange on the loopback transport (`compress.chunks` virtual destinations). The dense
+head's DDP has a process group of its own: TorchRec's output dist runs on the default group, and
+PowerSGD (`dist.allreduce_compression`) launches collectives from completion callbacks, in no
+fixed order with the backward's all-to-all on one group (`train/powersgd.py`).
 
 Runs on gloo on CPU (fbgemm-gpu-cpu); the NCCL/CUDA path is written (devices follow
 `train.device`) but unverified here: fbgemm-gpu-cpu has no CUDA kernels.
@@ -125,7 +128,10 @@ class TorchrecModelParallel(ModelParallel):
             self._install_exchange(cfg, found, device)
         ids = [device.index] if device.type == "cuda" else None
         head = DenseHead(self.dense)
+        # DDP's collectives on a group of their own, apart from TorchRec's on WORLD: PowerSGD launches
+        # its later ones from completion callbacks, in no fixed order with the backward's all-to-all
         self.head = DistributedDataParallel(head, device_ids=ids, broadcast_buffers=False,
+                                            process_group=dist.new_group(backend=self.env.backend),
                                             **bucket_kwargs(cfg.dist.allreduce_compression, head))
         self.model = TorchrecDLRM(self.dense, self.dmp, cardinalities)
 

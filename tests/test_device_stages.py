@@ -150,6 +150,21 @@ def test_the_identity_stage_returns_the_layout_sizes_on_the_device_and_checks_th
         IdentityStage().decode(buf, [12, 18], [10, 20])
 
 
+def test_the_layouts_kept_are_bounded_and_rebuilt_on_demand(monkeypatch):
+    """Bag deduplication changes the message sizes every step: the stage keeps at most MEMO
+    geometries, and one dropped is rebuilt alike."""
+    monkeypatch.setattr(ChunkedStage, "MEMO", 3)
+    stage = ChunkedStage(TrailingZeros(), chunk=64)
+    first = None
+    for n in range(16, 16 + 10 * 16, 16):
+        buf, sizes = messages([n, 40], n, 0.5)
+        got, _, _ = round_trip(stage, buf, sizes)
+        assert torch.equal(torch.cat(got), buf) and len(stage._geometry_memo) <= 3
+        first = first or (buf, sizes)
+    got, _, _ = round_trip(stage, *first)
+    assert torch.equal(torch.cat(got), first[0])
+
+
 def test_the_stage_needs_chunks_of_whole_units():
     with pytest.raises(ValueError, match="multiple of 16"):
         ChunkedStage(TrailingZeros(), chunk=100)
@@ -176,6 +191,11 @@ def test_the_binding_matches_nvcomp_6s_structs_and_host_calls():
     for chunks in (1, 210):
         assert ans.temp_bytes(chunks, device_stages.CHUNK) >= 0
         assert ans.temp_bytes(chunks, device_stages.CHUNK, decompress=True) >= 0
+    small = ans._temp(1, device_stages.CHUNK, True, "cpu")  # the scratch: one buffer a direction, grown
+    large = ans._temp(210, device_stages.CHUNK, True, "cpu")
+    again = ans._temp(1, device_stages.CHUNK, True, "cpu")
+    assert len(ans._scratch) == 1 and small.numel() >= 1 and large.numel() >= small.numel()
+    assert again.data_ptr() == large.data_ptr()
     for bad in (0, nvcomp_batched.MAX_CHUNK + 1):
         with pytest.raises(ValueError, match="ANS chunks hold"):
             ans.max_out(bad)

@@ -119,10 +119,14 @@ class ChunkedStage(DeviceStage):
         self.name = coder.name
         self._geometry_memo: dict = {}
 
+    MEMO = 256  # geometries kept (bag deduplication changes the message sizes from step to step)
+
     def _geometry(self, sizes: list[int], device) -> _Geometry:
         key = (tuple(sizes), str(device))
         g = self._geometry_memo.get(key)
         if g is None:
+            if len(self._geometry_memo) >= self.MEMO:  # as the codecs' memo: bounded, rebuilt on demand
+                self._geometry_memo.clear()
             g = self._geometry_memo[key] = self._build_geometry(list(sizes), device)
         return g
 

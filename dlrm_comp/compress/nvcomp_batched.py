@@ -135,12 +135,14 @@ class BatchedAns:
         return int(out.value)
 
     def _temp(self, chunks: int, chunk: int, decompress: bool, device) -> torch.Tensor:
-        key = (chunks, chunk, decompress, str(device))
+        """nvcomp's scratch for this call: one buffer per direction and device, grown when a
+        call needs more (the chunk count moves from step to step with bag deduplication)."""
+        need = max(self.temp_bytes(chunks, chunk, decompress), 1)
+        key = (decompress, str(device))
         t = self._scratch.get(key)
-        if t is None:
-            t = self._scratch[key] = torch.empty(max(self.temp_bytes(chunks, chunk, decompress), 1),
-                                                 dtype=torch.uint8, device=device)
-        return t
+        if t is None or t.numel() < need:
+            t = self._scratch[key] = torch.empty(need, dtype=torch.uint8, device=device)
+        return t[:need]
 
     @staticmethod
     def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,6 @@ class _Geometry:
     counts: list[int]  # chunks per message
     first: list[int]  # each message's first chunk
     tables: list[int]  # bytes of each message's size table
-    table_at: list[int]  # where each table starts in the stage buffer's table area
     nbytes: torch.Tensor  # [N] int64: each chunk's uncoded bytes
     chunk_message: torch.Tensor  # [N] int64
     size_bytes: torch.Tensor  # [4N] int64: where each chunk's u32 size goes in the table area
@@ -148,7 +147,7 @@ class ChunkedStage(DeviceStage):
         source = np.concatenate([np.asarray(table_at, np.int64), table_area + np.arange(n) * self.slot]) // ALIGN
         t = lambda a: to_device(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)), device)  # noqa: E731
         within = (4 * (np.arange(n) - np.repeat(first, counts))[:, None] + np.arange(4)).reshape(-1)
-        return _Geometry(counts, first, tables, table_at, t(nbytes), t(msg), t(size_bytes), t(order),
+        return _Geometry(counts, first, tables, t(nbytes), t(msg), t(size_bytes), t(order),
                          t(source[order]), t(np.asarray(tables) // ALIGN), t(tables), t(np.repeat(msg, 4)), t(within),
                          t(np.repeat(first, counts)), t(np.asarray(first, np.int64) * self.chunk))
 

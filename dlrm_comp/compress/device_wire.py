@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.kinds import ChunkKind
 from dlrm_comp.compress.wire import DTYPES
 from dlrm_comp.runtime import to_device
@@ -184,16 +183,12 @@ class DeviceParsed:
     bad: torch.Tensor  # [C] bool: its message failed a check
 
 
-def parse(buf: torch.Tensor, lay: DeviceLayout, starts: list[int] | None = None) -> DeviceParsed:
+def parse(buf: torch.Tensor, lay: DeviceLayout, starts: list[int]) -> DeviceParsed:
     """Split the received messages (one flat uint8 tensor, each of its ``lay.sizes`` bytes at
-    ``starts``, by default back to back) by device ops, and check every field the layout fixes and
-    the data-set ones' ranges, without a host read."""
+    ``starts``, where the lossless stage's ``decode`` put them, lengths checked there) by device
+    ops, and check every field the layout fixes and the data-set ones' ranges, without a host read."""
     item, dev = lay.item, buf.device
     c, v = int(sum(lay.counts)), int(sum(lay.values))
-    if starts is None:
-        if buf.numel() != sum(lay.sizes):
-            raise CorruptPayloadError(f"device messages of {buf.numel()} bytes, the layout expects {sum(lay.sizes)}")
-        starts = np.concatenate([[0], np.cumsum(lay.sizes)[:-1]]).tolist() if lay.sizes else []
     heads, tabs, lows, highs, rests = [], [], [], [], []
     for cm, vm, at in zip(lay.counts, lay.values, starts):
         p = at + HEADER

@@ -1,6 +1,7 @@
 """Run under torchrun (see test_distributed.py): checks one compressed all-to-all against the
 exact one on known tensors. Exits non-zero with a message on any failure."""
 import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -18,7 +19,7 @@ def pooled_of(table: int) -> torch.Tensor:
 
 
 def main() -> None:
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=90))  # a rank that blocks fails, not hangs
     rank, world = dist.get_rank(), dist.get_world_size()
     owners = place_tables([10 * (t + 1) for t in range(TABLES)], DIM, world, sys.argv[1])
     mine = tables_of(owners, rank)
@@ -51,6 +52,23 @@ def main() -> None:
     loss.backward()
     for t, p in zip(mine, pooled):
         assert torch.allclose(p.grad, torch.full_like(p.grad, (t + 1) / BATCH)), f"grad of table {t}"
+    # Req/Wait: starting an exchange waits for no peer (the sizes and the bytes are in flight):
+    # rank 0 starts before the others have even begun, then lets them begin; same result
+    for p in pooled:
+        p.grad = None
+    later = dist.new_group(backend="gloo", timeout=timedelta(seconds=90))
+    if rank == 0:
+        pending = lossy.start(pooled, compress=True)
+        dist.barrier(group=later)
+    else:
+        dist.barrier(group=later)
+        pending = lossy.start(pooled, compress=True)
+    again = pending.wait()
+    assert all(torch.equal(x, y) for x, y in zip(again, got)), "a started exchange differs from one call"
+    loss = sum((g * (t + 1)).sum() for t, g in enumerate(again)) / (b - a)
+    loss.backward()  # the split backward: launched by the Wait node, finished by the Req node
+    for t, p in zip(mine, pooled):
+        assert torch.allclose(p.grad, torch.full_like(p.grad, (t + 1) / BATCH)), f"split backward: grad of table {t}"
     dist.barrier()
     dist.destroy_process_group()
     print(f"rank {rank}: exchange checks passed")

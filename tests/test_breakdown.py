@@ -47,7 +47,7 @@ def test_phases_are_disjoint_and_codec_comes_out_of_the_exchange():
     x = torch.ones(3, requires_grad=True)
     bd.begin_step()                                   # t=1
     y = bd.timed("fwd_a2a_s", _Square.apply, x)       # 2 -> 3: one tick
-    bd.watch_backward_exchange([y])
+    bd.watch_backward_exchange(y)
     loss = y.sum()
     bd.watch_allreduce(loss)
     loss.backward()                                   # bwd pre 4, post 5; engine done 6

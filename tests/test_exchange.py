@@ -106,6 +106,34 @@ def test_request_wait_equals_one_call():
     assert all(torch.equal(x.grad, y.grad) for x, y in zip(a, b))
 
 
+def test_backward_exchange_brackets_the_bottom_mlp_backward(monkeypatch):
+    """With the Req/Wait split, autograd launches the gradient exchange before the bottom MLP's
+    backward and finishes it after (the collectives are in flight meanwhile), as the model
+    calls them: the request, the bottom MLP, the wait, one op over both."""
+    ex = _exchange("codec", w=2, bwd="codec")
+    events = []
+    begin = ex.begin_backward
+
+    def launched(*args, **kwargs):
+        assert kwargs.get("async_op") is True
+        events.append("launch")
+        finish = begin(*args, **kwargs)
+        return lambda: (events.append("finish"), finish())[1]
+    monkeypatch.setattr(ex, "begin_backward", launched)
+    bottom = torch.nn.Linear(3, 4)
+    bottom.weight.register_hook(lambda g: events.append("bottom"))
+    pooled = _pooled(requires_grad=True, seed=5)
+    pending = ex.start(pooled, compress=True)
+    x = bottom(torch.randn(24, 3))
+    emb = pending.wait()
+    (torch.cat([x, *emb], 1) ** 2).sum().backward()
+    assert events == ["launch", "bottom", "finish"]
+    ref = [p.detach().clone().requires_grad_() for p in pooled]
+    one = _exchange("codec", w=2, bwd="codec")(ref, compress=True)
+    (torch.cat([x.detach(), *one], 1) ** 2).sum().backward()
+    assert all(torch.equal(p.grad, r.grad) for p, r in zip(pooled, ref))
+
+
 @pytest.mark.parametrize("mode", [m for m in EXCHANGE_MODES if m != "off"])
 def test_nonfinite_policy(mode):
     """Every codec counts NaN/Inf chunks and the exchange applies the one policy: 'error' stops,
@@ -262,3 +290,38 @@ def test_int8_rows_wider_than_the_float32_range_stay_finite():
     x = torch.tensor([[-3e38, 3e38, 1.0, 2.0]])
     y = Int8Codec().decode_rows(*Int8Codec().encode_rows(x, None, 1), None)
     assert torch.isfinite(y).all() and float(y[0, 1]) > 2.9e38
+
+
+class _Work:
+    """A collective in flight, completed by hand."""
+
+    def __init__(self):
+        self.future = torch.futures.Future()
+        self.waited = False
+
+    def get_future(self):
+        return self.future
+
+    def wait(self):
+        self.waited = True
+        self.future.set_result(None)
+
+
+@pytest.mark.parametrize("chains", [True, False])
+def test_a_transfer_that_depends_on_another_starts_when_that_one_completes(chains):
+    """``then``: on gloo with host tensors the next transfer starts from the completion callback
+    (before anyone waits); elsewhere at the wait; the handle's wait gives the next one's result."""
+    calls = []
+
+    def launch(received):
+        calls.append(received.tolist())
+        return transport_mod._Done(received * 2)
+    work = _Work()
+    handle = transport_mod._Pending(torch.tensor([3]), work, chains=chains).then(launch)
+    assert calls == []
+    if chains:
+        work.future.set_result(None)  # gloo completes the collective: the callback launches
+        assert calls == [[3]] and not work.waited
+    assert handle.wait().tolist() == [6]
+    assert calls == [[3]] and work.waited is not chains
+    assert transport_mod._Done(torch.tensor([1])).then(launch).wait().tolist() == [2]

@@ -282,11 +282,21 @@ def test_a_fixed_rate_route_is_the_third_candidate():
     """With compress.peers_fixed, a direction may travel whole in fp16: where the model is close
     (or says raw) and a link exists, raw, the model's route and fp16 each travel one interval as
     a trial, then the fastest by measurement wins with hysteresis; without a link (one node) raw
-    stays untried; a model clearly faster needs no trial."""
-    policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2, fixed="fp16")
+    stays untried; a model clearly faster needs no trial of raw, but fp16 is still tried (the
+    model leaves out what overlaps), and wins where it measures faster."""
+    clear_policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2, fixed="fp16")
     on, raw = {"local": False, "remote": True}, {"local": False, "remote": False}
+    clear = {"local": 0.0, "remote": 2.5}
+    assert clear_policy._measured_route("fwd", on, clear) == ("remote", True)
+    clear_policy.seconds["fwd"]["remote"] = 0.030
+    assert clear_policy._measured_route("fwd", on, clear) == ("fp16", True)
+    clear_policy.seconds["fwd"]["fp16"] = 0.020
+    clear_policy.route["fwd"] = "fp16"
+    assert clear_policy._measured_route("fwd", on, clear) == ("fp16", False)  # raw never tried
+    assert PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2)._measured_route("fwd", on, clear) \
+        == ("remote", False)  # no fixed-rate route: a clear model is taken as it is
+    policy = PeerPolicy(["fwd"], ["a", "b"], rank=0, destinations=2, fixed="fp16")
     close = {"local": 0.0, "remote": 1.2}
-    assert policy._measured_route("fwd", on, {"local": 0.0, "remote": 2.5}) == ("remote", False)
     assert policy._measured_route("fwd", raw, {"remote": 0.5}, linked=False) == ("raw", False)
     assert policy._measured_route("fwd", raw, {"remote": 0.5}) == ("raw", True)  # raw by the model: fp16 tried
     policy.seconds["fwd"]["raw"] = 0.030

@@ -61,6 +61,9 @@ def modes() -> dict[str, list[str]]:
         table["codec+bwd+dedup+inter_node"] = [*table["codec+bwd+dedup"], "compress.peers=inter_node"]
         table["codec+bwd+dedup+powersgd"] = [*table["codec+bwd+dedup"], "dist.allreduce_compression=powersgd"]
         table["codec+bwd+dedup+powersgd+inter_node"] = [*table["codec+bwd+dedup+powersgd"], "compress.peers=inter_node"]
+        # 16 bits everywhere: both exchange directions, deduplicated, and the dense allreduce
+        table["fp16+bwd+dedup+fp16_allreduce"] = ["compress.mode=fp16", "compress.backward.mode=fp16",
+                                                  f"compress.dedup={on}", "dist.allreduce_compression=fp16"]
         # compress.peers=auto: per class of peer and direction, compressed where the model says it pays
         table["codec+bwd+dedup+auto"] = [*table["codec+bwd+dedup"], "compress.peers=auto"]
         table["codec+bwd+dedup+powersgd+auto"] = [*table["codec+bwd+dedup+powersgd"], "compress.peers=auto"]
@@ -74,12 +77,13 @@ def modes() -> dict[str, list[str]]:
 # codec+bwd+dedup+powersgd+auto is left out: with the allreduce chosen by `auto` it runs what
 # codec+bwd+dedup+auto runs (its table entry stays, for --modes and earlier results' names)
 HEADLINE = ["off", "fp16", "fp8", "int8", "codec", "codec+bwd", "codec+bwd+dedup", "codec+bwd+dedup+powersgd",
-            "codec+bwd+dedup+powersgd+inter_node", "codec+bwd+dedup+auto"]
+            "codec+bwd+dedup+powersgd+inter_node", "fp16+bwd+dedup+fp16_allreduce", "codec+bwd+dedup+auto"]
 
 
 def default_modes(ranks_per_node: int) -> list[str]:
-    """The headline's modes: the earlier ones, PowerSGD, a fixed combination (PowerSGD, and a
-    rank's message to itself raw: it never crosses a link) and ``auto``; with several ranks per
+    """The headline's modes: the earlier ones, PowerSGD, the fixed combinations (PowerSGD, and a
+    rank's message to itself raw: it never crosses a link; 16 bits everywhere, deduplicated) and
+    ``auto``; with several ranks per
     node, compressing only between nodes too (``--modes`` picks any of ``modes()``)."""
     extra = ["codec+bwd+dedup+inter_node"] if ranks_per_node > 1 else []
     return [m for m in modes() if m in HEADLINE or m in extra]

@@ -1,7 +1,11 @@
 """The exchange as autograd functions: the forward exchange of the pooled outputs, whose
 backward is the gradient exchange back to each table's owner (straight through the
 compression: d x_hat / d x = I); and the upstream DLRM Req/Wait split of the same, so the
-forward's collective overlaps the bottom MLP."""
+forward's collectives overlap the bottom MLP, and the backward's its backward.
+
+The backward split mirrors the forward's: autograd runs ready nodes latest-created first, so
+the Wait node (made after the bottom MLP) runs its backward before the bottom MLP's nodes and
+launches the gradient exchange; the Req node (made before them) runs after them and finishes it."""
 from __future__ import annotations
 
 import torch
@@ -47,8 +51,8 @@ class Request(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, _token_grad):
-        grads, ctx.exchange._pooled_grads = ctx.exchange._pooled_grads, None
-        return (None, None, None, None, *grads)
+        finish, ctx.exchange._backward_finish = ctx.exchange._backward_finish, None
+        return (None, None, None, None, *finish())
 
 
 class Wait(torch.autograd.Function):
@@ -62,7 +66,8 @@ class Wait(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor):
         ex = ctx.exchange
-        ex._pooled_grads = ex.backward(zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index, ctx.bounds)
+        ex._backward_finish = ex.begin_backward(zero_grads(ex, ctx.index, grads), ctx.compress, ctx.index, ctx.bounds,
+                                             async_op=True)  # in flight while the bottom MLP's backward runs
         return None, torch.zeros(0, device=ex.transport.device)
 
 

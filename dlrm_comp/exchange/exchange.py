@@ -74,7 +74,7 @@ class Exchange:
         self._indices: dict = {}  # device and host index tensors of table lists (built once)
         self._identity: dict = {}
         self._nonfinite = None  # device count of NaN/Inf chunks not yet checked
-        self._pooled_grads = None
+        self._backward_finish = None
 
     @property
     def bytes_meta(self) -> int:
@@ -282,9 +282,18 @@ class Exchange:
 
     def backward(self, grads: Sequence[torch.Tensor], compress: bool, index: BagIndex,
                  bounds: StepBounds | None = None) -> list[torch.Tensor]:
+        """Each owned table's gradient ``[B, d]`` from the received tables' gradients."""
+        return self.begin_backward(grads, compress, index, bounds)()
+
+    def begin_backward(self, grads: Sequence[torch.Tensor], compress: bool, index: BagIndex,
+                       bounds: StepBounds | None = None, async_op: bool = False):
+        """Encode and launch the gradient exchange; returns ``finish()`` -> the owned tables'
+        gradients. With ``async_op`` its collectives are in flight until ``finish`` (the Wait
+        half's backward launches, the Req half's finishes: the bottom MLP's backward runs between)."""
         plan = self.plan.bwd if compress and self.plan.bwd.enabled else None
         if plan is None and self.loopback and not index.active:  # one process, exact gradients: the identity
-            return list(grads)
+            same = list(grads)
+            return lambda: same
         scale = 1.0 / self.transport.world_size
         lay = self.layout(index, plan or self.plan.bwd)
         by_table = dict(zip(sorted({t for ts in lay.consumer.tables for t in ts}), grads))
@@ -293,8 +302,8 @@ class Exchange:
             rows = sum_by_bag(rows, lay.expand, int(lay.consumer.chunk_rows.sum()), lay.bag_order)
         if scale != 1.0:
             rows = rows * scale
-        got = self._run(rows, lay.consumer, lay.owner, plan, "bwd", False, bounds, count=compress)()
-        return self._owner_grads(got, lay)
+        finish = self._run(rows, lay.consumer, lay.owner, plan, "bwd", async_op, bounds, count=compress)
+        return lambda: self._owner_grads(finish(), lay)
 
     # -------------------------------------------------------------------------- rows
     def _chunk_rows(self, tensors: dict[int, torch.Tensor], side: ChunkLayout, relative: bool) -> torch.Tensor:

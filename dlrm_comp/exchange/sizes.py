@@ -40,21 +40,22 @@ class MessageSender:
         self.host_syncs = 0
 
     def send(self, messages: list[bytes], direction: str, async_op: bool = False) -> Callable[[], list]:
-        """Launch the transfer of one message per destination; ``finish()`` -> the received ones."""
+        """Launch the transfer of one message per destination; ``finish()`` -> the received ones.
+        With ``async_op`` nothing here waits for the peers: the size all-to-all is in flight, and
+        the byte all-to-all starts when the sizes arrive (``then``), so a peer still encoding
+        costs this rank nothing until ``finish``."""
         if self.size_exchange == "slots" and not self.loopback:
             return self._send_slots(messages, direction, async_op)
-        sizes = torch.tensor([len(m) for m in messages], dtype=torch.int64)
-        recv_sizes = self.transport.exchange_sizes(sizes.to(self.transport.device))
+        in_splits = [len(m) for m in messages]
+        sizes = torch.tensor(in_splits, dtype=torch.int64)
+        payload = as_tensor(b"".join(messages))
         self.bytes_meta += 0 if self.loopback else 8 * len(messages)
-        out_splits = recv_sizes.tolist()  # the one host read of the protocol: the receive splits
-        self.host_syncs += 1
-        handle = self.transport.exchange(as_tensor(b"".join(messages)), sizes.tolist(), out_splits, async_op)
 
-        def finish() -> list:
-            host = host_bytes(handle.wait())
-            starts = np.concatenate([[0], np.cumsum(out_splits)]).astype(np.int64)
-            return [host[starts[p]:starts[p + 1]] for p in range(len(out_splits))]
-        return finish
+        def launch(recv_sizes: torch.Tensor):
+            out_splits = recv_sizes.tolist()  # the one host read of the protocol: the receive splits
+            self.host_syncs += 1
+            return _Split(self.transport.exchange(payload, in_splits, out_splits, async_op), out_splits)
+        return self.transport.exchange_sizes(sizes.to(self.transport.device), async_op).then(launch).wait
 
     def send_device(self, payload: torch.Tensor, sizes: torch.Tensor, direction: str,
                     async_op: bool = False) -> tuple[list[int], Callable[[], DeviceReceived]]:
@@ -64,7 +65,7 @@ class MessageSender:
         together, then the byte all-to-all. The payload never leaves the device. Returns the sent
         sizes (host ints) and ``finish()``."""
         sizes = sizes.to(device=self.transport.device, dtype=torch.int64)  # gloo with CUDA rows: to the host
-        recv_sizes = self.transport.exchange_sizes(sizes)
+        recv_sizes = self.transport.exchange_sizes(sizes).wait()
         self.bytes_meta += 0 if self.loopback else 8 * sizes.numel()
         both = torch.cat([sizes, recv_sizes]).tolist()  # the one host read of the direction
         self.host_syncs += 1
@@ -122,6 +123,18 @@ class MessageSender:
             sizer.update([len(m) for m in messages], lengths)
             return received
         return finish
+
+
+class _Split:
+    """The byte all-to-all in flight: ``wait()`` -> one host view per source, in rank order."""
+
+    def __init__(self, handle, splits: list[int]):
+        self.handle, self.splits = handle, splits
+
+    def wait(self) -> list:
+        host = host_bytes(self.handle.wait())
+        starts = np.concatenate([[0], np.cumsum(self.splits)]).astype(np.int64)
+        return [host[starts[p]:starts[p + 1]] for p in range(len(self.splits))]
 
 
 def as_tensor(data: bytes) -> torch.Tensor:

@@ -5,6 +5,8 @@ sizes and return what this process receives. The exchange above them is the same
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 
@@ -20,8 +22,8 @@ class LoopbackTransport:
         self.rank, self.world_size = 0, 1  # the real process group (gradient scaling)
         self.device = torch.device(device)
 
-    def exchange_sizes(self, sizes: torch.Tensor) -> torch.Tensor:
-        return sizes
+    def exchange_sizes(self, sizes: torch.Tensor, async_op: bool = False):
+        return _Done(sizes)
 
     def exchange(self, send: torch.Tensor, in_splits: list[int], out_splits: list[int], async_op: bool = False):
         return _Done(send)
@@ -37,11 +39,18 @@ class ProcessGroupTransport:
         self.destinations = self.world_size
         self.device = torch.device(device)
 
-    def exchange_sizes(self, sizes: torch.Tensor) -> torch.Tensor:
-        """One small all-to-all of W int64 (device tensors)."""
+    @functools.cached_property
+    def chains(self) -> bool:
+        """gloo on host tensors completes its work on its own threads: a transfer that depends on
+        another's result can start from that one's completion callback (``_Pending.then``)."""
+        return self.device.type == "cpu" and dist.get_backend(self.group) == "gloo"
+
+    def exchange_sizes(self, sizes: torch.Tensor, async_op: bool = False):
+        """One small all-to-all of W int64 (device tensors); ``wait()`` on the result gives the
+        received sizes, ``then(launch)`` starts what depends on them as soon as they arrive."""
         out = torch.empty_like(sizes)
-        dist.all_to_all_single(out, sizes.to(self.device), group=self.group)
-        return out
+        work = dist.all_to_all_single(out, sizes.to(self.device), group=self.group, async_op=async_op)
+        return _Pending(out, work, self.chains) if async_op else _Done(out)
 
     def p2p(self, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> None:
         """Point-to-point transfers issued together (``batch_isend_irecv``: safe on NCCL, where
@@ -59,11 +68,12 @@ class ProcessGroupTransport:
         out = torch.empty(sum(out_splits), dtype=send.dtype, device=self.device)
         work = dist.all_to_all_single(out, send.to(self.device), out_splits, in_splits, group=self.group,
                                       async_op=async_op)
-        return _Pending(out, work) if async_op else _Done(out)
+        return _Pending(out, work, self.chains) if async_op else _Done(out)
 
 
 class _Done:
-    """A finished transfer (torchrec's NoWait): ``wait()`` returns the received tensor."""
+    """A finished transfer (torchrec's NoWait): ``wait()`` returns the received tensor;
+    ``then(launch)`` calls ``launch(received)`` at once and returns its handle."""
 
     def __init__(self, out: torch.Tensor):
         self.out = out
@@ -71,11 +81,44 @@ class _Done:
     def wait(self) -> torch.Tensor:
         return self.out
 
+    def then(self, launch):
+        return launch(self.out)
+
 
 class _Pending:
-    def __init__(self, out: torch.Tensor, work):
-        self.out, self.work = out, work
+    """A transfer in flight. ``then(launch)``: ``launch(received)`` (which starts the next
+    transfer and returns its handle) runs when this one completes: from gloo's completion
+    callback where the transport ``chains`` (what torch's PowerSGD hook does with its own
+    collectives: the next one starts while the caller computes), else at the returned handle's
+    ``wait()``. Nothing else may start a collective on the group in between: every rank must
+    launch its collectives in one order."""
+
+    def __init__(self, out: torch.Tensor, work, chains: bool = False):
+        self.out, self.work, self.chains = out, work, chains
 
     def wait(self) -> torch.Tensor:
         self.work.wait()
         return self.out
+
+    def then(self, launch):
+        if self.chains:
+            return _Chained(self.work.get_future().then(lambda _: launch(self.out)))
+        return _Deferred(lambda: launch(self.wait()))
+
+
+class _Chained:
+    """The handle a completion callback returned, once it has run."""
+
+    def __init__(self, future):
+        self.future = future
+
+    def wait(self):
+        return self.future.wait().wait()
+
+
+class _Deferred:
+    def __init__(self, launch):
+        self.launch = launch
+
+    def wait(self):
+        return self.launch().wait()

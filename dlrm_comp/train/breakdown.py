@@ -6,8 +6,10 @@ Per step, on every rank (the `train` records hold interval means over steps and 
   and post the collective) plus waiting for it after the bottom MLP (``PendingExchange.wait``:
   wait and decode), or the whole call when ``dist.overlap`` is off. Transfer time that hides
   behind the bottom MLP is not in it (it costs the step nothing).
-- ``bwd_a2a_s``: the backward exchange's autograd node, from its pre-hook to its post-hook (the
-  gradient all-to-all runs synchronously inside it).
+- ``bwd_a2a_s``: the backward exchange's autograd nodes, each from its pre-hook to its
+  post-hook: with ``dist.overlap`` the Wait node (encode, launch) and the Req node (wait,
+  decode), the bottom MLP's backward running between them and not counted; else the one node
+  that runs the gradient all-to-all.
 - ``allreduce_s``: DDP's exposed wait for the dense gradients: from the moment autograd has run
   every node (a callback queued on the engine when backward starts runs before DDP's own
   finalize callback, which DDP queues only once its last bucket is ready) to the return of
@@ -45,7 +47,6 @@ class StepBreakdown:
         self._spans: list[tuple[str, Any, Any]] = []  # the open step's
         self._steps: list[list[tuple[str, Any, Any]]] = []  # the open interval's, unresolved
         self._step_start = None
-        self._bwd_start = None
         self._engine_done = None
         self.run_sums = dict.fromkeys(("step_s", *PHASES), 0.0)
         self.exchange_s: dict[str, float] | None = None  # the last interval's exchange s/step per direction
@@ -58,7 +59,7 @@ class StepBreakdown:
         return self._step_start is not None
 
     def begin_step(self) -> None:
-        self._spans, self._bwd_start, self._engine_done = [], None, None  # nothing left from a failed step
+        self._spans, self._engine_done = [], None  # nothing left from a failed step
         self._step_start = self.clock.now()
 
     def timed(self, phase: str, fn: Callable, *args, **kwargs):
@@ -71,20 +72,25 @@ class StepBreakdown:
         finally:
             self._spans.append((phase, a, self.clock.now()))
 
-    def watch_backward_exchange(self, outputs: Sequence[torch.Tensor]) -> None:
-        """Time the autograd node that produced the exchange's outputs: its backward is the
-        gradient all-to-all."""
-        node = outputs[0].grad_fn if outputs and outputs[0].requires_grad else None
-        if node is None or not self.active:
+    def watch_backward_exchange(self, *tensors: torch.Tensor) -> None:
+        """Time the autograd nodes that produced ``tensors`` (the exchange's outputs, and with
+        the Req/Wait split its request's token): their backwards are the gradient all-to-all."""
+        if not self.active:
             return
+        for t in tensors:
+            node = t.grad_fn if t.requires_grad else None
+            if node is not None:
+                self._watch(node)
+
+    def _watch(self, node) -> None:
+        start = []
 
         def pre(grad_outputs):
-            self._bwd_start = self.clock.now()
+            start.append(self.clock.now())
 
         def post(grad_inputs, grad_outputs):
-            if self._bwd_start is not None:
-                self._spans.append(("bwd_a2a_s", self._bwd_start, self.clock.now()))
-                self._bwd_start = None
+            if start:
+                self._spans.append(("bwd_a2a_s", start.pop(), self.clock.now()))
         node.register_prehook(pre)
         node.register_hook(post)
 
@@ -161,7 +167,7 @@ class TimedExchange:
 
     def __call__(self, *args, **kwargs):
         received = self._breakdown.timed("fwd_a2a_s", self._exchange, *args, **kwargs)
-        self._breakdown.watch_backward_exchange(received)
+        self._breakdown.watch_backward_exchange(*received[:1])
         return received
 
     def start(self, *args, **kwargs) -> "_TimedPending":
@@ -180,7 +186,7 @@ class _TimedPending:
 
     def wait(self):
         received = self._breakdown.timed("fwd_a2a_s", self._pending.wait)
-        self._breakdown.watch_backward_exchange(received)
+        self._breakdown.watch_backward_exchange(*received[:1], self._pending.token)
         return received
 
     def __getattr__(self, name: str):

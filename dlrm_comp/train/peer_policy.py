@@ -47,9 +47,10 @@ from dlrm_comp.compress.codecs.peers import RouteCounts
 from dlrm_comp.distributed import link_probe
 
 HYSTERESIS = 1.05
-# A modeled speedup this far from 1 is taken as it is; closer, the measured exchange decides. On the
-# link benchmark at 1 Gbit/s (Kaggle shape) the forward's model said 1.57-1.76x while its compressed
-# exchange took 11-12 ms a step against 5.2 for the raw one hidden behind the bottom MLP.
+# A modeled speedup this far from 1 needs no trial of all raw; closer, the measured exchange decides
+# (the fixed-rate route is tried either way). On the link benchmark at 1 Gbit/s (Kaggle shape) the
+# forward's model said 1.57-1.76x while its compressed exchange took 11-12 ms a step against 5.2 for
+# the raw one hidden behind the bottom MLP.
 CLEAR = 2.0
 PROBE_EVERY = 8  # decisions per link probe (a probe costs tens of ms of transfers: 1-3% of a short interval)
 MAX_GAP = 8  # x PROBE_EVERY: the longest gap between two rounds once the choice keeps holding
@@ -203,19 +204,21 @@ class PeerPolicy:
     def _measured_route(self, d: str, model: dict[str, bool], speedup: dict[str, float],
                         linked: bool = True) -> tuple[str, bool]:
         """The route of direction ``d`` for the next interval, and whether it is a trial. The
-        model's route where it is clearly faster (every compressed class at CLEAR or more), or
-        where it is all raw and no fixed-rate route is on offer; otherwise the measured exchange
-        time per step (the direction's all-to-all phase, codec included, every rank's mean)
-        decides between it, all raw and, with ``compress.peers_fixed`` and a link to send over
-        (``linked``), the whole direction in that fixed-rate mode, trying whichever has no
-        measurement yet for one interval."""
+        measured exchange time per step (the direction's all-to-all phase, codec included, every
+        rank's mean) decides between the model's route, all raw and, with
+        ``compress.peers_fixed`` and a link to send over (``linked``), the whole direction in
+        that fixed-rate mode, trying whichever has no measurement yet for one interval. All raw
+        is not tried where the model's route is clearly faster (every compressed class at CLEAR
+        or more); the fixed-rate route always is: the model leaves out what overlaps, and a
+        cheap 16-bit exchange hidden behind the bottom MLP can beat a codec that sends 5x fewer
+        bytes but spends the CPU to do it. Without a fixed-rate route a clear model, or one that
+        says all raw, is taken as it is."""
         key = self._key(model)
         fixed = self.fixed if linked else None
-        if key != "raw" and all(speedup.get(c, math.inf) >= CLEAR for c in self.classes if model[c]):
+        clear = key != "raw" and all(speedup.get(c, math.inf) >= CLEAR for c in self.classes if model[c])
+        if fixed is None and (clear or key == "raw"):
             return key, False
-        if key == "raw" and fixed is None:
-            return key, False
-        candidates = [r for r in dict.fromkeys(("raw", key, fixed)) if r is not None]
+        candidates = [r for r in dict.fromkeys((None if clear else "raw", key, fixed)) if r is not None]
         trial = first_unmeasured(candidates, self.seconds[d])
         if trial is not None:
             return trial, True

@@ -307,21 +307,37 @@ class _Work:
         self.future.set_result(None)
 
 
-@pytest.mark.parametrize("chains", [True, False])
-def test_a_transfer_that_depends_on_another_starts_when_that_one_completes(chains):
-    """``then``: on gloo with host tensors the next transfer starts from the completion callback
-    (before anyone waits); elsewhere at the wait; the handle's wait gives the next one's result."""
+def test_a_transfer_that_depends_on_another_starts_when_that_one_completes():
+    """``then``: the next transfer starts from the completion callback, before anyone waits (gloo
+    on host tensors); a finished transfer starts it at once; the handle's wait gives its result."""
     calls = []
 
     def launch(received):
         calls.append(received.tolist())
         return transport_mod._Done(received * 2)
     work = _Work()
-    handle = transport_mod._Pending(torch.tensor([3]), work, chains=chains).then(launch)
+    handle = transport_mod._Pending(torch.tensor([3]), work).then(launch)
     assert calls == []
-    if chains:
-        work.future.set_result(None)  # gloo completes the collective: the callback launches
-        assert calls == [[3]] and not work.waited
-    assert handle.wait().tolist() == [6]
-    assert calls == [[3]] and work.waited is not chains
+    work.future.set_result(None)  # gloo completes the collective: the callback launches
+    assert calls == [[3]] and not work.waited
+    assert handle.wait().tolist() == [6] and calls == [[3]]
     assert transport_mod._Done(torch.tensor([1])).then(launch).wait().tolist() == [2]
+
+
+def test_only_a_chaining_transport_keeps_the_sizes_in_flight(monkeypatch):
+    """Where the transport cannot chain (NCCL) the sizes are read at launch, so the bytes are
+    in flight before the caller computes, as they were; gloo on host tensors keeps both in flight."""
+    asked = []
+
+    def all_to_all_single(out, inp, out_splits=None, in_splits=None, group=None, async_op=False):
+        asked.append(async_op)
+        out.copy_(inp)
+        return _Work() if async_op else None
+    monkeypatch.setattr(transport_mod.dist, "all_to_all_single", all_to_all_single)
+    monkeypatch.setattr(transport_mod.dist, "get_rank", lambda group=None: 0)
+    monkeypatch.setattr(transport_mod.dist, "get_world_size", lambda group=None: 1)
+    for backend, kept in (("nccl", False), ("gloo", True)):
+        monkeypatch.setattr(transport_mod.dist, "get_backend", lambda group=None, b=backend: b)
+        tr = transport_mod.ProcessGroupTransport(group=None, device="cpu")
+        got = tr.exchange_sizes(torch.tensor([5]), async_op=True)
+        assert isinstance(got, transport_mod._Pending if kept else transport_mod._Done) and asked[-1] is kept

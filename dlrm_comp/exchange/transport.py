@@ -47,10 +47,13 @@ class ProcessGroupTransport:
 
     def exchange_sizes(self, sizes: torch.Tensor, async_op: bool = False):
         """One small all-to-all of W int64 (device tensors); ``wait()`` on the result gives the
-        received sizes, ``then(launch)`` starts what depends on them as soon as they arrive."""
+        received sizes, ``then(launch)`` starts what depends on them as soon as they arrive. In
+        flight only where the transport ``chains``: elsewhere (NCCL) the sizes are read here, so
+        the bytes that depend on them are in flight before the caller computes."""
         out = torch.empty_like(sizes)
-        work = dist.all_to_all_single(out, sizes.to(self.device), group=self.group, async_op=async_op)
-        return _Pending(out, work, self.chains) if async_op else _Done(out)
+        pending = async_op and self.chains
+        work = dist.all_to_all_single(out, sizes.to(self.device), group=self.group, async_op=pending)
+        return _Pending(out, work) if pending else _Done(out)
 
     def p2p(self, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> None:
         """Point-to-point transfers issued together (``batch_isend_irecv``: safe on NCCL, where
@@ -68,7 +71,7 @@ class ProcessGroupTransport:
         out = torch.empty(sum(out_splits), dtype=send.dtype, device=self.device)
         work = dist.all_to_all_single(out, send.to(self.device), out_splits, in_splits, group=self.group,
                                       async_op=async_op)
-        return _Pending(out, work, self.chains) if async_op else _Done(out)
+        return _Pending(out, work) if async_op else _Done(out)
 
 
 class _Done:
@@ -86,24 +89,21 @@ class _Done:
 
 
 class _Pending:
-    """A transfer in flight. ``then(launch)``: ``launch(received)`` (which starts the next
-    transfer and returns its handle) runs when this one completes: from gloo's completion
-    callback where the transport ``chains`` (what torch's PowerSGD hook does with its own
-    collectives: the next one starts while the caller computes), else at the returned handle's
-    ``wait()``. Nothing else may start a collective on the group in between: every rank must
-    launch its collectives in one order."""
+    """A transfer in flight. ``then(launch)`` (gloo on host tensors: ``exchange_sizes``):
+    ``launch(received)``, which starts the next transfer and returns its handle, runs from the
+    completion callback, as torch's PowerSGD hook launches its own collectives: the next one
+    starts while the caller computes. Nothing else may start a collective on the group in
+    between: every rank must launch its collectives in one order."""
 
-    def __init__(self, out: torch.Tensor, work, chains: bool = False):
-        self.out, self.work, self.chains = out, work, chains
+    def __init__(self, out: torch.Tensor, work):
+        self.out, self.work = out, work
 
     def wait(self) -> torch.Tensor:
         self.work.wait()
         return self.out
 
     def then(self, launch):
-        if self.chains:
-            return _Chained(self.work.get_future().then(lambda _: launch(self.out)))
-        return _Deferred(lambda: launch(self.wait()))
+        return _Chained(self.work.get_future().then(lambda _: launch(self.out)))
 
 
 class _Chained:
@@ -114,11 +114,3 @@ class _Chained:
 
     def wait(self):
         return self.future.wait().wait()
-
-
-class _Deferred:
-    def __init__(self, launch):
-        self.launch = launch
-
-    def wait(self):
-        return self.launch().wait()

@@ -91,10 +91,8 @@ class MessageSender:
         handle = self.transport.exchange(as_tensor(b"".join(slots)), caps_out, caps_in, async_op)
 
         def finish() -> list:
-            host = host_bytes(handle.wait())  # the one host read: the preambles in the slots
+            got = [bytes(v) for v in _Split(handle, caps_in).wait()]  # the one host read: the slots' preambles
             self.host_syncs += 1
-            starts = np.concatenate([[0], np.cumsum(caps_in)])
-            got = [bytes(host[starts[p]:starts[p + 1]]) for p in range(len(caps_in))]
             peers = [q for q in range(len(messages)) if q != me]
             # round 1: a slot smaller than a preamble sends the rest of the preamble first
             short_out = [q for q in peers if caps_out[q] < PREAMBLE]

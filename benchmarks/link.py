@@ -11,7 +11,10 @@ breakdown, measured speedup, the modeled speedup (the run's own wire ratios and 
 throughput at the measured link rate) and the ideal one (a free codec), wire ratio per
 direction, AUC after the same iterations, the communication-free limit (`off`'s step over its
 compute phase, same run) and the fraction of it each mode reaches, and the bytes `tc` counted on
-the veth against the bytes the run accounts for. `--rates reference` is the rate at which `off`'s all-to-all comes
+the veth against the bytes the run accounts for. `--repeat N` makes N passes over the modes at
+each rate, one after another (every pass in the same order, each against its own `off`), and
+adds the medians over the passes with every pass's values (`across_repeats`): a step on this kind
+of machine moves 5-10% between runs, more than some differences worth stating. `--rates reference` is the rate at which `off`'s all-to-all comes
 closest to 60% of the step (the reference's regime), found by measuring `off` at up to three
 rates, or given with `--reference-rate`. Prints one JSON object; writes `results.json`,
 `report.md` and `link_breakdown.png` under `--out`. Needs root and iproute2; elsewhere it prints
@@ -20,6 +23,7 @@ rates, or given with `--reference-rate`. Prints one JSON object; writes `results
     python benchmarks/link.py --rates reference 1gbit   # headline: kaggle, the headline modes (HEADLINE)
     python benchmarks/link.py --configs debug --rates 1gbit --modes off codec --iterations 40
     python benchmarks/link.py --ranks-per-node 2 --rates 1gbit   # 2 nodes x 2 ranks
+    python benchmarks/link.py --rates 360mbit --modes off fp16 --repeat 3   # medians of 3 passes
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dlrm_comp.bench.link_report import compare, markdown, plot  # noqa: E402
+from dlrm_comp.bench.link_report import across_repeats, compare, markdown, plot  # noqa: E402
 from dlrm_comp.bench.link_run import (CONFIGS, INTERVALS, RunFailed, default_modes, modes, probe_rate,  # noqa: E402
                                       read_run, run_training)
 from dlrm_comp.bench.link_search import find_reference_rate  # noqa: E402
@@ -83,6 +87,16 @@ def ranks_arg(text: str) -> int:
     return value
 
 
+def repeat_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1 (passes over the modes)")
+    return value
+
+
 def non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -107,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delay-ms", type=non_negative, default=0.0, help="netem delay on each end")
     parser.add_argument("--ranks-per-node", type=ranks_arg, default=1,
                         help="ranks in each namespace (loopback inside a node, the shaped veth between nodes)")
+    parser.add_argument("--repeat", type=repeat_arg, default=1,
+                        help="passes over the modes at each rate (medians and each pass reported)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "link")
     parser.add_argument("--keep-runs", action="store_true", help="keep each mode's run directory")
     return parser
@@ -147,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     log = Log()
     args.out.mkdir(parents=True, exist_ok=True)
     payload: dict = {"benchmark": "link", "reference_rate": None, "reference_rates": {}, "delay_ms": args.delay_ms,
-                     "ranks_per_node": args.ranks_per_node, "modes": chosen, "results": []}
+                     "ranks_per_node": args.ranks_per_node, "modes": chosen, "repeat": args.repeat, "results": []}
     with VethLink() as link:
         payload["link"] = {"namespaces": list(link.ns), "devices": list(link.dev), "addresses": list(link.addr)}
 
@@ -178,15 +194,18 @@ def main(argv: list[str] | None = None) -> int:
             for rate in rates:
                 link.set_rate(rate, args.delay_ms)
                 measured = probe_rate(link)
-                rows = []
-                for mode in chosen:
-                    row = measure(config, mode, rate, iterations, "modes")
-                    row.update(rate=rate, link_rate_measured_mbit=measured)
-                    rows.append(row)
-                    log(f"{config} @ {rate} {mode}: step {row['step_s'] * 1e3:.1f} ms, "
-                        f"vs off {rows[0]['step_s'] / row['step_s']:.2f}x, AUC {row['auc']:.4f}")
-                compare(rows)
-                payload["results"].extend(rows)
+                for repeat in range(args.repeat):
+                    tag = "modes" if args.repeat == 1 else f"modes/pass{repeat + 1}"
+                    rows = []
+                    for mode in chosen:
+                        row = measure(config, mode, rate, iterations, tag)
+                        row.update(rate=rate, link_rate_measured_mbit=measured, repeat=repeat)
+                        rows.append(row)
+                        log(f"{config} @ {rate} pass {repeat + 1}/{args.repeat} {mode}: step {row['step_s'] * 1e3:.1f} "
+                            f"ms, vs off {rows[0]['step_s'] / row['step_s']:.2f}x, AUC {row['auc']:.4f}")
+                    compare(rows)
+                    payload["results"].extend(rows)
+    payload["across_repeats"] = across_repeats(payload["results"])
     png = plot(payload["results"], args.out / "link_breakdown.png")
     payload["plot"] = str(png)
     (args.out / "report.md").write_text(markdown(payload, png))

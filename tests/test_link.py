@@ -173,6 +173,7 @@ def test_without_iproute2_it_says_so_and_exits_0(tmp_path):
     (["--delay-ms", "inf"], "finite number"),
     (["--delay-ms", "-3"], "--delay-ms"),
     (["--ranks-per-node", "0"], "--ranks-per-node"),
+    (["--repeat", "0"], "--repeat"),
 ])
 def test_bad_arguments_exit_2_naming_them(args, named):
     proc = run_link(*args, timeout=60)
@@ -281,3 +282,35 @@ def test_auto_rows_are_also_measured_outside_their_trials():
     assert rows[1]["speedup_settled"] == pytest.approx(0.1 / 0.08)
     text = "\n".join(_settled(rows))
     assert "| codec+auto | 20 of 40 | 80.0 | 1.250 |" in text and "| off |" not in text
+
+
+def test_repeated_passes_report_medians_of_paired_ratios(tmp_path):
+    """``--repeat``: each pass is compared with its own ``off``; the medians are of those
+    paired ratios (a pass where the machine ran slow moves ``off`` and the mode together), and
+    the report and the plot show every pass."""
+    from dlrm_comp.bench.link_report import across_repeats, compare, markdown, plot
+    breakdown = {"fwd_a2a_s": 0.03, "bwd_a2a_s": 0.03, "allreduce_s": 0.01, "compute_s": 0.03, "codec_s": 0.0}
+    base = {"config": "kaggle", "rate": "360mbit", "link_rate_measured_mbit": 360.0, "fwd_cr": 1.0, "bwd_cr": 1.0,
+            "auc": 0.7, "breakdown": breakdown, "codec_GBps": {"fwd": None, "bwd": None}, "measured_steps": 40,
+            "settled_steps": 40, "wire": {"tc_over_expected": 1.05, "allreduce_bytes_per_step": 1.0,
+                                          "expected_bytes_per_step": 2.0}}
+    results = []
+    for repeat, (off, fast) in enumerate([(0.10, 0.05), (0.20, 0.08), (0.12, 0.04)]):  # pass 2 ran slow
+        rows = [{**base, "mode": "off", "step_s": off, "repeat": repeat},
+                {**base, "mode": "fp16", "step_s": fast, "repeat": repeat, "auc": 0.7 + 0.001 * repeat}]
+        compare(rows)
+        results += rows
+    summary = {r["mode"]: r for r in across_repeats(results)}
+    fp16 = summary["fp16"]
+    assert fp16["repeats"] == 3 and fp16["step_s_runs"] == [0.05, 0.08, 0.04]
+    assert fp16["step_s"] == 0.05
+    assert fp16["speedup_vs_off_runs"] == pytest.approx([2.0, 2.5, 3.0])
+    assert fp16["speedup_vs_off"] == pytest.approx(2.5)  # the median ratio, not the ratio of the medians (2.4)
+    assert fp16["auc_delta_vs_off"] == pytest.approx(0.001)
+    assert summary["off"]["speedup_vs_off"] == 1.0
+    text = markdown({"results": results, "ranks_per_node": 1}, None)
+    assert "## Across 3 passes" in text and "## kaggle @ 360mbit, pass 3 of 3" in text
+    assert "| kaggle @ 360mbit | fp16 | 50.0 | 2.500 |" in text and "50.0, 80.0, 40.0" in text
+    assert plot(results, tmp_path / "p.png").stat().st_size > 0
+    one = markdown({"results": [r for r in results if r["repeat"] == 0], "ranks_per_node": 1}, None)
+    assert "Across" not in one and "## kaggle @ 360mbit (link" in one

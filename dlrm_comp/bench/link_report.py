@@ -3,6 +3,7 @@ same link), its stacked-bar plot of the step-time breakdown, and ``report.md``."
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ def plot(results: list[dict], path: Path) -> Path:
     groups = _groups(results)
     width = max(4.0, 1.2 + 0.8 * max(len(g) for g in groups.values()))
     fig, axes = subplots(1, len(groups), figsize=(width * len(groups), 4.8), squeeze=False)
-    for ax, ((config, rate), rows) in zip(axes[0], groups.items()):
+    repeats = max(k[2] for k in groups) + 1
+    for ax, ((config, rate, repeat), rows) in zip(axes[0], groups.items()):
         x = range(len(rows))
         bottom = [0.0] * len(rows)
         for key, label, color in BARS:
@@ -63,7 +65,7 @@ def plot(results: list[dict], path: Path) -> Path:
         for i, r in enumerate(rows):
             ax.text(i, bottom[i], f"{r['speedup_vs_off']:.2f}x", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(list(x), [r["mode"] for r in rows], rotation=30, ha="right")
-        ax.set_title(f"{config} @ {rate}")
+        ax.set_title(_title(config, rate, repeat, repeats))
         ax.set_ylabel("ms per step")
         ax.margins(y=0.12)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -74,11 +76,39 @@ def plot(results: list[dict], path: Path) -> Path:
     return path
 
 
-def _groups(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    groups: dict[tuple[str, str], list[dict]] = {}
+def _groups(results: list[dict]) -> dict[tuple[str, str, int], list[dict]]:
+    """The rows of one pass over the modes: (config, rate, repeat)."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
     for r in results:
-        groups.setdefault((r["config"], r["rate"]), []).append(r)
+        groups.setdefault((r["config"], r["rate"], r.get("repeat", 0)), []).append(r)
     return groups
+
+
+def _title(config: str, rate: str, repeat: int, repeats: int) -> str:
+    return f"{config} @ {rate}" + (f", pass {repeat + 1} of {repeats}" if repeats > 1 else "")
+
+
+SPREAD_KEYS = ("step_s", "speedup_vs_off", "fraction_of_limit", "auc_delta_vs_off", "speedup_settled")
+
+
+def across_repeats(results: list[dict]) -> list[dict]:
+    """Per (config, rate, mode): the median over the passes (``--repeat``) of each value in
+    ``SPREAD_KEYS`` and every pass's value (``<key>_runs``). Each pass's speedups and shares are
+    against that pass's own ``off`` (``compare`` per pass), so the medians are of paired ratios:
+    a machine that drifts between passes moves ``off`` and the mode together."""
+    by_mode: dict[tuple[str, str, str], list[dict]] = {}
+    for r in results:
+        by_mode.setdefault((r["config"], r["rate"], r["mode"]), []).append(r)
+    out = []
+    for (config, rate, mode), rows in by_mode.items():
+        row = {"config": config, "rate": rate, "mode": mode, "repeats": len(rows)}
+        for key in SPREAD_KEYS:
+            runs = [r.get(key) for r in rows]
+            row[f"{key}_runs"] = runs
+            known = [v for v in runs if v is not None]
+            row[key] = statistics.median(known) if known else None
+        out.append(row)
+    return out
 
 
 def _f(v: Any, digits: int = 3) -> str:
@@ -101,8 +131,13 @@ def markdown(payload: dict, plot_path: Path | None) -> str:
     if payload.get("reference_rate"):
         lines += [f"Reference rate: **{payload['reference_rate']}** (the uncompressed all-to-all is closest to 60% "
                   "of the step there, as in the reference's breakdown).", ""]
-    for (config, rate), rows in _groups(payload["results"]).items():
-        lines += [f"## {config} @ {rate} (link measured {_f(rows[0]['link_rate_measured_mbit'], 4)} Mbit/s)", "",
+    groups = _groups(payload["results"])
+    repeats = max((k[2] for k in groups), default=0) + 1
+    if repeats > 1:
+        lines += _spread(payload["results"], repeats)
+    for (config, rate, repeat), rows in groups.items():
+        lines += [f"## {_title(config, rate, repeat, repeats)} (link measured "
+                  f"{_f(rows[0]['link_rate_measured_mbit'], 4)} Mbit/s)", "",
                   "| mode | step ms | speedup vs off | modeled | ideal | of ideal | limit | of limit | fwd CR | bwd CR "
                   "| AUC | dAUC |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -132,6 +167,22 @@ def markdown(payload: dict, plot_path: Path | None) -> str:
     if plot_path is not None:
         lines += [f"![breakdown]({plot_path.name})", ""]
     return "\n".join(lines)
+
+
+def _spread(results: list[dict], repeats: int) -> list[str]:
+    """The medians over the passes first (``--repeat``), each pass's values beside them."""
+    out = [f"## Across {repeats} passes (median, then each pass)", "",
+           "Every pass ran each mode once, in the same order; speedups and shares of the limit are against the "
+           "same pass's `off`.", "",
+           "| config @ rate | mode | step ms | speedup vs off | of limit | dAUC | passes: step ms | passes: of limit |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in across_repeats(results):
+        steps = ", ".join(f"{v * 1e3:.1f}" for v in r["step_s_runs"])
+        shares = ", ".join(f"{v:.0%}" for v in r["fraction_of_limit_runs"])
+        out.append(f"| {r['config']} @ {r['rate']} | {r['mode']} | {r['step_s'] * 1e3:.1f} | "
+                   f"{r['speedup_vs_off']:.3f} | {r['fraction_of_limit']:.0%} | {r['auc_delta_vs_off']:+.4f} | "
+                   f"{steps} | {shares} |")
+    return out + [""]
 
 
 def _settled(rows: list[dict]) -> list[str]:

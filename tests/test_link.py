@@ -230,6 +230,8 @@ def test_the_headline_modes():
     assert modes()["codec+bwd+dedup+powersgd"][-1] == "dist.allreduce_compression=powersgd"
     assert modes()["codec+bwd+dedup+powersgd+inter_node"] == [*modes()["codec+bwd+dedup+powersgd"],
                                                                "compress.peers=inter_node"]
+    # compressing no peer beside the same allreduce: what compress.peers=inter_node is set against
+    assert modes()["powersgd"] == ["compress.mode=off", "dist.allreduce_compression=powersgd"]
 
 
 def test_auto_modes_run_by_default_at_any_ranks_per_node():

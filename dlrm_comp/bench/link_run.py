@@ -50,6 +50,7 @@ def modes() -> dict[str, list[str]]:
         "fp8": ["compress.mode=fp8"],
         "int8": ["compress.mode=int8"],
         "codec": ["compress.mode=codec"],
+        "powersgd": ["compress.mode=off", "dist.allreduce_compression=powersgd"],  # the exchange uncompressed
         "codec+bwd": ["compress.mode=codec", "compress.backward.mode=codec"],
     }
     if "dedup" in {f.name for f in dataclasses.fields(CompressConfig)}:  # once the dedup issue lands

@@ -77,24 +77,17 @@ def iterations_arg(text: str) -> int:
     return value
 
 
-def ranks_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1 (ranks in each namespace)")
-    return value
-
-
-def repeat_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1 (passes over the modes)")
-    return value
+def count_arg(what: str):
+    """An argparse type: an integer >= 1, the error naming ``what`` it counts."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1 ({what})")
+        return value
+    return parse
 
 
 def non_negative(text: str) -> float:
@@ -119,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-rate", type=fixed_rate_arg, default=None,
                         help="use this rate for 'reference' instead of searching for it")
     parser.add_argument("--delay-ms", type=non_negative, default=0.0, help="netem delay on each end")
-    parser.add_argument("--ranks-per-node", type=ranks_arg, default=1,
+    parser.add_argument("--ranks-per-node", type=count_arg("ranks in each namespace"), default=1,
                         help="ranks in each namespace (loopback inside a node, the shaped veth between nodes)")
-    parser.add_argument("--repeat", type=repeat_arg, default=1,
+    parser.add_argument("--repeat", type=count_arg("passes over the modes"), default=1,
                         help="passes over the modes at each rate (medians and each pass reported)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "link")
     parser.add_argument("--keep-runs", action="store_true", help="keep each mode's run directory")

@@ -310,7 +310,7 @@ def test_repeated_passes_report_medians_of_paired_ratios(tmp_path):
     assert fp16["speedup_vs_off"] == pytest.approx(2.5)  # the median ratio, not the ratio of the medians (2.4)
     assert fp16["auc_delta_vs_off"] == pytest.approx(0.001)
     assert summary["off"]["speedup_vs_off"] == 1.0
-    text = markdown({"results": results, "ranks_per_node": 1}, None)
+    text = markdown({"results": results, "ranks_per_node": 1, "across_repeats": across_repeats(results)}, None)
     assert "## Across 3 passes" in text and "## kaggle @ 360mbit, pass 3 of 3" in text
     assert "| kaggle @ 360mbit | fp16 | 50.0 | 2.500 |" in text and "50.0, 80.0, 40.0" in text
     assert plot(results, tmp_path / "p.png").stat().st_size > 0

@@ -118,7 +118,8 @@ def _f(v: Any, digits: int = 3) -> str:
 
 
 def markdown(payload: dict, plot_path: Path | None) -> str:
-    """``report.md``: the table per (config, rate), the breakdown, the search, the wire check."""
+    """``report.md``: the table per (config, rate, pass), the breakdown, the search, the wire
+    check; with several passes first ``payload["across_repeats"]`` (``across_repeats``)."""
     n = payload.get("ranks_per_node", 1)
     lines = ["# Link benchmark", "",
              f"Two network namespaces joined by a veth pair, `tbf` on both ends; {n} rank(s) per namespace "
@@ -134,7 +135,7 @@ def markdown(payload: dict, plot_path: Path | None) -> str:
     groups = _groups(payload["results"])
     repeats = max((k[2] for k in groups), default=0) + 1
     if repeats > 1:
-        lines += _spread(payload["results"], repeats)
+        lines += _spread(payload["across_repeats"], repeats)
     for (config, rate, repeat), rows in groups.items():
         lines += [f"## {_title(config, rate, repeat, repeats)} (link measured "
                   f"{_f(rows[0]['link_rate_measured_mbit'], 4)} Mbit/s)", "",
@@ -169,14 +170,15 @@ def markdown(payload: dict, plot_path: Path | None) -> str:
     return "\n".join(lines)
 
 
-def _spread(results: list[dict], repeats: int) -> list[str]:
-    """The medians over the passes first (``--repeat``), each pass's values beside them."""
+def _spread(summary: list[dict], repeats: int) -> list[str]:
+    """The medians over the passes first (``--repeat``; ``summary``: ``across_repeats``' rows),
+    each pass's values beside them."""
     out = [f"## Across {repeats} passes (median, then each pass)", "",
            "Every pass ran each mode once, in the same order; speedups and shares of the limit are against the "
            "same pass's `off`.", "",
            "| config @ rate | mode | step ms | speedup vs off | of limit | dAUC | passes: step ms | passes: of limit |",
            "|---|---|---|---|---|---|---|---|"]
-    for r in across_repeats(results):
+    for r in summary:
         steps = ", ".join(f"{v * 1e3:.1f}" for v in r["step_s_runs"])
         shares = ", ".join(f"{v:.0%}" for v in r["fraction_of_limit_runs"])
         out.append(f"| {r['config']} @ {r['rate']} | {r['mode']} | {r['step_s'] * 1e3:.1f} | "

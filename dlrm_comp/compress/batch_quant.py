@@ -42,7 +42,8 @@ class BatchQuant:
     minimum: torch.Tensor  # [C] float64, float32-representable: code origin, or the constant
     step: torch.Tensor  # [C] float64, float32-representable: bin width (0 unless QUANT)
     eb_abs: torch.Tensor  # [C] float64, float32-representable: the verified absolute bound
-    low: torch.Tensor  # [C, n] uint8: low byte of each code (meaningless unless QUANT)
+    low: torch.Tensor  # [C, n] uint8: low byte of each code (meaningless unless QUANT); flat [R*d] from
+    # ``quantize_ragged`` (then ``low``, ``high`` and ``x`` are value after value, ``counts`` per chunk)
     high: torch.Tensor  # [C, n] uint8: high byte of each code
     err: torch.Tensor  # [C] float64: max |x - x_hat| of the reconstruction (0 unless QUANT)
     nonfinite: torch.Tensor  # [] int64: chunks holding a NaN/Inf (those chunks are RAW)
@@ -77,9 +78,9 @@ class BatchQuant:
     def entropy_bytes(self) -> torch.Tensor:
         """Order-0 entropy (bytes, n*H/8) of each chunk's codes, per byte plane: exact for codes
         up to 8 bits, the sum of the two planes' entropies (an upper bound) beyond."""
-        c, n = self.low.shape
         if self.entropy is not None:
             return self.entropy
+        c, n = self.low.shape
         if n == 0:
             return torch.zeros(c, dtype=torch.float64, device=self.low.device)
         hist = self.hist
@@ -360,25 +361,60 @@ def _quantize_cpu(x: torch.Tensor, eb_rel, counts: np.ndarray | None = None) -> 
     """The same quantizer on a CPU float32 batch through the fused loops of ``cpu_kernels``."""
     xn = x.detach().contiguous().numpy()
     c, n = xn.shape
+    sent = np.full(c, n, np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    q = _fused(xn.reshape(-1), np.arange(c, dtype=np.int64) * n, sent, xn.min(axis=1), xn.max(axis=1), eb_rel, n, x)
+    q.low, q.high = q.low.view(c, n), q.high.view(c, n)
+    if counts is None:
+        q.counts = None
+    return q
+
+
+def quantize_ragged(x: torch.Tensor, rows: np.ndarray, dim: int, eb_rel) -> BatchQuant:
+    """``quantize_batch`` over chunks of consecutive rows: chunk c is the next ``rows[c]`` rows
+    of ``x [R, dim]`` (deduplicated chunks hold different counts). No padding to one width:
+    ``low`` and ``high`` are flat ``[R*dim]``, value after value as in ``x``, and ``counts`` the
+    values of each chunk; the arithmetic, and so every code and parameter, is the padded
+    path's (tested). Where ``ragged_ready`` says so only."""
+    xn = x.detach().contiguous().numpy().reshape(-1)
+    counts = np.asarray(rows, dtype=np.int64) * dim
+    at = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    mn, mx = np.zeros(len(counts), np.float32), np.zeros(len(counts), np.float32)
+    some = counts > 0
+    if some.any():  # numpy's reductions over each chunk's run (an empty chunk has none: CONST 0, no values)
+        mn[some], mx[some] = np.minimum.reduceat(xn, at[some]), np.maximum.reduceat(xn, at[some])
+    return _fused(xn, at, counts, mn, mx, eb_rel, counts, x)
+
+
+def ragged_ready(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether values of ``dtype`` on ``device`` take the fused CPU loops without padding
+    (``quantize_ragged``, and the receiver's ``codecs.messages.reconstruct``): where the padded
+    path would run them too (float32 on the CPU, the Triton kernels not asked for)."""
+    return device.type == "cpu" and dtype == torch.float32 and cpu_kernels.available() \
+        and not device_kernels.use_triton(torch.empty(0))
+
+
+def _fused(xn: np.ndarray, at: np.ndarray, counts: np.ndarray, mn: np.ndarray, mx: np.ndarray, eb_rel,
+           n, x: torch.Tensor) -> BatchQuant:
+    """The fused quantizer over the flat values ``xn`` (chunk c: ``counts[c]`` values from
+    ``at[c]``, range ``mn[c]..mx[c]``; ``n``: the values each chunk counts for its parameters,
+    the padded width or ``counts``); flat code planes of ``xn``'s length."""
+    c = len(at)
     eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
-    mn, mx = xn.min(axis=1), xn.max(axis=1)  # numpy's SIMD reductions; NaN propagates as in torch
     with np.errstate(invalid="ignore", over="ignore"):
         p = chunk_params(_Numpy, mn.astype(np.float64), mx.astype(np.float64), eb.astype(np.float64), n,
                          torch.float32)
-    low = np.zeros((c, n), np.uint8)
-    high = np.zeros((c, n), np.uint8)
+    low = np.zeros(len(xn), np.uint8)
+    high = np.zeros(len(xn), np.uint8)
     hist = np.zeros((c, 512), np.int64)
     entropy = np.zeros(c, np.float64)
-    sent = np.full(c, n, np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
-    ok, err = cpu_kernels.quantize_rows(xn, p["valid"], p["min"], p["safe_step"], p["max_code"], p["eb_abs"],
-                                        low, high, hist, entropy, sent)
-    const = p["const"]
-    kind = np.where(ok, ChunkKind.QUANT, np.where(const, ChunkKind.CONST, ChunkKind.RAW)).astype(np.uint8)
+    ok, err = cpu_kernels.quantize_rows(xn, at, counts, p["valid"], p["min"], p["safe_step"], p["max_code"],
+                                        p["eb_abs"], low, high, hist, entropy)
+    kind = np.where(ok, ChunkKind.QUANT, np.where(p["const"], ChunkKind.CONST, ChunkKind.RAW)).astype(np.uint8)
     t = torch.from_numpy
     return BatchQuant(kind=t(kind), bits=t(np.where(ok, p["bits"], 0).astype(np.int64)), minimum=t(p["min"]),
                       step=t(np.where(ok, p["step"], 0.0)), eb_abs=t(p["eb_abs"]), low=t(low), high=t(high),
                       err=t(np.where(ok, err, 0.0)), nonfinite=torch.tensor(int((~p["finite"]).sum())),
-                      ok=t(ok), x=x, hist=t(hist), entropy=t(entropy), counts=None if counts is None else t(sent))
+                      ok=t(ok), x=x, hist=t(hist), entropy=t(entropy), counts=t(counts))
 
 
 def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, codes: torch.Tensor,
@@ -404,11 +440,17 @@ def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Ten
         return device_quant.dequantize_planes(kind, minimum, step, bits, low, high, raw, dtype)
     if base is None and low.device.type == "cpu" and dtype == torch.float32 and cpu_kernels.available() \
             and low.shape[1]:
-        out = np.empty(low.shape, np.float32)  # np.zeros would clear it all (0.5 ms a Terabyte message)
-        read = np.full(len(out), out.shape[1], np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
-        cpu_kernels.dequantize_rows(low.numpy(), high.numpy(), (bits > 8).numpy(), kind.to(torch.int64).numpy(),
-                                    minimum.to(torch.float64).numpy(), step.to(torch.float64).numpy(),
-                                    raw.contiguous().numpy(), read, out)
+        c, n = low.shape
+        out = np.empty((c, n), np.float32)  # np.zeros would clear it all (0.5 ms a Terabyte message)
+        read = np.full(c, n, np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+        at = np.arange(c, dtype=np.int64) * n
+        k = kind.to(torch.int64).numpy()
+        cpu_kernels.dequantize_rows(low.numpy().reshape(-1), at, high.numpy().reshape(-1), at, (bits > 8).numpy(), k,
+                                    minimum.to(torch.float64).numpy(), step.to(torch.float64).numpy(), read,
+                                    out.reshape(-1), at)
+        travelled = np.flatnonzero((k != ChunkKind.QUANT) & (k != ChunkKind.CONST))
+        if travelled.size:  # RAW chunks: their values as they travelled
+            out[travelled] = raw[torch.from_numpy(travelled)].to(torch.float32).numpy()
         return torch.from_numpy(out)
     codes = low.to(torch.int32) | (high.to(torch.int32) << 8)
     return dequantize_batch(kind, minimum, step, codes, raw, dtype, base)

@@ -27,20 +27,24 @@ def available() -> bool:
 
 if numba is not None:
     @numba.njit(cache=True, nogil=True)
-    def quantize_rows(x, valid, minimum, step, max_code, eb_abs, low, high, hist, entropy, counts):  # pragma: no cover
+    def quantize_rows(x, at, counts, valid, minimum, step, max_code, eb_abs, low, high, hist, entropy):  # pragma: no cover
         """Codes (low/high byte planes), the check, byte-plane histograms and their order-0
-        entropy in bytes (as ``BatchQuant.entropy_bytes`` computes it) over the first ``counts[r]``
-        values, per valid row. The rest of a row pads it (dedup's ragged chunks padded to the
-        widest: 1.7x the values on a Kaggle step) and is left as it is in the planes.
-        Returns per row: True if the bound held (err < eb in float32), and the max error.
+        entropy in bytes (as ``BatchQuant.entropy_bytes`` computes it) of every valid chunk r:
+        the ``counts[r]`` values of the flat ``x`` from ``at[r]``, their codes written at the
+        same places of the flat ``low``/``high`` (chunks padded to one width are ``at[r] = r*n``;
+        deduplicated chunks, consecutive rows of one plane, need no padding at all).
+        Returns per chunk: True if the bound held (err < eb in float32), and the max error.
 
         Three passes, each one LLVM vectorises: codes with their reconstruction error into a
         scratch row, the max of that error taken on its bits (|e| >= 0, so the int order is the
         float order: float max reductions do not vectorise), then the histograms."""
-        c, n = x.shape
+        c = len(at)
         ok = np.zeros(c, np.bool_)
         err_out = np.zeros(c, np.float64)
-        scratch = np.empty(n, np.float32)
+        widest = 0
+        for r in range(c):
+            widest = max(widest, counts[r])
+        scratch = np.empty(widest, np.float32)
         bits = scratch.view(np.int32)
         for r in range(c):
             if not valid[r]:
@@ -51,11 +55,12 @@ if numba is not None:
             s64 = step[r]
             m64 = minimum[r]
             top = np.float32(max_code[r])
-            xr, lr, hr = x[r], low[r], high[r]
+            a = at[r]
+            xr, lr, hr = x[a:a + m], low[a:a + m], high[a:a + m]
             for i in range(m):
                 v = xr[i]
                 q = np.rint((v - m32) * inv)
-                q = min(max(q, np.float32(0.0)), top)  # NaN cannot occur in a valid row (its range is finite)
+                q = min(max(q, np.float32(0.0)), top)  # NaN cannot occur in a valid chunk (its range is finite)
                 k = np.int32(q)
                 y = np.float32(np.float64(k) * s64 + m64)
                 scratch[i] = abs(y - v)
@@ -83,29 +88,30 @@ if numba is not None:
         return ok, err_out
 
     @numba.njit(cache=True, nogil=True)
-    def dequantize_rows(low, high, wide, kind, minimum, step, raw, counts, out):  # pragma: no cover
-        """The receiver's values of the first ``counts[r]`` columns of each row (the rest pads
-        it and is left as it is): float32(code*step + min) in float64 for QUANT rows, the
-        constant for CONST rows, the travelled values for RAW rows."""
-        c = out.shape[0]
-        for r in range(c):
+    def dequantize_rows(low, low_at, high, high_at, wide, kind, minimum, step, counts, out, out_at):  # pragma: no cover
+        """The receiver's ``counts[r]`` values of every QUANT and CONST chunk r, written to the
+        flat ``out`` from ``out_at[r]``: float32(code*step + min) in float64 for QUANT (its low
+        code bytes in ``low`` from ``low_at[r]``, its high ones in ``high`` from ``high_at[r]``
+        where ``wide[r]``), the constant for CONST. Other chunks are left as they are (their
+        values travelled: the caller copies them)."""
+        for r in range(len(kind)):
             n = counts[r]
+            o = out_at[r]
             if kind[r] == _QUANT:
                 s64 = step[r]
                 m64 = minimum[r]
+                lo = low_at[r]
                 if wide[r]:
+                    hi = high_at[r]
                     for i in range(n):
-                        out[r, i] = np.float32((np.float64(low[r, i]) + 256.0 * high[r, i]) * s64 + m64)
+                        out[o + i] = np.float32((np.float64(low[lo + i]) + 256.0 * high[hi + i]) * s64 + m64)
                 else:
                     for i in range(n):
-                        out[r, i] = np.float32(np.float64(low[r, i]) * s64 + m64)
+                        out[o + i] = np.float32(np.float64(low[lo + i]) * s64 + m64)
             elif kind[r] == _CONST:
                 v = np.float32(minimum[r])
                 for i in range(n):
-                    out[r, i] = v
-            else:
-                for i in range(n):
-                    out[r, i] = raw[r, i]
+                    out[o + i] = v
         return out
 
     @numba.njit(cache=True, nogil=True)
@@ -162,24 +168,15 @@ if numba is not None:
         return err_q, err_h
 
     @numba.njit(cache=True, nogil=True)
-    def take_spans(plane, start, stop, out):  # pragma: no cover
-        """``out`` = columns ``[start_r, stop_r)`` of each row of ``plane``, row after row: the
-        ragged gather of one byte plane (a boolean mask costs a pass over the whole plane)."""
+    def gather_spans(src, at, length, out):  # pragma: no cover
+        """``out`` = ``src[at[r]:at[r] + length[r]]`` for every r, one after another: the ragged
+        gather of one flat byte plane (a section's stream from the chunks' planes)."""
         pos = 0
-        for r in range(plane.shape[0]):
-            k = stop[r] - start[r]
-            out[pos:pos + k] = plane[r, start[r]:stop[r]]
+        for r in range(len(at)):
+            k = length[r]
+            out[pos:pos + k] = src[at[r]:at[r] + k]
             pos += k
         return out
-
-    @numba.njit(cache=True, nogil=True)
-    def put_spans(plane, start, stop, values):  # pragma: no cover
-        """Inverse of ``take_spans``: the flat ``values`` back into the spans of ``plane``'s rows."""
-        pos = 0
-        for r in range(plane.shape[0]):
-            k = stop[r] - start[r]
-            plane[r, start[r]:stop[r]] = values[pos:pos + k]
-            pos += k
 
 
 def _njit(fn):

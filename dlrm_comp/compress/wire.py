@@ -59,19 +59,101 @@ _ITEMSIZE = {d: torch.empty((), dtype=d).element_size() for d in DTYPES}
 _NP_RAW = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64, torch.bfloat16: np.uint16}
 
 
+def plane_sizes(h: np.ndarray, cols: int, itemsize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bytes of each chunk in the three planes its section's stream is made of: the primary
+    plane (``bytes``: n bytes, the low code bytes, a RAW chunk's first n bytes, zeros for CONST;
+    ``bitpack``: a QUANT chunk's packed codes), the high plane (``bytes`` QUANT chunks wider than
+    8 bits: n bytes) and the rest (RAW chunks' remaining bytes). SZ bodies follow them."""
+    kind, bits, packed = h["kind"], h["bits"].astype(np.int64), h["layout"] == 1
+    n = h["rows"].astype(np.int64) * cols
+    quant, raw = kind == _QUANT, kind == _RAW
+    primary = np.where(packed, np.where(quant, (n * bits + 7) // 8, 0), n)
+    high = np.where(~packed & quant & (bits > 8), n, 0)
+    rest = np.where(raw, np.where(packed, n * itemsize, n * itemsize - n), 0)
+    return primary, high, rest
+
+
+def body_sizes(h: np.ndarray, cols: int, itemsize: int, sz: list[bytes] | None = None,
+               sizes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Bytes each chunk contributes to its section's raw stream (its `nbytes` header field;
+    ``sizes``: its ``plane_sizes`` when known)."""
+    primary, high, rest = sizes if sizes is not None else plane_sizes(h, cols, itemsize)
+    size = primary + high + rest
+    if sz is not None:
+        size = np.where(h["kind"] == _SZ, np.array([len(b) for b in sz], dtype=np.int64), size)
+    return size
+
+
+def offsets(sizes: np.ndarray) -> np.ndarray:
+    """[C+1] offsets of consecutive runs of ``sizes``."""
+    out = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=out[1:])
+    return out
+
+
 @dataclass
 class HostChunks:
-    """A sender's chunks on the host, ready to assemble: header rows and body planes."""
+    """A sender's chunks on the host, ready to assemble: the chunk table and its three byte
+    planes flat, chunk after chunk (``plane_sizes``), so a section's stream is a slice of each
+    (built by ``chunk_planes``)."""
 
-    header: np.ndarray  # structured HEADER_DTYPE, one row per chunk (rows set; nbytes by `body_sizes`)
-    rows: int  # the planes' width in rows: the most rows of any chunk (each uses header["rows"])
+    header: np.ndarray  # structured HEADER_DTYPE, one row per chunk (nbytes set)
     cols: int
-    low: np.ndarray  # [C, N] uint8 primary plane, N = rows*cols (low code bytes, or bitpacked codes [C, 2N])
-    high: np.ndarray | None  # [C, N] uint8 high code bytes (rows with bits > 8 used)
-    raw: np.ndarray | None  # [C, N*itemsize] uint8 input bytes (rows of RAW / SZ chunks used)
+    primary: np.ndarray  # uint8, the chunks' primary planes one after another
+    high: np.ndarray  # uint8, the wide chunks' high planes
+    rest: np.ndarray  # uint8, the RAW chunks' remaining bytes
+    at: tuple[np.ndarray, np.ndarray, np.ndarray]  # [C+1] offsets of each chunk in primary, high, rest
     sz: list[bytes] | None = None  # SZ3 bodies, by chunk (sz mode)
     flags: list[np.ndarray] | None = None  # per message: the row cache's flags (uint8), the flag section
     flag_rows: np.ndarray | None = None  # [C] flags of each chunk (its share of the flag section's bytes)
+
+
+def chunk_planes(h: np.ndarray, cols: int, itemsize: int, low: tuple[np.ndarray, np.ndarray],
+                high: tuple[np.ndarray, np.ndarray] | None = None, raw: tuple[np.ndarray, np.ndarray] | None = None,
+                **extra) -> HostChunks:
+    """``HostChunks`` from where each chunk's bytes lie: ``low``, ``high`` and ``raw`` are
+    ``(flat uint8 plane, [C] offset of each chunk in it)``: its low code bytes (``bitpack``: its
+    packed codes), its high code bytes, its values' bytes (read only for RAW chunks; None when
+    there are none). Chunks padded to one width are planes ``[C, W]`` at offsets ``c*W``
+    (``padded``); deduplicated chunks quantized without padding lie back to back, and then the
+    primary plane is the low plane itself, no copy (``_gather``). ``extra``: ``HostChunks``'s
+    optional fields (``sz``, ``flags``, ``flag_rows``). Sets the chunk table's ``nbytes``."""
+    sizes = p, hs, rs = plane_sizes(h, cols, itemsize)
+    h["nbytes"] = body_sizes(h, cols, itemsize, extra.get("sz"), sizes)
+    kind, packed = h["kind"], h["layout"] == 1
+    primary = _gather(*low, p)
+    fill = np.flatnonzero(~packed & (kind != _QUANT))  # CONST (and SZ) primary bytes are zeros; RAW's its first n
+    if fill.size:
+        primary = primary.copy() if primary.base is not None else primary
+        at = offsets(p)
+        for c in fill.tolist():
+            span = slice(int(at[c]), int(at[c + 1]))
+            primary[span] = raw[0][int(raw[1][c]):int(raw[1][c]) + span.stop - span.start] if kind[c] == _RAW else 0
+    wide = _gather(*high, hs) if high is not None and hs.any() else np.zeros(0, np.uint8)
+    rest = _gather(raw[0], raw[1] + np.where(packed, 0, p), rs) if raw is not None and rs.any() \
+        else np.zeros(0, np.uint8)
+    return HostChunks(h, cols, primary, wide, rest, tuple(offsets(x) for x in sizes), **extra)
+
+
+def padded(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A ``[C, W]`` plane as ``chunk_planes`` takes it: flat, chunk c at ``c*W``."""
+    return plane.reshape(-1), np.arange(len(plane), dtype=np.int64) * plane.shape[1]
+
+
+def _gather(plane: np.ndarray, at: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """``plane[at[c]:at[c] + length[c]]`` for every chunk, back to back: a view when the spans
+    already lie back to back, else one copy per span (numba; a Python loop without it)."""
+    total = int(length.sum())
+    if not len(at) or (int(at[0]) + total <= len(plane) and np.array_equal(at[1:], at[:-1] + length[:-1])):
+        return plane[int(at[0]) if len(at) else 0:][:total]
+    out = np.empty(total, np.uint8)
+    if cpu_kernels.available():
+        return cpu_kernels.gather_spans(plane, at.astype(np.int64), length.astype(np.int64), out)
+    pos = 0
+    for a, k in zip(at.tolist(), length.tolist()):
+        out[pos:pos + k] = plane[a:a + k]
+        pos += k
+    return out
 
 
 def bitpack(codes: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -100,118 +182,23 @@ def bitunpack(packed: torch.Tensor, bits: torch.Tensor, n: int) -> torch.Tensor:
     return (bit << j).sum(-1).to(torch.int32)
 
 
-def body_sizes(h: np.ndarray, cols: int, itemsize: int, sz: list[bytes] | None = None) -> np.ndarray:
-    """Bytes each chunk contributes to its section's raw stream (its `nbytes` header field)."""
-    kind, bits, layout = h["kind"].astype(np.int64), h["bits"].astype(np.int64), h["layout"].astype(np.int64)
-    n = h["rows"].astype(np.int64) * cols
-    quant = np.where(layout == 1, (n * bits + 7) // 8, np.where(bits > 8, 2 * n, n))
-    size = np.where(kind == _QUANT, quant, np.where(kind == _RAW, n * itemsize,
-                                                         np.where(layout == 1, 0, n)))
-    if sz is not None:
-        szs = np.array([len(b) for b in sz], dtype=np.int64)
-        size = np.where(kind == _SZ, szs, size)
-    return size
-
-
-def _uniform(start: np.ndarray, stop: np.ndarray, width: int) -> tuple[int, int] | None:
-    """The span every row shares (chunks of equal size: a plain slice), clipped to the plane
-    as a mask would be, else None."""
-    if len(start) and (start == start[0]).all() and (stop == stop[0]).all():
-        a = min(max(int(start[0]), 0), width)
-        return a, min(max(int(stop[0]), a), width)
-    return None
-
-
-def _span_mask(width: int, start: np.ndarray, stop: np.ndarray) -> np.ndarray | tuple[int, int]:
-    """Columns ``[start_c, stop_c)`` of each row of a ``[k, width]`` plane: a plain slice when
-    every row shares it, else a boolean mask."""
-    shared = _uniform(start, stop, width)
-    if shared is not None:
-        return shared
-    cols = np.arange(width)[None, :]
-    return (cols >= start[:, None]) & (cols < stop[:, None])
-
-
-def _spans(plane: np.ndarray, start, stop):
-    """``(slice, None)`` for a span every row shares, else ``(None, (start, stop))`` clipped to
-    the plane as int64 (what the numba loops index with; a mask clips by construction) or, without
-    numba, ``(mask, None)``."""
-    k, width = plane.shape
-    start, stop = _per_row(start, k), _per_row(stop, k)  # (ufuncs, not np.broadcast_to/np.clip: ~10x less
-    if not cpu_kernels.available():                     # overhead on the few values of a message's chunks)
-        return _span_mask(width, start, stop), None
-    shared = _uniform(start, stop, width)
-    if shared is not None:
-        return shared, None
-    start = np.minimum(np.maximum(start, 0), width)
-    return None, (start, np.minimum(np.maximum(stop, start), width))
-
-
-def _per_row(v, k: int) -> np.ndarray:
-    """``v`` (one value, or one per row) as ``k`` int64 values."""
-    return np.full(k, v, np.int64) if np.ndim(v) == 0 else np.asarray(v, dtype=np.int64)
-
-
-def _take(plane: np.ndarray, start, stop) -> np.ndarray:
-    """The spans of each row, row after row, flat (the ragged gather of one byte plane): a
-    slice when every row shares its span, else one copy per row (numba) or a boolean mask."""
-    span, ragged = _spans(plane, start, stop)
-    if isinstance(span, tuple):
-        return plane[:, span[0]:span[1]].reshape(-1)
-    if span is not None:
-        return plane[span]
-    start, stop = ragged
-    return cpu_kernels.take_spans(plane, start, stop, np.empty(int((stop - start).sum()), plane.dtype))
-
-
-def _put(plane: np.ndarray, start, stop, values: np.ndarray) -> None:
-    """Inverse of ``_take``: write the flat spans back into the rows of ``plane`` (a view)."""
-    span, ragged = _spans(plane, start, stop)
-    if isinstance(span, tuple):
-        plane[:, span[0]:span[1]] = values.reshape(len(plane), span[1] - span[0])
-    elif span is not None:
-        plane[span] = values
-    else:
-        cpu_kernels.put_spans(plane, *ragged, values)
-
-
 def _section_raw(hc: HostChunks, lo: int, hi: int) -> tuple[bytes, list[int]]:
-    """The raw stream of chunks lo..hi-1 (one section, one layout), and its block sizes (one
-    block per chunk's primary plane, then the rest): coders that can start a new entropy
-    table per block give every chunk its own, as per-chunk coding would, in one stream."""
+    """The raw stream of chunks lo..hi-1 (one section, one layout): a slice of each plane, and
+    its block sizes (one block per chunk's primary plane, then the rest):
+    coders that can start a new entropy table per block give every chunk its own, as per-chunk
+    coding would, in one stream."""
     h = hc.header[lo:hi]
-    kind, bits = h["kind"], h["bits"].astype(np.int64)
-    n = h["rows"].astype(np.int64) * hc.cols
-    item = hc.raw.shape[1] // max(hc.rows * hc.cols, 1) if hc.raw is not None else 0
-    parts = []
-    raw_rows = np.flatnonzero(kind == _RAW)
-    if h["layout"][0] == 1:
-        lengths = np.where(kind == _QUANT, (n * bits + 7) // 8, 0)
-        parts.append(_take(hc.low[lo:hi], 0, lengths))
-    else:
-        primary = hc.low[lo:hi]
-        if raw_rows.size or (kind == _CONST).any() or hc.sz is not None:  # a copy only to change rows
-            primary = primary.copy()
-            if raw_rows.size:
-                primary[raw_rows] = hc.raw[lo + raw_rows, :primary.shape[1]]
-            primary[kind == _CONST] = 0
-            if hc.sz is not None:
-                primary[kind == _SZ] = 0
-        parts.append(_take(primary, 0, n))
-        wide = np.flatnonzero((kind == _QUANT) & (bits > 8))
-        if wide.size:
-            parts.append(_take(hc.high[lo + wide], 0, n[wide]))
-    if raw_rows.size:
-        start = np.zeros(raw_rows.size, np.int64) if h["layout"][0] == 1 else n[raw_rows]
-        parts.append(_take(hc.raw[lo + raw_rows], start, n[raw_rows] * item))
+    p, w, r = hc.at
+    parts = [hc.primary[p[lo]:p[hi]], hc.high[w[lo]:w[hi]], hc.rest[r[lo]:r[hi]]]
     if hc.sz is not None:
-        parts += [np.frombuffer(hc.sz[lo + c], dtype=np.uint8) for c in np.flatnonzero(kind == _SZ)]
-    raw = b"".join(p.tobytes() for p in parts)
-    if h["layout"][0] == 1 or not n.sum():
+        parts += [np.frombuffer(hc.sz[lo + c], dtype=np.uint8) for c in np.flatnonzero(h["kind"] == _SZ)]
+    raw = b"".join(parts)  # one copy (numpy slices are bytes-like)
+    primary = int(p[hi] - p[lo])
+    if h["layout"][0] == 1 or not primary:
         return raw, [len(raw)]
-    blocks = n.tolist()
-    if len(raw) > int(n.sum()):
-        blocks.append(len(raw) - int(n.sum()))
+    blocks = np.diff(p[lo:hi + 1]).tolist()
+    if len(raw) > primary:
+        blocks.append(len(raw) - primary)
     return raw, blocks
 
 
@@ -316,22 +303,40 @@ def _read_flags(buf: memoryview, pos: int, size: int, expect: int, codecs: Codec
 
 @dataclass
 class Parsed:
-    """One received message on the host: its chunk table and the decoded body planes (each
-    chunk's values in the first ``header["rows"] * cols`` columns, zeros after)."""
+    """One received message on the host: its chunk table and its three byte planes flat, chunk
+    after chunk, as ``HostChunks`` holds them (``plane_sizes``; their offsets: ``at``), and
+    the SZ chunks' decoded values."""
 
     dtype: torch.dtype
     header: np.ndarray
-    low: np.ndarray  # [C, N] uint8 low code bytes (N = the preamble's rows x cols)
-    high: np.ndarray  # [C, N] uint8 high code bytes (zero for codes of up to 8 bits)
-    raw: np.ndarray  # [C, N] of the dtype's numpy type (rows of RAW chunks used)
-    bitpacked: np.ndarray | None  # [C, 2N] uint8 packed codes of bitpack chunks (unpacked on the device)
+    cols: int
+    primary: np.ndarray  # uint8: each chunk's primary plane (``bytes``: its n low code bytes)
+    high: np.ndarray  # uint8: the wide chunks' high code bytes
+    rest: np.ndarray  # uint8: the RAW chunks' remaining bytes
+    at: tuple[np.ndarray, np.ndarray, np.ndarray]  # [C+1] offsets of each chunk in primary, high, rest
+    sz: dict[int, np.ndarray]  # chunk -> its decoded values (the dtype's numpy type)
     flags: np.ndarray | None = None  # the row cache's flags (a message with a flag section)
+
+    @property
+    def np_dtype(self) -> type:
+        """The numpy type RAW and SZ values arrive in (bfloat16 as its uint16 bits)."""
+        return _NP_RAW[self.dtype]
+
+    def values(self, c: int) -> np.ndarray:
+        """Chunk c's values as they travelled (a RAW or SZ chunk), in the dtype's numpy type."""
+        if c in self.sz:
+            return self.sz[c]
+        p, _, r = self.at
+        n = int(self.header["rows"][c]) * self.cols
+        body = self.rest[r[c]:r[c + 1]] if self.header["layout"][c] == 1 else \
+            np.concatenate([self.primary[p[c]:p[c] + n], self.rest[r[c]:r[c + 1]]])
+        return body.view(self.np_dtype)
 
 
 def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = None,
           expect_chunks: int | None = None, expect_dtype: torch.dtype | None = None,
           flags: int | None = None) -> Parsed:
-    """Validate one message and split it into codes and raw values: magic, version, lengths,
+    """Validate one message and split it into its byte planes: magic, version, lengths,
     the chunk-table checksum, every coder's exact output size and every section's checksum.
     ``rows`` (one count, or one per chunk: the receiver knows them) and ``expect_chunks`` are
     checked before anything is allocated. ``codecs``: the receiver's codec cache and model store
@@ -379,7 +384,6 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
     if expect_dtype is not None and dtype != expect_dtype:  # the dtype byte is outside the table's checksum
         raise CorruptPayloadError(f"message carries {dtype} values, expected {expect_dtype}")
     item = _ITEMSIZE[dtype]
-    width = m_rows * cols
     n = chunk_rows * cols
     kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
     if n_chunks and (np.any(kind > _SZ) or np.any(bits > 16) or np.any(layout > 1)
@@ -389,14 +393,12 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
         raise CorruptPayloadError("chunk table has out-of-range fields")
     if np.any((kind == _SZ) & ((layout != 1) | (h["nbytes"] > n * item))):
         raise CorruptPayloadError("SZ chunk with a bad layout or a body larger than its raw size")
-    expect = body_sizes(h, cols, item)
+    sizes = plane_sizes(h, cols, item)
     fixed = kind != _SZ
-    if np.any(h["nbytes"][fixed] != expect[fixed]):
+    if np.any(h["nbytes"][fixed] != sum(sizes)[fixed]):
         raise CorruptPayloadError("chunk body sizes do not match their kinds and widths")
-    low = np.zeros((n_chunks, width), dtype=np.uint8)
-    high = np.zeros((n_chunks, width), dtype=np.uint8)
-    raw = np.zeros((n_chunks, width * item), dtype=np.uint8)
-    packed = np.zeros((n_chunks, 2 * width), dtype=np.uint8) if np.any((layout == 1) & (kind == _QUANT)) else None
+    at = [offsets(x) for x in sizes]
+    pieces: list[list] = [[], [], []]  # each section's slice of the primary, high and rest planes
     sz_bodies: dict[int, bytes] = {}
     pos, lo = sections_at, 0
     for s in range(n_sections):
@@ -421,22 +423,28 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
             stream = coded
         if zlib.adler32(stream) != checksum:
             raise CorruptPayloadError(f"section {s}: checksum mismatch, message corrupted")
-        _split_section(np.frombuffer(stream, dtype=np.uint8), h[lo:hi], lo, n[lo:hi], item, low, high, raw, packed,
-                       sz_bodies)
+        stream, cut = np.frombuffer(stream, dtype=np.uint8), 0
+        for plane, a in zip(pieces, at):  # the section's stream: a run of each plane, then its SZ bodies
+            plane.append(stream[cut:cut + int(a[hi] - a[lo])])
+            cut += int(a[hi] - a[lo])
+        for c in np.flatnonzero(h["kind"][lo:hi] == _SZ).tolist():
+            nb = int(h["nbytes"][lo + c])
+            sz_bodies[lo + c] = stream[cut:cut + nb].tobytes()
+            cut += nb
         lo = hi
     if pos != size:
         raise CorruptPayloadError(f"{size - pos} unexpected trailing bytes")
-    values = raw.view(_NP_RAW[dtype]).reshape(n_chunks, width)
-    if sz_bodies:
-        values = _sz_values(values, sz_bodies, dtype, chunk_rows, cols)
-    return Parsed(dtype, h, low, high, values, packed, flag_values)
+    primary, high, rest = (p[0] if len(p) == 1 else np.concatenate(p) if p else np.zeros(0, np.uint8)
+                           for p in pieces)
+    return Parsed(dtype, h, cols, primary, high, rest, tuple(at), _sz_values(sz_bodies, dtype, chunk_rows, cols),
+                  flag_values)
 
 
-def _sz_values(values: np.ndarray, bodies: dict, dtype: torch.dtype, rows: np.ndarray, cols: int) -> np.ndarray:
-    """Decode the SZ3 chunks into ``values`` (SZ3 works in float64 for float64 data, else float32;
-    the receiver casts to the dtype exactly as the sender did before verifying)."""
+def _sz_values(bodies: dict, dtype: torch.dtype, rows: np.ndarray, cols: int) -> dict[int, np.ndarray]:
+    """Decode the SZ3 chunks (SZ3 works in float64 for float64 data, else float32; the receiver
+    casts to the dtype exactly as the sender did before verifying)."""
     from dlrm_comp.compress.sz import sz_decompress
-    values = values.copy()
+    out = {}
     work = np.dtype(np.float64) if dtype == torch.float64 else np.dtype(np.float32)
     for c, blob in bodies.items():
         r = int(rows[c])
@@ -445,50 +453,8 @@ def _sz_values(values: np.ndarray, bodies: dict, dtype: torch.dtype, rows: np.nd
         except (ValueError, RuntimeError) as e:
             raise CorruptPayloadError(f"SZ3 chunk {c}: {e}") from None
         y = torch.from_numpy(np.ascontiguousarray(y).reshape(-1)).to(dtype)
-        values[c, :r * cols] = (y.view(torch.int16) if dtype == torch.bfloat16 else y).numpy()
-    return values
-
-
-def _split_section(stream: np.ndarray, h: np.ndarray, lo: int, n: np.ndarray, item: int, low: np.ndarray,
-                   high: np.ndarray, raw: np.ndarray, packed: np.ndarray | None, sz_bodies: dict) -> None:
-    """Inverse of ``_section_raw``: the stream of one section into the planes (``n`` values per chunk)."""
-    kind, bits = h["kind"], h["bits"].astype(np.int64)
-    k = len(h)
-    raw_rows = np.flatnonzero(kind == _RAW)
-    if h["layout"][0] == 1:
-        lengths = np.where(kind == _QUANT, (n * bits + 7) // 8, 0)
-        used = int(lengths.sum())
-        if used:  # bit-packed codes (SZ and RAW chunks of this layout carry none)
-            _put(packed[lo:lo + k], 0, lengths, stream[:used])
-        pos = used
-        rest_start = np.zeros(k, np.int64)
-    else:
-        used = int(n.sum())
-        _put(low[lo:lo + k], 0, n, stream[:used])
-        pos = used
-        wide = np.flatnonzero((kind == _QUANT) & (bits > 8))
-        if wide.size:
-            block = high[lo + wide]
-            take = int(n[wide].sum())
-            _put(block, 0, n[wide], stream[pos:pos + take])
-            high[lo + wide] = block
-            pos += take
-        if raw_rows.size:
-            block = raw[lo + raw_rows]
-            block[:, :low.shape[1]] = low[lo + raw_rows]
-            raw[lo + raw_rows] = block
-        rest_start = n
-    if raw_rows.size:
-        start, stop = rest_start[raw_rows], n[raw_rows] * item
-        take = int((stop - start).sum())
-        block = raw[lo + raw_rows]
-        _put(block, start, stop, stream[pos:pos + take])
-        raw[lo + raw_rows] = block
-        pos += take
-    for c in np.flatnonzero(kind == _SZ):
-        nb = int(h["nbytes"][c])
-        sz_bodies[lo + int(c)] = stream[pos:pos + nb].tobytes()
-        pos += nb
+        out[c] = (y.view(torch.int16) if dtype == torch.bfloat16 else y).numpy().view(_NP_RAW[dtype])
+    return out
 
 
 def section_ids(keys: list) -> list[int]:

@@ -130,12 +130,14 @@ def chunk_ids(rows: np.ndarray, device) -> torch.Tensor:
 
 def pad_chunks(flat: torch.Tensor, rows: np.ndarray, dim: int) -> tuple[torch.Tensor, np.ndarray | None]:
     """``[C, U*d]`` chunks of U = max rows each, the shorter ones padded with their own last
-    row (ranges and codes unchanged), and the values that travel per chunk (None: all)."""
+    row (ranges and codes unchanged; a chunk without rows, with any row: none of it is read),
+    and the values that travel per chunk (None: all)."""
     u = int(rows.max()) if len(rows) else 0
     if len(rows) and (rows == u).all():
         return flat.reshape(len(rows), u * dim), None
     starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
-    take = starts[:, None] + np.minimum(np.arange(u)[None, :], np.maximum(rows - 1, 0)[:, None])
+    take = np.minimum(starts[:, None] + np.minimum(np.arange(u)[None, :], np.maximum(rows - 1, 0)[:, None]),
+                      int(rows.sum()) - 1)
     idx = to_device(torch.from_numpy(take.reshape(-1)), flat.device)
     return flat.index_select(0, idx).view(len(rows), u * dim), rows * dim
 

@@ -10,12 +10,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dlrm_comp.compress.batch_quant import ChunkKind, dequantize_planes
-from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, unpad_chunks
+from dlrm_comp.compress import cpu_kernels
+from dlrm_comp.compress.batch_quant import ChunkKind, dequantize_planes, ragged_ready
+from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, pad_chunks, unpad_chunks
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless import CodecCache
 from dlrm_comp.compress.lossless.identity import IdentityCodec
-from dlrm_comp.compress.wire import HostChunks, Parsed, assemble, bitunpack, parse, section_ids
+from dlrm_comp.compress.wire import HostChunks, Parsed, assemble, bitunpack, offsets, parse, section_ids
 
 _IDENTITY = IdentityCodec()
 
@@ -95,28 +96,61 @@ class ByteMessageCodec(ModeCodec):
                     expect_dtype=dtype)
         if tables is not None and rec.header["table"].astype(np.int64).tolist() != list(tables):
             raise CorruptPayloadError(f"message carries tables {rec.header['table'].tolist()}, expected {list(tables)}")
-        rows = rec.header["rows"].astype(np.int64)
-        return unpad_chunks(reconstruct(rec, self.device, counts=rows * dim), rows, dim)
+        return reconstruct(rec, self.device).view(int(rec.header["rows"].astype(np.int64).sum()), dim)
 
 
-def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None,
-                counts: np.ndarray | None = None) -> torch.Tensor:
-    """The receiver's ``[C, N]`` values of a parsed message, on ``dev`` (``base``: the row
-    cache's copies the codes are differences from, ``[C, N]``; ``counts``: the values of each
-    chunk read afterwards, the rest may be left unset)."""
+def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None) -> torch.Tensor:
+    """The receiver's values of a parsed message, chunk after chunk, flat (``rows * cols`` each)
+    on ``dev``; ``base``: the row cache's copies the codes are differences from, laid out alike.
+    The fused loop straight from the planes where ``ragged_ready``; elsewhere the planes padded
+    to one width (``pad_chunks``) through ``dequantize_planes`` (Triton, or torch), then unpadded."""
     h = rec.header
-    n = rec.low.shape[1]
+    rows, cols = h["rows"].astype(np.int64), rec.cols
+    n = rows * cols
+    at = offsets(n)
+    kind, bits = h["kind"].astype(np.int64), h["bits"].astype(np.int64)
+    low, low_at, high, high_at = _code_planes(rec, n, at)
+    travelled = np.flatnonzero((kind != ChunkKind.QUANT) & (kind != ChunkKind.CONST)).tolist()  # RAW, SZ
+    minimum, step = h["minimum"].astype(np.float64), h["step"].astype(np.float64)
+    if base is None and ragged_ready(dev, rec.dtype):
+        out = np.empty(int(at[-1]), np.float32)
+        cpu_kernels.dequantize_rows(low, low_at, high, high_at, bits > 8, kind, minimum, step, n, out, at[:-1])
+        for c in travelled:
+            out[at[c]:at[c + 1]] = rec.values(c)
+        return torch.from_numpy(out)
+    wide = np.zeros(int(at[-1]), np.uint8)
+    for c in np.flatnonzero(bits > 8).tolist():
+        wide[at[c]:at[c + 1]] = high[high_at[c]:high_at[c] + n[c]]
+    raw = np.zeros(int(at[-1]), dtype=rec.np_dtype)
+    for c in travelled:
+        raw[at[c]:at[c + 1]] = rec.values(c)
     t = torch.from_numpy
-    kind = np.where(h["kind"] == ChunkKind.SZ, ChunkKind.RAW, h["kind"]).astype(np.int64)
-    bits = h["bits"].astype(np.int64)
-    low, high = t(rec.low), t(rec.high)
-    if rec.bitpacked is not None:  # bit-packed chunks: unpack (torch, on the device) into the planes
-        codes = bitunpack(t(rec.bitpacked).to(dev), t(bits).to(dev), n)
-        use = t(h["layout"] == 1).to(dev)[:, None]
-        low = torch.where(use, (codes & 255).to(torch.uint8), low.to(dev))
-        high = torch.where(use, (codes >> 8).to(torch.uint8), high.to(dev))
-    raw = t(rec.raw.view(np.int16) if rec.dtype == torch.bfloat16 else rec.raw)
-    raw = raw.view(torch.bfloat16) if rec.dtype == torch.bfloat16 else raw
-    return dequantize_planes(t(kind).to(dev), t(h["minimum"].astype(np.float64)).to(dev),
-                             t(h["step"].astype(np.float64)).to(dev), t(bits).to(dev), low.to(dev),
-                             high.to(dev), raw.to(dev), rec.dtype, base, counts)
+    raw_t = t(raw).view(torch.bfloat16) if rec.dtype == torch.bfloat16 else t(raw)
+    count = int(rows.sum())
+
+    def pad(values: torch.Tensor) -> torch.Tensor:
+        return pad_chunks(values.to(dev).view(count, cols), rows, cols)[0]
+    y = dequantize_planes(t(kind).to(dev), t(minimum).to(dev), t(step).to(dev), t(bits).to(dev),
+                          pad(t(low[:int(at[-1])].copy())), pad(t(wide)), pad(raw_t), rec.dtype,
+                          None if base is None else pad(base))
+    return unpad_chunks(y, rows, cols).reshape(-1)
+
+
+def _code_planes(rec: Parsed, n: np.ndarray, at: np.ndarray):
+    """The low code bytes laid out as the values (the primary plane itself in the ``bytes``
+    layout) and the high ones, with each chunk's offset in them: bit-packed chunks are unpacked
+    (torch's ``bitunpack``, a chunk at a time: the ``bitpack`` layout is an option)."""
+    p_at, h_at, _ = rec.at
+    packed = np.flatnonzero((rec.header["layout"] == 1) & (rec.header["kind"] == ChunkKind.QUANT))
+    if not (rec.header["layout"] == 1).any():
+        return rec.primary, p_at[:-1], rec.high, h_at[:-1]
+    low, high = np.zeros(int(at[-1]), np.uint8), np.zeros(int(at[-1]), np.uint8)
+    for c in np.flatnonzero(rec.header["layout"] == 0).tolist():
+        low[at[c]:at[c + 1]] = rec.primary[p_at[c]:p_at[c + 1]]
+        high[at[c]:at[c + 1]] = rec.high[h_at[c]:h_at[c + 1]] if h_at[c + 1] > h_at[c] else 0
+    for c in packed.tolist():
+        row = np.zeros(2 * int(n[c]), np.uint8)
+        row[:p_at[c + 1] - p_at[c]] = rec.primary[p_at[c]:p_at[c + 1]]
+        codes = bitunpack(torch.from_numpy(row)[None], torch.tensor([int(rec.header["bits"][c])]), int(n[c]))[0]
+        low[at[c]:at[c + 1]], high[at[c]:at[c + 1]] = (codes & 255).numpy(), (codes >> 8).numpy()
+    return low, at[:-1], high, at[:-1]

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from dlrm_comp.compress import device_stages, device_wire
-from dlrm_comp.compress.batch_quant import ChunkKind, dequantize_planes, quantize_batch
+from dlrm_comp.compress.batch_quant import ChunkKind, dequantize_planes, quantize_batch, quantize_ragged, ragged_ready
 from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, pad_chunks, unpad_chunks
 from dlrm_comp.compress.codecs.cache_stage import message_flags
 from dlrm_comp.compress.codecs.messages import ByteMessageCodec, reconstruct
 from dlrm_comp.compress.errors import CorruptPayloadError
-from dlrm_comp.compress.wire import HEADER_DTYPE, HostChunks, assemble, bitpack, body_sizes, parse
+from dlrm_comp.compress.wire import HEADER_DTYPE, assemble, bitpack, chunk_planes, offsets, padded, parse
 from dlrm_comp.runtime import to_device
 
 
@@ -135,26 +135,30 @@ class QuantCodec(ByteMessageCodec):
 
     def host_chunks(self, x: torch.Tensor, eb: torch.Tensor, layout: ChunkLayout, sections: list[int]):
         rows, tables, dim = layout.chunk_rows, layout.chunk_tables, layout.dim
-        chunks, counts = pad_chunks(x, rows, dim)
-        n = chunks.shape[1]
-        q = quantize_batch(chunks, eb, counts)
+        item = x.element_size()
+        bp = np.array([self.plan.bitpack[t] for t in tables], dtype=bool)
+        if ragged_ready(x.device, x.dtype) and not bp.any():  # no padding: the codes lie as the rows do, a section a slice
+            q = quantize_ragged(x, rows, dim, eb)
+            at = offsets(rows * dim)[:-1]
+            low, high = (q.low.numpy(), at), lambda: (q.high.numpy(), at)
+            raw = lambda: (x.detach().contiguous().view(torch.uint8).numpy().reshape(-1), at * item)  # noqa: E731
+        else:
+            chunks, counts = pad_chunks(x, rows, dim)
+            n = chunks.shape[1]
+            q = quantize_batch(chunks, eb, counts)
+            codes = q.low
+            if bp.any():
+                packed = bitpack(q.codes, q.bits)
+                codes = torch.where(torch.from_numpy(bp).to(chunks.device)[:, None], packed, F.pad(codes, (0, n)))
+            low, high = padded(codes.cpu().numpy()), lambda: padded(q.high.cpu().numpy())
+            raw = lambda: padded(chunks.contiguous().view(torch.uint8).reshape(len(tables), -1).cpu().numpy())  # noqa: E731
         h = np.zeros(len(tables), dtype=HEADER_DTYPE)
-        kind = q.kind.cpu().numpy()
-        bits = q.bits.cpu().numpy()
+        kind, bits = q.kind.cpu().numpy(), q.bits.cpu().numpy()
         h["table"], h["kind"], h["bits"], h["rows"] = tables, kind, bits, rows
         h["minimum"], h["step"] = q.minimum.cpu().numpy(), q.step.cpu().numpy()
-        h["section"] = sections
-        bp = np.array([self.plan.bitpack[t] for t in tables], dtype=bool)
-        h["layout"] = bp
-        low = q.low
-        if bp.any():
-            packed = bitpack(q.codes, q.bits)
-            low = torch.where(torch.from_numpy(bp).to(chunks.device)[:, None], packed, F.pad(low, (0, n)))
-        high = q.high.cpu().numpy() if (bits > 8).any() else None
-        raw = chunks.contiguous().view(torch.uint8).reshape(len(h), -1).cpu().numpy() \
-            if (kind == ChunkKind.RAW).any() else None
-        h["nbytes"] = body_sizes(h, dim, chunks.element_size())
-        hc = HostChunks(h, n // dim if dim else 0, dim, low.cpu().numpy(), high, raw)
+        h["section"], h["layout"] = sections, bp
+        hc = chunk_planes(h, dim, item, low, high() if (bits > 8).any() else None,
+                          raw() if (kind == ChunkKind.RAW).any() else None)
         ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes(),
                             torch.from_numpy(h["nbytes"].astype(np.float64)).to(q.kind.device))
         return hc, ideal, q.error_ratio(), q.nonfinite
@@ -211,9 +215,9 @@ class QuantCodec(ByteMessageCodec):
                 codes = codes | (torch.from_numpy(high).to(torch.int32) << 8)
             packed = bitpack(codes, torch.from_numpy(bits.astype(np.int64))).numpy()
             low = np.where(bp[:, None], packed, np.pad(low, ((0, 0), (0, n))))
-        h["nbytes"] = body_sizes(h, dim, chunks.element_size())
         flags, flag_rows = message_flags(hit[valid], step.cached, layout)
-        hc = HostChunks(h, u, dim, low, high, raw, flags=flags, flag_rows=flag_rows)
+        hc = chunk_planes(h, dim, chunks.element_size(), padded(low), None if high is None else padded(high),
+                          None if raw is None else padded(raw), flags=flags, flag_rows=flag_rows)
         ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes(),
                             torch.from_numpy(h["nbytes"].astype(np.float64)).to(q.kind.device))
         return hc, ideal, q.error_ratio(), q.nonfinite, hits_dev, flag_bytes
@@ -244,14 +248,8 @@ class QuantCodec(ByteMessageCodec):
                 raise CorruptPayloadError(f"message carries tables {rec.header['table'].tolist()}, "
                                           f"expected {list(layout.tables[m])}")
             go = r0 + np.flatnonzero(~hit)  # the travelling rows, chunk after chunk
-            tr = rec.header["rows"].astype(np.int64)
-            u = rec.low.shape[1] // dim if dim else 0
-            at = np.concatenate([[0], np.cumsum(tr)[:-1]])
-            pos = at[:, None] + np.minimum(np.arange(u)[None, :], np.maximum(tr - 1, 0)[:, None])
-            take = np.append(go, 0)[np.minimum(pos, len(go))] if len(go) else np.zeros_like(pos)
-            planes = base.index_select(0, to_device(torch.from_numpy(take.reshape(-1)), base.device))
-            values = reconstruct(rec, self.device, planes.view(len(tr), u * dim))
-            parts.append(unpad_chunks(values, tr, dim))
+            copies = base.index_select(0, to_device(torch.from_numpy(go), base.device))
+            parts.append(reconstruct(rec, self.device, copies.reshape(-1)).view(len(go), dim))
             moved.append(go)
         y = base.clone()
         if moved:

@@ -10,7 +10,7 @@ import torch
 from dlrm_comp.compress.batch_quant import ChunkKind, error_ratios, round_down_f32
 from dlrm_comp.compress.codecs.base import ChunkLayout, pad_chunks
 from dlrm_comp.compress.codecs.messages import ByteMessageCodec
-from dlrm_comp.compress.wire import HEADER_DTYPE, HostChunks, body_sizes
+from dlrm_comp.compress.wire import HEADER_DTYPE, chunk_planes, padded
 
 
 class SzCodec(ByteMessageCodec):
@@ -40,7 +40,7 @@ class SzCodec(ByteMessageCodec):
                 err = float(np.abs(got - ref[c, :m]).max()) if y.size else 0.0
                 if err <= bound and len(blob) < m * item:
                     bodies[c], h["kind"][c], errs[c] = blob, ChunkKind.SZ, err
-        h["nbytes"] = body_sizes(h, dim, item, bodies)
-        raw = x.contiguous().view(torch.uint8).reshape(len(h), -1).numpy()
-        hc = HostChunks(h, n // dim if dim else 0, dim, np.zeros((len(h), 2 * n), np.uint8), None, raw, bodies)
+        raw = padded(x.contiguous().view(torch.uint8).reshape(len(h), -1).numpy())
+        none = (np.zeros(0, np.uint8), np.zeros(len(h), np.int64))  # no codes: SZ bodies and RAW values only
+        hc = chunk_planes(h, dim, item, none, None, raw, sz=bodies)
         return hc, None, error_ratios(torch.from_numpy(errs), eb_abs), nonfinite

@@ -24,9 +24,11 @@ table and section headers count in ``bytes_sent``. Version 4 added the flag sect
 cache, ``codecs/cache_stage.py``): a chunk's ``rows`` are then the rows that travel, and the
 receiver learns which from the flags and its own cache (the section's presence and its length
 are what the receiver expects from its cache; nothing in the preamble marks it). The sender assembles and the receiver parses
-on the host with numpy (vectorised over chunks; the ragged copies of chunk spans between a
-section's stream and its planes are numba loops, ``cpu_kernels.take_spans``/``put_spans``); quantization and reconstruction stay on the
-tensors' device.
+on the host with numpy, vectorised over chunks: both hold a message's bytes as three flat planes,
+chunk after chunk (``plane_sizes``: primary, high, rest), so a section's stream is a slice of each
+plane (``chunk_planes`` gathers them from the quantizer's planes: a view when its codes lie back
+to back, else ``cpu_kernels.gather_spans``); quantization and reconstruction stay on the tensors'
+device.
 """
 from __future__ import annotations
 

@@ -131,3 +131,52 @@ def test_fused_cpu_path_matches_the_torch_path(monkeypatch):
     assert torch.equal(fused.codes[ok], eager.codes[ok]) and torch.equal(fused.err, eager.err)
     assert torch.allclose(fused.received(), eager.received(), rtol=0, atol=0, equal_nan=True)  # bit for bit
     assert torch.allclose(fused.entropy_bytes()[ok], eager.entropy_bytes()[ok], rtol=1e-12, atol=1e-9)
+
+
+@settings(max_examples=80)
+@given(mixed_batches(max_chunks=8, max_values=96), st.data())
+def test_ragged_chunks_quantize_as_their_padded_batch_and_decode_within_their_bound(batch, data):
+    """Chunks of different row counts lying back to back (bag deduplication's layout):
+    ``quantize_ragged`` gives every kind, parameter, error, entropy and travelling code of the
+    padded path, and the codec's host round trip through wire messages (``reconstruct``'s fused
+    loop) keeps every value within its chunk's bound (RAW chunks exact), in every regime."""
+    from hypothesis import assume
+
+    from dlrm_comp.compress.batch_quant import quantize_ragged, ragged_ready
+    from dlrm_comp.compress.codecs.base import ChunkLayout, pad_chunks
+    from dlrm_comp.compress.codecs.quant import QuantCodec
+    from dlrm_comp.compress.lossless import CodecCache
+    from dlrm_comp.exchange.plan import DirectionPlan
+    x, eb = batch
+    assume(x.dtype != torch.float64)  # float16/bfloat16 values are float32 values
+    x = x.to(torch.float32)
+    assert ragged_ready(x.device, x.dtype)
+    c, n = x.shape
+    d = data.draw(st.sampled_from([d for d in (1, 2, 4) if d <= n]))
+    rows = np.array([data.draw(st.integers(1, n // d)) for _ in range(c)], dtype=np.int64)
+    flat = torch.cat([x[k, :rows[k] * d] for k in range(c)]).view(-1, d)
+    eb_t = torch.from_numpy(eb)
+    ragged = quantize_ragged(flat, rows, d, eb_t)
+    chunks, counts = pad_chunks(flat, rows, d)
+    padded = quantize_batch(chunks, eb_t, counts)
+    for name in ("kind", "bits", "minimum", "step", "eb_abs", "ok", "err", "nonfinite"):
+        assert torch.equal(getattr(ragged, name), getattr(padded, name)), name
+    assert torch.equal(ragged.entropy_bytes()[padded.ok], padded.entropy_bytes()[padded.ok])
+    at = np.concatenate([[0], np.cumsum(rows * d)])
+    for k in np.flatnonzero(padded.ok.numpy()):
+        m = int(rows[k] * d)
+        assert torch.equal(ragged.low[at[k]:at[k + 1]], padded.low[k, :m])
+        assert torch.equal(ragged.high[at[k]:at[k + 1]], padded.high[k, :m])
+
+    layout = ChunkLayout([list(range(c))], [rows], [(0, int(rows.max()))], d, True)
+    plan = DirectionPlan("codec", c, message_path="host")
+    sent = QuantCodec(plan, CodecCache()).encode(flat, eb_t, layout)
+    y = QuantCodec(plan, CodecCache()).decode(sent.messages, layout, torch.float32).to(torch.float64)
+    x64 = flat.to(torch.float64)
+    for k in range(c):
+        a, b = int(at[k] // d), int(at[k + 1] // d)
+        if int(ragged.kind[k]) == ChunkKind.RAW:
+            assert torch.equal(y[a:b].isnan(), x64[a:b].isnan())
+            assert torch.equal(y[a:b].nan_to_num(), x64[a:b].nan_to_num())
+        else:
+            assert float((y[a:b] - x64[a:b]).abs().max()) <= float(ragged.eb_abs[k])

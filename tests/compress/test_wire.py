@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless import get_lossless
-from dlrm_comp.compress.wire import CHUNK_HEADER, PREAMBLE, bitpack, bitunpack
+from dlrm_comp.compress.kinds import ChunkKind
+from dlrm_comp.compress.wire import CHUNK_HEADER, PREAMBLE, bitpack, bitunpack, parse
 from dlrm_comp.exchange import CompressionPlan, DirectionPlan, Exchange, LoopbackTransport
 
 CODERS = ["identity", "zstd", "zlib", "blosc2"]
@@ -66,7 +67,6 @@ def test_header_bytes_count_in_sent():
 def test_any_corruption_is_caught(data):
     """A flipped bit anywhere, a truncation or an extension: CorruptPayloadError, or (where the
     flipped bit falls in a lossless stream that still decodes to the same bytes) the same values."""
-    from dlrm_comp.compress.wire import parse
     coder = data.draw(st.sampled_from(CODERS))
     x = torch.randn(4, 16, 4, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99)))) * 0.05
     _, (msg,) = _message(x, coder, data.draw(st.booleans()))
@@ -91,7 +91,6 @@ def test_any_corruption_is_caught(data):
 
 
 def test_wrong_magic_and_version_are_named():
-    from dlrm_comp.compress.wire import parse
     _, (msg,) = _message(torch.randn(2, 8, 4))
     with pytest.raises(CorruptPayloadError, match="magic"):
         parse(b"\x00" + msg[1:], 8, 4)
@@ -100,7 +99,6 @@ def test_wrong_magic_and_version_are_named():
 
 
 def test_parse_checks_the_chunk_count_before_allocating():
-    from dlrm_comp.compress.wire import parse
     _, (msg,) = _message(torch.randn(3, 8, 4))
     assert parse(msg, 8, 4, expect_chunks=3).header.shape == (3,)
     with pytest.raises(CorruptPayloadError, match="expected 2"):
@@ -126,3 +124,35 @@ def test_span_gather_equals_a_copy_per_span(data):
     got = wire._gather(plane, at, length)
     expect = np.concatenate([plane[a:a + n] for a, n in zip(at, length)])
     assert np.array_equal(got, expect)
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_unpadded_chunks_send_the_padded_messages(coder, monkeypatch):
+    """Deduplicated chunks quantized as their rows lie (``quantize_ragged``: no padding, a
+    section's stream a slice of flat planes) make byte for byte the messages of the padded path
+    (forced), and decode to the same rows: QUANT, wide, CONST and RAW chunks, one and two sections."""
+    from dlrm_comp.compress.codecs import quant
+    from dlrm_comp.compress.codecs.base import ChunkLayout
+    from dlrm_comp.compress.lossless import CodecCache
+    g = torch.Generator().manual_seed(11)
+    rows = [np.array([5, 1, 9, 3, 7], dtype=np.int64), np.array([2, 8, 8, 1, 4], dtype=np.int64)]
+    layout = ChunkLayout([list(range(5))] * 2, rows, [(0, 9), (9, 18)], 4, True)
+    x = torch.randn(int(sum(r.sum() for r in rows)), 4, generator=g) * 0.05
+    x[5:6] = 1.5  # message 0's chunk 1: constant
+    x[6:15] *= 1e3  # chunk 2: wide codes at the tight bound below
+    x[15, 0] = 1e30  # chunk 3: no usable bound, RAW
+    eb = torch.tensor([0.02, 0.02, 1e-4, 1e-9, 0.05] * 2, dtype=torch.float64)
+    coders = [get_lossless(coder)] * 3 + [get_lossless("identity")] * 2  # two sections a message
+    plan = DirectionPlan("codec", 5, coders=coders, message_path="host")
+
+    def run():
+        sent = quant.QuantCodec(plan, CodecCache()).encode(x, eb, layout)
+        return sent.messages, quant.QuantCodec(plan, CodecCache()).decode(sent.messages, layout, torch.float32)
+    messages, got = run()
+    monkeypatch.setattr(quant, "ragged_ready", lambda device, dtype: False)
+    padded_messages, padded_got = run()
+    assert messages == padded_messages
+    assert torch.equal(got, padded_got)
+    head = parse(messages[0], rows[0], 4).header
+    assert {int(ChunkKind.QUANT), int(ChunkKind.CONST), int(ChunkKind.RAW)} <= set(head["kind"].tolist())
+    assert (head["bits"] > 8).any() and head["section"].max() == (coder != "identity")  # identity: one section

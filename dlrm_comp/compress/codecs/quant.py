@@ -1,9 +1,10 @@
 """``codec``: the batched error-bounded quantizer (``batch_quant.py``), then each table's lossless
 stage over a destination's whole stream: the bytes that really travel.
 
-Per step and direction: ``quantize_batch`` on the device over every (table x destination) chunk
-(padded to one width by repeating their own rows) -> the chunk table and code planes on the host
-in one copy -> one lossless call per (message, section) -> ``wire.assemble``. A message's chunks
+Per step and direction: ``quantize_ragged`` over every (table x destination) chunk as its rows
+lie (CPU float32), else ``quantize_batch`` on the device over the chunks padded to one width by
+repeating their own rows, then the chunk table and code planes on the host in one copy ->
+``wire.chunk_planes`` -> one lossless call per (message, section) -> ``wire.assemble``. A message's chunks
 are grouped by lossless stage and code layout (a section each), stable within a stage.
 
 The device message path (``compress.message_path``; ``compress/device_wire.py``): the same

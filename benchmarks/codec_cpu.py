@@ -9,7 +9,8 @@ the training codec (``codecs/offline.py``), one message per chunk.
 
 `steps` rows: a whole step of the batched exchange codec (every table x destination in one
 call; messages with their preambles and chunk tables), at the debug shape (26 tables x 2
-destinations x 64x16) and the Terabyte shape (dim 64, batch 2048: 26 x 2 x 1024x64), at the
+destinations x 64x16), the Terabyte shape (dim 64, batch 2048: 26 x 2 x 1024x64) and a
+deduplicated step (batch 2048, dim 16: a row per distinct bag, chunks of different sizes), at the
 reference's Kaggle bounds, side by side with SZ3 (one call per chunk), `coders` rows (the debug
 step under each stream coder: the measurement behind the default) and, with
 `--baseline-tree DIR` (a git worktree of an earlier commit that has ``codecs/offline.py``), that
@@ -120,6 +121,7 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
                                "bytes_raw": raw, "bytes_sent": sent, "max_err_ratio": worst,
                                "describe": ex.plan.fwd.codec_name(0)},
                      "sz": {k: sz[k] for k in ("cr", "encode_GBps", "decode_GBps", "bytes_raw", "bytes_sent")}})
+    rows.append(dedup_step_row(iterations, repeat, ebs, chunk_sets))
     if baseline:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "chunks.pt"
@@ -135,6 +137,25 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
             row["codec_vs_baseline"] = {k: row["codec"][k] / row["baseline"][k]
                                         for k in ("cr", "encode_GBps", "decode_GBps")}
     return rows
+
+
+def dedup_step_row(iterations: int, repeat: int, ebs: list[float], chunk_sets: dict) -> dict:
+    """A deduplicated step (``compress.dedup``): each (table x destination) chunk holds one row per
+    distinct bag of its half of a 2048-row batch, so chunks hold different row counts (the shape
+    of a Kaggle step's messages, at the debug config's tables); the codec as training calls it
+    (``codecs/offline.roundtrip``, one message per destination), beside SZ3."""
+    name, batch, dim = "debug_dedup_step", 2048, 16
+    pooled = trained_pooled_outputs(iterations, batch, dim)
+    t, half = len(pooled), batch // 2
+    chunks = [torch.unique(p[a:b], dim=0) for a, b in ((0, half), (half, batch)) for p in pooled]
+    chunk_ebs = ebs * 2
+    chunk_sets[name] = (chunks, chunk_ebs)
+    distinct = sum(len(c) for c in chunks)
+    codec, sz = (measure(mode, chunks, chunk_ebs, repeat, counts=[t, t]) for mode in ("codec", "sz"))
+    return {"size": name, "shape": f"{t} tables x 2 destinations x {half}x{dim}, {distinct} distinct rows",
+            "chunks": 2 * t, "eb_rel": "kaggle_ref (0.01 / 0.03 / 0.05)", "distinct_fraction": distinct / (t * batch),
+            "codec": {**codec, "describe": DirectionPlan("codec", 1).codec_name(0)},
+            "sz": {k: sz[k] for k in ("cr", "encode_GBps", "decode_GBps", "bytes_raw", "bytes_sent")}}
 
 
 CODERS = [("zstd", {"level": 1}), ("zstd", {"level": 3}), ("zlib", {"level": 1}), ("zlib", {"level": 6}),

@@ -43,7 +43,8 @@ class BatchQuant:
     step: torch.Tensor  # [C] float64, float32-representable: bin width (0 unless QUANT)
     eb_abs: torch.Tensor  # [C] float64, float32-representable: the verified absolute bound
     low: torch.Tensor  # [C, n] uint8: low byte of each code (meaningless unless QUANT); flat [R*d] from
-    # ``quantize_ragged`` (then ``low``, ``high`` and ``x`` are value after value, ``counts`` per chunk)
+    # ``quantize_ragged`` (then ``low``, ``high`` and ``x`` lie value after value, ``counts`` per chunk,
+    # ``entropy`` is set, and ``codes`` and ``received``, which take [C, n] planes, do not apply)
     high: torch.Tensor  # [C, n] uint8: high byte of each code
     err: torch.Tensor  # [C] float64: max |x - x_hat| of the reconstruction (0 unless QUANT)
     nonfinite: torch.Tensor  # [] int64: chunks holding a NaN/Inf (those chunks are RAW)
@@ -377,10 +378,12 @@ def quantize_ragged(x: torch.Tensor, rows: np.ndarray, dim: int, eb_rel) -> Batc
     path's (tested). Where ``ragged_ready`` says so only."""
     xn = x.detach().contiguous().numpy().reshape(-1)
     counts = np.asarray(rows, dtype=np.int64) * dim
-    at = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    if len(xn) != int(counts.sum()):
+        raise ValueError(f"quantize_ragged: {tuple(x.shape)} values for chunks of {counts.sum()} ({rows} rows of {dim})")
+    at = np.cumsum(counts) - counts
     mn, mx = np.zeros(len(counts), np.float32), np.zeros(len(counts), np.float32)
     some = counts > 0
-    if some.any():  # numpy's reductions over each chunk's run (an empty chunk has none: CONST 0, no values)
+    if some.any():  # numpy's reductions over each chunk's run (an empty chunk has none: RAW, no values)
         mn[some], mx[some] = np.minimum.reduceat(xn, at[some]), np.maximum.reduceat(xn, at[some])
     return _fused(xn, at, counts, mn, mx, eb_rel, counts, x)
 
@@ -431,10 +434,9 @@ def dequantize_batch(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tens
 
 def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Tensor, bits: torch.Tensor,
                       low: torch.Tensor, high: torch.Tensor, raw: torch.Tensor, dtype: torch.dtype,
-                      base: torch.Tensor | None = None, counts: np.ndarray | None = None) -> torch.Tensor:
+                      base: torch.Tensor | None = None) -> torch.Tensor:
     """``dequantize_batch`` from the codes' byte planes (the fused loop for CPU float32, one
-    Triton launch on CUDA; behind the row cache, ``base``, the torch ops). ``counts`` (host):
-    the values of each row that are read afterwards; the fused loop leaves the rest unset."""
+    Triton launch on CUDA; behind the row cache, ``base``, the torch ops)."""
     if base is None and device_kernels.use_triton(low):
         from dlrm_comp.compress.device import quant as device_quant
         return device_quant.dequantize_planes(kind, minimum, step, bits, low, high, raw, dtype)
@@ -442,7 +444,7 @@ def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Ten
             and low.shape[1]:
         c, n = low.shape
         out = np.empty((c, n), np.float32)  # np.zeros would clear it all (0.5 ms a Terabyte message)
-        read = np.full(c, n, np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+        read = np.full(c, n, np.int64)
         at = np.arange(c, dtype=np.int64) * n
         k = kind.to(torch.int64).numpy()
         cpu_kernels.dequantize_rows(low.numpy().reshape(-1), at, high.numpy().reshape(-1), at, (bits > 8).numpy(), k,

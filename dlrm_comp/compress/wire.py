@@ -75,17 +75,6 @@ def plane_sizes(h: np.ndarray, cols: int, itemsize: int) -> tuple[np.ndarray, np
     return primary, high, rest
 
 
-def body_sizes(h: np.ndarray, cols: int, itemsize: int, sz: list[bytes] | None = None,
-               sizes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Bytes each chunk contributes to its section's raw stream (its `nbytes` header field;
-    ``sizes``: its ``plane_sizes`` when known)."""
-    primary, high, rest = sizes if sizes is not None else plane_sizes(h, cols, itemsize)
-    size = primary + high + rest
-    if sz is not None:
-        size = np.where(h["kind"] == _SZ, np.array([len(b) for b in sz], dtype=np.int64), size)
-    return size
-
-
 def offsets(sizes: np.ndarray) -> np.ndarray:
     """[C+1] offsets of consecutive runs of ``sizes``."""
     out = np.zeros(len(sizes) + 1, np.int64)
@@ -119,12 +108,15 @@ def chunk_planes(h: np.ndarray, cols: int, itemsize: int, low: tuple[np.ndarray,
     there are none). Chunks padded to one width are planes ``[C, W]`` at offsets ``c*W``
     (``padded``); deduplicated chunks quantized without padding lie back to back, and then the
     primary plane is the low plane itself, no copy (``_gather``). ``extra``: ``HostChunks``'s
-    optional fields (``sz``, ``flags``, ``flag_rows``). Sets the chunk table's ``nbytes``."""
+    optional fields (``sz``, ``flags``, ``flag_rows``). Sets the chunk table's ``nbytes`` (an SZ chunk's
+    body follows the planes)."""
     sizes = p, hs, rs = plane_sizes(h, cols, itemsize)
-    h["nbytes"] = body_sizes(h, cols, itemsize, extra.get("sz"), sizes)
+    sz = extra.get("sz")
+    h["nbytes"] = p + hs + rs if sz is None else \
+        np.where(h["kind"] == _SZ, np.array([len(b) for b in sz], dtype=np.int64), p + hs + rs)
     kind, packed = h["kind"], h["layout"] == 1
     primary = _gather(*low, p)
-    fill = np.flatnonzero(~packed & (kind != _QUANT))  # CONST (and SZ) primary bytes are zeros; RAW's its first n
+    fill = np.flatnonzero(~packed & (kind != _QUANT))  # a CONST chunk's primary bytes are zeros, a RAW one's its first n
     if fill.size:
         primary = primary.copy() if primary.base is not None else primary
         at = offsets(p)
@@ -389,6 +381,7 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
     n = chunk_rows * cols
     kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
     if n_chunks and (np.any(kind > _SZ) or np.any(bits > 16) or np.any(layout > 1)
+                     or np.any((kind != _QUANT) & (bits != 0))
                      or np.any(np.diff(sec) < 0) or sec[0] != 0 or sec[-1] != n_sections - 1
                      or np.any(np.diff(sec) > 1)
                      or np.any((np.diff(layout.astype(np.int64)) != 0) & (np.diff(sec) == 0))):

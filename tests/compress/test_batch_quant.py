@@ -180,3 +180,13 @@ def test_ragged_chunks_quantize_as_their_padded_batch_and_decode_within_their_bo
             assert torch.equal(y[a:b].nan_to_num(), x64[a:b].nan_to_num())
         else:
             assert float((y[a:b] - x64[a:b]).abs().max()) <= float(ragged.eb_abs[k])
+
+
+def test_ragged_quantizer_takes_no_chunks_and_refuses_rows_that_do_not_add_up():
+    """A rank that sends no chunk quantizes nothing; rows that are not the chunks' sum are an
+    error before any loop reads past them."""
+    from dlrm_comp.compress.batch_quant import quantize_ragged
+    q = quantize_ragged(torch.zeros(0, 4), np.zeros(0, np.int64), 4, torch.zeros(0, dtype=torch.float64))
+    assert q.kind.numel() == 0 and q.low.numel() == 0
+    with pytest.raises(ValueError, match="quantize_ragged"):
+        quantize_ragged(torch.zeros(5, 4), np.array([2, 2]), 4, torch.full((2,), 0.01, dtype=torch.float64))

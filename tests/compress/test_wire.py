@@ -156,3 +156,24 @@ def test_unpadded_chunks_send_the_padded_messages(coder, monkeypatch):
     head = parse(messages[0], rows[0], 4).header
     assert {int(ChunkKind.QUANT), int(ChunkKind.CONST), int(ChunkKind.RAW)} <= set(head["kind"].tolist())
     assert (head["bits"] > 8).any() and head["section"].max() == (coder != "identity")  # identity: one section
+
+
+def test_a_forged_width_on_a_chunk_without_codes_is_corruption():
+    """A chunk table that passes its checksum but gives a RAW chunk a code width (no sender
+    writes one) is refused by ``parse``, not decoded into a wrong-sized plane."""
+    import struct
+    import zlib
+
+    from dlrm_comp.compress.wire import HEADER_DTYPE
+    x = torch.randn(3, 8, 4, dtype=torch.float64) * 0.05
+    x[1, 0, 0] = 1e300  # no usable bound: RAW
+    _, (msg,) = _message(x, "identity")
+    buf = bytearray(msg)
+    table = np.frombuffer(bytes(buf[PREAMBLE:PREAMBLE + 3 * CHUNK_HEADER]), dtype=HEADER_DTYPE).copy()
+    raw = np.flatnonzero(table["kind"] == ChunkKind.RAW)
+    assert raw.size
+    table["bits"][raw] = 9
+    buf[PREAMBLE:PREAMBLE + 3 * CHUNK_HEADER] = table.tobytes()
+    buf[16:20] = struct.pack("<I", zlib.adler32(table.tobytes()))
+    with pytest.raises(CorruptPayloadError, match="out-of-range"):
+        parse(bytes(buf), 8, 4)

@@ -105,21 +105,29 @@ def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None
     The fused loop straight from the planes where ``ragged_ready``; elsewhere the planes padded
     to one width (``pad_chunks``) through ``dequantize_planes`` (Triton, or torch), then unpadded."""
     h = rec.header
-    rows, cols = h["rows"].astype(np.int64), rec.cols
-    n = rows * cols
+    n = h["rows"].astype(np.int64) * rec.cols
     at = offsets(n)
     kind, bits = h["kind"].astype(np.int64), h["bits"].astype(np.int64)
     low, low_at, high, high_at = _code_planes(rec, n, at)
     travelled = np.flatnonzero((kind != ChunkKind.QUANT) & (kind != ChunkKind.CONST)).tolist()  # RAW, SZ
-    minimum, step = h["minimum"].astype(np.float64), h["step"].astype(np.float64)
     if base is None and ragged_ready(dev, rec.dtype):
         out = np.empty(int(at[-1]), np.float32)
-        cpu_kernels.dequantize_rows(low, low_at, high, high_at, bits > 8, kind, minimum, step, n, out, at[:-1])
+        cpu_kernels.dequantize_rows(low, low_at, high, high_at, bits > 8, kind, h["minimum"].astype(np.float64),
+                                    h["step"].astype(np.float64), n, out, at[:-1])
         for c in travelled:
             out[at[c]:at[c + 1]] = rec.values(c)
         return torch.from_numpy(out)
+    return _padded_values(rec, dev, base, n, at, low, high, high_at, travelled)
+
+
+def _padded_values(rec: Parsed, dev: torch.device, base, n, at, low, high, high_at, travelled) -> torch.Tensor:
+    """``reconstruct`` off the fused loop: the planes laid out as the values, padded to one width
+    (``pad_chunks``), through ``dequantize_planes`` (Triton, or torch) on ``dev``, unpadded."""
+    h = rec.header
+    rows, cols = h["rows"].astype(np.int64), rec.cols
+    kind, bits = h["kind"].astype(np.int64), h["bits"].astype(np.int64)
     wide = np.zeros(int(at[-1]), np.uint8)
-    for c in np.flatnonzero(bits > 8).tolist():
+    for c in np.flatnonzero((kind == ChunkKind.QUANT) & (bits > 8)).tolist():  # only QUANT chunks have high bytes
         wide[at[c]:at[c + 1]] = high[high_at[c]:high_at[c] + n[c]]
     raw = np.zeros(int(at[-1]), dtype=rec.np_dtype)
     for c in travelled:
@@ -130,7 +138,8 @@ def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None
 
     def pad(values: torch.Tensor) -> torch.Tensor:
         return pad_chunks(values.to(dev).view(count, cols), rows, cols)[0]
-    y = dequantize_planes(t(kind).to(dev), t(minimum).to(dev), t(step).to(dev), t(bits).to(dev),
+    y = dequantize_planes(t(kind).to(dev), t(h["minimum"].astype(np.float64)).to(dev),
+                          t(h["step"].astype(np.float64)).to(dev), t(bits).to(dev),
                           pad(t(low[:int(at[-1])].copy())), pad(t(wide)), pad(raw_t), rec.dtype,
                           None if base is None else pad(base))
     return unpad_chunks(y, rows, cols).reshape(-1)

@@ -136,29 +136,15 @@ class QuantCodec(ByteMessageCodec):
 
     def host_chunks(self, x: torch.Tensor, eb: torch.Tensor, layout: ChunkLayout, sections: list[int]):
         rows, tables, dim = layout.chunk_rows, layout.chunk_tables, layout.dim
-        item = x.element_size()
         bp = np.array([self.plan.bitpack[t] for t in tables], dtype=bool)
-        if ragged_ready(x.device, x.dtype) and not bp.any():  # no padding: the codes lie as the rows do, a section a slice
-            q = quantize_ragged(x, rows, dim, eb)
-            at = offsets(rows * dim)[:-1]
-            low, high = (q.low.numpy(), at), lambda: (q.high.numpy(), at)
-            raw = lambda: (x.detach().contiguous().view(torch.uint8).numpy().reshape(-1), at * item)  # noqa: E731
-        else:
-            chunks, counts = pad_chunks(x, rows, dim)
-            n = chunks.shape[1]
-            q = quantize_batch(chunks, eb, counts)
-            codes = q.low
-            if bp.any():
-                packed = bitpack(q.codes, q.bits)
-                codes = torch.where(torch.from_numpy(bp).to(chunks.device)[:, None], packed, F.pad(codes, (0, n)))
-            low, high = padded(codes.cpu().numpy()), lambda: padded(q.high.cpu().numpy())
-            raw = lambda: padded(chunks.contiguous().view(torch.uint8).reshape(len(tables), -1).cpu().numpy())  # noqa: E731
+        quantized = _unpadded if ragged_ready(x.device, x.dtype) and not bp.any() else _padded
+        q, low, high, raw = quantized(x, eb, layout, bp)
         h = np.zeros(len(tables), dtype=HEADER_DTYPE)
         kind, bits = q.kind.cpu().numpy(), q.bits.cpu().numpy()
         h["table"], h["kind"], h["bits"], h["rows"] = tables, kind, bits, rows
         h["minimum"], h["step"] = q.minimum.cpu().numpy(), q.step.cpu().numpy()
         h["section"], h["layout"] = sections, bp
-        hc = chunk_planes(h, dim, item, low, high() if (bits > 8).any() else None,
+        hc = chunk_planes(h, dim, x.element_size(), low(), high() if (bits > 8).any() else None,
                           raw() if (kind == ChunkKind.RAW).any() else None)
         ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes(),
                             torch.from_numpy(h["nbytes"].astype(np.float64)).to(q.kind.device))
@@ -258,3 +244,28 @@ class QuantCodec(ByteMessageCodec):
             y.index_copy_(0, to_device(torch.from_numpy(go), y.device), torch.cat(parts).to(y.dtype))
         cache.store(step, y)
         return y
+
+
+def _unpadded(x: torch.Tensor, eb: torch.Tensor, layout: ChunkLayout, bp: np.ndarray):
+    """The quantizer over each chunk's rows as they lie (``quantize_ragged``): its planes are
+    flat, chunk after chunk, so each section's stream is a slice of them. Returns the result and
+    its low, high and value planes as ``chunk_planes`` takes them (the last two read only when
+    some chunk needs them)."""
+    q = quantize_ragged(x, layout.chunk_rows, layout.dim, eb)
+    at = offsets(layout.chunk_rows * layout.dim)[:-1]
+    return (q, lambda: (q.low.numpy(), at), lambda: (q.high.numpy(), at),
+            lambda: (x.detach().contiguous().view(torch.uint8).numpy().reshape(-1), at * x.element_size()))
+
+
+def _padded(x: torch.Tensor, eb: torch.Tensor, layout: ChunkLayout, bp: np.ndarray):
+    """``_unpadded`` through ``quantize_batch`` on the chunks padded to one width (any device and
+    dtype; the ``bitpack`` layout packs its chunks' codes there)."""
+    chunks, counts = pad_chunks(x, layout.chunk_rows, layout.dim)
+    n = chunks.shape[1]
+    q = quantize_batch(chunks, eb, counts)
+    codes = q.low
+    if bp.any():
+        packed = bitpack(q.codes, q.bits)
+        codes = torch.where(torch.from_numpy(bp).to(chunks.device)[:, None], packed, F.pad(codes, (0, n)))
+    return (q, lambda: padded(codes.cpu().numpy()), lambda: padded(q.high.cpu().numpy()),
+            lambda: padded(chunks.contiguous().view(torch.uint8).reshape(len(chunks), -1).cpu().numpy()))

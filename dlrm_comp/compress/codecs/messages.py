@@ -117,15 +117,16 @@ def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None
         for c in travelled:
             out[at[c]:at[c + 1]] = rec.values(c)
         return torch.from_numpy(out)
-    return _padded_values(rec, dev, base, n, at, low, high, high_at, travelled)
+    return _padded_values(rec, dev, base, kind, bits, n, at, low, high, high_at, travelled)
 
 
-def _padded_values(rec: Parsed, dev: torch.device, base, n, at, low, high, high_at, travelled) -> torch.Tensor:
-    """``reconstruct`` off the fused loop: the planes laid out as the values, padded to one width
-    (``pad_chunks``), through ``dequantize_planes`` (Triton, or torch) on ``dev``, unpadded."""
+def _padded_values(rec: Parsed, dev: torch.device, base, kind, bits, n, at, low, high, high_at,
+                   travelled) -> torch.Tensor:
+    """``reconstruct`` off the fused loop (its per-chunk arrays and code planes passed on): the
+    planes laid out as the values, padded to one width (``pad_chunks``), through
+    ``dequantize_planes`` (Triton, or torch) on ``dev``, unpadded."""
     h = rec.header
     rows, cols = h["rows"].astype(np.int64), rec.cols
-    kind, bits = h["kind"].astype(np.int64), h["bits"].astype(np.int64)
     wide = np.zeros(int(at[-1]), np.uint8)
     for c in np.flatnonzero((kind == ChunkKind.QUANT) & (bits > 8)).tolist():  # only QUANT chunks have high bytes
         wide[at[c]:at[c + 1]] = high[high_at[c]:high_at[c] + n[c]]
@@ -150,11 +151,12 @@ def _code_planes(rec: Parsed, n: np.ndarray, at: np.ndarray):
     layout) and the high ones, with each chunk's offset in them: bit-packed chunks are unpacked
     (torch's ``bitunpack``, a chunk at a time: the ``bitpack`` layout is an option)."""
     p_at, h_at, _ = rec.at
-    packed = np.flatnonzero((rec.header["layout"] == 1) & (rec.header["kind"] == ChunkKind.QUANT))
-    if not (rec.header["layout"] == 1).any():
+    bitpacked = rec.header["layout"] == 1
+    if not bitpacked.any():
         return rec.primary, p_at[:-1], rec.high, h_at[:-1]
+    packed = np.flatnonzero(bitpacked & (rec.header["kind"] == ChunkKind.QUANT))
     low, high = np.zeros(int(at[-1]), np.uint8), np.zeros(int(at[-1]), np.uint8)
-    for c in np.flatnonzero(rec.header["layout"] == 0).tolist():
+    for c in np.flatnonzero(~bitpacked).tolist():
         low[at[c]:at[c + 1]] = rec.primary[p_at[c]:p_at[c + 1]]
         high[at[c]:at[c + 1]] = rec.high[h_at[c]:h_at[c + 1]] if h_at[c + 1] > h_at[c] else 0
     for c in packed.tolist():

@@ -121,3 +121,34 @@ def test_one_process_warns_that_every_peer_is_local(tiny_cfg, tmp_path, capsys):
 def test_nodes_are_torchruns_node_ranks_else_host_names():
     assert node_id({"GROUP_RANK": "1"}) == "torchrun node 1" != node_id({"GROUP_RANK": "0"})
     assert node_id({}).startswith("host ")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_raw_rows_arrive_exact_at_any_offset_and_from_any_buffer(dtype):
+    """A raw message lands after a compressed one of any length (so at any alignment), in a
+    writable receive buffer or in read-only bytes: its rows come back exact either way, as a
+    view where they can be and a copy where not."""
+    import numpy as np
+    from dlrm_comp.compress.codecs.peers import row_bytes, rows_of
+    x = (torch.randn(5, 3, generator=torch.Generator().manual_seed(4)) * 100).to(dtype)
+    msg = row_bytes(x.contiguous())
+    assert msg.nbytes == x.numel() * x.element_size() and np.shares_memory(msg, x.numpy() if dtype != torch.bfloat16
+                                                                          else x.view(torch.int16).numpy())
+    for offset in range(9):
+        buf = np.zeros(offset + msg.nbytes + 3, dtype=np.uint8)
+        buf[offset:offset + msg.nbytes] = msg
+        view = memoryview(buf)[offset:offset + msg.nbytes]  # what the sender's split hands the decoder
+        got = rows_of(view, 5, 3, dtype, peer=1)
+        assert torch.equal(got.view(torch.uint8), x.view(torch.uint8))
+        assert (got.data_ptr() == buf.ctypes.data + offset) == ((buf.ctypes.data + offset) % x.element_size() == 0)
+    got = rows_of(msg.tobytes(), 5, 3, dtype, peer=1)  # read-only: a copy, no warning
+    assert torch.equal(got.view(torch.uint8), x.view(torch.uint8))
+    assert rows_of(b"", 0, 3, dtype, peer=1).shape == (0, 3)
+
+
+def test_the_sender_joins_bytes_and_buffers_in_one_send_buffer():
+    import numpy as np
+    from dlrm_comp.exchange.sizes import joined
+    parts = [b"abc", np.arange(7, dtype=np.uint8), memoryview(b"xy"), b"", np.zeros(0, np.uint8), bytearray(b"q")]
+    out = joined(parts, [len(p) for p in parts])
+    assert out.dtype == torch.uint8 and bytes(out.numpy()) == b"".join(bytes(p) for p in parts)

@@ -264,7 +264,7 @@ class Exchange:
         if enc.device_messages:
             raise ValueError("encode: the forward took the device message path (compress.message_path); host wire "
                              "messages need compress.message_path=host")
-        return enc.messages
+        return [bytes(m) for m in enc.messages]  # a raw route's messages are views of the rows
 
     def decode(self, messages: Sequence[bytes], rows: Sequence[int | np.ndarray]) -> list[torch.Tensor]:
         """Each message's travelling rows ``[R_m, d]`` (the receiver's side of ``encode``;

@@ -39,8 +39,9 @@ class MessageSender:
         self.bytes_pad = 0
         self.host_syncs = 0
 
-    def send(self, messages: list[bytes], direction: str, async_op: bool = False) -> Callable[[], list]:
-        """Launch the transfer of one message per destination; ``finish()`` -> the received ones.
+    def send(self, messages: list, direction: str, async_op: bool = False) -> Callable[[], list]:
+        """Launch the transfer of one message per destination (bytes, or any flat byte buffer: a
+        raw route's rows travel as a view of themselves); ``finish()`` -> the received ones.
         With ``async_op`` nothing here waits for the peers: the size all-to-all is in flight, and
         the byte all-to-all starts when the sizes arrive (``then``), so a peer still encoding
         costs this rank nothing until ``finish``."""
@@ -48,7 +49,7 @@ class MessageSender:
             return self._send_slots(messages, direction, async_op)
         in_splits = [len(m) for m in messages]
         sizes = torch.tensor(in_splits, dtype=torch.int64)
-        payload = as_tensor(b"".join(messages))
+        payload = joined(messages, in_splits)
         self.bytes_meta += 0 if self.loopback else 8 * len(messages)
 
         def launch(recv_sizes: torch.Tensor):
@@ -75,6 +76,7 @@ class MessageSender:
         return in_splits, lambda: DeviceReceived(handle.wait(), out_splits)
 
     def _send_slots(self, messages: list[bytes], direction: str, async_op: bool) -> Callable[[], list]:
+        messages = [m if isinstance(m, bytes) else bytes(m) for m in messages]  # slots cut and pad them
         sizer = self._sizers.setdefault(direction, SlotSizer(len(messages)))
         me, dev = self.transport.rank, self.transport.device
         caps_out, caps_in = sizer.send_caps(), sizer.recv_caps()
@@ -133,6 +135,17 @@ class _Split:
         host = host_bytes(self.handle.wait())
         starts = np.concatenate([[0], np.cumsum(self.splits)]).astype(np.int64)
         return [host[starts[p]:starts[p + 1]] for p in range(len(self.splits))]
+
+
+def joined(messages: list, sizes: list[int]) -> torch.Tensor:
+    """The messages back to back in one uint8 tensor: one copy of each (``b"".join`` and a
+    writable tensor over it would be two)."""
+    out = np.empty(sum(sizes), dtype=np.uint8)
+    pos = 0
+    for m, n in zip(messages, sizes):
+        out[pos:pos + n] = np.frombuffer(m, dtype=np.uint8)
+        pos += n
+    return torch.from_numpy(out)
 
 
 def as_tensor(data: bytes) -> torch.Tensor:

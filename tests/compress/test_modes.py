@@ -4,6 +4,9 @@ naming the valid ones."""
 from __future__ import annotations
 
 import pytest
+import torch
+from hypothesis import given, settings
+from regimes import mixed_batches
 
 from dlrm_comp.compress import modes
 from dlrm_comp.compress.codecs.base import ModeCodec
@@ -40,3 +43,16 @@ def test_every_mode_is_one_codec_class_named_by_its_row():
     assert all(issubclass(c, ModeCodec) and c.name == name for name, c in classes.items())
     assert len(set(classes.values())) == len(classes)  # one class per mode, none shared
     assert all(c.byte_messages == modes.BY_NAME[n].byte_messages for n, c in classes.items())
+
+
+@settings(max_examples=60, deadline=None)
+@given(mixed_batches(max_chunks=4, max_values=200))
+def test_the_nonfinite_count_is_one_exactly_when_a_value_is_nan_or_inf(batch):
+    """Every mode's NaN/Inf check (one min/max reduction): 1 iff some value is NaN or +-Inf,
+    magnitudes at the dtype's largest finite value and subnormals included; 0 when empty."""
+    from dlrm_comp.compress.codecs.base import nonfinite_count
+    x, _ = batch
+    assert int(nonfinite_count(x)) == int(not bool(torch.isfinite(x).all()))
+    finfo = torch.finfo(x.dtype)
+    assert int(nonfinite_count(torch.tensor([finfo.max, -finfo.max, finfo.tiny], dtype=x.dtype))) == 0
+    assert int(nonfinite_count(x[:0])) == 0

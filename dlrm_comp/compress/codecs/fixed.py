@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress import device as device_kernels
-from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, chunk_ids, rows_bytes
+from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, chunk_ids, nonfinite_count, rows_bytes
 from dlrm_comp.compress.mx4 import GROUP, GROUP_BYTES, dequantize_mx4, quantize_mx4
 from dlrm_comp.runtime import to_device
 
@@ -23,13 +23,6 @@ _FP16_MAX = 65504.0
 _BF16_MAX = float(torch.finfo(torch.bfloat16).max)
 _FP8_MAX = 448.0
 _F32_MAX = float(torch.finfo(torch.float32).max)
-
-
-def nonfinite_count(x: torch.Tensor) -> torch.Tensor:
-    """1 when ``x`` holds a NaN/Inf (max|x| is finite iff every value is; NaN propagates), else 0."""
-    if not x.numel():
-        return torch.zeros((), dtype=torch.int64, device=x.device)
-    return (~torch.isfinite(x.abs().amax())).to(torch.int64)
 
 
 class RowFormatCodec(ModeCodec):

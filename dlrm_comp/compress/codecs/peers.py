@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, rows_bytes
+from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, nonfinite_count, rows_bytes
 from dlrm_comp.compress.errors import CorruptPayloadError
 
 
@@ -30,6 +30,28 @@ def sub_layout(layout: ChunkLayout, messages: list[int]) -> ChunkLayout:
     """The layout of some of ``layout``'s messages, in order."""
     return ChunkLayout([layout.tables[m] for m in messages], [layout.rows[m] for m in messages],
                        [layout.slices[m] for m in messages], layout.dim, layout.deduplicated)
+
+
+def row_bytes(values: torch.Tensor) -> np.ndarray:
+    """A raw message: the contiguous host rows' bytes as a view (the sender joins every message
+    into its send buffer, the one copy of the rows)."""
+    return values.reshape(-1).view(torch.uint8).numpy()
+
+
+def rows_of(msg, rows: int, dim: int, dtype: torch.dtype, peer: int) -> torch.Tensor:
+    """The ``[rows, dim]`` values of a raw message from ``peer``, a view of the receive buffer
+    where it is writable and aligned to ``dtype`` (a message after a compressed one of odd length
+    is not), else of a copy."""
+    item = torch.empty((), dtype=dtype).element_size()
+    buf = np.frombuffer(msg, dtype=np.uint8) if len(msg) else np.zeros(0, np.uint8)
+    if len(buf) != rows * dim * item:
+        raise CorruptPayloadError(f"an uncompressed message from peer {peer} holds {len(buf)} bytes, expected "
+                                  f"{rows} rows of {dim} {dtype}")
+    if not len(buf):
+        return torch.zeros(rows, dim, dtype=dtype)
+    if not buf.flags.writeable or buf.ctypes.data % item:
+        buf = buf.copy()
+    return torch.from_numpy(buf).view(dtype).view(rows, dim)
 
 
 @dataclass
@@ -135,12 +157,12 @@ class PeerRoutedCodec(ModeCodec):
             n = int(chunks[m + 1] - chunks[m])
             if raw_here:
                 values = part[m].detach().contiguous().cpu()
-                messages.append(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+                messages.append(row_bytes(values))
                 raw = torch.from_numpy(layout.rows[m] * layout.dim * x.element_size()).to(torch.float64)
                 sent.append(raw)
                 ideal.append(raw)
                 ratio.append(torch.zeros(n, dtype=torch.float64))
-                nonfinite = nonfinite + (~torch.isfinite(values)).any().to(torch.int64)
+                nonfinite = nonfinite + nonfinite_count(values)
                 continue
             messages.append(next(pending))
             sent.append(inner.sent[at:at + n].to(torch.float64))
@@ -170,13 +192,8 @@ class PeerRoutedCodec(ModeCodec):
             if not raw_here:
                 out.append(next(remote).to(self.device))
                 continue
-            msg = bytes(received[m])
             rows = int(layout.message_rows[m])
-            if len(msg) != rows * layout.dim * torch.empty((), dtype=dtype).element_size():
-                raise CorruptPayloadError(f"an uncompressed message from peer {m} holds {len(msg)} bytes, expected "
-                                          f"{rows} rows of {layout.dim} {dtype}")
-            values = torch.frombuffer(bytearray(msg), dtype=dtype) if msg else torch.zeros(0, dtype=dtype)
-            out.append(values.view(rows, layout.dim).to(self.device))
+            out.append(rows_of(received[m], rows, layout.dim, dtype, m).to(self.device))
         return torch.cat(out) if out else torch.zeros(0, layout.dim, device=self.device)
 
 
@@ -205,7 +222,7 @@ class AllRawRoute(ModeCodec):
         self.routed.count(per_message, per_message)
         sent = rows_bytes(layout, layout.dim * item, 0, x.device)
         return Encoded(x.reshape(-1), self.sizes(layout), sent=sent, ideal=sent,
-                       err_ratio=torch.zeros_like(sent), nonfinite=(~torch.isfinite(x)).any().to(torch.int64))
+                       err_ratio=torch.zeros_like(sent), nonfinite=nonfinite_count(x))
 
     def decode(self, received: torch.Tensor, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
         return received.view(-1, layout.dim)

@@ -403,20 +403,22 @@ def _fused(xn: np.ndarray, at: np.ndarray, counts: np.ndarray, mn: np.ndarray, m
     the padded width or ``counts``); flat code planes of ``xn``'s length."""
     c = len(at)
     eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        p = chunk_params(_Numpy, mn.astype(np.float64), mx.astype(np.float64), eb.astype(np.float64), n,
-                         torch.float32)
+    minimum, step, safe_step, max_code, eb_abs = (np.empty(c, np.float64) for _ in range(5))
+    bits, flags = np.empty(c, np.int64), np.empty(c, np.uint8)
+    cpu_kernels.chunk_params_f32(mn, mx, np.ascontiguousarray(eb, dtype=np.float64),
+                                 np.broadcast_to(np.asarray(n, dtype=np.int64), (c,)), minimum, step, safe_step,
+                                 max_code, eb_abs, bits, flags)
     low = np.zeros(len(xn), np.uint8)
     high = np.zeros(len(xn), np.uint8)
     hist = np.zeros((c, 512), np.int64)
     entropy = np.zeros(c, np.float64)
-    ok, err = cpu_kernels.quantize_rows(xn, at, counts, p["valid"], p["min"], p["safe_step"], p["max_code"],
-                                        p["eb_abs"], low, high, hist, entropy)
-    kind = np.where(ok, ChunkKind.QUANT, np.where(p["const"], ChunkKind.CONST, ChunkKind.RAW)).astype(np.uint8)
+    ok, err = cpu_kernels.quantize_rows(xn, at, counts, (flags & 4) != 0, minimum, safe_step, max_code, eb_abs,
+                                        low, high, hist, entropy)
+    kind = np.where(ok, ChunkKind.QUANT, np.where(flags & 2, ChunkKind.CONST, ChunkKind.RAW)).astype(np.uint8)
     t = torch.from_numpy
-    return BatchQuant(kind=t(kind), bits=t(np.where(ok, p["bits"], 0).astype(np.int64)), minimum=t(p["min"]),
-                      step=t(np.where(ok, p["step"], 0.0)), eb_abs=t(p["eb_abs"]), low=t(low), high=t(high),
-                      err=t(np.where(ok, err, 0.0)), nonfinite=torch.tensor(int((~p["finite"]).sum())),
+    return BatchQuant(kind=t(kind), bits=t(np.where(ok, bits, 0)), minimum=t(minimum),
+                      step=t(np.where(ok, step, 0.0)), eb_abs=t(eb_abs), low=t(low), high=t(high),
+                      err=t(np.where(ok, err, 0.0)), nonfinite=torch.tensor(c - int(np.count_nonzero(flags & 1))),
                       ok=t(ok), x=x, hist=t(hist), entropy=t(entropy), counts=t(counts))
 
 

@@ -13,7 +13,9 @@ import numpy as np
 
 from dlrm_comp.compress.kinds import ChunkKind
 
-_QUANT, _CONST = int(ChunkKind.QUANT), int(ChunkKind.CONST)  # plain ints: numba compiles them in
+_QUANT, _CONST, _RAW = int(ChunkKind.QUANT), int(ChunkKind.CONST), int(ChunkKind.RAW)  # plain ints: numba compiles them in
+_F32_EPS, _F32_TINY, _F32_MAX = (float(v) for v in (np.finfo(np.float32).eps, np.finfo(np.float32).tiny,
+                                                    np.finfo(np.float32).max))  # plain floats, compiled in
 
 try:
     import numba
@@ -86,6 +88,57 @@ if numba is not None:
                     plogp += hrow[b] * np.log2(np.float64(hrow[b]))
             entropy[r] = (2 * m * np.log2(np.float64(max(m, 1))) - plogp) / 8.0
         return ok, err_out
+
+    @numba.njit(cache=True, nogil=True)
+    def _down_f32(v):  # pragma: no cover
+        """``batch_quant.round_down_f32`` of one float64: the largest float32 value <= v."""
+        v32 = np.float32(v)
+        if np.float64(v32) > v:
+            v32 = np.nextafter(v32, np.float32(-np.inf))
+        return np.float64(v32)
+
+    @numba.njit(cache=True, nogil=True)
+    def chunk_params_f32(mn, mx, eb_rel, n, out_min, out_step, out_safe, out_max_code, out_eb, out_bits, flags):  # pragma: no cover
+        """``batch_quant.chunk_params`` for float32 values (the fused CPU quantizer's only dtype),
+        chunk by chunk in one call: the same float64 operations in the same order, so the same
+        parameters bit for bit (tested against the torch formula). ``flags[r]``: bit 0 finite,
+        bit 1 constant, bit 2 valid. One call instead of ~25 numpy ones on ``[C]`` arrays
+        (80 us a message, a tenth of a small message's encode)."""
+        eps, tiny_eps, f32max = _F32_EPS, _F32_TINY * _F32_EPS, _F32_MAX
+        for r in range(len(mn)):
+            lo, hi = np.float64(mn[r]), np.float64(mx[r])  # the float32 range, exactly
+            finite = np.isfinite(lo) and np.isfinite(hi)
+            mn0 = lo if finite else 0.0
+            mx0 = hi if finite else 0.0
+            mn_h = _down_f32(mn0)
+            eb_abs = _down_f32(eb_rel[r] * (mx0 - mn0) * (1.0 - 2.0**-50))
+            const = finite and mx0 == mn0 and mn_h == mn0 and n[r] > 0
+            mag = max(abs(mn0), abs(mx0))
+            cast_err = 2 * eps * mag + eps * mag + tiny_eps
+            first = eb_abs - cast_err
+            half = first if first > 0.5 * eb_abs else 0.5 * eb_abs
+            span = mx0 - mn_h
+            rough = span / max(2.0 * half, 1e-300)
+            slack = 2.0**-20 + (rough + 2.0) * 2.0**-22
+            step = _down_f32(2.0 * half * max(1.0 - slack, 0.5))
+            valid = finite and not const and eb_abs > 0 and step > 1.0 / f32max and eb_abs <= f32max \
+                and mn_h > -f32max and n[r] > 0
+            safe = step if valid else 1.0
+            max_code = np.rint(span / safe) if valid else 0.0
+            valid = valid and max_code < 2.0**16
+            max_code = max_code if valid else 0.0
+            bits = 0
+            if valid:
+                bits = 1
+                while bits < 17 and max_code >= 2.0**bits:
+                    bits += 1
+            out_min[r] = mn_h if (valid or const) else 0.0
+            out_step[r] = step if valid else 0.0
+            out_safe[r] = safe
+            out_max_code[r] = max_code
+            out_eb[r] = (f32max if eb_abs > f32max else eb_abs) if finite else 0.0
+            out_bits[r] = bits
+            flags[r] = np.uint8(finite) | (np.uint8(const) << 1) | (np.uint8(valid) << 2)
 
     @numba.njit(cache=True, nogil=True)
     def dequantize_rows(low, low_at, high, high_at, wide, kind, minimum, step, counts, out, out_at):  # pragma: no cover
@@ -232,6 +285,29 @@ def distinct_rows(codes, bounds, first, bag, counts):  # pragma: no cover - comp
             counts[t * w + q] = n
             pos += n
     return pos
+
+
+@_njit
+def plane_spans(kind, bits, layout, rows, cols, itemsize, sizes, at):  # pragma: no cover - compiled
+    """``wire.plane_sizes`` and the offsets of each chunk in the three planes, in one pass over
+    the chunk table (``sizes [3, C]``, ``at [3, C+1]``): both sides of every message read them,
+    and as a dozen numpy calls on ``[C]`` arrays they cost 50 us a message."""
+    at[0, 0] = at[1, 0] = at[2, 0] = 0
+    for c in range(len(kind)):
+        n = np.int64(rows[c]) * cols
+        b = np.int64(bits[c])
+        quant, raw = kind[c] == _QUANT, kind[c] == _RAW
+        if layout[c] == 1:  # bitpack: a QUANT chunk's packed codes, a RAW chunk's bytes all in the rest
+            p = (n * b + 7) // 8 if quant else 0
+            hs = 0
+            rs = n * itemsize if raw else 0
+        else:  # bytes: n primary bytes whatever the kind, n high bytes past 8 bits, a RAW chunk's remaining bytes
+            p = n
+            hs = n if quant and b > 8 else 0
+            rs = n * itemsize - n if raw else 0
+        sizes[0, c], sizes[1, c], sizes[2, c] = p, hs, rs
+        at[0, c + 1], at[1, c + 1], at[2, c + 1] = at[0, c] + p, at[1, c] + hs, at[2, c] + rs
+    return sizes, at
 
 
 @_njit

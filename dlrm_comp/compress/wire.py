@@ -66,13 +66,16 @@ def plane_sizes(h: np.ndarray, cols: int, itemsize: int) -> tuple[np.ndarray, np
     plane (``bytes``: n bytes, the low code bytes, a RAW chunk's first n bytes, zeros for CONST;
     ``bitpack``: a QUANT chunk's packed codes), the high plane (``bytes`` QUANT chunks wider than
     8 bits: n bytes) and the rest (RAW chunks' remaining bytes). SZ bodies follow them."""
-    kind, bits, packed = h["kind"], h["bits"].astype(np.int64), h["layout"] == 1
-    n = h["rows"].astype(np.int64) * cols
-    quant, raw = kind == _QUANT, kind == _RAW
-    primary = np.where(packed, np.where(quant, (n * bits + 7) // 8, 0), n)
-    high = np.where(~packed & quant & (bits > 8), n, 0)
-    rest = np.where(raw, np.where(packed, n * itemsize, n * itemsize - n), 0)
-    return primary, high, rest
+    sizes, _ = plane_spans(h, cols, itemsize)
+    return sizes[0], sizes[1], sizes[2]
+
+
+def plane_spans(h: np.ndarray, cols: int, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
+    """``plane_sizes`` as ``[3, C]`` and each chunk's offset in each plane, ``[3, C+1]``, in one
+    compiled pass over the chunk table (``cpu_kernels.plane_spans``)."""
+    c = len(h)
+    return cpu_kernels.plane_spans(h["kind"], h["bits"], h["layout"], h["rows"], cols, itemsize,
+                                   np.empty((3, c), np.int64), np.empty((3, c + 1), np.int64))
 
 
 def offsets(sizes: np.ndarray) -> np.ndarray:
@@ -110,7 +113,8 @@ def chunk_planes(h: np.ndarray, cols: int, itemsize: int, low: tuple[np.ndarray,
     primary plane is the low plane itself, no copy (``_gather``). ``extra``: ``HostChunks``'s
     optional fields (``sz``, ``flags``, ``flag_rows``). Sets the chunk table's ``nbytes`` (an SZ chunk's
     body follows the planes)."""
-    sizes = p, hs, rs = plane_sizes(h, cols, itemsize)
+    sizes, spans = plane_spans(h, cols, itemsize)
+    p, hs, rs = sizes
     sz = extra.get("sz")
     h["nbytes"] = p + hs + rs if sz is None else \
         np.where(h["kind"] == _SZ, np.array([len(b) for b in sz], dtype=np.int64), p + hs + rs)
@@ -119,14 +123,14 @@ def chunk_planes(h: np.ndarray, cols: int, itemsize: int, low: tuple[np.ndarray,
     fill = np.flatnonzero(~packed & (kind != _QUANT))  # a CONST chunk's primary bytes are zeros, a RAW one's its first n
     if fill.size:
         primary = primary.copy() if primary.base is not None else primary
-        at = offsets(p)
+        at = spans[0]
         for c in fill.tolist():
             span = slice(int(at[c]), int(at[c + 1]))
             primary[span] = raw[0][int(raw[1][c]):int(raw[1][c]) + span.stop - span.start] if kind[c] == _RAW else 0
     wide = _gather(*high, hs) if high is not None and hs.any() else np.zeros(0, np.uint8)
     rest = _gather(raw[0], raw[1] + np.where(packed, 0, p), rs) if raw is not None and rs.any() \
         else np.zeros(0, np.uint8)
-    return HostChunks(h, cols, primary, wide, rest, tuple(offsets(x) for x in sizes), **extra)
+    return HostChunks(h, cols, primary, wide, rest, tuple(spans), **extra)
 
 
 def padded(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -369,30 +373,27 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
     want = np.asarray(rows(flag_values) if callable(rows) else rows, dtype=np.int64)
     if want.ndim and len(want) != n_chunks:
         raise CorruptPayloadError(f"message holds {n_chunks} chunks, expected {len(want)}")
-    want = np.broadcast_to(want, (n_chunks,))
     chunk_rows = h["rows"].astype(np.int64)
-    if n_chunks and (np.any(chunk_rows != want) or m_rows != int(chunk_rows.max())):
+    if n_chunks and ((chunk_rows != want).any() or m_rows != int(chunk_rows.max())):
         raise CorruptPayloadError(f"message chunks hold {chunk_rows.tolist()} rows (of at most {m_rows}), "
-                                  f"expected {want.tolist()}")
+                                  f"expected {np.broadcast_to(want, (n_chunks,)).tolist()}")
     dtype = DTYPES[dtype_id]
     if expect_dtype is not None and dtype != expect_dtype:  # the dtype byte is outside the table's checksum
         raise CorruptPayloadError(f"message carries {dtype} values, expected {expect_dtype}")
     item = _ITEMSIZE[dtype]
     n = chunk_rows * cols
     kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
-    if n_chunks and (np.any(kind > _SZ) or np.any(bits > 16) or np.any(layout > 1)
-                     or np.any((kind != _QUANT) & (bits != 0))
-                     or np.any(np.diff(sec) < 0) or sec[0] != 0 or sec[-1] != n_sections - 1
-                     or np.any(np.diff(sec) > 1)
-                     or np.any((np.diff(layout.astype(np.int64)) != 0) & (np.diff(sec) == 0))):
-        raise CorruptPayloadError("chunk table has out-of-range fields")
-    if np.any((kind == _SZ) & ((layout != 1) | (h["nbytes"] > n * item))):
+    if n_chunks:  # every field in range, and sections numbered 0, 1, ... in order, one layout each
+        step, turn = np.diff(sec), np.diff(layout)
+        if ((kind > _SZ) | (bits > 16) | (layout > 1) | ((kind != _QUANT) & (bits != 0))).any() \
+                or sec[0] != 0 or sec[-1] != n_sections - 1 or ((step < 0) | (step > 1) | ((turn != 0) & (step == 0))).any():
+            raise CorruptPayloadError("chunk table has out-of-range fields")
+    sz = kind == _SZ
+    if sz.any() and (sz & ((layout != 1) | (h["nbytes"] > n * item))).any():
         raise CorruptPayloadError("SZ chunk with a bad layout or a body larger than its raw size")
-    sizes = plane_sizes(h, cols, item)
-    fixed = kind != _SZ
-    if np.any(h["nbytes"][fixed] != sum(sizes)[fixed]):
+    sizes, at = plane_spans(h, cols, item)
+    if ((h["nbytes"] != sizes.sum(0)) & ~sz).any():
         raise CorruptPayloadError("chunk body sizes do not match their kinds and widths")
-    at = [offsets(x) for x in sizes]
     pieces: list[list] = [[], [], []]  # each section's slice of the primary, high and rest planes
     sz_bodies: dict[int, bytes] = {}
     pos, lo = sections_at, 0

@@ -190,3 +190,30 @@ def test_ragged_quantizer_takes_no_chunks_and_refuses_rows_that_do_not_add_up():
     assert q.kind.numel() == 0 and q.low.numel() == 0
     with pytest.raises(ValueError, match="quantize_ragged"):
         quantize_ragged(torch.zeros(5, 4), np.array([2, 2]), 4, torch.full((2,), 0.01, dtype=torch.float64))
+
+
+@settings(max_examples=80, deadline=None)
+@given(mixed_batches(max_chunks=12, max_values=64), st.integers(0, 3))
+def test_the_compiled_float32_params_are_the_formula_bit_for_bit(batch, empty):
+    """``cpu_kernels.chunk_params_f32`` (the fused CPU quantizer's parameters, one compiled call)
+    against ``chunk_params`` in torch, the device formula: every parameter equal bit for bit on
+    every regime (zero, tiny and constant ranges, magnitudes near overflow, subnormals, NaN/Inf),
+    chunks without values included."""
+    from dlrm_comp.compress import batch_quant as bq, cpu_kernels
+    if not cpu_kernels.available():
+        pytest.skip("numba not installed")
+    x, eb = batch
+    x, eb = x.to(torch.float32), np.asarray(eb, dtype=np.float64)
+    c, n = x.shape
+    counts = np.full(c, n, np.int64)
+    counts[:min(empty, c)] = 0  # chunks without values: never QUANT or CONST
+    mn, mx = x.amin(1).numpy(), x.amax(1).numpy()
+    out = [np.empty(c, np.float64) for _ in range(5)] + [np.empty(c, np.int64), np.empty(c, np.uint8)]
+    cpu_kernels.chunk_params_f32(mn, mx, eb, counts, *out)
+    minimum, step, safe_step, max_code, eb_abs, bits, flags = out
+    ref = bq.chunk_params(bq._Torch, torch.from_numpy(mn).double(), torch.from_numpy(mx).double(),
+                          torch.from_numpy(eb), torch.from_numpy(counts), torch.float32)
+    got = {"min": minimum, "step": step, "safe_step": safe_step, "max_code": max_code, "eb_abs": eb_abs, "bits": bits,
+           "finite": flags & 1 != 0, "const": flags & 2 != 0, "valid": flags & 4 != 0}
+    for k, v in got.items():
+        assert np.array_equal(v, ref[k].numpy().astype(v.dtype), equal_nan=True), k

@@ -26,7 +26,7 @@ import torch
 
 from dlrm_comp.compress import cpu_kernels
 from dlrm_comp.compress import device as device_kernels
-from dlrm_comp.compress.kinds import SUPPORTED_DTYPES, ChunkKind
+from dlrm_comp.compress.kinds import CONST_KIND, QUANT_KIND, RAW_KIND, SUPPORTED_DTYPES, ChunkKind
 from dlrm_comp.runtime import to_device
 
 MAX_BITS = 16
@@ -414,7 +414,7 @@ def _fused(xn: np.ndarray, at: np.ndarray, counts: np.ndarray, mn: np.ndarray, m
     entropy = np.zeros(c, np.float64)
     ok, err = cpu_kernels.quantize_rows(xn, at, counts, (flags & 4) != 0, minimum, safe_step, max_code, eb_abs,
                                         low, high, hist, entropy)
-    kind = np.where(ok, ChunkKind.QUANT, np.where(flags & 2, ChunkKind.CONST, ChunkKind.RAW)).astype(np.uint8)
+    kind = np.where(ok, QUANT_KIND, np.where(flags & 2, CONST_KIND, RAW_KIND)).astype(np.uint8)
     t = torch.from_numpy
     return BatchQuant(kind=t(kind), bits=t(np.where(ok, bits, 0)), minimum=t(minimum),
                       step=t(np.where(ok, step, 0.0)), eb_abs=t(eb_abs), low=t(low), high=t(high),
@@ -452,7 +452,7 @@ def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Ten
         cpu_kernels.dequantize_rows(low.numpy().reshape(-1), at, high.numpy().reshape(-1), at, (bits > 8).numpy(), k,
                                     minimum.to(torch.float64).numpy(), step.to(torch.float64).numpy(), read,
                                     out.reshape(-1), at)
-        travelled = np.flatnonzero((k != ChunkKind.QUANT) & (k != ChunkKind.CONST))
+        travelled = np.flatnonzero((k != QUANT_KIND) & (k != CONST_KIND))
         if travelled.size:  # RAW chunks: their values as they travelled
             out[travelled] = raw[torch.from_numpy(travelled)].to(torch.float32).numpy()
         return torch.from_numpy(out)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrm_comp.compress.kinds import ChunkKind
+from dlrm_comp.compress.kinds import CONST_KIND, QUANT_KIND, RAW_KIND
 
-_QUANT, _CONST, _RAW = int(ChunkKind.QUANT), int(ChunkKind.CONST), int(ChunkKind.RAW)  # plain ints: numba compiles them in
+_QUANT, _CONST, _RAW = QUANT_KIND, CONST_KIND, RAW_KIND  # plain ints: numba compiles them in
 _F32_EPS, _F32_TINY, _F32_MAX = (float(v) for v in (np.finfo(np.float32).eps, np.finfo(np.float32).tiny,
                                                     np.finfo(np.float32).max))  # plain floats, compiled in
 

@@ -32,6 +32,7 @@ device.
 """
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass
@@ -43,10 +44,10 @@ from dlrm_comp.compress import cpu_kernels
 from dlrm_comp.compress.errors import CorruptPayloadError
 from dlrm_comp.compress.lossless import CodecCache, LosslessCodec
 from dlrm_comp.compress.lossless.identity import IdentityCodec
-from dlrm_comp.compress.kinds import ChunkKind
+from dlrm_comp.compress.kinds import CONST_KIND, QUANT_KIND, RAW_KIND, SZ_KIND
 
 # the kinds as plain ints: numpy compares them without an enum lookup per use (Python 3.11's is slow)
-_RAW, _CONST, _QUANT, _SZ = (int(k) for k in (ChunkKind.RAW, ChunkKind.CONST, ChunkKind.QUANT, ChunkKind.SZ))
+_RAW, _CONST, _QUANT, _SZ = RAW_KIND, CONST_KIND, QUANT_KIND, SZ_KIND
 
 MAGIC, VERSION = 0xDB, 5  # 5: a zstd section is a frame per chunk (4: one frame, a block per chunk)
 PREAMBLE, CHUNK_HEADER, SECTION_HEADER = 20, 22, 16
@@ -211,6 +212,15 @@ def apportion(total: int, share: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _table_framing(count: int) -> np.ndarray:
+    """Each of ``count`` chunks' share of a message's fixed framing: its chunk table entry and
+    an even share of the preamble (the same for every message of ``count`` chunks: kept)."""
+    per = CHUNK_HEADER + apportion(PREAMBLE, np.full(count, 1.0 / max(count, 1)))
+    per.flags.writeable = False
+    return per
+
+
 def assemble(hc: HostChunks, dtype: torch.dtype, counts: list[int], coders: list[list[LosslessCodec]],
              weights: np.ndarray | None = None) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """Messages of consecutive chunk runs (``counts[m]`` chunks each; ``coders[m][s]`` codes
@@ -256,7 +266,7 @@ def assemble(hc: HostChunks, dtype: torch.dtype, counts: list[int], coders: list
         pre = _PREAMBLE.pack(MAGIC, VERSION, DTYPES.index(dtype), len(starts) - 1, count, hc.cols, widest,
                              PREAMBLE + len(table) + len(body), zlib.adler32(table))
         messages.append(pre + table + body)
-        per = CHUNK_HEADER + apportion(PREAMBLE, np.full(count, 1.0 / max(count, 1)))
+        per = _table_framing(count)
         sent[c0:c0 + count] += per
         framing[c0:c0 + count] += per
         c0 += count

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from dlrm_comp.compress import cpu_kernels
-from dlrm_comp.compress.batch_quant import ChunkKind, dequantize_planes, ragged_ready
+from dlrm_comp.compress.batch_quant import dequantize_planes, ragged_ready
 from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, pad_chunks, unpad_chunks
 from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.kinds import CONST_KIND, QUANT_KIND
 from dlrm_comp.compress.lossless import CodecCache
 from dlrm_comp.compress.lossless.identity import IdentityCodec
 from dlrm_comp.compress.wire import HostChunks, Parsed, assemble, bitunpack, offsets, parse, section_ids
@@ -109,7 +110,7 @@ def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None
     at = offsets(n)
     kind, bits = h["kind"].astype(np.int64), h["bits"].astype(np.int64)
     low, low_at, high, high_at = _code_planes(rec, n, at)
-    travelled = np.flatnonzero((kind != ChunkKind.QUANT) & (kind != ChunkKind.CONST)).tolist()  # RAW, SZ
+    travelled = np.flatnonzero((kind != QUANT_KIND) & (kind != CONST_KIND)).tolist()  # RAW, SZ
     if base is None and ragged_ready(dev, rec.dtype):
         out = np.empty(int(at[-1]), np.float32)
         cpu_kernels.dequantize_rows(low, low_at, high, high_at, bits > 8, kind, h["minimum"].astype(np.float64),
@@ -128,7 +129,7 @@ def _padded_values(rec: Parsed, dev: torch.device, base, kind, bits, n, at, low,
     h = rec.header
     rows, cols = h["rows"].astype(np.int64), rec.cols
     wide = np.zeros(int(at[-1]), np.uint8)
-    for c in np.flatnonzero((kind == ChunkKind.QUANT) & (bits > 8)).tolist():  # only QUANT chunks have high bytes
+    for c in np.flatnonzero((kind == QUANT_KIND) & (bits > 8)).tolist():  # only QUANT chunks have high bytes
         wide[at[c]:at[c + 1]] = high[high_at[c]:high_at[c] + n[c]]
     raw = np.zeros(int(at[-1]), dtype=rec.np_dtype)
     for c in travelled:
@@ -154,7 +155,7 @@ def _code_planes(rec: Parsed, n: np.ndarray, at: np.ndarray):
     bitpacked = rec.header["layout"] == 1
     if not bitpacked.any():
         return rec.primary, p_at[:-1], rec.high, h_at[:-1]
-    packed = np.flatnonzero(bitpacked & (rec.header["kind"] == ChunkKind.QUANT))
+    packed = np.flatnonzero(bitpacked & (rec.header["kind"] == QUANT_KIND))
     low, high = np.zeros(int(at[-1]), np.uint8), np.zeros(int(at[-1]), np.uint8)
     for c in np.flatnonzero(~bitpacked).tolist():
         low[at[c]:at[c + 1]] = rec.primary[p_at[c]:p_at[c + 1]]

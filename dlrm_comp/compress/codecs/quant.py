@@ -26,6 +26,7 @@ from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, pad_chunks, unp
 from dlrm_comp.compress.codecs.cache_stage import message_flags
 from dlrm_comp.compress.codecs.messages import ByteMessageCodec, reconstruct
 from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.kinds import QUANT_KIND, RAW_KIND
 from dlrm_comp.compress.wire import HEADER_DTYPE, assemble, bitpack, chunk_planes, offsets, padded, parse
 from dlrm_comp.runtime import to_device
 
@@ -145,8 +146,8 @@ class QuantCodec(ByteMessageCodec):
         h["minimum"], h["step"] = q.minimum.cpu().numpy(), q.step.cpu().numpy()
         h["section"], h["layout"] = sections, bp
         hc = chunk_planes(h, dim, x.element_size(), low(), high() if (bits > 8).any() else None,
-                          raw() if (kind == ChunkKind.RAW).any() else None)
-        ideal = torch.where(q.kind == ChunkKind.QUANT, q.entropy_bytes(),
+                          raw() if (kind == RAW_KIND).any() else None)
+        ideal = torch.where(q.kind == QUANT_KIND, q.entropy_bytes(),
                             torch.from_numpy(h["nbytes"].astype(np.float64)).to(q.kind.device))
         return hc, ideal, q.error_ratio(), q.nonfinite
 
@@ -182,7 +183,7 @@ class QuantCodec(ByteMessageCodec):
         kind, bits = q.kind.cpu().numpy(), q.bits.cpu().numpy()
         high = q.high.cpu().numpy() if (bits > 8).any() else None
         raw = chunks.contiguous().view(torch.uint8).reshape(c, -1).cpu().numpy() \
-            if (kind == ChunkKind.RAW).any() else None
+            if (kind == RAW_KIND).any() else None
         valid = np.arange(u)[None, :] < rows[:, None]
         travel = valid & ~hit
         order = np.argsort(~travel, axis=1, kind="stable")  # each chunk's travelling rows first, in order

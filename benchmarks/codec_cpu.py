@@ -15,10 +15,12 @@ reference's Kaggle bounds, side by side with SZ3 (one call per chunk), `coders` 
 step under each stream coder: the measurement behind the default) and, with
 `--baseline-tree DIR` (a git worktree of an earlier commit that has ``codecs/offline.py``), that
 tree's training codec on the very same chunks (one message per destination), run in a
-subprocess in the same invocation.
+subprocess in the same invocation. `overhead` rows: small messages (4 tables x 32 rows) to 1, 2,
+4, 8 and 16 destinations in one call, encode and decode per call and per message: the codec's
+cost apart from its bytes, which grows with the number of ranks (beside the baseline tree's).
 
     python benchmarks/codec_cpu.py [--iterations 600] [--bounds 1e-2 3e-2 1e-3] [--repeat 3]
-        [--threads 1] [--baseline-tree ../old]
+        [--threads 1] [--baseline-tree ../old] [--sections results steps coders overhead]
 """
 from __future__ import annotations
 
@@ -74,11 +76,13 @@ sys.path.insert(0, sys.argv[1])
 data = torch.load(sys.argv[2], weights_only=False)
 out = {}
 from dlrm_comp.compress.codecs.offline import roundtrip
-for name, (chunks, ebs) in data.items():
+for name, (chunks, ebs, *counts) in data.items():
     raw = sum(c.numel() * 4 for c in chunks)
-    r = roundtrip("codec", chunks, ebs, counts=[len(chunks) // 2] * 2, reps=int(sys.argv[3]))
+    r = roundtrip("codec", chunks, ebs, counts=counts[0] if counts else [len(chunks) // 2] * 2, reps=int(sys.argv[3]),
+                  min_s=float(sys.argv[4]) if counts else 0.0)
     out[name] = {"cr": r.cr, "encode_GBps": raw / r.enc_s / 1e9, "decode_GBps": raw / r.dec_s / 1e9,
-                 "bytes_raw": raw, "bytes_sent": r.bytes_sent, "codec": "codec"}
+                 "bytes_raw": raw, "bytes_sent": r.bytes_sent, "codec": "codec",
+                 "encode_ms": r.enc_s * 1e3, "decode_ms": r.dec_s * 1e3}
 print(json.dumps(out))
 """
 
@@ -86,8 +90,6 @@ print(json.dumps(out))
 def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
     """A whole exchange step through the batched codec, vs SZ3 and (optionally) an older tree's
     codec on the same chunks."""
-    import subprocess
-
     from dlrm_comp.exchange import Exchange, LoopbackTransport
     from dlrm_comp.train.compression_plan import build_plan
     from dlrm_comp.exchange.plan import StepBounds
@@ -123,19 +125,61 @@ def step_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
                      "sz": {k: sz[k] for k in ("cr", "encode_GBps", "decode_GBps", "bytes_raw", "bytes_sent")}})
     rows.append(dedup_step_row(iterations, repeat, ebs, chunk_sets))
     if baseline:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "chunks.pt"
-            torch.save(chunk_sets, path)
-            proc = subprocess.run([sys.executable, "-c", BASELINE, str(Path(baseline).resolve()), str(path),
-                                   str(repeat)], capture_output=True, text=True, check=True,
-                                  env={**__import__("os").environ, "PYTHONPATH": str(Path(baseline).resolve())})
-        old = json.loads(proc.stdout.strip().splitlines()[-1])
-        head = subprocess.run(["git", "-C", baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
+        old, head = baseline_codec(baseline, chunk_sets, repeat)
         for row in rows:
             row["baseline"] = {**old[row["size"]], "tree": baseline, "commit": head}
             row["codec_vs_baseline"] = {k: row["codec"][k] / row["baseline"][k]
                                         for k in ("cr", "encode_GBps", "decode_GBps")}
+    return rows
+
+
+def baseline_codec(baseline: str, chunk_sets: dict, repeat: int, min_s: float = 0.0) -> tuple[dict, str]:
+    """The training codec of the tree ``baseline`` on ``chunk_sets`` (name -> (chunks, bounds)
+    or (chunks, bounds, message counts)), in a subprocess; and that tree's commit."""
+    import subprocess
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chunks.pt"
+        torch.save(chunk_sets, path)
+        proc = subprocess.run([sys.executable, "-c", BASELINE, str(Path(baseline).resolve()), str(path), str(repeat),
+                               str(min_s)], capture_output=True, text=True, check=True,
+                              env={**__import__("os").environ, "PYTHONPATH": str(Path(baseline).resolve())})
+    head = subprocess.run(["git", "-C", baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    return json.loads(proc.stdout.strip().splitlines()[-1]), head
+
+
+OVERHEAD_DESTINATIONS = (1, 2, 4, 8, 16)
+SECTIONS = ("results", "steps", "coders", "overhead")  # the JSON's parts, in order
+
+
+def overhead_rows(iterations: int, repeat: int, baseline: str | None) -> list[dict]:
+    """What a message costs apart from its values: small messages (4 tables x 32 trained rows of
+    dim 32 each, at the Kaggle bounds) to 1..16 destinations in one call, encode and decode per
+    call and per message. Per-call and per-message Python and numpy work is what a step's codec
+    spends beyond its bytes (at 16 ranks a direction decodes 16 messages), so this row shows it
+    apart; with ``baseline``, that tree's codec on the same chunks."""
+    pooled = trained_pooled_outputs(iterations, 2048, 32)
+    cfg = load_config([ROOT / "configs/debug.yaml"], ["compress.mode=codec"]).compress
+    ebs = cfg.bounds.build([10**6] * len(pooled), cfg.decay).all(10**9)
+    tables, rows_per = 4, 32
+    sets, rows = {}, []
+    for w in OVERHEAD_DESTINATIONS:
+        chunks = [pooled[t][d * rows_per:(d + 1) * rows_per].contiguous() for d in range(w) for t in range(tables)]
+        chunk_ebs = [ebs[t] for _ in range(w) for t in range(tables)]
+        counts = [tables] * w
+        sets[f"destinations_{w}"] = (chunks, chunk_ebs, counts)
+        r = roundtrip("codec", chunks, chunk_ebs, counts=counts, reps=repeat, min_s=0.2)
+        rows.append({"destinations": w, "shape": f"{w} messages x {tables} tables x {rows_per}x32",
+                     "encode_ms": r.enc_s * 1e3, "decode_ms": r.dec_s * 1e3, "encode_us_per_message": r.enc_s * 1e6 / w,
+                     "decode_us_per_message": r.dec_s * 1e6 / w, "cr": r.cr, "max_err_ratio": r.max_err_ratio})
+    if baseline:
+        old, head = baseline_codec(baseline, sets, repeat, min_s=0.2)
+        for row in rows:
+            b = old[f"destinations_{row['destinations']}"]
+            row["baseline"] = {"encode_ms": b["encode_ms"], "decode_ms": b["decode_ms"], "cr": b["cr"],
+                               "tree": baseline, "commit": head}
+            row["speedup_vs_baseline"] = {"encode": b["encode_ms"] / row["encode_ms"],
+                                          "decode": b["decode_ms"] / row["decode_ms"]}
     return rows
 
 
@@ -190,18 +234,8 @@ def coder_rows(iterations: int, repeat: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=600)
-    parser.add_argument("--bounds", type=float, nargs="+", default=[1e-2, 3e-2, 1e-3])
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--baseline-tree", default=None,
-                        help="a git worktree of an earlier commit: its codec on the step rows' chunks")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    from dlrm_comp.runtime import keep_large_allocations
-    keep_large_allocations()  # as training does (train.keep_allocations); the baseline subprocess too
+def chunk_rows(args) -> list[dict]:
+    """`codec` beside SZ3 at each size and bound, one message per chunk."""
     pooled = trained_pooled_outputs(args.iterations, SIZES["256KiB"][0])
     results = []
     for size, (rows, _) in SIZES.items():
@@ -214,12 +248,35 @@ def main() -> None:
             row["codec_vs_sz"] = {"cr": c["cr"] / s["cr"], "encode_speed": c["encode_GBps"] / s["encode_GBps"],
                                   "decode_speed": c["decode_GBps"] / s["decode_GBps"]}
             results.append(row)
-    steps = step_rows(args.iterations, max(args.repeat, 5), args.baseline_tree)
-    coders = coder_rows(args.iterations, max(args.repeat, 5))
-    print(json.dumps({"benchmark": "codec_cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "machine": platform.machine(), "codec": DirectionPlan("codec", 1).codec_name(0),
-                      "trained_iterations": args.iterations, "results": results, "steps": steps,
-                      "coders": coders}, indent=2))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--bounds", type=float, nargs="+", default=[1e-2, 3e-2, 1e-3])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline-tree", default=None,
+                        help="a git worktree of an earlier commit: its codec on the step and overhead rows' chunks")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="which parts to run (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from dlrm_comp.runtime import keep_large_allocations
+    keep_large_allocations()  # as training does (train.keep_allocations); the baseline subprocess too
+    out = {"benchmark": "codec_cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "machine": platform.machine(), "codec": DirectionPlan("codec", 1).codec_name(0),
+           "trained_iterations": args.iterations}
+    if "results" in args.sections:
+        out["results"] = chunk_rows(args)
+    if "steps" in args.sections:
+        out["steps"] = step_rows(args.iterations, max(args.repeat, 5), args.baseline_tree)
+    if "coders" in args.sections:
+        out["coders"] = coder_rows(args.iterations, max(args.repeat, 5))
+    if "overhead" in args.sections:
+        out["overhead"] = overhead_rows(args.iterations, max(args.repeat, 5), args.baseline_tree)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

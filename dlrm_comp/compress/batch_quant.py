@@ -405,7 +405,8 @@ def _fused(xn: np.ndarray, at: np.ndarray, counts: np.ndarray, mn: np.ndarray, m
     eb = eb_rel.numpy() if isinstance(eb_rel, torch.Tensor) else np.asarray(eb_rel, dtype=np.float64)
     minimum, step, safe_step, max_code, eb_abs = (np.empty(c, np.float64) for _ in range(5))
     bits, flags = np.empty(c, np.int64), np.empty(c, np.uint8)
-    cpu_kernels.chunk_params_f32(mn, mx, np.ascontiguousarray(eb, dtype=np.float64),
+    eb = np.ascontiguousarray(np.broadcast_to(np.asarray(eb, dtype=np.float64), (c,)))  # one bound for all, or one each
+    cpu_kernels.chunk_params_f32(mn, mx, eb,
                                  np.broadcast_to(np.asarray(n, dtype=np.int64), (c,)), minimum, step, safe_step,
                                  max_code, eb_abs, bits, flags)
     low = np.zeros(len(xn), np.uint8)

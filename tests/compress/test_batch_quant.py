@@ -217,3 +217,21 @@ def test_the_compiled_float32_params_are_the_formula_bit_for_bit(batch, empty):
            "finite": flags & 1 != 0, "const": flags & 2 != 0, "valid": flags & 4 != 0}
     for k, v in got.items():
         assert np.array_equal(v, ref[k].numpy().astype(v.dtype), equal_nan=True), k
+
+
+def test_one_bound_serves_every_chunk_on_the_compiled_and_the_torch_path(monkeypatch):
+    """A single relative bound is every chunk's, as in the torch formula: the compiled
+    parameters broadcast it rather than read past it, and a bound list of the wrong length is
+    an error, not garbage bounds."""
+    from dlrm_comp.compress import cpu_kernels
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(8))
+    one = torch.tensor([0.01], dtype=torch.float64)
+    each = quantize_batch(x, one.expand(4).contiguous())
+    for eb in (one, one[0]):
+        got = quantize_batch(x, eb)
+        assert torch.equal(got.kind, each.kind) and torch.equal(got.eb_abs, each.eb_abs)
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    assert torch.equal(quantize_batch(x, one).eb_abs, each.eb_abs)
+    monkeypatch.undo()
+    with pytest.raises(ValueError):
+        quantize_batch(x, torch.tensor([0.01, 0.02], dtype=torch.float64))

@@ -62,7 +62,8 @@ class Encoded:
     """What ``encode`` returns. ``payload`` is the flat send buffer (uint8, or the rows' dtype
     for modes that send values), message after message; ``sizes`` its per-message lengths in
     elements (known from the layout alone). Byte-message modes return ``messages`` (host
-    bytes, ``sizes`` their lengths) instead of a payload: the size protocol sends them.
+    bytes, ``sizes`` their lengths; a raw route's message is a uint8 view of its rows, valid until
+    they change) instead of a payload: the size protocol sends them.
     Statistics per chunk (on the rows' device; on the host for the byte-message modes, whose
     bytes exist only there): ``sent`` wire bytes, ``ideal`` bytes at the codes' order-0 entropy
     (None: as sent), ``err_ratio`` max error / bound (None: no bound); and ``nonfinite``, the

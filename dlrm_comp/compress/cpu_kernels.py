@@ -289,9 +289,9 @@ def distinct_rows(codes, bounds, first, bag, counts):  # pragma: no cover - comp
 
 @_njit
 def plane_spans(kind, bits, layout, rows, cols, itemsize, sizes, at):  # pragma: no cover - compiled
-    """``wire.plane_sizes`` and the offsets of each chunk in the three planes, in one pass over
-    the chunk table (``sizes [3, C]``, ``at [3, C+1]``): both sides of every message read them,
-    and as a dozen numpy calls on ``[C]`` arrays they cost 50 us a message."""
+    """``wire.plane_spans``: the bytes and the offsets of each chunk in the three planes, in one
+    pass over the chunk table (``sizes [3, C]``, ``at [3, C+1]``): both sides of every message
+    read them, and as a dozen numpy calls on ``[C]`` arrays they cost 50 us a message."""
     at[0, 0] = at[1, 0] = at[2, 0] = 0
     for c in range(len(kind)):
         n = np.int64(rows[c]) * cols

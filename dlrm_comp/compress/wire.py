@@ -25,7 +25,7 @@ cache, ``codecs/cache_stage.py``): a chunk's ``rows`` are then the rows that tra
 receiver learns which from the flags and its own cache (the section's presence and its length
 are what the receiver expects from its cache; nothing in the preamble marks it). The sender assembles and the receiver parses
 on the host with numpy, vectorised over chunks: both hold a message's bytes as three flat planes,
-chunk after chunk (``plane_sizes``: primary, high, rest), so a section's stream is a slice of each
+chunk after chunk (``plane_spans``: primary, high, rest), so a section's stream is a slice of each
 plane (``chunk_planes`` gathers them from the quantizer's planes: a view when its codes lie back
 to back, else ``cpu_kernels.gather_spans``); quantization and reconstruction stay on the tensors'
 device.
@@ -62,18 +62,13 @@ _ITEMSIZE = {d: torch.empty((), dtype=d).element_size() for d in DTYPES}
 _NP_RAW = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64, torch.bfloat16: np.uint16}
 
 
-def plane_sizes(h: np.ndarray, cols: int, itemsize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bytes of each chunk in the three planes its section's stream is made of: the primary
-    plane (``bytes``: n bytes, the low code bytes, a RAW chunk's first n bytes, zeros for CONST;
-    ``bitpack``: a QUANT chunk's packed codes), the high plane (``bytes`` QUANT chunks wider than
-    8 bits: n bytes) and the rest (RAW chunks' remaining bytes). SZ bodies follow them."""
-    sizes, _ = plane_spans(h, cols, itemsize)
-    return sizes[0], sizes[1], sizes[2]
-
-
 def plane_spans(h: np.ndarray, cols: int, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
-    """``plane_sizes`` as ``[3, C]`` and each chunk's offset in each plane, ``[3, C+1]``, in one
-    compiled pass over the chunk table (``cpu_kernels.plane_spans``)."""
+    """Bytes of each chunk in the three planes its section's stream is made of, ``[3, C]``: the
+    primary plane (``bytes``: n bytes, the low code bytes, a RAW chunk's first n bytes, zeros for
+    CONST; ``bitpack``: a QUANT chunk's packed codes), the high plane (``bytes`` QUANT chunks
+    wider than 8 bits: n bytes) and the rest (RAW chunks' remaining bytes); SZ bodies follow them.
+    And each chunk's offset in each plane, ``[3, C+1]``: one compiled pass over the chunk table
+    (``cpu_kernels.plane_spans``)."""
     c = len(h)
     return cpu_kernels.plane_spans(h["kind"], h["bits"], h["layout"], h["rows"], cols, itemsize,
                                    np.empty((3, c), np.int64), np.empty((3, c + 1), np.int64))
@@ -89,7 +84,7 @@ def offsets(sizes: np.ndarray) -> np.ndarray:
 @dataclass
 class HostChunks:
     """A sender's chunks on the host, ready to assemble: the chunk table and its three byte
-    planes flat, chunk after chunk (``plane_sizes``), so a section's stream is a slice of each
+    planes flat, chunk after chunk (``plane_spans``), so a section's stream is a slice of each
     (built by ``chunk_planes``)."""
 
     header: np.ndarray  # structured HEADER_DTYPE, one row per chunk (nbytes set)
@@ -312,7 +307,7 @@ def _read_flags(buf: memoryview, pos: int, size: int, expect: int, codecs: Codec
 @dataclass
 class Parsed:
     """One received message on the host: its chunk table and its three byte planes flat, chunk
-    after chunk, as ``HostChunks`` holds them (``plane_sizes``; their offsets: ``at``), and
+    after chunk, as ``HostChunks`` holds them (``plane_spans``; their offsets: ``at``), and
     the SZ chunks' decoded values."""
 
     dtype: torch.dtype

@@ -2,6 +2,7 @@
 (bytes counted by tc against the bytes the recorder reports, namespaces gone afterwards), its
 skip path, its argument errors, and the reference-rate search's arithmetic. No timing or
 speedup is asserted."""
+import importlib.util
 import json
 import os
 import signal
@@ -175,10 +176,16 @@ def test_without_iproute2_it_says_so_and_exits_0(tmp_path):
     (["--ranks-per-node", "0"], "--ranks-per-node"),
     (["--repeat", "0"], "--repeat"),
 ])
-def test_bad_arguments_exit_2_naming_them(args, named):
-    proc = run_link(*args, timeout=60)
-    assert proc.returncode == 2
-    assert named in proc.stderr
+def test_bad_arguments_exit_2_naming_them(args, named, capsys):
+    """In this process (the argument checks run before anything starts; a subprocess per case
+    cost 4-8 s of interpreter start-up), through the script's own ``main``."""
+    spec = importlib.util.spec_from_file_location("link_cli", LINK)
+    link_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(link_cli)
+    with pytest.raises(SystemExit) as stopped:
+        link_cli.main(args)
+    assert stopped.value.code == 2
+    assert named in capsys.readouterr().err
 
 
 def test_rates_parse_and_print_in_tc_units():

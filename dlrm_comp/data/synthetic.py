@@ -16,6 +16,7 @@ from dlrm_comp.data.features import DenseProfile, FeatureSampler, Items
 from dlrm_comp.data.source import check_batch_request, check_row_request, check_split
 from dlrm_comp.data.teacher import Teacher, TeacherConfig
 from dlrm_comp.data.zipf import ZipfTables
+from dlrm_comp.metrics import roc_auc
 
 PROFILES: dict[str, list[int]] = {
     # Criteo Kaggle display advertising challenge, 26 categorical columns
@@ -152,7 +153,6 @@ class SyntheticCriteo:
         """AUC of the true probabilities against the drawn labels (train: its first num_val rows)."""
         check_split(split)
         if split not in self._bayes_auc:
-            from sklearn.metrics import roc_auc_score
             n = self.num_samples[split] or self.num_samples["val"]
             probs, labels = [], []
             for start in range(0, n, 8192):
@@ -161,8 +161,7 @@ class SyntheticCriteo:
                 probs.append(p)
                 labels.append(self.sampler.label_uniforms(_STREAMS[split], rows) < p)
             y = np.concatenate(labels)
-            self._bayes_auc[split] = float(roc_auc_score(y, np.concatenate(probs))) if 0 < y.sum() < len(y) \
-                else float("nan")
+            self._bayes_auc[split] = roc_auc(y, np.concatenate(probs))
         return self._bayes_auc[split]
 
     # ------------------------------------------------------------------ internals

@@ -33,7 +33,7 @@ from dlrm_comp.train.checkpoint import CheckpointError, CheckpointManager, check
 from dlrm_comp.train.extension import TrainingExtension
 from dlrm_comp.train.identity import check_data_identity, check_resume_identity, check_shapes, data_fingerprint
 from dlrm_comp.train.logging import MetricsLogger, torn_eval_iteration, write_json
-from dlrm_comp.train.metrics import classification_metrics
+from dlrm_comp.metrics import classification_metrics
 from dlrm_comp.train.signals import RunStopped, StopFlag
 
 # files of a finished or running run that a fresh run must not silently mix with its own

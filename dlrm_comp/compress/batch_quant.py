@@ -450,7 +450,7 @@ def dequantize_planes(kind: torch.Tensor, minimum: torch.Tensor, step: torch.Ten
         read = np.full(c, n, np.int64)
         at = np.arange(c, dtype=np.int64) * n
         k = kind.to(torch.int64).numpy()
-        cpu_kernels.dequantize_rows(low.numpy().reshape(-1), at, high.numpy().reshape(-1), at, (bits > 8).numpy(), k,
+        cpu_kernels.dequantize_rows(low.numpy().reshape(-1), at, high.numpy().reshape(-1), at, bits.numpy(), k,
                                     minimum.to(torch.float64).numpy(), step.to(torch.float64).numpy(), read,
                                     out.reshape(-1), at)
         travelled = np.flatnonzero((k != QUANT_KIND) & (k != CONST_KIND))

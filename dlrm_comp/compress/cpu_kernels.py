@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrm_comp.compress.kinds import CONST_KIND, QUANT_KIND, RAW_KIND
+from dlrm_comp.compress.kinds import CONST_KIND, QUANT_KIND, RAW_KIND, SZ_KIND
 
-_QUANT, _CONST, _RAW = QUANT_KIND, CONST_KIND, RAW_KIND  # plain ints: numba compiles them in
+_QUANT, _CONST, _RAW, _SZ = QUANT_KIND, CONST_KIND, RAW_KIND, SZ_KIND  # plain ints: numba compiles them in
 _F32_EPS, _F32_TINY, _F32_MAX = (float(v) for v in (np.finfo(np.float32).eps, np.finfo(np.float32).tiny,
                                                     np.finfo(np.float32).max))  # plain floats, compiled in
 
@@ -141,20 +141,21 @@ if numba is not None:
             flags[r] = np.uint8(finite) | (np.uint8(const) << 1) | (np.uint8(valid) << 2)
 
     @numba.njit(cache=True, nogil=True)
-    def dequantize_rows(low, low_at, high, high_at, wide, kind, minimum, step, counts, out, out_at):  # pragma: no cover
+    def dequantize_rows(low, low_at, high, high_at, bits, kind, minimum, step, counts, out, out_at):  # pragma: no cover
         """The receiver's ``counts[r]`` values of every QUANT and CONST chunk r, written to the
         flat ``out`` from ``out_at[r]``: float32(code*step + min) in float64 for QUANT (its low
         code bytes in ``low`` from ``low_at[r]``, its high ones in ``high`` from ``high_at[r]``
-        where ``wide[r]``), the constant for CONST. Other chunks are left as they are (their
-        values travelled: the caller copies them)."""
+        where ``bits[r] > 8``), the constant for CONST. Other chunks are left as they are (their
+        values travelled: the caller copies them). The per-chunk arrays may be the chunk table's
+        own fields (float32 parameters, widened exactly here)."""
         for r in range(len(kind)):
-            n = counts[r]
+            n = np.int64(counts[r])
             o = out[out_at[r]:out_at[r] + n]  # slices, not offsets into the whole planes: LLVM vectorises
             if kind[r] == _QUANT:  # loops over views (3x faster on a Terabyte message)
-                s64 = step[r]
-                m64 = minimum[r]
+                s64 = np.float64(step[r])
+                m64 = np.float64(minimum[r])
                 lo = low[low_at[r]:low_at[r] + n]
-                if wide[r]:
+                if bits[r] > 8:
                     hi = high[high_at[r]:high_at[r] + n]
                     for i in range(n):
                         o[i] = np.float32((np.float64(lo[i]) + 256.0 * hi[i]) * s64 + m64)
@@ -308,6 +309,60 @@ def plane_spans(kind, bits, layout, rows, cols, itemsize, sizes, at):  # pragma:
         sizes[0, c], sizes[1, c], sizes[2, c] = p, hs, rs
         at[0, c + 1], at[1, c + 1], at[2, c + 1] = at[0, c] + p, at[1, c] + hs, at[2, c] + rs
     return sizes, at
+
+
+TABLE_ROWS, TABLE_FIELDS, TABLE_SZ, TABLE_SIZES = 1, 2, 4, 8  # ``check_table``'s failures, one bit each
+TABLE_HAS_SZ, TABLE_HAS_RAW, TABLE_HAS_BITPACK = 16, 32, 64  # not failures: what the table holds
+
+
+@_njit
+def check_table(kind, bits, layout, section, rows, nbytes, want, m_rows, cols, itemsize, n_sections, sizes, at,
+                section_chunks, section_bytes):  # pragma: no cover - compiled
+    """``wire.parse``'s checks of a received chunk table in one pass (as ~30 numpy calls on
+    ``[C]`` arrays they were most of a small message's parse): returns the failures as bits
+    (``TABLE_ROWS``: rows other than ``want`` or than the preamble's widest ``m_rows``;
+    ``TABLE_FIELDS``: a field out of range, or sections not numbered 0, 1, ... in order with one
+    layout each; ``TABLE_SZ``: an SZ chunk not bit-packed or larger than its raw size;
+    ``TABLE_SIZES``: a body size that is not what its kind and width make; ``TABLE_HAS_SZ``, not
+    a failure: an SZ chunk is there, and likewise ``TABLE_HAS_RAW``, ``TABLE_HAS_BITPACK``), and fills
+    ``plane_spans``'s ``sizes``/``at`` and each section's chunk count and raw bytes."""
+    fail = 0
+    count = len(kind)
+    widest = 0
+    for c in range(count):
+        r = np.int64(rows[c])
+        if r != want[c]:
+            fail |= 1
+        widest = max(widest, r)
+    if count and widest != m_rows:
+        fail |= 1
+    for c in range(count):
+        k, b = np.int64(kind[c]), np.int64(bits[c])
+        if k > _SZ or b > 16 or layout[c] > 1 or (k != _QUANT and b != 0):
+            fail |= 2
+        if c:
+            step = np.int64(section[c]) - np.int64(section[c - 1])
+            if step < 0 or step > 1 or (layout[c] != layout[c - 1] and step == 0):
+                fail |= 2
+    if count and (section[0] != 0 or np.int64(section[count - 1]) != n_sections - 1):
+        fail |= 2
+    plane_spans(kind, bits, layout, rows, cols, itemsize, sizes, at)
+    for c in range(count):
+        if kind[c] == _SZ:  # SZ: its body is what SZ3 made of it, at most the raw values
+            fail |= 16
+            if layout[c] != 1 or np.int64(nbytes[c]) > np.int64(rows[c]) * cols * itemsize:
+                fail |= 4
+        elif np.int64(nbytes[c]) != sizes[0, c] + sizes[1, c] + sizes[2, c]:
+            fail |= 8
+        if kind[c] == _RAW:
+            fail |= 32
+        if layout[c] == 1:
+            fail |= 64
+        s = np.int64(section[c])
+        if s < n_sections:
+            section_chunks[s] += 1
+            section_bytes[s] += np.int64(nbytes[c])
+    return fail
 
 
 @_njit

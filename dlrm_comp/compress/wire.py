@@ -319,6 +319,7 @@ class Parsed:
     at: tuple[np.ndarray, np.ndarray, np.ndarray]  # [C+1] offsets of each chunk in primary, high, rest
     sz: dict[int, np.ndarray]  # chunk -> its decoded values (the dtype's numpy type)
     flags: np.ndarray | None = None  # the row cache's flags (a message with a flag section)
+    holds: int = -1  # ``cpu_kernels.TABLE_HAS_*`` bits: which of RAW, SZ and bit-packed chunks it holds (-1: any)
 
     @property
     def np_dtype(self) -> type:
@@ -378,27 +379,25 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
     want = np.asarray(rows(flag_values) if callable(rows) else rows, dtype=np.int64)
     if want.ndim and len(want) != n_chunks:
         raise CorruptPayloadError(f"message holds {n_chunks} chunks, expected {len(want)}")
-    chunk_rows = h["rows"].astype(np.int64)
-    if n_chunks and ((chunk_rows != want).any() or m_rows != int(chunk_rows.max())):
-        raise CorruptPayloadError(f"message chunks hold {chunk_rows.tolist()} rows (of at most {m_rows}), "
-                                  f"expected {np.broadcast_to(want, (n_chunks,)).tolist()}")
     dtype = DTYPES[dtype_id]
+    item = _ITEMSIZE[dtype]
+    sizes, at = np.empty((3, n_chunks), np.int64), np.empty((3, n_chunks + 1), np.int64)
+    section_chunks, section_bytes = np.zeros(n_sections, np.int64), np.zeros(n_sections, np.int64)
+    fail = cpu_kernels.check_table(h["kind"], h["bits"], h["layout"], h["section"], h["rows"], h["nbytes"],
+                                   np.broadcast_to(want, (n_chunks,)), m_rows, cols, item, n_sections, sizes, at,
+                                   section_chunks, section_bytes)
+    if fail & cpu_kernels.TABLE_ROWS:
+        raise CorruptPayloadError(f"message chunks hold {h['rows'].tolist()} rows (of at most {m_rows}), "
+                                  f"expected {np.broadcast_to(want, (n_chunks,)).tolist()}")
     if expect_dtype is not None and dtype != expect_dtype:  # the dtype byte is outside the table's checksum
         raise CorruptPayloadError(f"message carries {dtype} values, expected {expect_dtype}")
-    item = _ITEMSIZE[dtype]
-    n = chunk_rows * cols
-    kind, bits, layout, sec = h["kind"], h["bits"].astype(np.int64), h["layout"], h["section"].astype(np.int64)
-    if n_chunks:  # every field in range, and sections numbered 0, 1, ... in order, one layout each
-        step, turn = np.diff(sec), np.diff(layout)
-        if ((kind > _SZ) | (bits > 16) | (layout > 1) | ((kind != _QUANT) & (bits != 0))).any() \
-                or sec[0] != 0 or sec[-1] != n_sections - 1 or ((step < 0) | (step > 1) | ((turn != 0) & (step == 0))).any():
-            raise CorruptPayloadError("chunk table has out-of-range fields")
-    sz = kind == _SZ
-    if sz.any() and (sz & ((layout != 1) | (h["nbytes"] > n * item))).any():
+    if fail & cpu_kernels.TABLE_FIELDS:  # every field in range, and sections numbered 0, 1, ... in order, one layout each
+        raise CorruptPayloadError("chunk table has out-of-range fields")
+    if fail & cpu_kernels.TABLE_SZ:
         raise CorruptPayloadError("SZ chunk with a bad layout or a body larger than its raw size")
-    sizes, at = plane_spans(h, cols, item)
-    if ((h["nbytes"] != sizes.sum(0)) & ~sz).any():
+    if fail & cpu_kernels.TABLE_SIZES:
         raise CorruptPayloadError("chunk body sizes do not match their kinds and widths")
+    has_sz = bool(fail & cpu_kernels.TABLE_HAS_SZ)
     pieces: list[list] = [[], [], []]  # each section's slice of the primary, high and rest planes
     sz_bodies: dict[int, bytes] = {}
     pos, lo = sections_at, 0
@@ -411,8 +410,8 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
             raise CorruptPayloadError("message truncated in a section body")
         params = bytes(buf[pos:pos + plen])
         pos += plen
-        hi = lo + int(np.count_nonzero(sec == s))
-        if int(h["nbytes"][lo:hi].sum()) != raw_n:
+        hi = lo + int(section_chunks[s])
+        if int(section_bytes[s]) != raw_n:
             raise CorruptPayloadError(f"section {s}: {raw_n} raw bytes, its chunks claim otherwise")
         coded = buf[pos:pos + coded_n]
         pos += coded_n
@@ -428,7 +427,7 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
         for plane, a in zip(pieces, at):  # the section's stream: a run of each plane, then its SZ bodies
             plane.append(stream[cut:cut + int(a[hi] - a[lo])])
             cut += int(a[hi] - a[lo])
-        for c in np.flatnonzero(h["kind"][lo:hi] == _SZ).tolist():
+        for c in np.flatnonzero(h["kind"][lo:hi] == _SZ).tolist() if has_sz else ():
             nb = int(h["nbytes"][lo + c])
             sz_bodies[lo + c] = stream[cut:cut + nb].tobytes()
             cut += nb
@@ -437,8 +436,9 @@ def parse(msg: bytes | memoryview, rows, cols: int, codecs: CodecCache | None = 
         raise CorruptPayloadError(f"{size - pos} unexpected trailing bytes")
     primary, high, rest = (p[0] if len(p) == 1 else np.concatenate(p) if p else np.zeros(0, np.uint8)
                            for p in pieces)
-    return Parsed(dtype, h, cols, primary, high, rest, tuple(at), _sz_values(sz_bodies, dtype, chunk_rows, cols),
-                  flag_values)
+    return Parsed(dtype, h, cols, primary, high, rest, tuple(at),
+                  _sz_values(sz_bodies, dtype, h["rows"], cols) if sz_bodies else {}, flag_values,
+                  fail & (cpu_kernels.TABLE_HAS_SZ | cpu_kernels.TABLE_HAS_RAW | cpu_kernels.TABLE_HAS_BITPACK))
 
 
 def _sz_values(bodies: dict, dtype: torch.dtype, rows: np.ndarray, cols: int) -> dict[int, np.ndarray]:

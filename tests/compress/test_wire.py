@@ -177,3 +177,61 @@ def test_a_forged_width_on_a_chunk_without_codes_is_corruption():
     buf[16:20] = struct.pack("<I", zlib.adler32(table.tobytes()))
     with pytest.raises(CorruptPayloadError, match="out-of-range"):
         parse(bytes(buf), 8, 4)
+
+
+def _table_rules(h: np.ndarray, want: np.ndarray, m_rows: int, cols: int, item: int, n_sections: int) -> int:
+    """The chunk-table rules as numpy statements (what ``parse`` checked before the compiled pass)."""
+    from dlrm_comp.compress import cpu_kernels as k
+    rows, kind, bits = h["rows"].astype(np.int64), h["kind"].astype(np.int64), h["bits"].astype(np.int64)
+    layout, sec, nbytes = h["layout"].astype(np.int64), h["section"].astype(np.int64), h["nbytes"].astype(np.int64)
+    fail = 0
+    if len(h) and ((rows != want).any() or m_rows != rows.max()):
+        fail |= k.TABLE_ROWS
+    if len(h):
+        step, turn = np.diff(sec), np.diff(layout)
+        if ((kind > k._SZ) | (bits > 16) | (layout > 1) | ((kind != k._QUANT) & (bits != 0))).any() or sec[0] != 0 \
+                or sec[-1] != n_sections - 1 or ((step < 0) | (step > 1) | ((turn != 0) & (step == 0))).any():
+            fail |= k.TABLE_FIELDS
+    sz = kind == k._SZ
+    if (sz & ((layout != 1) | (nbytes > rows * cols * item))).any():
+        fail |= k.TABLE_SZ
+    from dlrm_comp.compress.wire import plane_spans
+    if ((nbytes != plane_spans(h, cols, item)[0].sum(0)) & ~sz).any():
+        fail |= k.TABLE_SIZES
+    return fail | (k.TABLE_HAS_SZ * sz.any()) | (k.TABLE_HAS_RAW * (kind == k._RAW).any()) \
+        | (k.TABLE_HAS_BITPACK * (layout == 1).any())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_the_compiled_table_check_is_the_rules(data):
+    """Forged chunk tables (any field of any chunk moved, a section skipped, a wrong widest row):
+    ``cpu_kernels.check_table``, compiled and as Python, finds exactly the failures the rules
+    name, and counts each section's chunks and bytes as the table says."""
+    from dlrm_comp.compress import cpu_kernels as k
+    from dlrm_comp.compress.wire import HEADER_DTYPE
+    c = data.draw(st.integers(0, 6))
+    cols, item = data.draw(st.sampled_from([1, 4, 16])), data.draw(st.sampled_from([2, 4, 8]))
+    h = np.zeros(c, HEADER_DTYPE)
+    for f, hi in (("kind", 4), ("bits", 17), ("layout", 2), ("rows", 6)):
+        h[f] = data.draw(st.lists(st.integers(0, hi), min_size=c, max_size=c))
+    h["bits"] = np.where(h["kind"] == k._QUANT, h["bits"], 0 if data.draw(st.booleans()) else h["bits"])
+    steps = np.array(data.draw(st.lists(st.sampled_from([0, 0, 1, 1, 2, -1]), min_size=c, max_size=c)), np.int64)
+    h["section"] = np.clip(np.cumsum(steps) - (steps[0] if c else 0), 0, 20)  # skips and steps back too
+    from dlrm_comp.compress.wire import plane_spans
+    h["nbytes"] = plane_spans(h, cols, item)[0].sum(0) + data.draw(st.lists(st.sampled_from([0, 0, 0, 1]),
+                                                                            min_size=c, max_size=c))
+    n_sections = int(h["section"].max()) + 1 + data.draw(st.sampled_from([0, 0, 1])) if c else 0
+    want = h["rows"].astype(np.int64) + data.draw(st.lists(st.sampled_from([0, 0, 0, 1]), min_size=c, max_size=c))
+    m_rows = int(h["rows"].max()) + data.draw(st.sampled_from([0, 0, 1])) if c else 0
+    expected = _table_rules(h, want, m_rows, cols, item, n_sections)
+    for check in (k.check_table, getattr(k.check_table, "py_func", k.check_table)):
+        sizes, at = np.empty((3, c), np.int64), np.empty((3, c + 1), np.int64)
+        chunks, nbytes = np.zeros(n_sections, np.int64), np.zeros(n_sections, np.int64)
+        got = check(h["kind"], h["bits"], h["layout"], h["section"], h["rows"], h["nbytes"], want, m_rows, cols, item,
+                    n_sections, sizes, at, chunks, nbytes)
+        assert got == expected
+        inside = h["section"] < n_sections
+        assert np.array_equal(chunks, np.bincount(h["section"][inside], minlength=n_sections))
+        assert np.array_equal(nbytes, np.bincount(h["section"][inside], h["nbytes"][inside].astype(np.float64),
+                                                  minlength=n_sections).astype(np.int64))

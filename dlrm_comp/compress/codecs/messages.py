@@ -108,17 +108,19 @@ def reconstruct(rec: Parsed, dev: torch.device, base: torch.Tensor | None = None
     h = rec.header
     n = h["rows"].astype(np.int64) * rec.cols
     at = offsets(n)
-    kind, bits = h["kind"].astype(np.int64), h["bits"].astype(np.int64)
     low, low_at, high, high_at = _code_planes(rec, n, at)
-    travelled = np.flatnonzero((kind != QUANT_KIND) & (kind != CONST_KIND)).tolist()  # RAW, SZ
+    kind = h["kind"]
+    travelled = [] if (rec.holds & ~cpu_kernels.TABLE_HAS_BITPACK) == 0 else \
+        np.flatnonzero((kind != QUANT_KIND) & (kind != CONST_KIND)).tolist()  # RAW, SZ
     if base is None and ragged_ready(dev, rec.dtype):
         out = np.empty(int(at[-1]), np.float32)
-        cpu_kernels.dequantize_rows(low, low_at, high, high_at, bits > 8, kind, h["minimum"].astype(np.float64),
-                                    h["step"].astype(np.float64), n, out, at[:-1])
+        cpu_kernels.dequantize_rows(low, low_at, high, high_at, h["bits"], kind, h["minimum"], h["step"], n, out,
+                                    at[:-1])
         for c in travelled:
             out[at[c]:at[c + 1]] = rec.values(c)
         return torch.from_numpy(out)
-    return _padded_values(rec, dev, base, kind, bits, n, at, low, high, high_at, travelled)
+    return _padded_values(rec, dev, base, kind.astype(np.int64), h["bits"].astype(np.int64), n, at, low, high,
+                          high_at, travelled)
 
 
 def _padded_values(rec: Parsed, dev: torch.device, base, kind, bits, n, at, low, high, high_at,
@@ -152,9 +154,9 @@ def _code_planes(rec: Parsed, n: np.ndarray, at: np.ndarray):
     layout) and the high ones, with each chunk's offset in them: bit-packed chunks are unpacked
     (torch's ``bitunpack``, a chunk at a time: the ``bitpack`` layout is an option)."""
     p_at, h_at, _ = rec.at
-    bitpacked = rec.header["layout"] == 1
-    if not bitpacked.any():
+    if (rec.holds & cpu_kernels.TABLE_HAS_BITPACK) == 0:
         return rec.primary, p_at[:-1], rec.high, h_at[:-1]
+    bitpacked = rec.header["layout"] == 1
     packed = np.flatnonzero(bitpacked & (rec.header["kind"] == QUANT_KIND))
     low, high = np.zeros(int(at[-1]), np.uint8), np.zeros(int(at[-1]), np.uint8)
     for c in np.flatnonzero(~bitpacked).tolist():

@@ -86,6 +86,8 @@ class ByteMessageCodec(ModeCodec):
     def decode(self, received: Sequence, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
         out = [self.decode_message(msg, rows, layout.dim, ts, dtype)
                for msg, ts, rows in zip(received, layout.tables, layout.rows)]
+        if len(out) == 1:
+            return out[0]
         return torch.cat(out) if out else torch.zeros(0, layout.dim, device=self.device)
 
     def decode_message(self, msg, rows, dim: int, tables: list[int] | None = None,

@@ -24,6 +24,7 @@ import torch
 
 from dlrm_comp.compress.codecs.base import ChunkLayout, Encoded, ModeCodec, nonfinite_count, rows_bytes
 from dlrm_comp.compress.errors import CorruptPayloadError
+from dlrm_comp.compress.wire import offsets
 
 
 def sub_layout(layout: ChunkLayout, messages: list[int]) -> ChunkLayout:
@@ -92,6 +93,7 @@ class PeerRoutedCodec(ModeCodec):
         self.fixed = fixed  # compress.peers_fixed's codec (auto's third route), None: codec or raw only
         self.whole_fixed = False  # the direction travels whole in ``fixed`` (set between steps, as ``raw``)
         self.bytes_local = 0  # bytes of the messages to this node's ranks (they never cross a link)
+        self._local_mask = np.asarray(self.local, dtype=bool)
         self.counts = RouteCounts.empty(len(self.local))
 
     @property
@@ -124,7 +126,7 @@ class PeerRoutedCodec(ModeCodec):
         self.counts.calls += 1
         self.counts.raw += raw
         self.counts.sent += sent
-        self.bytes_local += int(np.asarray(sent, dtype=np.float64)[np.asarray(self.local, dtype=bool)].sum())
+        self.bytes_local += int(np.asarray(sent, dtype=np.float64)[self._local_mask].sum())
 
     def take_counts(self) -> RouteCounts:
         counts, self.counts = self.counts, RouteCounts.empty(len(self.local))
@@ -137,44 +139,39 @@ class PeerRoutedCodec(ModeCodec):
         return None
 
     def encode(self, x: torch.Tensor, eb: torch.Tensor | None, layout: ChunkLayout) -> Encoded:
-        rows = np.concatenate([[0], np.cumsum(layout.message_rows)])
-        chunks = np.concatenate([[0], np.cumsum(layout.counts)])
-        part = [x[rows[m]:rows[m + 1]] for m in range(len(self.local))]
+        rows, chunks = offsets(layout.message_rows), offsets(layout.counts)
+        item = x.element_size()
         inner = None
         if self.remote:
-            xr = torch.cat([part[m] for m in self.remote])
-            ebr = None if eb is None else torch.cat([eb[chunks[m]:chunks[m + 1]] for m in self.remote])
+            xr, ebr = _rows_of_messages(x, rows, self.remote), None if eb is None else _rows_of_messages(eb, chunks,
+                                                                                                        self.remote)
             t0 = time.perf_counter()
             inner = self.inner.encode(xr, ebr, sub_layout(layout, self.remote))
             self.counts.enc_s += time.perf_counter() - t0
-            self.counts.enc_raw += xr.numel() * x.element_size()
+            self.counts.enc_raw += xr.numel() * item
             self.counts.enc_sent += sum(len(m) for m in inner.messages)
-        messages, sent, ideal, ratio = [], [], [], []
-        nonfinite = torch.zeros((), dtype=torch.int64)
-        at = 0  # chunk position in the inner codec's statistics
+        # per-chunk statistics on the host (the messages are host bytes): a raw chunk's bytes as sent
+        sent = (layout.chunk_rows * (layout.dim * item)).astype(np.float64)
+        ideal, ratio = sent.copy(), np.zeros(len(sent))
+        keep_ratio = True
+        if inner is not None:
+            coded = np.concatenate([np.arange(chunks[m], chunks[m + 1]) for m in self.remote])
+            sent[coded] = inner.sent.numpy()
+            ideal[coded] = (inner.ideal if inner.ideal is not None else inner.sent).numpy()
+            keep_ratio = inner.err_ratio is not None
+            if keep_ratio:
+                ratio[coded] = inner.err_ratio.numpy()
         pending = iter(inner.messages if inner is not None else ())
-        for m, raw_here in enumerate(self.raw):
-            n = int(chunks[m + 1] - chunks[m])
-            if raw_here:
-                values = part[m].detach().contiguous().cpu()
-                messages.append(row_bytes(values))
-                raw = torch.from_numpy(layout.rows[m] * layout.dim * x.element_size()).to(torch.float64)
-                sent.append(raw)
-                ideal.append(raw)
-                ratio.append(torch.zeros(n, dtype=torch.float64))
-                nonfinite = nonfinite + nonfinite_count(values)
-                continue
-            messages.append(next(pending))
-            sent.append(inner.sent[at:at + n].to(torch.float64))
-            ideal.append((inner.ideal if inner.ideal is not None else inner.sent)[at:at + n].to(torch.float64))
-            ratio.append(None if inner.err_ratio is None else inner.err_ratio[at:at + n].to(torch.float64))
-            at += n
-        self.count([part[m].numel() * x.element_size() for m in range(len(self.local))], [len(msg) for msg in messages])
+        raw_rows = [m for m, raw_here in enumerate(self.raw) if raw_here]
+        messages = [row_bytes(x[int(rows[m]):int(rows[m + 1])].detach().contiguous().cpu()) if raw_here else next(pending)
+                    for m, raw_here in enumerate(self.raw)]
+        nonfinite = nonfinite_count(_rows_of_messages(x.detach(), rows, raw_rows).cpu()) if raw_rows \
+            else torch.zeros((), dtype=torch.int64)
+        self.count(np.diff(rows) * (layout.dim * item), [len(msg) for msg in messages])
         if inner is not None and inner.nonfinite is not None:
             nonfinite = nonfinite + inner.nonfinite.to(torch.int64).cpu()
-        keep_ratio = inner is None or inner.err_ratio is not None
-        return Encoded(torch.zeros(0, dtype=torch.uint8), [len(m) for m in messages], sent=torch.cat(sent),
-                       ideal=torch.cat(ideal), err_ratio=torch.cat(ratio) if keep_ratio else None,
+        return Encoded(torch.zeros(0, dtype=torch.uint8), [len(m) for m in messages], sent=torch.from_numpy(sent),
+                       ideal=torch.from_numpy(ideal), err_ratio=torch.from_numpy(ratio) if keep_ratio else None,
                        nonfinite=nonfinite, messages=messages)
 
     def decode(self, received: Sequence, layout: ChunkLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -195,6 +192,16 @@ class PeerRoutedCodec(ModeCodec):
             rows = int(layout.message_rows[m])
             out.append(rows_of(received[m], rows, layout.dim, dtype, m).to(self.device))
         return torch.cat(out) if out else torch.zeros(0, layout.dim, device=self.device)
+
+
+def _rows_of_messages(values: torch.Tensor, at: np.ndarray, messages: list[int]) -> torch.Tensor:
+    """The rows (or per-chunk values) of some messages, ``at``: each message's start: a view
+    where they follow one another (one remote message, or a node's peers in rank order), else
+    one copy."""
+    first, last = messages[0], messages[-1]
+    if last - first + 1 == len(messages):
+        return values[int(at[first]):int(at[last + 1])]
+    return torch.cat([values[int(at[m]):int(at[m + 1])] for m in messages])
 
 
 class AllRawRoute(ModeCodec):

@@ -54,7 +54,7 @@ def test_phases_are_disjoint_and_codec_comes_out_of_the_exchange():
     bd.backward_returned()                            # 7
     bd.end_step()                                     # 8
     out = bd.interval()
-    assert set(out) == set(PHASES)
+    assert set(out) == {*PHASES, "cpu_s"}
     assert out["fwd_a2a_s"] == 0.0  # 1 tick of exchange minus 1.0 s of codec
     assert out["bwd_a2a_s"] == 0.5  # 1 tick minus 0.5
     assert out["allreduce_s"] == 1.0
@@ -69,7 +69,26 @@ def test_phases_are_disjoint_and_codec_comes_out_of_the_exchange():
 def test_outside_a_step_nothing_is_recorded():
     bd = StepBreakdown("cpu")
     assert bd.timed("fwd_a2a_s", lambda: 3) == 3  # evaluation batches pass straight through
-    assert bd.interval() == dict.fromkeys(PHASES, 0.0)
+    assert bd.interval() == {**dict.fromkeys(PHASES, 0.0), "cpu_s": 0.0}
+
+
+def test_cpu_per_step_counts_from_the_intervals_first_step(monkeypatch):
+    """``cpu_s``: process CPU seconds per step, from the interval's first step to its read (not
+    from start-up: the run's set-up is in no interval), the run's mean in the summary."""
+    import dlrm_comp.train.breakdown as breakdown
+    cpu = iter([100.0, 106.0, 200.0, 204.0])  # first step, read; first step, read
+    monkeypatch.setattr(breakdown.time, "process_time", lambda: next(cpu))
+    bd = StepBreakdown("cpu")
+    bd.clock = CountingClock()
+    for _ in range(3):
+        bd.begin_step()
+        bd.end_step()
+    assert bd.interval()["cpu_s"] == 2.0  # 6 s over 3 steps
+    bd.begin_step()
+    bd.end_step()
+    assert bd.interval()["cpu_s"] == 4.0
+    assert bd.summary()["cpu_s"] == 2.5  # 10 s over 4 steps
+    assert "cpu" not in bd.summary()["shares"]  # not a phase of the step
 
 
 @pytest.mark.parametrize("mode", ["off", "codec"])
@@ -85,8 +104,9 @@ def test_every_train_record_and_the_summary_carry_the_breakdown(tiny_cfg, tmp_pa
         assert sum(r[k] for k in PHASES) <= r["step_s"] * (1 + 1e-9)  # timed inside the loop's step
         assert r["allreduce_s"] == 0.0  # one process: no DDP
         assert (r["codec_s"] > 0) == (mode != "off")
+        assert r["cpu_s"] > 0
     on_disk = json.loads((tmp_path / "summary.json").read_text())["breakdown"]
-    for key in (*PHASES, "step_s"):
+    for key in (*PHASES, "step_s", "cpu_s"):
         assert on_disk[key] == pytest.approx(summary["breakdown"][key])
     assert on_disk["steps"] == 40 and on_disk["clock"] == "perf_counter"
     assert sum(on_disk["shares"].values()) == pytest.approx(1.0)

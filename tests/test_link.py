@@ -58,8 +58,9 @@ def test_short_run_counts_the_recorders_bytes_on_the_wire(link_run):
     for row in payload["results"]:
         for key in ("config", "rate", "mode", "step_s", "speedup_vs_off", "modeled_speedup", "ideal_speedup",
                     "link_rate_measured_mbit", "fwd_cr", "bwd_cr", "auc", "breakdown", "comm_free_limit",
-                    "fraction_of_limit"):
+                    "fraction_of_limit", "cpu_s"):
             assert key in row, key
+        assert row["cpu_s"] > 0
         assert set(row["breakdown"]) == {"fwd_a2a_s", "bwd_a2a_s", "allreduce_s", "compute_s", "codec_s"}
     low, high = WIRE_MARGIN
     off, codec = payload["results"][:2]
@@ -305,8 +306,9 @@ def test_repeated_passes_report_medians_of_paired_ratios(tmp_path):
                                           "expected_bytes_per_step": 2.0}}
     results = []
     for repeat, (off, fast) in enumerate([(0.10, 0.05), (0.20, 0.08), (0.12, 0.04)]):  # pass 2 ran slow
-        rows = [{**base, "mode": "off", "step_s": off, "repeat": repeat},
-                {**base, "mode": "fp16", "step_s": fast, "repeat": repeat, "auc": 0.7 + 0.001 * repeat}]
+        rows = [{**base, "mode": "off", "step_s": off, "repeat": repeat, "cpu_s": off / 2},
+                {**base, "mode": "fp16", "step_s": fast, "repeat": repeat, "auc": 0.7 + 0.001 * repeat,
+                 "cpu_s": fast / 2}]
         compare(rows)
         results += rows
     summary = {r["mode"]: r for r in across_repeats(results)}
@@ -317,9 +319,11 @@ def test_repeated_passes_report_medians_of_paired_ratios(tmp_path):
     assert fp16["speedup_vs_off"] == pytest.approx(2.5)  # the median ratio, not the ratio of the medians (2.4)
     assert fp16["auc_delta_vs_off"] == pytest.approx(0.001)
     assert summary["off"]["speedup_vs_off"] == 1.0
+    assert fp16["cpu_s_runs"] == pytest.approx([0.025, 0.04, 0.02]) and fp16["cpu_s"] == pytest.approx(0.025)
     text = markdown({"results": results, "ranks_per_node": 1, "across_repeats": across_repeats(results)}, None)
     assert "## Across 3 passes" in text and "## kaggle @ 360mbit, pass 3 of 3" in text
     assert "| kaggle @ 360mbit | fp16 | 50.0 | 2.500 |" in text and "50.0, 80.0, 40.0" in text
+    assert "| 25.0, 40.0, 20.0 |" in text  # each pass's CPU per step
     assert plot(results, tmp_path / "p.png").stat().st_size > 0
     one = markdown({"results": [r for r in results if r["repeat"] == 0], "ranks_per_node": 1}, None)
     assert "Across" not in one and "## kaggle @ 360mbit (link" in one

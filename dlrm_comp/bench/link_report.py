@@ -88,7 +88,7 @@ def _title(config: str, rate: str, repeat: int, repeats: int) -> str:
     return f"{config} @ {rate}" + (f", pass {repeat + 1} of {repeats}" if repeats > 1 else "")
 
 
-SPREAD_KEYS = ("step_s", "speedup_vs_off", "fraction_of_limit", "auc_delta_vs_off", "speedup_settled")
+SPREAD_KEYS = ("step_s", "speedup_vs_off", "fraction_of_limit", "auc_delta_vs_off", "speedup_settled", "cpu_s")
 
 
 def across_repeats(results: list[dict]) -> list[dict]:
@@ -148,12 +148,15 @@ def markdown(payload: dict, plot_path: Path | None) -> str:
                          f"{r['comm_free_limit']:.3f} | {r['fraction_of_limit']:.0%} | "
                          f"{r['fwd_cr']:.2f} | {r['bwd_cr']:.2f} | {r['auc']:.4f} | {r['auc_delta_vs_off']:+.4f} |")
         lines += ["", "| mode | fwd a2a ms | bwd a2a ms | allreduce ms | codec ms | compute ms | a2a share | "
-                  "tc / accounted bytes |", "|---|---|---|---|---|---|---|---|"]
+                  "CPU ms | tc / accounted bytes |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             b, s = r["breakdown"], shares(r)
+            cpu = f"{r['cpu_s'] * 1e3:.1f}" if r.get("cpu_s") is not None else "-"
             lines.append(f"| {r['mode']} | {b['fwd_a2a_s'] * 1e3:.1f} | {b['bwd_a2a_s'] * 1e3:.1f} | "
                          f"{b['allreduce_s'] * 1e3:.1f} | {b['codec_s'] * 1e3:.1f} | {b['compute_s'] * 1e3:.1f} | "
-                         f"{s['fwd_a2a'] + s['bwd_a2a']:.0%} | {r['wire']['tc_over_expected']:.3f} |")
+                         f"{s['fwd_a2a'] + s['bwd_a2a']:.0%} | {cpu} | {r['wire']['tc_over_expected']:.3f} |")
+        lines += ["`CPU ms`: each rank's process CPU per step, every thread (the ranks' mean); where ranks share "
+                  "cores the phases are mostly waits for the slowest rank, and this is the work a step needs."]
         lines += ["", _limits(rows), ""]
         lines += _settled(rows)
     search = payload.get("reference_search")
@@ -176,14 +179,16 @@ def _spread(summary: list[dict], repeats: int) -> list[str]:
     out = [f"## Across {repeats} passes (median, then each pass)", "",
            "Every pass ran each mode once, in the same order; speedups and shares of the limit are against the "
            "same pass's `off`.", "",
-           "| config @ rate | mode | step ms | speedup vs off | of limit | dAUC | passes: step ms | passes: of limit |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| config @ rate | mode | step ms | speedup vs off | of limit | dAUC | passes: step ms | passes: of limit "
+           "| passes: CPU ms |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         steps = ", ".join(f"{v * 1e3:.1f}" for v in r["step_s_runs"])
         shares = ", ".join(f"{v:.0%}" for v in r["fraction_of_limit_runs"])
+        cpu = ", ".join("-" if v is None else f"{v * 1e3:.1f}" for v in r.get("cpu_s_runs", []))
         out.append(f"| {r['config']} @ {r['rate']} | {r['mode']} | {r['step_s'] * 1e3:.1f} | "
                    f"{r['speedup_vs_off']:.3f} | {r['fraction_of_limit']:.0%} | {r['auc_delta_vs_off']:+.4f} | "
-                   f"{steps} | {shares} |")
+                   f"{steps} | {shares} | {cpu or '-'} |")
     return out + [""]
 
 

@@ -158,6 +158,7 @@ def read_run(run: Path, config: str, mode: str) -> dict:
     settled_steps = sum(w for _, w in settled)
     row = {"config": config, "mode": mode, "iterations": summary["iterations"], "measured_steps": steps,
            "step_s": mean("step_s"), "breakdown": {k: mean(k) for k in PHASES},
+           "cpu_s": mean("cpu_s") if all("cpu_s" in r for r in measured) else None,
            "settled_steps": settled_steps,
            "step_s_settled": sum(r["step_s"] * w for r, w in settled) / settled_steps if settled_steps else None,
            "auc": summary["final_eval"]["auc"], "logloss": summary["final_eval"]["logloss"],

@@ -18,13 +18,18 @@ Per step, on every rank (the `train` records hold interval means over steps and 
   ``dec_s``). It is measured inside the two exchange phases and taken out of them.
 - ``compute_s``: the rest of the step (batch, lookups, MLPs, optimizer).
 
-The phases are disjoint and sum to the step time. On CUDA the points are events on the current
+The phases are disjoint and sum to the step time. Beside them, ``cpu_s``: the process's CPU
+seconds per step over the interval (every thread: the codec, gloo's, the allreduce hook's; the
+ranks' mean), not a phase. Where ranks share cores (the link benchmark's 2 nodes x 2 ranks on a
+2-core machine) the wall phases are mostly waits for the slowest rank, and CPU per step is what
+a core per rank would make of the step. On CUDA the points are events on the current
 stream, read only at print intervals (one synchronize per interval); on the CPU they are
 ``perf_counter`` readings, which include the collectives' waits. Not checkpointed: after a resume
 the first interval covers the steps run since.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 import torch
@@ -49,6 +54,8 @@ class StepBreakdown:
         self._step_start = None
         self._engine_done = None
         self.run_sums = dict.fromkeys(("step_s", *PHASES), 0.0)
+        self.run_cpu = 0.0  # CPU seconds of the run's intervals (the ranks' mean)
+        self._cpu_at: float | None = None  # process CPU seconds at the open interval's first step
         self.exchange_s: dict[str, float] | None = None  # the last interval's exchange s/step per direction
         self.last: dict[str, float] | None = None  # the last interval's step and phases, s/step (None: no step)
         self.run_steps = 0
@@ -60,6 +67,8 @@ class StepBreakdown:
 
     def begin_step(self) -> None:
         self._spans, self._engine_done = [], None  # nothing left from a failed step
+        if self._cpu_at is None:  # the interval's first step: its CPU count starts here (not at start-up)
+            self._cpu_at = time.process_time()
         self._step_start = self.clock.now()
 
     def timed(self, phase: str, fn: Callable, *args, **kwargs):
@@ -134,26 +143,29 @@ class StepBreakdown:
         bwd = max(sums["bwd_a2a_s"] - codec["bwd"], 0.0)
         codec_s = codec["fwd"] + codec["bwd"]
         compute = sums["step_s"] - fwd - bwd - sums["allreduce_s"] - codec_s
+        cpu = time.process_time() - self._cpu_at if self._cpu_at is not None else 0.0
+        self._cpu_at = None
         local = [sums["step_s"], fwd, bwd, sums["allreduce_s"], max(compute, 0.0), codec_s,
-                 sums["fwd_a2a_s"], sums["bwd_a2a_s"]]
+                 sums["fwd_a2a_s"], sums["bwd_a2a_s"], cpu]
         means = [v / n for v in local] if n else [0.0] * len(local)
         if self.reduce is not None:
             means = self.reduce(means)
-        self.exchange_s = {"fwd": means[-2], "bwd": means[-1]} if n else None  # codec included: what a route costs
-        out = dict(zip(("step_s", *PHASES), means[:-2]))
+        self.exchange_s = {"fwd": means[-3], "bwd": means[-2]} if n else None  # codec included: what a route costs
+        self.run_cpu += means[-1] * n
+        out = dict(zip(("step_s", *PHASES), means[:-3]))
         self.last = dict(out) if n else None
         for key, value in out.items():
             self.run_sums[key] += value * n
         self.run_steps += n
         out.pop("step_s")
-        return out
+        return {**out, "cpu_s": means[-1]}
 
     def summary(self) -> dict[str, Any]:
         """The run's `breakdown` section: mean seconds per step and each phase's share."""
         n = self.run_steps
         mean = {k: v / n for k, v in self.run_sums.items()} if n else dict.fromkeys(self.run_sums, 0.0)
         step = mean.pop("step_s")
-        return {**mean, "step_s": step, "steps": n, "clock": self.clock.name,
+        return {**mean, "step_s": step, "cpu_s": self.run_cpu / n if n else 0.0, "steps": n, "clock": self.clock.name,
                 "shares": {k.removesuffix("_s"): (v / step if step else 0.0) for k, v in mean.items()}}
 
 

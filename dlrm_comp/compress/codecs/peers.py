@@ -162,11 +162,15 @@ class PeerRoutedCodec(ModeCodec):
             if keep_ratio:
                 ratio[coded] = inner.err_ratio.numpy()
         pending = iter(inner.messages if inner is not None else ())
-        raw_rows = [m for m, raw_here in enumerate(self.raw) if raw_here]
-        messages = [row_bytes(x[int(rows[m]):int(rows[m + 1])].detach().contiguous().cpu()) if raw_here else next(pending)
-                    for m, raw_here in enumerate(self.raw)]
-        nonfinite = nonfinite_count(_rows_of_messages(x.detach(), rows, raw_rows).cpu()) if raw_rows \
-            else torch.zeros((), dtype=torch.int64)
+        raw_messages = [m for m, raw_here in enumerate(self.raw) if raw_here]
+        nonfinite = torch.zeros((), dtype=torch.int64)
+        raw_bytes = {}
+        if raw_messages:  # their rows back to back on the host: a view of x on the CPU where they follow one another
+            host = _rows_of_messages(x.detach(), rows, raw_messages).contiguous().cpu()
+            at = offsets([int(rows[m + 1] - rows[m]) for m in raw_messages])
+            raw_bytes = {m: row_bytes(host[at[i]:at[i + 1]]) for i, m in enumerate(raw_messages)}
+            nonfinite = nonfinite_count(host)
+        messages = [raw_bytes[m] if raw_here else next(pending) for m, raw_here in enumerate(self.raw)]
         self.count(np.diff(rows) * (layout.dim * item), [len(msg) for msg in messages])
         if inner is not None and inner.nonfinite is not None:
             nonfinite = nonfinite + inner.nonfinite.to(torch.int64).cpu()

@@ -8,13 +8,13 @@ import torch
 
 from dlrm_comp.config import ConfigError
 from dlrm_comp.train import checkpoint as checkpoint_mod
-from dlrm_comp.train.breakdown import PHASES
+from dlrm_comp.train.breakdown import TIMED_FIELDS
 from dlrm_comp.train.checkpoint import CheckpointError, CheckpointManager, sidecar_of
 from dlrm_comp.train.logging import MetricsLogger, read_jsonl
 from dlrm_comp.train.loop import InterruptedRun, Trainer
 
 QUIET = ("train.tensorboard=false",)
-TIMING = {"step_s", "samples_per_s", "enc_s", "dec_s", "wall_s", *PHASES}
+TIMING = {"step_s", "samples_per_s", "enc_s", "dec_s", "wall_s", *TIMED_FIELDS}
 
 
 def _params(trainer):

@@ -9,14 +9,14 @@ import torch
 
 from tiny import TINY_OVERRIDES
 from dlrm_comp.cli.train import main
-from dlrm_comp.train.breakdown import PHASES
+from dlrm_comp.train.breakdown import TIMED_FIELDS
 from dlrm_comp.train.extension import TrainingExtension
 from dlrm_comp.train.logging import read_jsonl
 from dlrm_comp.train.loop import Trainer
 from dlrm_comp.train.signals import RunStopped
 
 QUIET = ("train.tensorboard=false",)
-TIMING = {"step_s", "samples_per_s", *PHASES}
+TIMING = {"step_s", "samples_per_s", *TIMED_FIELDS}
 
 
 class SignalAt(TrainingExtension):

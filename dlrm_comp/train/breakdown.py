@@ -37,6 +37,7 @@ import torch
 from dlrm_comp.stopwatch import Stopwatch
 
 PHASES = ("fwd_a2a_s", "bwd_a2a_s", "allreduce_s", "compute_s", "codec_s")
+TIMED_FIELDS = (*PHASES, "cpu_s")  # what ``interval()`` adds to a train record: measured, so never equal across runs
 
 
 class StepBreakdown:

@@ -332,32 +332,32 @@ def check_table(kind, bits, layout, section, rows, nbytes, want, m_rows, cols, i
     for c in range(count):
         r = np.int64(rows[c])
         if r != want[c]:
-            fail |= 1
+            fail |= TABLE_ROWS
         widest = max(widest, r)
     if count and widest != m_rows:
-        fail |= 1
+        fail |= TABLE_ROWS
     for c in range(count):
         k, b = np.int64(kind[c]), np.int64(bits[c])
         if k > _SZ or b > 16 or layout[c] > 1 or (k != _QUANT and b != 0):
-            fail |= 2
+            fail |= TABLE_FIELDS
         if c:
             step = np.int64(section[c]) - np.int64(section[c - 1])
             if step < 0 or step > 1 or (layout[c] != layout[c - 1] and step == 0):
-                fail |= 2
+                fail |= TABLE_FIELDS
     if count and (section[0] != 0 or np.int64(section[count - 1]) != n_sections - 1):
-        fail |= 2
+        fail |= TABLE_FIELDS
     plane_spans(kind, bits, layout, rows, cols, itemsize, sizes, at)
     for c in range(count):
         if kind[c] == _SZ:  # SZ: its body is what SZ3 made of it, at most the raw values
-            fail |= 16
+            fail |= TABLE_HAS_SZ
             if layout[c] != 1 or np.int64(nbytes[c]) > np.int64(rows[c]) * cols * itemsize:
-                fail |= 4
+                fail |= TABLE_SZ
         elif np.int64(nbytes[c]) != sizes[0, c] + sizes[1, c] + sizes[2, c]:
-            fail |= 8
+            fail |= TABLE_SIZES
         if kind[c] == _RAW:
-            fail |= 32
+            fail |= TABLE_HAS_RAW
         if layout[c] == 1:
-            fail |= 64
+            fail |= TABLE_HAS_BITPACK
         s = np.int64(section[c])
         if s < n_sections:
             section_chunks[s] += 1
